@@ -1,0 +1,61 @@
+"""The ``cxrtl`` command line: a thin shell over the library.
+
+Each area registers its own subcommands from ``cxrtl.commands.<area>``; this file only wires them up and
+turns a :class:`~cxrtl.errors.CxrtlError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import CxrtlError
+
+# Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
+COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "reproduce", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrtl",
+        description="Transfer learning on chest radiographs (research tool, not a medical device).")
+    parser.add_argument("--version", action="version", version=f"cxrtl {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"cxrtl.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"cxrtl.commands.{name}":
+                continue  # area not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CxrtlError as exc:
+        print(f"cxrtl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cxrtl: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("cxrtl: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Preprocessing settings (paper §III-D) and the per-batch normalisation done on the device.
+
+The cache stores one uint8 grey channel at the crop size; pseudo-RGB is that channel repeated three
+times, so it is expanded here, after the transfer to the device, not stored three times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes a model input: raw or lung-masked, 1 or 3 channels, crop size."""
+
+    input: str = "raw"  # "raw" | "masked" (eq. 9: C = A * max(0, B) / 255)
+    channels: int = 3  # 1 (single channel) | 3 (pseudo-RGB)
+    image_size: int = 224  # centre-crop size; the shorter side is first resized to resize_size
+
+    def __post_init__(self):
+        if self.input not in ("raw", "masked"):
+            raise ValueError(f"input must be 'raw' or 'masked', not {self.input!r}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8, not {self.image_size!r}")
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter-side resize before the crop, keeping torchvision's 256:224 ratio."""
+        return int(round(self.image_size * 256 / 224))
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return IMAGENET_MEAN[: self.channels]
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return IMAGENET_STD[: self.channels]
+
+    def to_dict(self) -> dict:
+        """The JSON form stored in checkpoints, with the derived values spelled out for other tools."""
+        return {**asdict(self), "resize_size": self.resize_size, "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(input=d.get("input", "raw"), channels=int(d.get("channels", 3)),
+                   image_size=int(d.get("image_size", 224)))
+
+
+def normalize_batch(images: torch.Tensor, pp: Preprocess, device: torch.device | str | None = None,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)
+    x = images.to(device if device is not None else images.device, non_blocking=True).float().div_(255.0)
+    if pp.channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    mean = torch.tensor(pp.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pp.std, device=x.device).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous(memory_format=memory_format)
