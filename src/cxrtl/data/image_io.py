@@ -1,0 +1,220 @@
+"""Safe image decoding to 8-bit grey, and the one preprocessing function shared by cache, predict and export.
+
+Every image a user points cxrtl at goes through :func:`load_gray`; every model input is made by
+:func:`prepare_image`, so training and inference preprocess identically (paper §III-B, §III-D).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import CxrtlError
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+# Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+# Pillow's default limit (about 89 Mpixel); a chest radiograph is at most ~10 Mpixel.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+class ImageReadError(CxrtlError):
+    """An image file that cannot be decoded; ``reason`` is a short phrase such as ``"truncated"``."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {path}: {reason}; replace or remove the file")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by a file's first bytes (``"PNG"``, ``"JPEG"``, ``"DICOM"``...), or None."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "DICOM"
+    return None
+
+
+def looks_truncated(fmt: str, tail: bytes) -> bool:
+    """Cheap end-marker test: a PNG ends with its IEND chunk, a JPEG with an EOI marker."""
+    if fmt == "PNG":
+        return b"IEND" not in tail[-64:]
+    if fmt == "JPEG":
+        return b"\xff\xd9" not in tail
+    return False
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for ``.dcm``/``.dicom`` files and for files with the DICM magic at offset 128."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _load_dicom(path: Path) -> np.ndarray:
+    try:
+        from ..dicom import load_dicom_gray  # owned by the inference area; optional extra
+    except ModuleNotFoundError as exc:
+        if exc.name in ("cxrtl.dicom", "pydicom"):
+            raise CxrtlError(f"{path} is a DICOM file and DICOM support is not installed; "
+                             "run `pip install cxrtl[dicom]`") from None
+        raise
+    return load_dicom_gray(path)
+
+
+def _max_pixels() -> int:
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else DEFAULT_MAX_PIXELS
+
+
+def _to_gray_array(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> uint8 [H, W]. 16-bit and float images are min-max windowed to 0..255."""
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        if hi <= lo:
+            return np.zeros(a.shape, dtype=np.uint8)
+        return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA"):
+        im = im.convert("RGB" if mode == "RGBA" else "L")  # drop alpha, as ImageFolder's convert does
+    return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def load_gray(path: str | os.PathLike, target_short_side: int | None = None,
+              info: dict | None = None) -> np.ndarray:
+    """Decode ``path`` to uint8 ``[H, W]`` grey, refusing decompression bombs and broken files.
+
+    Args:
+        target_short_side: if given, a large JPEG is decoded at a reduced DCT scale whose shorter side
+            is still at least this many pixels, so a later resize to that side is (near) exact.
+        info: if given, filled with ``mode`` (the stored mode) and ``drafted`` (the decode scale).
+
+    Raises:
+        ImageReadError: truncated, corrupt, not an image, or too many pixels.
+    """
+    path = Path(path)
+    if is_dicom(path):
+        arr = _load_dicom(path)
+        if info is not None:
+            info.update(mode="DICOM", drafted=False)
+        return arr
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > _max_pixels():
+                    raise ImageReadError(path, f"decompression bomb ({w}x{h} pixels exceeds the "
+                                               f"{_max_pixels()} limit)")
+                if info is not None:
+                    info["mode"] = im.mode
+                    info["drafted"] = False
+                if im.format == "JPEG" and target_short_side and min(w, h) > 2 * target_short_side:
+                    scale = target_short_side / min(w, h)
+                    im.draft("L", (math.ceil(w * scale), math.ceil(h * scale)))
+                    if info is not None:
+                        info["drafted"] = im.size != (w, h)
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                im.load()
+                return _to_gray_array(im)
+    except ImageReadError:
+        raise
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageReadError(path, f"decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg or isinstance(exc, EOFError) else f"corrupt ({msg})"
+        raise ImageReadError(path, reason) from None
+
+
+def apply_mask(img_u8: np.ndarray, mask_u8: np.ndarray) -> np.ndarray:
+    """Lung masking, paper eq. 9: ``C = A * max(0, B) / 255`` with the mask resized to the image (nearest)."""
+    img = np.asarray(img_u8)
+    mask = np.asarray(mask_u8)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.shape != img.shape:
+        m = np.clip(mask, 0, 255).astype(np.uint8)
+        mask = np.asarray(Image.fromarray(m).resize((img.shape[1], img.shape[0]), Image.NEAREST))
+    b = np.clip(mask.astype(np.int32), 0, 255)
+    return ((img.astype(np.int32) * b + 127) // 255).astype(np.uint8)
+
+
+def _resize_shorter(im: Image.Image, size: int, resample) -> Image.Image:
+    # torchvision Resize(int): shorter side -> size, longer side truncated to int(size * long / short).
+    w, h = im.size
+    if w <= h:
+        new = (size, int(size * h / w))
+    else:
+        new = (int(size * w / h), size)
+    return im if new == (w, h) else im.resize(new, resample)
+
+
+def _center_crop(im: Image.Image, size: int) -> Image.Image:
+    # torchvision CenterCrop: offsets rounded half away... int(round((dim - size) / 2)).
+    w, h = im.size
+    left = int(round((w - size) / 2.0))
+    top = int(round((h - size) / 2.0))
+    return im.crop((left, top, left + size, top + size))
+
+
+def prepare_image(gray_u8: np.ndarray, pp, mask_u8: np.ndarray | None = None) -> np.ndarray:
+    """Grey image -> model-ready uint8 ``[S, S]``: mask (if ``pp.input == "masked"``), resize, centre-crop.
+
+    Resize the shorter side to ``pp.resize_size`` (bilinear) and centre-crop ``pp.image_size``, exactly as
+    torchvision's ``Resize``/``CenterCrop`` on a PIL image do.
+    """
+    img = np.asarray(gray_u8, dtype=np.uint8)
+    if pp.input == "masked":
+        if mask_u8 is None:
+            raise CxrtlError("masked input needs a lung mask for every image; "
+                             "use --input raw or provide masks")
+        img = apply_mask(img, mask_u8)
+    im = _resize_shorter(Image.fromarray(img), pp.resize_size, Image.BILINEAR)
+    return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)
+
+
+def prepare_mask(mask_u8: np.ndarray, image_shape: tuple[int, int], pp) -> np.ndarray:
+    """A lung mask brought to the model input's geometry (nearest): for saliency-inside-lung fractions."""
+    mask = np.asarray(mask_u8)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    im = Image.fromarray(np.clip(mask, 0, 255).astype(np.uint8))
+    h, w = image_shape[:2]
+    if im.size != (w, h):
+        im = im.resize((w, h), Image.NEAREST)
+    im = _resize_shorter(im, pp.resize_size, Image.NEAREST)
+    return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)
