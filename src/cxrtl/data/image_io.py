@@ -184,10 +184,10 @@ def _resize_shorter(im: Image.Image, size: int, resample) -> Image.Image:
 
 
 def _center_crop(im: Image.Image, size: int) -> Image.Image:
-    # torchvision CenterCrop: offsets rounded half away... int(round((dim - size) / 2)).
+    # torchvision CenterCrop: offsets round((dim - size) / 2).
     w, h = im.size
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
+    left = round((w - size) / 2.0)
+    top = round((h - size) / 2.0)
     return im.crop((left, top, left + size, top + size))
 
 
