@@ -13,11 +13,10 @@ import io
 import json
 import logging
 import os
-import warnings
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -29,8 +28,7 @@ HASH_VERSION = 1
 DEFAULT_THRESHOLD = 6  # Hamming distance on the 64-bit pHash; re-encoding/resizing stays well below it
 MAX_THRESHOLD = 20  # beyond this a 64-bit pHash no longer means "the same radiograph"
 EXACT_SEARCH_RADIUS = 4  # exact candidates are searched at least this far, so threshold 0 still finds them
-MAX_PIXELS = 100_000_000  # refuse decompression bombs before decoding
-DRAFT_SIDE = 96  # JPEGs are DCT-scaled (Image.draft) to no less than this before hashing
+DRAFT_SIDE = 96  # big JPEGs are DCT-scaled (Image.draft) to a shorter side of at least this
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 
@@ -57,64 +55,6 @@ class Unreadable:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
-def _to_gray(im) -> "object":
-    """Convert any PIL mode (RGB, RGBA, palette, 16-bit, float) to 8-bit grey, like cxrtl's loader."""
-    from PIL import Image
-
-    if im.mode in ("L",):
-        return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = float(arr.max()) if arr.size else 0.0
-        scale = 255.0 / (65535.0 if hi > 255 else 255.0)
-        return Image.fromarray(np.clip(arr * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if im.mode in ("RGBA", "LA", "P", "PA", "1", "CMYK", "YCbCr", "RGB"):
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA"):
-            im = im.convert("RGBA").convert("RGB")  # drop alpha (radiographs carry no meaning in it)
-        return im.convert("L")
-    return im.convert("L")
-
-
-def _open_image(data: bytes, path: str, reduce: bool):
-    """Decode ``data`` to an 8-bit grey PIL image; raise ValueError with a short reason if it is unusable."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise ValueError("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise ValueError(f"image too large ({w}x{h}); possible decompression bomb")
-            if reduce and im.format == "JPEG":
-                im.draft("L", (max(DRAFT_SIDE, w // 8 + 1), max(DRAFT_SIDE, h // 8 + 1))
-                         if min(w, h) < DRAFT_SIDE * 8 else (DRAFT_SIDE, DRAFT_SIDE))
-            im.load()
-            return _to_gray(im), (w, h)
-    except ValueError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValueError(_short(exc, "not an image")) from None
-    except (OSError, SyntaxError, EOFError, TypeError, IndexError, KeyError, MemoryError) as exc:
-        raise ValueError(_short(exc, "corrupt or truncated image")) from None
-
-
-def _short(exc: BaseException, default: str) -> str:
-    """One-line reason from an exception."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image"
-    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return "image too large; possible decompression bomb"
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{default} ({text})" if text else default
-
-
 def _pixel_digest(gray) -> str:
     """Digest of decoded grey pixels and their shape: equal iff the pixels are equal."""
     arr = np.ascontiguousarray(np.asarray(gray, dtype=np.uint8))
@@ -127,37 +67,60 @@ def _bits_to_int(bits: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits.astype(bool).ravel()).tobytes(), "big")
 
 
-def _hash_one(path: str) -> ImageHash | Unreadable:
-    """Hash one file (reduced decode for JPEGs; a full decode also yields the pixel digest)."""
+def _perceptual(gray: np.ndarray) -> tuple[int, int]:
+    """64-bit pHash and dHash of a grey image, computed from a 32x32 area-averaged thumbnail."""
     import imagehash
+    from PIL import Image
+
+    small = Image.fromarray(gray).resize((32, 32), Image.BOX)  # area average: cheap, and size-independent
+    return _bits_to_int(imagehash.phash(small).hash), _bits_to_int(imagehash.dhash(small).hash)
+
+
+def _hash_one(path: str) -> ImageHash | Unreadable:
+    """Hash one file with cxrtl's own decoder (DCT-reduced for big JPEGs; a full decode gives the pixel digest)."""
+    from PIL import Image
+
+    from .data.image_io import ImageReadError, load_gray
 
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         return Unreadable(path, f"cannot read ({exc.strerror or exc})")
+    if not data:
+        return Unreadable(path, "empty file")
+    info: dict = {}
     try:
-        gray, (w, h) = _open_image(data, path, reduce=True)
-    except ValueError as exc:
+        gray = load_gray(path, target_short_side=DRAFT_SIDE, info=info)
+    except ImageReadError as exc:
+        return Unreadable(path, exc.reason)
+    except CxrtlError as exc:  # e.g. DICOM support missing
         return Unreadable(path, str(exc))
-    from PIL import Image
-
-    full = gray.size == (w, h)
-    small = gray.resize((32, 32), Image.BOX)  # area average: cheap, and the same for any source size
-    ph = _bits_to_int(imagehash.phash(small).hash)
-    dh = _bits_to_int(imagehash.dhash(small).hash)
-    return ImageHash(path, w, h, ph, dh, hashlib.sha1(data).hexdigest(),
-                     _pixel_digest(gray) if full else None)
+    except (OSError, ValueError, MemoryError) as exc:
+        return Unreadable(path, f"cannot decode ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if gray.ndim != 2 or gray.size == 0:
+        return Unreadable(path, "not a 2-D image")
+    drafted = bool(info.get("drafted"))
+    h, w = gray.shape
+    if drafted:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except (OSError, ValueError):
+            pass
+    ph, dh = _perceptual(gray)
+    return ImageHash(path, int(w), int(h), ph, dh, hashlib.sha1(data).hexdigest(),
+                     None if drafted else _pixel_digest(gray))
 
 
 def _full_pixel_digest(path: str) -> str | None:
     """Pixel digest from a full-resolution decode (for exact-duplicate candidates decoded reduced)."""
+    from .data.image_io import load_gray
+
     try:
-        with open(path, "rb") as fh:
-            gray, _ = _open_image(fh.read(), path, reduce=False)
-    except (OSError, ValueError):
+        return _pixel_digest(load_gray(path))
+    except (CxrtlError, OSError, ValueError, MemoryError):
         return None
-    return _pixel_digest(gray)
 
 
 # ------------------------------------------------------------------------------------------------- cache
@@ -508,7 +471,7 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
                           workers=workers)
 
     def keep_pair(i, j):
-        (ki, _, si), (kj, _, sj) = meta[i], meta[j]
+        ki, kj = meta[i][0], meta[j][0]
         if len(indexes) == 2:
             if ki != kj:
                 return True
@@ -522,8 +485,7 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
         return (i, j) if ka <= kb else (j, i)
 
     def show(i):
-        k, rel, _ = meta[i]
-        return rel
+        return meta[i][1]
 
     exact, near = [], []
     for i, j in dup.exact:
