@@ -1,0 +1,85 @@
+"""Leakage checks on a split: duplicate images across splits and patients that straddle splits.
+
+Why: an image (or a patient) seen in training and scored again in validation or test inflates every number
+reported on that split. `cxrtl data check ROOT --split SPLIT.csv` reports these under "leakage".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from . import dedup
+from .data.records import SPLITS, DatasetIndex, Record
+
+log = logging.getLogger(__name__)
+_ORDER = {s: k for k, s in enumerate(SPLITS)}
+
+
+def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
+    """Patients whose images fall into more than one split, with the image count per split."""
+    seen: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name, records in split.items():
+        for r in records:
+            if r.patient_id:
+                seen[r.patient_id][name] += 1
+    return [{"patient": pid, "splits": {s: counts[s] for s in SPLITS if s in counts}}
+            for pid, counts in sorted(seen.items()) if len(counts) > 1]
+
+
+def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
+                threshold: int = dedup.DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
+                workers: int | None = None) -> dict:
+    """Cross-split duplicates (exact and near, paths relative to the root) and patients that straddle splits.
+
+    Returns ``{"ok", "threshold", "exact": [[a, b, split_a, split_b]], "near": [[a, b, d, split_a, split_b]],
+    "pairs_by_splits": {"train-test": n, ...}, "patients_straddling": [...], "patients_known",
+    "unreadable": [[path, reason]]}``; ``a`` is always in the earlier split (train < val < test).
+    """
+    dedup.check_threshold(threshold)
+    split_of: dict[str, str] = {}
+    rel_of: dict[str, str] = {}
+    for name, records in split.items():
+        for r in records:
+            a = os.path.abspath(os.fspath(index.abspath(r.path)))
+            split_of[a] = name
+            rel_of[a] = r.path
+    hashes, bad = dedup.hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
+    labels = [split_of[h.path] for h in hashes]
+    dup = dedup.find_duplicates(hashes, threshold, labels=labels, cache_dir=cache_dir, progress=progress,
+                                workers=workers)
+
+    def ordered(i: int, j: int):
+        ki = (_ORDER.get(labels[i], 9), rel_of[hashes[i].path])
+        kj = (_ORDER.get(labels[j], 9), rel_of[hashes[j].path])
+        return (i, j) if ki <= kj else (j, i)
+
+    exact, near = [], []
+    counts: dict[str, int] = defaultdict(int)
+    for i, j in dup.exact:
+        a, b = ordered(i, j)
+        exact.append([rel_of[hashes[a].path], rel_of[hashes[b].path], labels[a], labels[b]])
+        counts[f"{labels[a]}-{labels[b]}"] += 1
+    for i, j, d in dup.near:
+        a, b = ordered(i, j)
+        near.append([rel_of[hashes[a].path], rel_of[hashes[b].path], d, labels[a], labels[b]])
+        counts[f"{labels[a]}-{labels[b]}"] += 1
+    patients = straddling_patients(split)
+    known = any(r.patient_id for records in split.values() for r in records)
+    result = {
+        "ok": not exact and not near and not patients,
+        "threshold": threshold,
+        "images": len(hashes),
+        "exact": sorted(exact),
+        "near": sorted(near, key=lambda x: (x[2], x[0], x[1])),
+        "pairs_by_splits": dict(sorted(counts.items())),
+        "patients_known": known,
+        "patients_straddling": patients,
+        "unreadable": [[rel_of[u.path], u.reason] for u in bad],
+    }
+    if exact or near or patients:
+        log.debug("leakage: %d exact, %d near cross-split pairs, %d patients straddle splits",
+                  len(exact), len(near), len(patients))
+    return result
