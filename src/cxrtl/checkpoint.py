@@ -1,0 +1,201 @@
+"""Checkpoints: weights in safetensors, a JSON beside them saying how to use them; never unpickled.
+
+``<stem>.safetensors`` also embeds the same metadata in its header, so the weights file alone is enough;
+the JSON records the weights' SHA-256, so a weights file swapped or edited after saving is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CxrtlError
+from .fsutil import _json_safe, atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "cxrtl-checkpoint"
+VERSION = 1
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def _describe_foreign(path: Path, head: bytes) -> str:
+    """Name what a non-safetensors file looks like, for the error message."""
+    if head[:2] == b"PK":
+        return "a zip archive (a PyTorch .pt/.pth pickle?)"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if head[:4] == b"\x89HDF":
+        return "an HDF5 file"
+    return "not a safetensors file"
+
+
+def read_safetensors_header(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Parse a safetensors header without loading tensors; one-line error for anything else (pickles incl.)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CxrtlError(f"{what} {path} is too short to be a safetensors file; "
+                                 "give a cxrtl checkpoint (.safetensors + .json)")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > min(size - 8, _MAX_HEADER):
+                raise CxrtlError(f"{what} {path} is {_describe_foreign(path, head)}, which cxrtl never "
+                                 "loads (pickles can run code); give a cxrtl checkpoint (.safetensors + .json)")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except FileNotFoundError:
+        raise CxrtlError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CxrtlError(f"{what} {path} is a directory without best.safetensors; give a run dir or a "
+                         ".safetensors file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CxrtlError(f"{what} {path} has a corrupt safetensors header; it is damaged or not a "
+                         "safetensors file") from None
+    except OSError as exc:
+        raise CxrtlError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not isinstance(header, dict):
+        raise CxrtlError(f"{what} {path} has a corrupt safetensors header")
+    return header
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Path of the weights: a run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        best = p / "best.safetensors"
+        if not best.is_file():
+            raise CxrtlError(f"{p} is not a cxrtl run directory (no best.safetensors); give a run dir or "
+                             "a .safetensors checkpoint")
+        return best
+    if p.suffix == ".json" and not p.name.endswith(".calibration.json"):
+        return p.with_suffix(".safetensors")
+    if not p.exists():
+        raise CxrtlError(f"checkpoint {p} does not exist")
+    return p
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of the weights of the bare CxrModel (unwrapping DDP / torch.compile)."""
+    model = unwrap(model)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The CxrModel inside DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``<stem>.safetensors`` then ``<stem>.json`` atomically; returns the .safetensors path."""
+    from safetensors.torch import save_file
+
+    stem = Path(path_stem)
+    if stem.suffix in (".safetensors", ".json"):
+        stem = stem.with_suffix("")
+    core = unwrap(model)
+    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name, "classes": list(core.classes),
+            "in_chans": core.in_chans, "hidden": core.head[0].out_features, **meta}
+    full["format"], full["version"] = FORMAT, VERSION
+    weights = stem.parent / (stem.name + ".safetensors")
+    full = _json_safe(full)
+    embedded = json.dumps(full, sort_keys=True)
+    with atomic_path(weights) as tmp:
+        save_file(_state_dict(core), str(tmp), metadata={"format": FORMAT, "cxrtl_meta": embedded})
+    full["weights_sha256"] = _sha256(weights)
+    write_json(stem.parent / (stem.name + ".json"), full)
+    return weights
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a checkpoint (run dir, .json or .safetensors), checked to be a cxrtl checkpoint."""
+    weights = resolve_checkpoint(path)
+    header = read_safetensors_header(weights)
+    embedded = (header.get("__metadata__") or {})
+    if embedded.get("format") != FORMAT or "cxrtl_meta" not in embedded:
+        raise CxrtlError(f"{weights} is a safetensors file but not a cxrtl checkpoint (no cxrtl metadata); "
+                         "use a file written by cxrtl train")
+    try:
+        meta = json.loads(embedded["cxrtl_meta"])
+    except json.JSONDecodeError:
+        raise CxrtlError(f"{weights} has corrupt cxrtl metadata; use a file written by cxrtl train") from None
+    sidecar = weights.with_suffix(".json")
+    if sidecar.is_file():
+        side = read_json(sidecar, "checkpoint metadata")
+        want = side.get("weights_sha256") if isinstance(side, dict) else None
+        if want and want != _sha256(weights):
+            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed after "
+                             "saving); restore the original files or retrain")
+    for key in ("backbone", "classes", "in_chans"):
+        if key not in meta:
+            raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Load a cxrtl checkpoint -> (CxrModel in eval mode, meta dict); never unpickles anything."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .model import CxrModel, _timm_backbone, check_backbone
+
+    weights = resolve_checkpoint(path)
+    meta = read_meta(weights)
+    check_backbone(meta["backbone"])
+    try:
+        tensors = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise CxrtlError(f"checkpoint {weights} is damaged ({str(exc).splitlines()[0][:160]}); "
+                         "restore it or retrain") from None
+    net = _timm_backbone(meta["backbone"], int(meta["in_chans"]), False, None)
+    model = CxrModel(net, meta["classes"], int(meta["in_chans"]), meta["backbone"],
+                     hidden=int(meta.get("hidden", 64)))
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CxrtlError(f"checkpoint {weights} does not fit its declared model {meta['backbone']} "
+                         f"({str(exc).splitlines()[0][:160]}); it is damaged or was edited") from None
+    model.to(map_location).eval()
+    return model, meta
+
+
+def calibration_path(ckpt_path: str | os.PathLike) -> Path:
+    """Where the evaluator stores the temperature of a checkpoint: ``<stem>.calibration.json``."""
+    weights = resolve_checkpoint(ckpt_path)
+    return weights.with_name(weights.name[: -len(".safetensors")] + ".calibration.json") \
+        if weights.name.endswith(".safetensors") else weights.with_suffix(".calibration.json")
+
+
+def load_temperature(ckpt_path: str | os.PathLike) -> float | None:
+    """The calibration temperature saved beside a checkpoint, or None when it was never calibrated."""
+    path = calibration_path(ckpt_path)
+    if not path.is_file():
+        return None
+    data = read_json(path, "calibration file")
+    t = data.get("temperature") if isinstance(data, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < float("inf")):
+        raise CxrtlError(f"calibration file {path} has no valid positive 'temperature'; delete it or "
+                         "recalibrate with cxrtl evaluate")
+    return float(t)

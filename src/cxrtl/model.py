@@ -1,0 +1,179 @@
+"""The paper's model (Table I): a timm backbone without its classifier, then Linear(n,64) -> Mish -> Linear(64,k)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import CxrtlError
+
+log = logging.getLogger(__name__)
+
+HIDDEN = 64
+WEIGHTS_ENV = "CXRTL_IMAGENET_WEIGHTS"
+
+
+class CxrModel(nn.Module):
+    """Backbone features -> MLP head -> logits; carries its class names and input channels."""
+
+    def __init__(self, backbone: nn.Module, classes: Sequence[str], in_chans: int, backbone_name: str,
+                 hidden: int = HIDDEN):
+        super().__init__()
+        self.backbone = backbone
+        self.head = make_head(backbone.num_features, len(classes), hidden)
+        self.classes = list(classes)
+        self.in_chans = int(in_chans)
+        self.backbone_name = backbone_name
+        self.backbone_frozen = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def freeze_backbone(self) -> "CxrModel":
+        """Feature-extractor scheme: no gradients AND no BatchNorm statistics updates in the backbone."""
+        self.backbone_frozen = True
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True) -> "CxrModel":
+        # A frozen backbone stays in eval mode so its BatchNorm running statistics never move
+        # (the authors' "extractor" runs left them training).
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+def make_head(n_features: int, num_classes: int, hidden: int = HIDDEN) -> nn.Sequential:
+    """The paper's head: Linear(n, 64) -> Mish -> Linear(64, k)."""
+    return nn.Sequential(nn.Linear(n_features, hidden), nn.Mish(), nn.Linear(hidden, num_classes))
+
+
+def check_backbone(name: str) -> None:
+    """Raise a one-line error for a name timm does not know, suggesting close ones."""
+    import timm
+
+    if not name or not timm.is_model(name):
+        close = difflib.get_close_matches(str(name), timm.list_models(), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for valid names"
+        raise CxrtlError(f"unknown backbone {name!r}; {hint}")
+
+
+def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
+    """The local ImageNet weights file from the argument or the environment, checked to be safetensors."""
+    source = "--pretrained-file"
+    if not pretrained_file:
+        pretrained_file, source = os.environ.get(WEIGHTS_ENV) or None, WEIGHTS_ENV
+    if not pretrained_file:
+        return None
+    path = Path(pretrained_file).expanduser()
+    if not path.is_file():
+        raise CxrtlError(f"pretrained weights file {path} (from {source}) does not exist; give the path of "
+                         "the backbone's model.safetensors")
+    from .checkpoint import read_safetensors_header  # local import: checkpoint imports this module
+
+    read_safetensors_header(path, what="pretrained weights file")
+    return path
+
+
+def _timm_backbone(name: str, in_chans: int, pretrained: bool, file: Path | None) -> nn.Module:
+    import timm
+
+    kwargs = dict(num_classes=0, in_chans=in_chans)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if file is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(file))
+    try:
+        backbone = timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as exc:
+        if file is not None:
+            raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} "
+                             f"({str(exc).splitlines()[0][:200]}); give the weights of {name}") from None
+        raise CxrtlError(f"cannot get ImageNet weights for {name} from the Hugging Face Hub (offline?); "
+                         f"download its model.safetensors and pass --pretrained-file PATH or set "
+                         f"{WEIGHTS_ENV}, or use --init none") from None
+    if file is not None:
+        _check_all_loaded(backbone, file, name)
+    return backbone
+
+
+def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
+    """timm loads non-strictly once the classifier is dropped; make sure every backbone tensor came from file."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as fh:
+        keys = {k[len("module."):] if k.startswith("module.") else k for k in fh.keys()}
+    missing = [k for k in backbone.state_dict() if k not in keys]
+    if missing:
+        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} tensors "
+                         f"missing, e.g. {missing[0]}); give the weights of {name}")
+
+
+def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
+                 init: str = "imagenet", keep_hidden: bool = False,
+                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
+    """Build the model from ImageNet weights, random weights, or a cxrtl checkpoint (transfer, eq. 4-5).
+
+    Args:
+        backbone: timm model name; with a checkpoint ``init`` it may be None (the checkpoint's is used).
+        classes: class names in label-index order.
+        in_chans: 1 or 3; with 1 the pretrained first conv is adapted by timm (RGB filters summed).
+        init: "imagenet", "none", or the path of a cxrtl checkpoint / run dir whose backbone is reused.
+        keep_hidden: transfer only: keep the trained n->64 layer and replace only the last layer.
+        pretrained_file: local ImageNet weights (safetensors); default env CXRTL_IMAGENET_WEIGHTS.
+    """
+    classes = [str(c) for c in classes]
+    if len(classes) < 2:
+        raise CxrtlError(f"need at least two classes, got {classes}")
+    if in_chans not in (1, 3):
+        raise CxrtlError(f"in_chans must be 1 or 3, not {in_chans}")
+    if init in ("imagenet", "none"):
+        if keep_hidden:
+            raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint")
+        name = backbone or "densenet121"
+        check_backbone(name)
+        file = _imagenet_file(pretrained_file) if init == "imagenet" else None
+        net = _timm_backbone(name, in_chans, init == "imagenet", file)
+        model = CxrModel(net, classes, in_chans, name)
+        log.debug("created %s (%s init, %d channels) for classes %s", name, init, in_chans, classes)
+        return model
+    return _transfer(init, backbone, classes, in_chans, keep_hidden)
+
+
+def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int,
+              keep_hidden: bool) -> CxrModel:
+    """Backbone (and optionally the hidden layer) from a cxrtl checkpoint, fresh last layer for ``classes``."""
+    from .checkpoint import load_checkpoint
+
+    source, meta = load_checkpoint(path)
+    if backbone and backbone != source.backbone_name:
+        raise CxrtlError(f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
+                         "leave --backbone out for a transfer")
+    if source.in_chans != in_chans:
+        raise CxrtlError(f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
+                         f"use --channels {source.in_chans}")
+    model = CxrModel(source.backbone, classes, in_chans, source.backbone_name,
+                     hidden=source.head[0].out_features)
+    if keep_hidden:
+        model.head[0].load_state_dict(source.head[0].state_dict())
+    log.info("transfer from %s (%s, classes %s): %s", path, source.backbone_name, source.classes,
+             "kept hidden layer, new last layer" if keep_hidden else "new head")
+    return model
+
+
+def set_scheme(model: CxrModel, scheme: str) -> CxrModel:
+    """finetune: everything trains; extractor: only the head trains, the backbone is frozen incl. BN stats."""
+    if scheme == "extractor":
+        return model.freeze_backbone()
+    if scheme != "finetune":
+        raise CxrtlError(f"unknown scheme {scheme!r}; expected finetune or extractor")
+    return model
