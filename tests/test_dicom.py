@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cxrtl.dicom import DicomReadError, is_dicom, load_dicom_gray  # noqa: E402
-from cxrtl.errors import CxrtlError  # noqa: E402
+from cxrtl.dicom import DicomReadError, is_dicom, load_dicom_gray
+from cxrtl.errors import CxrtlError
 
 
 def gradient(h=40, w=48) -> np.ndarray:
@@ -105,7 +107,7 @@ def test_not_a_dicom_and_truncated_dicom_are_errors(tmp_path):
     with pytest.raises(CxrtlError):
         load_dicom_gray(junk)
     good = write_dicom(tmp_path / "t.dcm", gradient(64, 64))
-    data = open(good, "rb").read()
+    data = Path(good).read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: len(data) - 2000])
     with pytest.raises(CxrtlError):

@@ -41,7 +41,7 @@ def is_dicom(path: str | os.PathLike) -> bool:
 def _pydicom():
     try:
         import pydicom
-        import pydicom.pixels  # noqa: F401  (pydicom >= 3)
+        import pydicom.pixels
     except ImportError:
         raise CxrtlError("reading DICOM files needs pydicom >= 3; install it with "
                          "`pip install 'cxrtl[dicom]'`") from None
@@ -61,7 +61,7 @@ def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
             ds = pydicom.dcmread(path, force=True)  # no preamble/DICM magic: still try
     except FileNotFoundError:
         raise DicomReadError(f"{path}: file does not exist") from None
-    except Exception as exc:  # pydicom raises many types on malformed files
+    except Exception as exc:  # noqa: BLE001  (pydicom raises many types on malformed files)
         raise DicomReadError(f"{path}: not a readable DICOM file ({_short(exc)})") from None
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -80,7 +80,7 @@ def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
             gray = _to_gray_u8(arr, ds)
     except DicomReadError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (decoders raise many types)
         raise DicomReadError(f"{path}: cannot decode DICOM pixel data ({_short(exc)}); if it is compressed, "
                              "install a decoder plugin (e.g. pylibjpeg) or convert it to PNG") from None
     return gray

@@ -1,0 +1,87 @@
+"""``cxrtl predict``: class probabilities for images, folders and DICOM files (+ Grad-CAM overlays)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+
+EPILOG = """\
+MODEL is a run directory (its best checkpoint), a .safetensors/.json checkpoint, or an .onnx file written
+by `cxrtl export`. A file that cannot be read gets a row with its error and the others continue; the exit
+status is 1 if any file failed. A model trained on lung-masked images needs --mask or --mask-dir.
+Research tool, not a medical device.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="predict classes of radiographs (PNG/JPEG/DICOM files or folders)",
+        description="Apply a trained cxrtl model to chest radiographs.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("model", metavar="MODEL", help="run dir, checkpoint (.safetensors/.json) or exported .onnx")
+    a("paths", metavar="PATH", nargs="+", help="image file (PNG/JPEG/DICOM...) or folder of them")
+    a("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    a("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
+    a("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR (PyTorch models only)")
+    a("--cam-class", metavar="CLASS", help="class for Grad-CAM (name or index; default: the predicted one)")
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--mask", metavar="PATH", help="lung mask of the (single) image")
+    m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
+    a("--device", default="cpu", metavar="DEV", help="cpu, cuda or auto (default cpu)")
+    a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
+    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import CxrtlError
+    from ..predict import Predictor, collect_inputs, find_masks
+
+    if args.batch_size < 1:
+        raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")
+    predictor = Predictor.from_checkpoint(args.model, device=args.device, threads=args.threads)
+    images = collect_inputs(args.paths)
+    if not images:
+        raise CxrtlError("no images found in " + ", ".join(args.paths) + "; give PNG/JPEG/DICOM files or folders")
+    masks = find_masks(images, args.mask, args.mask_dir)
+    rows = predictor.predict_files(images, masks, batch_size=args.batch_size, cam_dir=args.cam,
+                                   cam_class=args.cam_class, progress=args.progress and sys.stderr.isatty())
+    sys.stdout.write(render(rows, predictor.classes, args.format))
+    failed = sum(r.error is not None for r in rows)
+    if failed:
+        print(f"cxrtl: {failed} of {len(rows)} file(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def render(rows, classes: list[str], fmt: str) -> str:
+    """Rows -> the text of one output format."""
+    with_cam = any(r.cam is not None for r in rows)
+    if fmt == "json":
+        return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
+    header = ["path", "label", *classes]
+    if with_cam:
+        header += ["cam", "lung_fraction"]
+    header.append("error")
+    table = []
+    for r in rows:
+        probs = [(f"{r.probabilities[c]:.4f}" if r.probabilities else "") for c in classes]
+        cells = [r.path, r.label or "", *probs]
+        if with_cam:
+            cells += [r.cam or "", "" if r.lung_fraction is None else f"{r.lung_fraction:.3f}"]
+        cells.append(r.error or "")
+        table.append(cells)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(table)
+        return buf.getvalue()
+    if not any(r.error for r in rows):  # no empty error column in a clean table
+        header, table = header[:-1], [t[:-1] for t in table]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,259 @@
+"""ONNX export of a cxrtl checkpoint, and the onnxruntime backend that runs it without importing torch.
+
+The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: uint8 grey images
+``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
+graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
+logits / temperature). Classes, preprocessing, backbone and temperature travel as ``metadata_props``.
+Only the export itself needs torch; this module imports it lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import CxrtlError
+
+log = logging.getLogger(__name__)
+
+ONNX_FORMAT = "cxrtl-onnx"
+ONNX_VERSION = 1
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("logits", "probabilities")
+KEY_PREFIX = "cxrtl."
+EXPORTERS = ("auto", "dynamo", "torchscript")
+DEFAULT_OPSET = 18
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CxrtlError("running ONNX models needs onnxruntime; install it with "
+                         "`pip install 'cxrtl[onnx]'`") from None
+    return onnxruntime
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+def _wrap_for_export(model, pp, temperature: float | None):
+    """The CxrModel with input scaling/normalisation in front and temperature softmax behind."""
+    import torch
+
+    class _Deployable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.channels = pp.channels
+            self.register_buffer("mean", torch.tensor(pp.mean, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("std", torch.tensor(pp.std, dtype=torch.float32).view(1, -1, 1, 1))
+            self.register_buffer("inv_t", torch.tensor(1.0 / (temperature or 1.0), dtype=torch.float32))
+
+        def forward(self, image):
+            # Same arithmetic as cxrtl.data.preprocess.normalize_batch, so both paths agree to rounding.
+            x = image.float() / 255.0
+            if self.channels == 3:
+                x = x.expand(-1, 3, -1, -1)
+            logits = self.model((x - self.mean) / self.std)
+            return logits, torch.softmax(logits * self.inv_t, dim=1)
+
+    return _Deployable().eval()
+
+
+def _export_graph(module, example, path: Path, exporter: str, opset: int) -> None:
+    """torch.onnx.export with a dynamic batch dimension, torch's chatter routed to the debug log."""
+    import torch
+
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), torch.no_grad():
+        if exporter == "dynamo":
+            from torch.export import Dim
+
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
+                              output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
+                              external_data=False, optimize=True,
+                              dynamic_shapes={"image": {0: Dim("batch", min=1, max=65536)}})
+        else:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
+                                  output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
+                                  do_constant_folding=True,
+                                  dynamic_axes={INPUT_NAME: {0: "batch"},
+                                                **{name: {0: "batch"} for name in OUTPUT_NAMES}})
+    if chatter.getvalue().strip():
+        log.debug("torch.onnx.export (%s) said:\n%s", exporter, chatter.getvalue())
+
+
+def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter: str = "auto",
+                opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
+    """Export a cxrtl checkpoint (run dir, .safetensors or .json) to a self-describing ONNX file.
+
+    Args:
+        exporter: "dynamo" (torch.export based), "torchscript" (legacy), or "auto": dynamo, falling
+            back to torchscript if dynamo fails on this backbone.
+        verify: run the exported file under onnxruntime at batch 1 and 3 and compare with PyTorch.
+    """
+    import onnx
+    import torch
+
+    from .checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
+    from .data.preprocess import Preprocess
+    from .fsutil import write_bytes
+
+    if exporter not in EXPORTERS:
+        raise CxrtlError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise CxrtlError(f"ONNX output {out} should end in .onnx; e.g. --onnx model.onnx")
+    weights = resolve_checkpoint(model_path)
+    model, meta = load_checkpoint(weights)
+    model.eval()
+    pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
+    if pp.channels != model.in_chans:
+        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
+                         f"{model.in_chans}-channel model; it is damaged or was edited")
+    temperature = load_temperature(weights)
+    module = _wrap_for_export(model, pp, temperature)
+    example = torch.randint(0, 256, (2, 1, pp.image_size, pp.image_size), dtype=torch.uint8,
+                            generator=torch.Generator().manual_seed(0))
+
+    with tempfile.TemporaryDirectory(prefix="cxrtl-export-") as tmp:
+        graph = Path(tmp) / "model.onnx"
+        tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+        for i, name in enumerate(tried):
+            try:
+                _export_graph(module, example, graph, name, opset)
+                used = name
+                break
+            except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                if i + 1 < len(tried):
+                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
+                                first)
+                    continue
+                raise CxrtlError(f"ONNX export of {meta['backbone']} failed with the {name} exporter "
+                                 f"({first}); try --exporter "
+                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
+        proto = onnx.load(str(graph))
+
+    props = {
+        "format": ONNX_FORMAT, "version": str(ONNX_VERSION), "cxrtl_version": __version__,
+        "classes": json.dumps(list(model.classes)), "preprocess": json.dumps(pp.to_dict()),
+        "backbone": str(meta["backbone"]), "in_chans": str(model.in_chans),
+        "temperature": json.dumps(temperature), "exporter": used,
+        "input": f"{INPUT_NAME}: uint8 grey [N,1,{pp.image_size},{pp.image_size}] from prepare_image; "
+                 "scaling and normalisation are inside the graph",
+        "source_checkpoint": weights.name,
+    }
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = KEY_PREFIX + key, value
+    proto.producer_name, proto.producer_version = "cxrtl", __version__
+    proto.doc_string = (f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
+                        f"{', '.join(model.classes)}. Research tool, not a medical device.")
+    write_bytes(out, proto.SerializeToString())
+    log.info("exported %s to %s with the %s exporter", weights, out, used)
+    if verify:
+        _verify(out, module, pp)
+    return out
+
+
+def _verify(path: Path, module, pp) -> None:
+    """The exported file must reproduce PyTorch's logits at batch 1 and 3 (dynamic batch included)."""
+    import torch
+
+    backend, _ = load_onnx(path)
+    gen = torch.Generator().manual_seed(1)
+    for batch in (1, 3):
+        x = torch.randint(0, 256, (batch, 1, pp.image_size, pp.image_size), dtype=torch.uint8, generator=gen)
+        with torch.inference_mode():
+            want = module(x)[0].float().numpy()
+        got = backend.logits(x.numpy())
+        err = float(np.abs(got - want).max())
+        if not np.isfinite(err) or err > 1e-3 * max(1.0, float(np.abs(want).max())):
+            path.unlink(missing_ok=True)
+            raise CxrtlError(f"exported ONNX disagrees with PyTorch at batch {batch} (max logit error "
+                             f"{err:.2g}); try the other --exporter")
+    log.debug("verified %s against PyTorch at batch 1 and 3", path)
+
+
+# ------------------------------------------------------------------------------------------- runtime
+
+def session_options(threads: int | None = None):
+    """onnxruntime settings tuned for CPU latency: full graph optimisation, one thread per core, no spin."""
+    ort = _onnxruntime()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+class OnnxBackend:
+    """Runs a cxrtl ONNX file: uint8 ``[B, 1, S, S]`` -> float32 logits ``[B, k]``."""
+
+    name = "onnxruntime"
+
+    def __init__(self, session):
+        self.session = session
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        return self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch})[0].astype(np.float32, copy=False)
+
+
+def read_onnx_meta(session, path: Path) -> dict[str, Any]:
+    """The cxrtl metadata of an ONNX session; a one-line error for a file cxrtl did not write."""
+    props = session.get_modelmeta().custom_metadata_map or {}
+    if props.get(KEY_PREFIX + "format") != ONNX_FORMAT:
+        raise CxrtlError(f"{path} is an ONNX model that cxrtl did not write (no cxrtl metadata); "
+                         "export one with `cxrtl export MODEL --onnx OUT.onnx`")
+    try:
+        meta = {
+            "classes": [str(c) for c in json.loads(props[KEY_PREFIX + "classes"])],
+            "preprocess": json.loads(props[KEY_PREFIX + "preprocess"]),
+            "backbone": props.get(KEY_PREFIX + "backbone", "?"),
+            "temperature": json.loads(props.get(KEY_PREFIX + "temperature", "null")),
+            "version": int(props.get(KEY_PREFIX + "version", "1")),
+        }
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CxrtlError(f"{path} has damaged cxrtl metadata ({exc}); export it again") from None
+    if meta["version"] > ONNX_VERSION:
+        raise CxrtlError(f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); upgrade cxrtl")
+    names = [i.name for i in session.get_inputs()]
+    if names != [INPUT_NAME]:
+        raise CxrtlError(f"{path} has inputs {names}, not [{INPUT_NAME!r}]; export it again")
+    return meta
+
+
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxBackend, dict[str, Any]]:
+    """Open a cxrtl ONNX file under onnxruntime (CPU) -> (backend, metadata). Never imports torch."""
+    ort = _onnxruntime()
+    path = Path(path)
+    if not path.is_file():
+        raise CxrtlError(f"ONNX file {path} does not exist")
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types for invalid files)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CxrtlError(f"{path} is not a loadable ONNX model ({first}); export it again with "
+                         "`cxrtl export`") from None
+    return OnnxBackend(session), read_onnx_meta(session, path)

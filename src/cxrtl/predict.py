@@ -1,0 +1,385 @@
+"""Apply a trained model to new radiographs: files, folders, DICOM -> class probabilities (+ Grad-CAM).
+
+:class:`Predictor` wraps either a PyTorch checkpoint or an exported ONNX file behind one interface and
+preprocesses exactly as the checkpoint records (``cxrtl.data.image_io.prepare_image``, the function the
+training cache uses). The ONNX path never imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CxrtlError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
+
+ImageLike = "str | os.PathLike | np.ndarray"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The geometry part of a checkpoint's preprocessing; torch-free so the ONNX path can use it."""
+
+    input: str = "raw"
+    channels: int = 3
+    image_size: int = 224
+    resize_size: int = 256
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        size = int(d.get("image_size", 224))
+        spec = cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)), image_size=size,
+                   resize_size=int(d.get("resize_size", round(size * 256 / 224))))
+        if spec.input not in ("raw", "masked") or spec.channels not in (1, 3) or spec.image_size < 8:
+            raise CxrtlError(f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer cxrtl")
+        return spec
+
+
+@dataclass
+class Prediction:
+    """One row of output: a file, its predicted label and probabilities, or the error that stopped it."""
+
+    path: str
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    error: str | None = None
+    cam: str | None = None
+    cam_class: str | None = None
+    lung_fraction: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        if self.error is not None:
+            row["error"] = self.error
+        if self.cam is not None:
+            row["cam"] = self.cam
+            row["cam_class"] = self.cam_class
+            row["lung_fraction"] = self.lung_fraction
+        return row
+
+
+def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
+    """Numerically stable softmax of ``logits / temperature`` in float64, returned as float32 rows."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature or 1.0)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class TorchBackend:
+    """Runs a CxrModel: uint8 ``[B, 1, S, S]`` -> float32 logits, normalising like the training loop."""
+
+    name = "pytorch"
+
+    def __init__(self, model, pp, device: str = "cpu"):
+        self.model = model.eval()
+        self.pp = pp  # cxrtl.data.preprocess.Preprocess
+        self.device = device
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        from .data.preprocess import normalize_batch
+
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        with torch.inference_mode():
+            x = normalize_batch(torch.from_numpy(batch), self.pp, self.device)
+            return self.model(x).float().cpu().numpy()
+
+    def normalize(self, batch: np.ndarray):
+        """uint8 ``[B, S, S]`` -> the float tensor the model sees (for Grad-CAM)."""
+        import torch
+
+        from .data.preprocess import normalize_batch
+
+        return normalize_batch(torch.from_numpy(np.ascontiguousarray(batch)[:, None]), self.pp, self.device)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> cuda when available, else cpu; anything else as given."""
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+class Predictor:
+    """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
+
+    def __init__(self, backend, classes: Sequence[str], spec: InputSpec, temperature: float | None = None,
+                 source: str | None = None, backbone: str | None = None):
+        self.backend = backend
+        self.classes = list(classes)
+        self.spec = spec
+        self.temperature = temperature
+        self.source = source
+        self.backbone = backbone
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu",
+                        threads: int | None = None) -> Predictor:
+        """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
+        path = Path(path).expanduser()
+        if path.suffix.lower() == ".onnx":
+            from .export import load_onnx
+
+            backend, meta = load_onnx(path, threads=threads)
+            return cls(backend, meta["classes"], InputSpec.from_dict(meta["preprocess"]),
+                       meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
+        from .checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
+        from .data.preprocess import Preprocess
+
+        weights = resolve_checkpoint(path)
+        device = resolve_device(device)
+        model, meta = load_checkpoint(weights, map_location=device)
+        pp_dict = meta.get("preprocess") or {"channels": model.in_chans}
+        pp = Preprocess.from_dict(pp_dict)
+        if pp.channels != model.in_chans:
+            raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
+                             f"{model.in_chans}-channel model; it is damaged or was edited")
+        return cls(TorchBackend(model, pp, device), model.classes, InputSpec.from_dict(pp.to_dict()),
+                   load_temperature(weights), source=str(weights), backbone=meta.get("backbone"))
+
+    @property
+    def needs_mask(self) -> bool:
+        """True for a model trained on lung-masked images: every input needs its mask."""
+        return self.spec.input == "masked"
+
+    @property
+    def torch_model(self):
+        """The PyTorch model, or None for an ONNX predictor."""
+        return getattr(self.backend, "model", None)
+
+    # ------------------------------------------------------------------------------ preprocessing
+    def load(self, image: ImageLike) -> np.ndarray:
+        """A path (PNG/JPEG/DICOM/...) or an array -> uint8 grey ``[H, W]``, decoded like the cache does."""
+        if isinstance(image, np.ndarray):
+            return _as_gray(image)
+        from .data.image_io import load_gray
+
+        return load_gray(image, target_short_side=self.spec.resize_size)
+
+    def prepare(self, image: ImageLike, mask: ImageLike | None = None) -> np.ndarray:
+        """One image (and its lung mask) -> the uint8 ``[S, S]`` model input of this checkpoint."""
+        return self._prepare(image, mask)[0]
+
+    def _prepare(self, image: ImageLike, mask: ImageLike | None) -> tuple[np.ndarray, tuple[int, int]]:
+        from .data.image_io import load_gray, prepare_image
+
+        gray = self.load(image)
+        mask_arr = None
+        if self.needs_mask:
+            if mask is None:
+                raise CxrtlError(f"this model was trained on lung-masked images; give the lung mask of "
+                                 f"{_name(image)} (--mask PATH or --mask-dir DIR)")
+            mask_arr = _as_gray(mask) if isinstance(mask, np.ndarray) else load_gray(mask)
+        return prepare_image(gray, self.spec, mask_arr), gray.shape
+
+    # ------------------------------------------------------------------------------ inference
+    def predict_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Prepared uint8 ``[B, S, S]`` -> probabilities ``[B, k]`` (temperature applied)."""
+        return softmax(self.backend.logits(np.asarray(batch, dtype=np.uint8)), self.temperature)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], masks: Sequence[ImageLike | None] | None = None,
+                batch_size: int = 16) -> np.ndarray:
+        """Probabilities ``[N, k]`` in :attr:`classes` order; raises on the first unreadable image.
+
+        Use :meth:`predict_files` to get one error row per bad file instead.
+        """
+        if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
+                isinstance(images, np.ndarray) and images.ndim == 3):
+            images = [images]
+        images = list(images)
+        masks = _check_masks(images, masks)
+        out = np.zeros((len(images), len(self.classes)), dtype=np.float32)
+        batch_size = max(1, int(batch_size))
+        for start in range(0, len(images), batch_size):
+            chunk = range(start, min(start + batch_size, len(images)))
+            prepared = np.stack([self.prepare(images[i], masks[i]) for i in chunk])
+            out[start:start + len(chunk)] = self.predict_prepared(prepared)
+        return out
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], masks: Sequence[Any] | None = None,
+                      batch_size: int = 16, cam_dir: str | os.PathLike | None = None,
+                      cam_class: str | int | None = None, progress: bool = False) -> list[Prediction]:
+        """One :class:`Prediction` per path; a file that fails gets its error and the rest continue."""
+        paths = [str(p) for p in paths]
+        masks = _check_masks(paths, masks)
+        if cam_dir is not None:
+            self._check_cam(cam_class)
+        rows = [Prediction(path=p) for p in paths]
+        used_names: set[str] = set()
+        bar = _progress(len(paths), progress)
+        batch_size = max(1, int(batch_size))
+        for start in range(0, len(paths), batch_size):
+            ok: list[int] = []
+            prepared, shapes = [], {}
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    arr, shapes[i] = self._prepare(paths[i], masks[i])
+                    prepared.append(arr)
+                    ok.append(i)
+                except CxrtlError as exc:
+                    rows[i].error = str(exc)
+                except MemoryError:
+                    rows[i].error = f"{paths[i]}: out of memory while decoding; the image is too large"
+                except Exception as exc:  # never let one odd file stop the batch
+                    log.debug("unexpected error on %s", paths[i], exc_info=True)
+                    rows[i].error = f"{paths[i]}: cannot read ({type(exc).__name__}: {exc})"
+            if ok:
+                batch = np.stack(prepared)
+                probs = self.predict_prepared(batch)
+                for j, i in enumerate(ok):
+                    rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
+                    rows[i].label = self.classes[int(np.argmax(probs[j]))]
+                if cam_dir is not None:
+                    self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
+            bar.update(min(batch_size, len(paths) - start))
+        bar.close()
+        return rows
+
+    # ------------------------------------------------------------------------------ Grad-CAM
+    def _check_cam(self, cam_class) -> None:
+        if self.torch_model is None:
+            raise CxrtlError("Grad-CAM needs gradients, which an ONNX file does not have; use the PyTorch "
+                             "checkpoint (run dir or .safetensors) with --cam")
+        self.class_index(cam_class)
+
+    def class_index(self, cam_class: str | int | None) -> int | None:
+        """A class name or index -> index in :attr:`classes`; None stays None (= predicted class)."""
+        if cam_class is None:
+            return None
+        if str(cam_class) in self.classes:
+            return self.classes.index(str(cam_class))
+        try:
+            idx = int(cam_class)
+        except (TypeError, ValueError):
+            idx = -1
+        if not 0 <= idx < len(self.classes):
+            raise CxrtlError(f"unknown class {cam_class!r} for Grad-CAM; choose one of "
+                             f"{', '.join(self.classes)}")
+        return idx
+
+    def _write_cams(self, rows, ok, batch, shapes, masks, cam_dir: Path, cam_class, used: set) -> None:
+        from .cam import grad_cam, lung_fraction, mask_for_input, overlay_name, save_overlay
+
+        target = self.class_index(cam_class)
+        x = self.backend.normalize(batch)
+        cams, indices = grad_cam(self.torch_model, x, target)
+        for j, i in enumerate(ok):
+            row = rows[i]
+            try:
+                out = save_overlay(cam_dir / overlay_name(row.path, used), batch[j], cams[j])
+                row.cam, row.cam_class = str(out), self.classes[indices[j]]
+                if masks[i] is not None:
+                    pmask = mask_for_input(masks[i], shapes[i], self.spec)
+                    row.lung_fraction = lung_fraction(cams[j], pmask)
+            except CxrtlError as exc:
+                row.error = f"Grad-CAM: {exc}"
+
+
+# ---------------------------------------------------------------------------------------- inputs
+
+def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand folders (recursively) into their image files, sorted; explicit files are kept as given.
+
+    A folder contributes only files with an image/DICOM suffix; a file named explicitly is always tried,
+    so a wrong file gives an error row rather than vanishing.
+    """
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                log.warning("no PNG/JPEG/DICOM images under %s", p)
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def find_masks(images: Sequence[Path], mask: str | os.PathLike | None = None,
+               mask_dir: str | os.PathLike | None = None) -> list[Path | None]:
+    """The lung mask of each image: one --mask for a single image, or the same file name in --mask-dir.
+
+    In --mask-dir a mask is matched by file name, then by stem with any image suffix (the COVID-19
+    Radiography Database stores masks under the image's own name).
+    """
+    if mask is not None and mask_dir is not None:
+        raise CxrtlError("give either --mask or --mask-dir, not both")
+    if mask is not None:
+        if len(images) != 1:
+            raise CxrtlError(f"--mask is for one image, but {len(images)} were given; use --mask-dir DIR "
+                             "with masks named like their images")
+        return [Path(mask)]
+    if mask_dir is None:
+        return [None] * len(images)
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise CxrtlError(f"mask directory {mask_dir} does not exist")
+    by_stem: dict[str, Path] = {}
+    for f in sorted(mask_dir.iterdir()):
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(f.stem, f)
+    out: list[Path | None] = []
+    for img in images:
+        exact = mask_dir / img.name
+        out.append(exact if exact.is_file() else by_stem.get(img.stem))
+    return out
+
+
+def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any]:
+    if masks is None:
+        return [None] * len(images)
+    masks = list(masks)
+    if len(masks) != len(images):
+        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; give one mask (or None) per image")
+    return masks
+
+
+def _as_gray(arr: np.ndarray) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        rgb = a[..., :3].astype(np.float64)
+        a = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    if a.ndim != 2:
+        raise CxrtlError(f"expected a grey image array [H, W], got shape {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    return a
+
+
+def _name(image: Any) -> str:
+    return "this image" if isinstance(image, np.ndarray) else str(image)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="predict", leave=False)
