@@ -170,11 +170,11 @@ def _fingerprint(path: Path) -> tuple[str | None, int, bytes, bool]:
     with open(path, "rb") as fh:
         head = fh.read(_SNIFF_BYTES)
         size = os.fstat(fh.fileno()).st_size
-        if size > 2 * _SNIFF_BYTES:
-            fh.seek(size - _SNIFF_BYTES)
+        if size > len(head):
+            fh.seek(max(size - _SNIFF_BYTES, len(head)))
             tail = fh.read(_SNIFF_BYTES)
         else:
-            tail = head[-_SNIFF_BYTES:]
+            tail = head
     fmt = sniff_format(head)
     truncated = bool(fmt) and looks_truncated(fmt, tail)
     return fmt, size, hashlib.blake2b(head + tail, digest_size=16).digest(), truncated
@@ -252,7 +252,7 @@ def _finish(ds_root: Path, layout: str, classes: list[str], candidates: list[_Ca
     if missing:
         logger.info("%d of %d images under %s have no lung mask (masked input will refuse them)",
                        len(missing), len(records), ds_root)
-    logger.info("%s: %d images in %d classes (%s), %d files skipped", ds_root, len(records), len(classes),
+    logger.debug("%s: %d images in %d classes (%s), %d files skipped", ds_root, len(records), len(classes),
                 layout, len(skipped))
     return DatasetIndex(root=ds_root, layout=layout, classes=sorted(classes), records=records,
                         skipped=skipped, missing_masks=missing)

@@ -145,7 +145,11 @@ def write_split_csv(path: str | os.PathLike, split: Split) -> Path:
         if with_patient:
             row.append(r.patient_id or "")
         rows.append(row)
-    return write_csv(path, header, rows)
+    try:
+        return write_csv(path, header, rows)
+    except OSError as exc:  # e.g. a parent that is not a folder, or a read-only file system
+        raise CxrtlError(f"cannot write split CSV {path}: {exc.strerror or exc}; choose a writable path") \
+            from None
 
 
 def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:

@@ -1,0 +1,183 @@
+"""``cxrtl data synth|check|split|cache``: thin shells over :mod:`cxrtl.data`."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import Counter
+
+from ..errors import CxrtlError
+
+
+def register(subparsers) -> None:
+    data = subparsers.add_parser("data", help="synthesise, check, split and cache datasets",
+                                 description="Dataset tools: synth, check, split, cache.")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
+
+    p = sub.add_parser("synth", help="write deterministic synthetic COVID-19 Radiography + Kermany sets")
+    p.add_argument("out", metavar="OUT", help="output folder (gets COVID-19_Radiography_Dataset/ and chest_xray/)")
+    p.add_argument("--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=run_synth)
+
+    p = sub.add_parser("check", help="detect the layout, count classes, list skipped files")
+    p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--split", metavar="SPLIT.csv", help="also check this split (and its leakage)")
+    p.set_defaults(func=run_check)
+
+    p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
+    p.add_argument("--ratios", metavar="A,B,C",
+                   help="train,val,test ratios (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)")
+    p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
+    p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
+    p.add_argument("--official", action="store_true", help="use Kermany's own train/val/test folders")
+    p.set_defaults(func=run_split)
+
+    p = sub.add_parser("cache", help="decode, mask, resize and crop once into the uint8 cache")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--split", metavar="SPLIT.csv", help="cache the images of this split (default: all)")
+    p.add_argument("--input", choices=("raw", "masked"), default="raw", help="raw or lung-masked (eq. 9)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (pseudo-RGB)")
+    p.add_argument("--image-size", type=int, default=224, help="crop size (default 224)")
+    p.add_argument("--cache-dir", help="cache folder (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
+    p.set_defaults(func=run_cache)
+
+    for name in ("register_cli", "add_parser"):  # the integrity area's `data dedup`, when present
+        try:
+            dedup = importlib.import_module("cxrtl.dedup")
+        except ModuleNotFoundError as exc:
+            if exc.name != "cxrtl.dedup":
+                raise
+            break
+        if hasattr(dedup, name):
+            getattr(dedup, name)(sub)
+            break
+
+
+def run_synth(args) -> int:
+    from ..data.sources import load_dataset
+    from ..data.synthetic import synthesize
+
+    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed)
+    for root in (covid, kermany):
+        index = load_dataset(root)
+        counts = Counter(r.label for r in index.records)
+        print(f"{root}: {len(index.records)} images ({', '.join(f'{c} {counts[c]}' for c in index.classes)})")
+    return 0
+
+
+def summarize(index) -> dict:
+    """The `data check` report of an index (JSON-ready)."""
+    counts = Counter(r.label for r in index.records)
+    patients = {r.patient_id for r in index.records if r.patient_id}
+    per_split = None
+    if any(r.source_split for r in index.records):
+        per_split = {s: dict(sorted(Counter(r.label for r in index.records if r.source_split == s).items()))
+                     for s in ("train", "val", "test")}
+    return {"root": str(index.root), "layout": index.layout, "classes": list(index.classes),
+            "counts": {c: counts.get(c, 0) for c in index.classes}, "total": len(index.records),
+            "with_mask": sum(1 for r in index.records if r.mask_path),
+            "missing_masks": len(index.missing_masks),
+            "patients": len(patients) if patients else None,
+            "official_split": per_split,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in index.skipped]}
+
+
+def run_check(args) -> int:
+    from ..data.sources import load_dataset
+    from ..data.splits import read_split_csv
+
+    index = load_dataset(args.root)
+    report = summarize(index)
+    if args.split:
+        split = read_split_csv(args.split, index)
+        report["split"] = {name: dict(sorted(Counter(r.label for r in recs).items()))
+                           for name, recs in split.items()}
+        try:
+            leakage = importlib.import_module("cxrtl.leakage")
+        except ModuleNotFoundError as exc:
+            if exc.name != "cxrtl.leakage":
+                raise
+            leakage = None
+        if leakage is not None and hasattr(leakage, "check_split"):
+            report["leakage"] = leakage.check_split(index, split)
+    if args.format == "json":
+        from ..fsutil import _json_safe
+        print(json.dumps(_json_safe(report), indent=2, default=str))
+        return 0
+    print(f"{report['root']}: {report['layout']} layout, {report['total']} images in "
+          f"{len(report['classes'])} classes")
+    width = max(len(c) for c in report["classes"])
+    for c in report["classes"]:
+        print(f"  {c:<{width}}  {report['counts'][c]}")
+    if report["with_mask"] or report["missing_masks"]:
+        print(f"lung masks: {report['with_mask']} ({report['missing_masks']} missing)")
+    if report["patients"] is not None:
+        print(f"patients: {report['patients']}")
+    if report["official_split"]:
+        print("official folders: " + "; ".join(
+            f"{s} " + ", ".join(f"{c} {n}" for c, n in d.items()) for s, d in report["official_split"].items()))
+    if "split" in report:
+        print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
+    if "leakage" in report:
+        print("leakage: " + json.dumps(report["leakage"], default=str)[:2000])
+    if report["skipped"]:
+        reasons = Counter(s["reason"].split(" of ")[0] if s["reason"].startswith("duplicate") else s["reason"]
+                          for s in report["skipped"])
+        print(f"skipped {len(report['skipped'])} file(s): " +
+              ", ".join(f"{r} {n}" for r, n in reasons.most_common()))
+        for s in report["skipped"][:10]:
+            print(f"  {s['path']}: {s['reason']}")
+        if len(report["skipped"]) > 10:
+            print(f"  ... and {len(report['skipped']) - 10} more (see --format json)")
+    return 0
+
+
+def run_split(args) -> int:
+    from ..data.sources import load_dataset
+    from ..data.splits import make_split, parse_ratios, write_split_csv
+
+    ratios = parse_ratios(args.ratios) if args.ratios else None
+    if args.official and (ratios is not None or args.group_by):
+        raise CxrtlError("--official uses Kermany's own folders; drop --ratios/--group-by")
+    index = load_dataset(args.root)
+    split = make_split(index, ratios=ratios, seed=args.seed, group_by=args.group_by, official=args.official)
+    path = write_split_csv(args.out, split)
+    print(f"wrote {path}")
+    for name, recs in split.items():
+        counts = Counter(r.label for r in recs)
+        print(f"  {name:<5} {len(recs):>6}  " + ", ".join(f"{c} {counts.get(c, 0)}" for c in index.classes))
+    return 0
+
+
+def run_cache(args) -> int:
+    from ..data.cache import build_cache
+    from ..data.dataset import check_masks
+    from ..data.preprocess import Preprocess
+    from ..data.sources import load_dataset
+    from ..data.splits import read_split_csv
+
+    if args.image_size < 8:
+        raise CxrtlError(f"--image-size {args.image_size} is too small; use at least 8")
+    pp = Preprocess(input=args.input, channels=args.channels, image_size=args.image_size)
+    index = load_dataset(args.root)
+    records = index.records
+    if args.split:
+        records = [r for recs in read_split_csv(args.split, index).values() for r in recs]
+    if pp.input == "masked":
+        check_masks(index, records)
+    cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=True)
+    state = "built" if cache.built else "reused"
+    print(f"{state} cache {cache.dir}: {len(cache)} images, {pp.input}, {pp.image_size}x{pp.image_size} uint8")
+    if cache.converted:
+        modes = Counter(cache.converted.values())
+        print("converted to 8-bit grey: " + ", ".join(f"{m} {n}" for m, n in modes.most_common()))
+    if cache.failed:
+        print(f"could not decode {len(cache.failed)} image(s); they are excluded from training:")
+        for path, reason in sorted(cache.failed.items())[:10]:
+            print(f"  {path}: {reason}")
+    return 0
