@@ -1,0 +1,213 @@
+"""Evaluate a checkpoint on one subset of a dataset: predictions, metrics with intervals, figures, report.
+
+Outputs in ``out``: ``predictions.csv`` (path,label,pred,prob_<class>...), ``metrics.json``,
+``report.md`` and PNG+SVG figures (ROC, confusion matrix, reliability diagram, training curves for a
+run directory). The metrics are computed from exactly the probabilities written to predictions.csv,
+so they can be recomputed from that file alone. Headline metrics use the model's own softmax
+(temperature 1, as in the paper); a temperature, when fitted or found beside the checkpoint, is
+reported under ``calibrated`` and used for the operating point, as prediction uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+from .errors import CxrtlError
+from .fsutil import ensure_dir, write_csv, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("test", "val", "train", "all")
+PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
+
+
+def _resolve_inputs(model_path: str | os.PathLike, split_csv) -> tuple[Path, Path | None, Path | None]:
+    """(checkpoint .safetensors, split CSV or None, history.csv or None) for a run dir or a checkpoint."""
+    from .checkpoint import resolve_checkpoint
+
+    path = Path(model_path).expanduser()
+    history = None
+    if path.is_dir():
+        if not (path / "best.safetensors").is_file():
+            raise CxrtlError(f"run directory {path} has no best checkpoint (best.safetensors); let training "
+                             "finish at least one epoch, or pass a .safetensors checkpoint")
+        if split_csv is None and (path / "split.csv").is_file():
+            split_csv = path / "split.csv"
+        if (path / "history.csv").is_file():
+            history = path / "history.csv"
+    ckpt = resolve_checkpoint(path)
+    return ckpt, (Path(split_csv) if split_csv is not None else None), history
+
+
+def _check_classes(ckpt_classes: list[str], data_classes: list[str], records, subset: str) -> None:
+    """One-line errors for data the checkpoint cannot be scored on."""
+    known = set(ckpt_classes)
+    if not known & set(data_classes):
+        hint = ("; the names differ only in letter case, rename the folders"
+                if {c.lower() for c in ckpt_classes} & {c.lower() for c in data_classes} else
+                "; evaluate with a checkpoint trained on this kind of data")
+        raise CxrtlError(f"checkpoint classes {ckpt_classes} do not match the data's classes {data_classes}{hint}")
+    unseen = sorted({r.label for r in records} - known)
+    if unseen:
+        count = sum(r.label in unseen for r in records)
+        raise CxrtlError(f"the {subset} subset has labels the checkpoint never saw: {unseen} ({count} images); "
+                         f"the checkpoint knows {ckpt_classes}, so remove those classes or retrain")
+    missing = [c for c in ckpt_classes if c not in data_classes]
+    if missing:
+        log.warning("the data has no images of %s; their recall and AUC are undefined", missing)
+
+
+def _predict(model, data, records, class_to_idx, pp, device, batch_size):
+    """Logits [N, k] and labels [N] (checkpoint class order) of ``records``."""
+    from .data import CachedDataset
+    from .engine import predict_logits
+
+    dataset = CachedDataset(data.cache, records, class_to_idx)
+    if len(dataset) == 0:
+        return np.zeros((0, len(class_to_idx)), np.float32), np.zeros(0, np.int64), []
+    logits, labels = predict_logits(model, dataset, pp, device=device, batch_size=batch_size)
+    return np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64), dataset.records
+
+
+def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities rounded exactly as predictions.csv stores them."""
+    p = M.softmax(logits, temperature)
+    return np.vectorize(lambda v: float(format(v, PROB_FORMAT)))(p) if p.size else p
+
+
+def _ce_from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    from scipy.special import logsumexp
+
+    z = logits / temperature
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
+
+
+def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
+    """Mean fraction of Grad-CAM mass inside the lung mask, per true class (inference helper's function)."""
+    try:
+        from .cam import lung_fractions
+    except ImportError:
+        raise CxrtlError("--cam-in-lungs needs cxrtl.cam.lung_fractions, which this installation lacks; "
+                         "leave the flag out") from None
+    fractions = lung_fractions(model, data.index, records, pp, device)
+    per_class = {}
+    for i, c in enumerate(classes):
+        vals = [f for f, y in zip(fractions, labels) if y == i and f is not None]
+        per_class[c] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
+    vals = [f for f in fractions if f is not None]
+    return {"by": "true class", "per_class": per_class,
+            "overall": {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)},
+            "without_mask": sum(f is None for f in fractions)}
+
+
+def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_csv=None, subset: str = "test",
+             out: str | os.PathLike = "eval", calibrate: bool = False, positive: str | None = None,
+             target_sensitivity: float = 0.95, device: str = "auto", batch_size: int = 64,
+             cam_in_lungs: bool = False, cache_dir=None, progress: bool = True, seed: int = 0,
+             n_boot: int = M.N_BOOT, figures: bool = True) -> dict:
+    """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
+
+    A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
+    Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
+    grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
+    """
+    from .checkpoint import load_checkpoint, load_temperature
+    from .data import Preprocess, prepare_data
+    from .engine import resolve_device
+
+    if subset not in SUBSETS:
+        raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
+    ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
+    out = ensure_dir(out)
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(ckpt, map_location="cpu")
+    classes = list(meta["classes"])
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    pp = Preprocess.from_dict(meta.get("preprocess") or {})
+    cfg = meta.get("config") or {}
+    data = prepare_data(data_root, pp, split_csv=split_csv, seed=int(cfg.get("seed", 2022)),
+                        ratios=cfg.get("ratios"), group_by=cfg.get("group_by"),
+                        official=bool(cfg.get("official", False)), cache_dir=cache_dir, progress=progress)
+    records = [r for name in ("train", "val", "test") for r in data.split[name]] if subset == "all" \
+        else list(data.split[subset])
+    if not records:
+        raise CxrtlError(f"the {subset} subset of {data_root} is empty" + (f" in split {split_csv}" if split_csv
+                         else "") + "; choose another --subset or a split with images there")
+    _check_classes(classes, data.classes, records, subset)
+
+    logits, labels, used = _predict(model, data, records, class_to_idx, pp, dev, batch_size)
+    if len(labels) == 0:
+        raise CxrtlError(f"none of the {len(records)} images of the {subset} subset could be decoded; "
+                         "check the files with `cxrtl data check`")
+    probs = _written_probs(logits)
+    result = M.compute_metrics(labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed,
+                               n_boot=n_boot)
+    result["source"] = {"checkpoint": str(ckpt), "data": str(data_root), "split": str(split_csv) if split_csv
+                        else None, "subset": subset, "backbone": meta.get("backbone"), "epoch": meta.get("epoch"),
+                        "preprocess": pp.to_dict(), "device": str(dev)}
+
+    val = None
+    if calibrate or positive:
+        if subset == "val":
+            val = (logits, labels)
+        else:
+            v_logits, v_labels, _ = _predict(model, data, list(data.split["val"]), class_to_idx, pp, dev,
+                                             batch_size)
+            val = (v_logits, v_labels)
+        if len(val[1]) == 0:
+            raise CxrtlError("calibration and --positive need a non-empty validation subset; "
+                             "use a split with validation images")
+    temperature = None
+    if calibrate:
+        temperature = M.fit_temperature(*val)
+        path = M.save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
+                                  val_nll_before=_ce_from_logits(*val),
+                                  val_nll_after=_ce_from_logits(val[0], val[1], temperature))
+        log.info("saved temperature %.4f to %s", temperature, path)
+        if subset == "val":
+            log.warning("the temperature was fitted on the subset it is evaluated on")
+    else:
+        temperature = load_temperature(ckpt)
+    if temperature is not None:
+        cal_probs = _written_probs(logits, temperature)
+        result["calibrated"] = {"temperature": temperature, "loss": _ce_from_logits(logits, labels, temperature),
+                                **M.calibration_bins(labels, cal_probs)}
+    if positive:
+        t = temperature or 1.0
+        result["operating_point"] = M.operating_point(
+            val[1], M.softmax(val[0], t), labels, M.softmax(logits, t), classes, positive, target_sensitivity)
+        result["operating_point"]["temperature"] = t
+    if cam_in_lungs:
+        result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
+
+    write_csv(out / "predictions.csv", ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
+              ([r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
+               for r, y, p in zip(used, labels, probs)))
+    if figures:
+        result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
+    write_json(out / "metrics.json", result)
+    from .report import evaluation_markdown
+
+    write_text(out / "report.md", evaluation_markdown(result, f"Evaluation on the {subset} subset"))
+    return result
+
+
+def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:
+    from . import report
+
+    name = result["source"]["subset"]
+    paths = report.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
+    paths += report.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
+                                   title=f"Confusion matrix on {name} (n = {len(labels)})")
+    paths += report.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
+    if history is not None:
+        try:
+            paths += report.plot_history(history, out / "history")
+        except CxrtlError as exc:
+            log.warning("no training curves: %s", exc)
+    return paths

@@ -1,0 +1,181 @@
+"""`cxrtl evaluate`: outputs recomputable from predictions.csv, calibration, operating point, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrtl.cli import main
+from cxrtl.metrics import compute_metrics
+
+pytestmark = pytest.mark.slow  # one module fixture builds a dataset, a checkpoint and evaluates (~15 s)
+
+CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+
+
+def make_folder_dataset(root, classes, per_class=12, seed=0):
+    """Class-folder dataset of small grey PNGs, brightness depending on the class (so it is learnable)."""
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(classes):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.clip(rng.normal(60 + 60 * k, 25, (40, 40)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(root / c / f"{c}-{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A tiny run dir (resnet18 at 32 px, random init) evaluated once through the CLI."""
+    import torch
+
+    from cxrtl.checkpoint import save_checkpoint
+    from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
+    from cxrtl.model import create_model
+
+    base = tmp_path_factory.mktemp("eval")
+    data = make_folder_dataset(base / "data", CLASSES)
+    run = base / "run"
+    run.mkdir()
+    split = make_split(load_dataset(data), ratios=(0.5, 0.25, 0.25), seed=0)
+    write_split_csv(run / "split.csv", split)
+    torch.manual_seed(0)
+    model = create_model("resnet18", CLASSES, in_chans=3, init="none")
+    pp = Preprocess("raw", 3, 32)
+    save_checkpoint(run / "best", model, {"preprocess": pp.to_dict(), "epoch": 2, "config": {"seed": 0}})
+    (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+                                     "1,1.1,0.4,1.1,0.3,0.001,1.0\n2,1.0,0.5,1.0,0.4,0.001,1.0\n")
+    out = base / "out"
+    code = main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--calibrate",
+                 "--positive", "covid", "--target-sensitivity", "0.9", "--device", "cpu",
+                 "--cache-dir", str(base / "cache"), "--bootstrap", "100", "--no-progress"])
+    assert code == 0
+    return types.SimpleNamespace(base=base, data=data, run=run, out=out, split=split,
+                                 metrics=json.loads((out / "metrics.json").read_text()))
+
+
+def read_predictions(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_outputs_and_schema(evaluated):
+    m, out = evaluated.metrics, evaluated.out
+    assert m["classes"] == CLASSES
+    assert m["n"] == len(evaluated.split["test"])
+    for key in ("accuracy", "accuracy_ci", "loss", "per_class", "weighted", "macro", "confusion_matrix",
+                "roc_auc", "ece", "calibration", "calibrated", "operating_point", "source"):
+        assert key in m
+    assert set(m["per_class"]["COVID"]) >= {"precision", "recall", "f1", "support", "precision_ci", "recall_ci"}
+    for name in ("roc", "confusion", "reliability", "history"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()
+    assert "accuracy" in (out / "report.md").read_text()
+    assert m["source"]["split"] == str(evaluated.run / "split.csv")
+
+
+def test_predictions_follow_split_and_recompute_metrics(evaluated):
+    rows = read_predictions(evaluated.out / "predictions.csv")
+    assert list(rows[0]) == ["path", "label", "pred"] + [f"prob_{c}" for c in CLASSES]
+    assert sorted(r["path"] for r in rows) == sorted(r.path for r in evaluated.split["test"])
+    y = np.array([CLASSES.index(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    assert [CLASSES[i] for i in probs.argmax(axis=1)] == [r["pred"] for r in rows]
+    again = compute_metrics(y, probs, CLASSES, seed=0, n_boot=100)
+    m = evaluated.metrics
+    assert again["confusion_matrix"] == m["confusion_matrix"]
+    assert again["accuracy"] == m["accuracy"]
+    assert again["roc_auc"] == m["roc_auc"]
+    assert again["per_class"]["COVID"]["f1_ci"] == m["per_class"]["COVID"]["f1_ci"]
+    assert again["loss"] == pytest.approx(m["loss"], abs=1e-6)
+
+
+def test_calibration_saved_beside_checkpoint_and_operating_point(evaluated):
+    from cxrtl.checkpoint import load_temperature
+
+    t = load_temperature(evaluated.run / "best.safetensors")
+    assert t == pytest.approx(evaluated.metrics["calibrated"]["temperature"])
+    assert (evaluated.run / "best.calibration.json").is_file()
+    op = evaluated.metrics["operating_point"]
+    assert op["positive"] == "COVID" and 0 <= op["threshold"] <= 1
+    assert op["val"]["sensitivity"] >= 0.9
+    assert op["test"]["tp"] + op["test"]["fn"] == evaluated.metrics["per_class"]["COVID"]["support"]
+
+
+def test_checkpoint_file_on_all_images_uses_saved_temperature(evaluated, capsys):
+    out = evaluated.base / "out_all"
+    code = main(["evaluate", str(evaluated.run / "best.json"), "--data", str(evaluated.data), "--subset", "all",
+                 "--out", str(out), "--cache-dir", str(evaluated.base / "cache"), "--bootstrap", "0",
+                 "--no-figures", "--no-progress"])
+    assert code == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 36 and "calibrated" in m
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
+    from cxrtl.evaluate import evaluate
+
+    fake = types.ModuleType("cxrtl.cam")
+    fake.lung_fractions = lambda model, index, records, pp, device: [
+        None if i == 0 else 0.5 for i, _ in enumerate(records)]
+    monkeypatch.setitem(sys.modules, "cxrtl.cam", fake)
+    m = evaluate(evaluated.run, evaluated.data, out=evaluated.base / "out_cam", cam_in_lungs=True,
+                 cache_dir=evaluated.base / "cache", progress=False, n_boot=0, figures=False, device="cpu")
+    cam = m["cam_in_lungs"]
+    assert cam["without_mask"] == 1 and cam["overall"]["mean"] == 0.5 and cam["overall"]["n"] == m["n"] - 1
+
+
+def one_line_error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("cxrtl: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_run_dir_without_best_checkpoint(evaluated, tmp_path, capsys):
+    err = one_line_error(capsys, ["evaluate", str(tmp_path), "--data", str(evaluated.data),
+                                  "--out", str(tmp_path / "o")])
+    assert "no best checkpoint" in err
+
+
+def test_classes_do_not_match(evaluated, tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], per_class=4)
+    err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
+                                  "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
+                                  str(tmp_path / "cache"), "--no-progress"])
+    assert "do not match" in err
+
+
+def test_labels_never_seen(evaluated, tmp_path, capsys):
+    data = make_folder_dataset(tmp_path / "four", CLASSES + ["Lung_Opacity"], per_class=3)
+    err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
+                                  "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
+                                  str(tmp_path / "cache"), "--no-progress"])
+    assert "never saw" in err and "Lung_Opacity" in err
+
+
+def test_empty_subset(evaluated, tmp_path, capsys):
+    split = tmp_path / "split.csv"
+    with open(split, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split"])
+        for name in ("train", "val", "test"):
+            for r in evaluated.split[name]:
+                w.writerow([r.path, r.label, "train"])
+    err = one_line_error(capsys, ["evaluate", str(evaluated.run), "--data", str(evaluated.data), "--split",
+                                  str(split), "--out", str(tmp_path / "o"), "--cache-dir",
+                                  str(evaluated.base / "cache"), "--no-progress"])
+    assert "empty" in err
+
+
+def test_unknown_positive_class(evaluated, tmp_path, capsys):
+    err = one_line_error(capsys, ["evaluate", str(evaluated.run), "--data", str(evaluated.data), "--out",
+                                  str(tmp_path / "o"), "--positive", "PNEUMONIA", "--cache-dir",
+                                  str(evaluated.base / "cache"), "--no-progress", "--no-figures"])
+    assert "--positive" in err
