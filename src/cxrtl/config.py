@@ -63,7 +63,7 @@ class TrainConfig:
         """The learning rate: the given one, or the paper's rule on the global batch."""
         return float(self.lr) if self.lr is not None else self.batch_size * world_size / BATCH_PER_LR
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check choices and ranges; raise a one-line CxrtlError naming the option."""
         def bad(key, value, want):
             raise CxrtlError(f"invalid {key.replace('_', '-')} {value!r}; expected {want}")

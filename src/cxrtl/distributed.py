@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -36,8 +36,8 @@ class DistInfo:
 def env_info() -> DistInfo:
     """Read torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK)."""
     try:
-        return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                        int(os.environ.get("LOCAL_RANK", 0)))
+        return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                        int(os.environ.get("LOCAL_RANK", "0")))
     except ValueError:
         raise CxrtlError("RANK/WORLD_SIZE/LOCAL_RANK are not integers; launch with torchrun") from None
 

@@ -479,8 +479,8 @@ def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_c
     from .data import prepare_data
 
     pp = Preprocess(cfg.input, cfg.channels, cfg.image_size)
-    kwargs = dict(split_csv=split_csv, seed=cfg.seed, ratios=cfg.ratios, group_by=cfg.group_by,
-                  official=cfg.official, cache_dir=cfg.cache_dir, progress=cfg.progress and info.is_main)
+    kwargs = {"split_csv": split_csv, "seed": cfg.seed, "ratios": cfg.ratios, "group_by": cfg.group_by,
+                  "official": cfg.official, "cache_dir": cfg.cache_dir, "progress": cfg.progress and info.is_main}
     prepared, error = None, None
     if info.is_main:
         try:

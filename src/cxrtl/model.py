@@ -5,8 +5,8 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class CxrModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
 
-    def freeze_backbone(self) -> "CxrModel":
+    def freeze_backbone(self) -> CxrModel:
         """Feature-extractor scheme: no gradients AND no BatchNorm statistics updates in the backbone."""
         self.backbone_frozen = True
         for p in self.backbone.parameters():
@@ -43,7 +43,7 @@ class CxrModel(nn.Module):
         self.backbone.eval()
         return self
 
-    def train(self, mode: bool = True) -> "CxrModel":
+    def train(self, mode: bool = True) -> CxrModel:
         # A frozen backbone stays in eval mode so its BatchNorm running statistics never move
         # (the authors' "extractor" runs left them training).
         super().train(mode)
@@ -87,11 +87,11 @@ def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
 def _timm_backbone(name: str, in_chans: int, pretrained: bool, file: Path | None) -> nn.Module:
     import timm
 
-    kwargs = dict(num_classes=0, in_chans=in_chans)
+    kwargs = {"num_classes": 0, "in_chans": in_chans}
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if file is not None:
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(file))
+        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
         backbone = timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
@@ -111,11 +111,16 @@ def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as fh:
-        keys = {k[len("module."):] if k.startswith("module.") else k for k in fh.keys()}
-    missing = [k for k in backbone.state_dict() if k not in keys]
-    if missing:
+        keys = {k.removeprefix("module.") for k in fh.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier") or ()
+    classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    own = set(backbone.state_dict())
+    missing = sorted(own - keys)
+    extra = sorted(k for k in keys - own if not any(k.startswith(c + ".") for c in classifier))
+    if missing or extra:
+        example = (missing or extra)[0]
         raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} tensors "
-                         f"missing, e.g. {missing[0]}); give the weights of {name}")
+                         f"missing, {len(extra)} unexpected, e.g. {example}); give the weights of {name}")
 
 
 def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
@@ -154,7 +159,7 @@ def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str],
     """Backbone (and optionally the hidden layer) from a cxrtl checkpoint, fresh last layer for ``classes``."""
     from .checkpoint import load_checkpoint
 
-    source, meta = load_checkpoint(path)
+    source, _meta = load_checkpoint(path)
     if backbone and backbone != source.backbone_name:
         raise CxrtlError(f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
                          "leave --backbone out for a transfer")

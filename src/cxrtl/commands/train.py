@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import DEVICES, FOCAL_ALPHAS, LOSSES, PRECISIONS, SCHEMES, TrainConfig, config_from_dict, load_config
+from ..config import (
+    DEVICES,
+    FOCAL_ALPHAS,
+    LOSSES,
+    PRECISIONS,
+    SCHEMES,
+    TrainConfig,
+    config_from_dict,
+    load_config,
+)
 from ..errors import CxrtlError
 
 # Options that may change when resuming: where and how the run executes, not what it computes.
