@@ -1,0 +1,214 @@
+"""Predictor and `cxrtl predict`: preprocessing from the checkpoint, temperature, masks, DICOM, bad files."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrtl.checkpoint import calibration_path, load_checkpoint, save_checkpoint
+from cxrtl.cli import main
+from cxrtl.data.image_io import apply_mask, prepare_image
+from cxrtl.data.preprocess import Preprocess, normalize_batch
+from cxrtl.errors import CxrtlError
+from cxrtl.fsutil import write_json
+from cxrtl.model import create_model
+from cxrtl.predict import Predictor, collect_inputs, find_masks, softmax
+
+CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+
+
+def make_run(root: Path, pp: Preprocess, backbone: str = "test_resnet", classes=CLASSES, seed: int = 0,
+             temperature: float | None = None) -> Path:
+    """A run directory with best.safetensors/.json of an untrained tiny model (and optional calibration)."""
+    torch.manual_seed(seed)
+    model = create_model(backbone, classes=classes, in_chans=pp.channels, init="none")
+    root.mkdir(parents=True, exist_ok=True)
+    weights = save_checkpoint(root / "best", model, {"preprocess": pp.to_dict(), "epoch": 1})
+    if temperature is not None:
+        write_json(calibration_path(weights), {"temperature": temperature})
+    return root
+
+
+def radiograph(h: int = 48, w: int = 56, seed: int = 0) -> np.ndarray:
+    """A smooth random uint8 image (two bright 'lungs' on a darker body) of size h x w."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+    lungs = np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+    lungs += np.exp(-(((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+    img = 60 + 150 * lungs + rng.normal(0, 12, (h, w))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def lung_mask(h: int = 48, w: int = 56) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
+    inside = (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) | \
+             (((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
+    return (inside * 255).astype(np.uint8)
+
+
+def save_png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def bomb_png(path: Path, side: int = 30000) -> Path:
+    """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def reference_probs(run: Path, grays, masks=None, temperature=None) -> np.ndarray:
+    """Probabilities computed by hand from the checkpoint, the shared prepare_image and normalize_batch."""
+    model, meta = load_checkpoint(run)
+    pp = Preprocess.from_dict(meta["preprocess"])
+    masks = masks or [None] * len(grays)
+    batch = np.stack([prepare_image(g, pp, m) for g, m in zip(grays, masks)])
+    with torch.inference_mode():
+        logits = model(normalize_batch(torch.from_numpy(batch), pp)).numpy()
+    return softmax(logits, temperature)
+
+
+@pytest.fixture(scope="module")
+def run3(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run3"), Preprocess(input="raw", channels=3, image_size=32))
+
+
+def test_predict_matches_checkpoint_preprocessing(run3, tmp_path):
+    grays = [radiograph(48, 56, seed=i) for i in range(3)]
+    files = [save_png(tmp_path / f"im{i}.png", g) for i, g in enumerate(grays)]
+    predictor = Predictor.from_checkpoint(run3)
+    assert predictor.classes == CLASSES and predictor.temperature is None
+    probs = predictor.predict(files, batch_size=2)
+    assert probs.shape == (3, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probs, reference_probs(run3, grays), atol=1e-6)
+    # arrays work as well as paths; a single image is accepted too
+    np.testing.assert_allclose(predictor.predict(grays[0]), probs[:1], atol=1e-6)
+    # run dir, .safetensors and .json all name the same checkpoint
+    for path in (run3 / "best.safetensors", run3 / "best.json"):
+        np.testing.assert_allclose(Predictor.from_checkpoint(path).predict(files), probs, atol=1e-6)
+
+
+def test_single_channel_other_size_and_temperature(tmp_path):
+    pp = Preprocess(input="raw", channels=1, image_size=40)
+    run = make_run(tmp_path / "run", pp, seed=1, temperature=2.5)
+    grays = [radiograph(70, 50, seed=5), radiograph(64, 64, seed=6)]
+    predictor = Predictor.from_checkpoint(run)
+    assert predictor.temperature == 2.5 and predictor.spec.image_size == 40 and predictor.spec.channels == 1
+    probs = predictor.predict(grays)
+    np.testing.assert_allclose(probs, reference_probs(run, grays, temperature=2.5), atol=1e-6)
+    assert not np.allclose(probs, reference_probs(run, grays), atol=1e-4)  # the temperature matters
+
+
+def test_masked_model_needs_masks(tmp_path):
+    run = make_run(tmp_path / "run", Preprocess(input="masked", channels=3, image_size=32), seed=2)
+    gray, mask = radiograph(), lung_mask()
+    predictor = Predictor.from_checkpoint(run)
+    assert predictor.needs_mask
+    with pytest.raises(CxrtlError, match="lung-masked"):
+        predictor.predict([gray])
+    probs = predictor.predict([gray], masks=[mask])
+    np.testing.assert_allclose(probs, reference_probs(run, [gray], [mask]), atol=1e-6)
+    # the mask really is applied: a masked-out copy of the image gives the same answer
+    np.testing.assert_allclose(predictor.predict([apply_mask(gray, mask)], masks=[mask]), probs, atol=1e-6)
+
+    img = save_png(tmp_path / "in" / "a.png", gray)
+    save_png(tmp_path / "in" / "b.png", radiograph(seed=3))
+    mdir = tmp_path / "masks"
+    save_png(mdir / "a.png", mask)
+    rows = predictor.predict_files(collect_inputs([tmp_path / "in"]), find_masks(
+        collect_inputs([tmp_path / "in"]), mask_dir=mdir))
+    assert rows[0].path == str(img) and rows[0].error is None
+    np.testing.assert_allclose(list(rows[0].probabilities.values()), probs[0], atol=1e-6)
+    assert rows[1].probabilities is None and "mask" in rows[1].error
+
+
+def test_dicom_and_png_of_the_same_image_agree(run3, tmp_path):
+    from test_dicom import write_dicom
+
+    gray = radiograph(48, 56, seed=9)
+    png = save_png(tmp_path / "x.png", gray)
+    dcm8 = write_dicom(tmp_path / "x8.dcm", gray)
+    inv = write_dicom(tmp_path / "x_m1.dcm", 255 - gray, photometric="MONOCHROME1")
+    raw16 = (gray.astype(np.uint16) * 16 + 8)  # 12-bit, displayed through a window covering 0..4095
+    dcm16 = write_dicom(tmp_path / "x16.dcm", raw16, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
+    predictor = Predictor.from_checkpoint(run3)
+    probs = predictor.predict([png, dcm8, inv, dcm16])
+    np.testing.assert_array_equal(probs[1], probs[0])
+    np.testing.assert_array_equal(probs[2], probs[0])
+    np.testing.assert_allclose(probs[3], probs[0], atol=2e-3)
+
+
+def test_cli_json_error_rows_and_exit_code(run3, tmp_path, capsys):
+    from test_dicom import write_dicom
+
+    good = [save_png(tmp_path / "in" / f"ok{i}.png", radiograph(seed=i)) for i in range(2)]
+    data = good[0].read_bytes()
+    (tmp_path / "in" / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "in" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"garbage" * 50)
+    (tmp_path / "in" / "notes.txt").write_text("not an image")  # skipped inside a folder
+    bomb = bomb_png(tmp_path / "bomb.png")
+    nopix = write_dicom(tmp_path / "report.dcm", None)
+    text = tmp_path / "named.png"
+    text.write_text("named explicitly, so it gets an error row")
+    rc = main(["predict", str(run3), str(tmp_path / "in"), str(bomb), nopix, str(text), "--format", "json",
+               "--batch-size", "2"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    by_name = {Path(r["path"]).name: r for r in out}
+    assert set(by_name) == {"ok0.png", "ok1.png", "truncated.png", "corrupt.jpg", "bomb.png", "report.dcm",
+                            "named.png"}
+    for name in ("ok0.png", "ok1.png"):
+        row = by_name[name]
+        assert "error" not in row and row["label"] in CLASSES
+        assert list(row["probabilities"]) == CLASSES
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
+    for name in ("truncated.png", "corrupt.jpg", "bomb.png", "report.dcm", "named.png"):
+        row = by_name[name]
+        assert row["probabilities"] is None and row["label"] is None and row["error"], name
+        assert "\n" not in row["error"]
+    assert "bomb" in by_name["bomb.png"]["error"] and "pixel data" in by_name["report.dcm"]["error"]
+
+
+def test_cli_table_csv_and_clean_exit(run3, tmp_path, capsys):
+    files = [save_png(tmp_path / f"p{i}.png", radiograph(seed=i)) for i in range(2)]
+    assert main(["predict", str(run3), *map(str, files)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["path", "label", "COVID"] and len(table) == 3 and "error" not in table[0]
+    assert main(["predict", str(run3), str(files[0]), "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "path,label,COVID,Normal,Viral Pneumonia,error" and len(lines) == 2
+
+
+def test_cli_bad_model_and_no_images_are_one_line_errors(run3, tmp_path, capsys):
+    img = save_png(tmp_path / "a.png", radiograph())
+    assert main(["predict", str(tmp_path / "missing"), str(img)]) == 2
+    assert main(["predict", str(run3), str(tmp_path / "empty_dir_does_not_exist")]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(run3), str(tmp_path / "empty")]) == 2
+    assert main(["predict", str(run3), str(img), "--cam-class", "Nope", "--cam", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("cxrtl: error:") == 3
+
+
+def test_find_masks_by_name_and_stem(tmp_path):
+    mdir = tmp_path / "m"
+    save_png(mdir / "a.png", lung_mask())
+    save_png(mdir / "b.png", lung_mask())
+    images = [tmp_path / "a.png", tmp_path / "b.jpg", tmp_path / "c.png"]
+    assert find_masks(images, mask_dir=mdir) == [mdir / "a.png", mdir / "b.png", None]
+    with pytest.raises(CxrtlError, match="one image"):
+        find_masks(images, mask=mdir / "a.png")
