@@ -16,7 +16,7 @@ from cxrtl.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow  # one module fixture builds a dataset, a checkpoint and evaluates (~15 s)
 
-CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]  # the synthetic COVID set's
 
 
 def make_folder_dataset(root, classes, per_class=12, seed=0):
@@ -31,8 +31,8 @@ def make_folder_dataset(root, classes, per_class=12, seed=0):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
-    """A tiny run dir (resnet18 at 32 px, random init) evaluated once through the CLI."""
+def evaluated(tmp_path_factory, covid_root):
+    """A tiny run dir (resnet18 at 32 px, random init) on the synthetic COVID set, evaluated once via the CLI."""
     import torch
 
     from cxrtl.checkpoint import save_checkpoint
@@ -40,10 +40,11 @@ def evaluated(tmp_path_factory):
     from cxrtl.model import create_model
 
     base = tmp_path_factory.mktemp("eval")
-    data = make_folder_dataset(base / "data", CLASSES)
+    data = covid_root
     run = base / "run"
     run.mkdir()
-    split = make_split(load_dataset(data), ratios=(0.5, 0.25, 0.25), seed=0)
+    index = load_dataset(data)
+    split = make_split(index, ratios=(0.5, 0.25, 0.25), seed=0)
     write_split_csv(run / "split.csv", split)
     torch.manual_seed(0)
     model = create_model("resnet18", CLASSES, in_chans=3, init="none")
@@ -53,10 +54,10 @@ def evaluated(tmp_path_factory):
                                      "1,1.1,0.4,1.1,0.3,0.001,1.0\n2,1.0,0.5,1.0,0.4,0.001,1.0\n")
     out = base / "out"
     code = main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--calibrate",
-                 "--positive", "covid", "--target-sensitivity", "0.9", "--device", "cpu",
+                 "--positive", "covid", "--target-sensitivity", "0.9", "--device", "cpu", "--cam-in-lungs",
                  "--cache-dir", str(base / "cache"), "--bootstrap", "100", "--no-progress"])
     assert code == 0
-    return types.SimpleNamespace(base=base, data=data, run=run, out=out, split=split,
+    return types.SimpleNamespace(base=base, data=data, run=run, out=out, split=split, n_all=len(index.records),
                                  metrics=json.loads((out / "metrics.json").read_text()))
 
 
@@ -114,8 +115,15 @@ def test_checkpoint_file_on_all_images_uses_saved_temperature(evaluated, capsys)
                  "--no-figures", "--no-progress"])
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n"] == 36 and "calibrated" in m
+    assert m["n"] == evaluated.n_all and "calibrated" in m
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_cam_in_lungs_real(evaluated):
+    cam = evaluated.metrics["cam_in_lungs"]
+    assert cam["overall"]["n"] == evaluated.metrics["n"]  # the synthetic set has a mask for every image
+    assert 0 <= cam["overall"]["mean"] <= 1
+    assert set(cam["per_class"]) == set(CLASSES)
 
 
 def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
@@ -144,8 +152,8 @@ def test_run_dir_without_best_checkpoint(evaluated, tmp_path, capsys):
     assert "no best checkpoint" in err
 
 
-def test_classes_do_not_match(evaluated, tmp_path, capsys):
-    data = make_folder_dataset(tmp_path / "pneu", ["NORMAL", "PNEUMONIA"], per_class=4)
+def test_classes_do_not_match(evaluated, pneumonia_root, tmp_path, capsys):
+    data = pneumonia_root
     err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
                                   "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
                                   str(tmp_path / "cache"), "--no-progress"])
@@ -153,11 +161,11 @@ def test_classes_do_not_match(evaluated, tmp_path, capsys):
 
 
 def test_labels_never_seen(evaluated, tmp_path, capsys):
-    data = make_folder_dataset(tmp_path / "four", CLASSES + ["Lung_Opacity"], per_class=3)
+    data = make_folder_dataset(tmp_path / "five", CLASSES + ["Tuberculosis"], per_class=3)
     err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
                                   "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
                                   str(tmp_path / "cache"), "--no-progress"])
-    assert "never saw" in err and "Lung_Opacity" in err
+    assert "never saw" in err and "Tuberculosis" in err
 
 
 def test_empty_subset(evaluated, tmp_path, capsys):

@@ -127,6 +127,10 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     dev = resolve_device(device)
     model, meta = load_checkpoint(ckpt, map_location="cpu")
     classes = list(meta["classes"])
+    if positive:  # fail before any work on a class the checkpoint does not have
+        M.resolve_class(positive, classes)
+        if not 0 < target_sensitivity <= 1:
+            raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     cfg = meta.get("config") or {}

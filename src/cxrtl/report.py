@@ -197,10 +197,14 @@ def read_history(history_csv: str | Path) -> dict[str, list[float]]:
 
 def plot_history(history_csv: str | Path, out_stem: str | Path, title: str | None = None) -> list[Path]:
     """Training curves from ``history.csv``: loss, accuracy and learning rate per epoch; best epoch marked."""
+    from matplotlib.ticker import MaxNLocator
+
     h = read_history(history_csv)
     epochs = h["epoch"]
     fig = _new_figure(12.0, 3.8)
     axes = fig.subplots(1, 3)
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             key = f"{split}_{metric}"
@@ -214,7 +218,7 @@ def plot_history(history_csv: str | Path, out_stem: str | Path, title: str | Non
         for ax in axes[:2]:
             ax.axvline(best, color="grey", ls="--", lw=1)
         axes[1].annotate(f"best val: epoch {best:g}", xy=(best, np.nanmax(h["val_acc"])), fontsize=8,
-                         xytext=(4, -12), textcoords="offset points")
+                         xytext=(-4, -14), textcoords="offset points", ha="right")
     if "lr" in h and np.isfinite(h["lr"]).any():
         axes[2].plot(epochs, h["lr"], "-o", ms=3)
         if np.nanmin(h["lr"]) > 0:
