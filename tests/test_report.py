@@ -156,3 +156,13 @@ def test_evaluation_markdown_mentions_intervals():
     _, _, m = fake_metrics(PNEU, n=586)
     text = R.evaluation_markdown(m)
     assert "not distinguishable" in text and "| PNEUMONIA |" in text and "True \\ Predicted" in text
+
+
+def test_table_iv_with_protocol_only_when_it_has_runs():
+    runs = [r for r in make_runs() if r["dataset"] == "pneumonia"]
+    for r in runs:
+        r["protocol"] = "patient-grouped"
+    assert "IV" not in R.paper_tables(runs)
+    covid = {**make_runs()[4], "protocol": "paper"}
+    t4 = R.paper_tables(runs + [covid])["IV"]
+    assert t4.columns[:3] == ["Loss", "Run", "Protocol"] and t4.n_runs == 1
