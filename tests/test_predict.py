@@ -196,12 +196,12 @@ def test_cli_table_csv_and_clean_exit(run3, tmp_path, capsys):
 def test_cli_bad_model_and_no_images_are_one_line_errors(run3, tmp_path, capsys):
     img = save_png(tmp_path / "a.png", radiograph())
     assert main(["predict", str(tmp_path / "missing"), str(img)]) == 2
-    assert main(["predict", str(run3), str(tmp_path / "empty_dir_does_not_exist")]) == 1
+    assert main(["predict", str(run3), str(img), str(tmp_path / "typo.png")]) == 2
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(run3), str(tmp_path / "empty")]) == 2
     assert main(["predict", str(run3), str(img), "--cam-class", "Nope", "--cam", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("cxrtl: error:") == 3
+    assert "Traceback" not in err and err.count("cxrtl: error:") == 4 and "typo.png" in err
 
 
 def test_find_masks_by_name_and_stem(tmp_path):

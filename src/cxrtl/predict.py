@@ -298,11 +298,16 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand folders (recursively) into their image files, sorted; explicit files are kept as given.
 
     A folder contributes only files with an image/DICOM suffix; a file named explicitly is always tried,
-    so a wrong file gives an error row rather than vanishing.
+    so a wrong file gives an error row rather than vanishing. A path that does not exist is a usage
+    error (a typo), raised before any work.
     """
+    paths = [Path(p).expanduser() for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise CxrtlError(f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path")
     out: list[Path] = []
     for p in paths:
-        p = Path(p).expanduser()
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
