@@ -381,9 +381,8 @@ def fit(model: CxrModel, datasets: dict, cfg: TrainConfig, run_dir: Path | None,
             seconds = time.perf_counter() - t0
             if not math.isfinite(tr_loss):
                 raise CxrtlError(f"training loss became {tr_loss} at epoch {epoch}; lower --lr")
-            row = {"epoch": epoch, "train_loss": round(tr_loss, 6), "train_acc": round(tr_acc, 6),
-                   "val_loss": round(va_loss, 6), "val_acc": round(va_acc, 6), "lr": lr_now,
-                   "seconds": round(seconds, 3)}
+            row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss,
+                   "val_acc": va_acc, "lr": lr_now, "seconds": round(seconds, 3)}
             state.history.append(row)
             state.epoch, state.seconds = epoch, state.seconds + seconds
             improved = va_acc > state.best_val_acc  # strict: a tie keeps the earlier epoch
