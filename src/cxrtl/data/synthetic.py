@@ -41,9 +41,12 @@ class _Anatomy:
     """Per-patient geometry, so images of one patient share a thorax."""
 
     scale: float
+    body_w: float
+    body_h: float
+    body_y: float
     lung_sep: float
-    lung_a: float
-    lung_b: float
+    lung_a: tuple[float, float]
+    lung_b: tuple[float, float]
     lung_y: float
     heart: float
     tilt: float
@@ -51,9 +54,12 @@ class _Anatomy:
     @classmethod
     def draw(cls, rng: np.random.Generator, paediatric: bool) -> _Anatomy:
         scale = rng.uniform(0.70, 0.84) if paediatric else rng.uniform(0.88, 1.0)
-        return cls(scale=scale, lung_sep=rng.uniform(0.16, 0.19), lung_a=rng.uniform(0.105, 0.125),
-                   lung_b=rng.uniform(0.22, 0.27), lung_y=rng.uniform(0.45, 0.50),
-                   heart=rng.uniform(0.11, 0.14), tilt=rng.uniform(-0.15, 0.15))
+        a = rng.uniform(0.10, 0.13)
+        b = rng.uniform(0.21, 0.28)
+        return cls(scale=scale, body_w=rng.uniform(0.36, 0.46), body_h=rng.uniform(0.55, 0.68),
+                   body_y=rng.uniform(0.58, 0.66), lung_sep=rng.uniform(0.15, 0.19),
+                   lung_a=(a, a * rng.uniform(0.9, 1.05)), lung_b=(b, b * rng.uniform(0.92, 1.05)),
+                   lung_y=rng.uniform(0.44, 0.50), heart=rng.uniform(0.10, 0.145), tilt=rng.uniform(-0.15, 0.15))
 
 
 def _ellipse(x, y, cx, cy, a, b, soft):
@@ -79,17 +85,20 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
     cx = 0.5 * w / h + rng.uniform(-0.03, 0.03)
     s = anat.scale
     img = 0.06 + 0.05 * y + 0.03 * _lowfreq(rng, h, w, 4)
-    body = _ellipse(x, y, cx, 0.62, 0.40 * s, 0.62 * s, 0.04)
+    body = _ellipse(x, y, cx, anat.body_y, anat.body_w * s, anat.body_h * s, 0.04)
+    for side in (-1, 1):  # shoulders
+        body = np.maximum(body, _ellipse(x, y, cx + side * anat.body_w * 0.85 * s, anat.body_y - 0.42 * s,
+                                         0.13 * s, 0.09 * s, 0.08))
     img = img + 0.52 * body
     # Ribs: curved bright bands over the thorax.
     ribs = np.sin(2 * math.pi * ((y - 0.2) / (0.075 * s) + 1.6 * ((x - cx) / s) ** 2 + rng.uniform(0, 1)))
     img = img + 0.05 * np.clip(ribs, 0, 1) * body
     lungs = np.zeros_like(img)
     centres = []
-    for side in (-1, 1):
+    for k, side in enumerate((-1, 1)):
         lx = cx + side * anat.lung_sep * s
         ly = anat.lung_y * s + (1 - s) * 0.35 + side * anat.tilt * 0.02
-        lungs = np.maximum(lungs, _ellipse(x, y, lx, ly, anat.lung_a * s, anat.lung_b * s, 0.05))
+        lungs = np.maximum(lungs, _ellipse(x, y, lx, ly, anat.lung_a[k] * s, anat.lung_b[k] * s, 0.05))
         centres.append((lx, ly))
     heart = _ellipse(x, y, cx + 0.045 * s, centres[0][1] + 0.13 * s, anat.heart * s, 0.11 * s, 0.08)
     lungs = lungs * (1.0 - 0.85 * heart)
@@ -99,7 +108,7 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
     # Vessels: faint texture inside the lungs for every class.
     img = img + 0.05 * lungs * _lowfreq(rng, h, w, 14)
     pattern = np.zeros_like(img)
-    a, b = anat.lung_a * s, anat.lung_b * s
+    a, b = min(anat.lung_a) * s, min(anat.lung_b) * s
     if finding == "covid":  # bilateral, peripheral, lower-zone ground-glass haze
         for side, (lx, ly) in zip((-1, 1), centres):
             for _ in range(rng.integers(2, 4)):
@@ -146,21 +155,39 @@ def _draw_marker(im: Image.Image, rng: np.random.Generator) -> None:
         d.line([x0 + lw, y0 + size // 2, x0 + size * 2 // 3, y0 + size], fill=val, width=lw)
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw, mask_hw, rotate=True):
-    """Rotate, expose, upscale, add noise and a marker: (uint8 image, uint8 mask)."""
-    angle = rng.uniform(-6, 6) if rotate else 0.0
+def _affine(im: Image.Image, angle: float, zoom: float, shift, resample, fill) -> Image.Image:
+    """Rotate by ``angle`` degrees and zoom about the centre, then shift (fractions of the size)."""
+    w, h = im.size
+    c, s = math.cos(math.radians(angle)) / zoom, math.sin(math.radians(angle)) / zoom
+    cx, cy = w / 2 + shift[0] * w, h / 2 + shift[1] * h
+    # inverse map: output (x, y) -> input (a x + b y + c0, d x + e y + f0)
+    coeffs = (c, s, w / 2 - c * cx - s * cy, -s, c, h / 2 + s * cx - c * cy)
+    return im.transform((w, h), Image.AFFINE, coeffs, resample=resample, fillcolor=fill)
+
+
+def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw):
+    """Position (rotate, zoom, shift), expose, upscale, add noise and a marker.
+
+    Returns the uint8 image at ``out_hw`` and the lung mask (uint8 0/255) at the rendering size.
+    """
+    angle, zoom = rng.uniform(-6, 6), rng.uniform(0.9, 1.12)
+    shift = (rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
     fill = float(np.median(img[:, :3]))
-    im = Image.fromarray(img).rotate(angle, Image.BILINEAR, fillcolor=fill)
-    mk = Image.fromarray(mask.astype(np.uint8) * 255).rotate(angle, Image.NEAREST, fillcolor=0)
-    h, w = out_hw
-    a = np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float32)
+    im = _affine(Image.fromarray(img), angle, zoom, shift, Image.BILINEAR, fill)
+    mk = _affine(Image.fromarray(mask.astype(np.uint8) * 255), angle, zoom, shift, Image.NEAREST, 0)
+    a = np.asarray(im, dtype=np.float32)
+    ih, iw = a.shape
+    gx = np.linspace(-0.5, 0.5, iw, dtype=np.float32)[None, :]
+    gy = np.linspace(-0.5, 0.5, ih, dtype=np.float32)[:, None]
+    heel = 1.0 + rng.uniform(-0.25, 0.25) * gx + rng.uniform(-0.2, 0.2) * gy  # uneven exposure
     gain, offset, gamma = rng.uniform(0.8, 1.2), rng.uniform(-0.07, 0.07), rng.uniform(0.8, 1.25)
-    a = np.clip(a * gain + offset, 0, 1) ** gamma
-    a = a + rng.normal(0, rng.uniform(0.008, 0.025), size=a.shape).astype(np.float32)
-    out = Image.fromarray(np.clip(a * 255 + 0.5, 0, 255).astype(np.uint8))
+    a = (np.clip(a * heel * gain + offset, 0, 1) ** gamma) * np.float32(255.0)
+    h, w = out_hw
+    a = np.array(Image.fromarray(a).resize((w, h), Image.BILINEAR))
+    a += rng.standard_normal(a.shape, dtype=np.float32) * np.float32(255.0 * rng.uniform(0.008, 0.025))
+    out = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
     _draw_marker(out, rng)
-    mh, mw = mask_hw
-    return out, mk.resize((mw, mh), Image.NEAREST)
+    return out, mk
 
 
 def _scaled_counts(total: int, real: dict[str, int], minimum: int) -> dict[str, int]:
@@ -212,7 +239,7 @@ def _save(im: Image.Image, path: Path, **kw) -> None:
 
 
 def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_count: int | None = None,
-               image_size: int = 299, mask_size: int = 256, kermany_size: tuple[int, int] = (480, 1200),
+               image_size: int = 299, mask_size: int = 256, kermany_size: tuple[int, int] = (400, 1000),
                cross_duplicates: int | None = None, workers: int = 2) -> tuple[Path, Path]:
     """Write ``OUT/COVID-19_Radiography_Dataset`` (``count`` images) and ``OUT/chest_xray``; return both roots.
 
@@ -280,7 +307,7 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         ih, iw = _INTERNAL, round(_INTERNAL * aspect)
         finding = {"normal": "none", "bacteria": "focal", "virus": "diffuse"}[kind]
         img, lung = _render(rng, ih, iw, anat_of[key], finding)
-        im, mask = _finish(rng, img, lung, (h, w), (h, w))
+        im, mask = _finish(rng, img, lung, (h, w))
         if rng.random() < 0.1:
             im = im.convert("RGB")  # like the real download: a few stored as RGB
         _save(im, tmp / KERMANY_DIR / folder / label / name, quality=int(rng.integers(85, 96)))
@@ -317,7 +344,8 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         else:
             anat = _Anatomy.draw(rng, paediatric=(label == "Viral Pneumonia"))
             img, lung = _render(rng, _INTERNAL, _INTERNAL, anat, findings[label])
-            im, mask = _finish(rng, img, lung, (image_size, image_size), (mask_size, mask_size))
+            im, mask = _finish(rng, img, lung, (image_size, image_size))
+            mask = mask.resize((mask_size, mask_size), Image.NEAREST)
         _save(im, tmp / COVID_DIR / label / "images" / stem, compress_level=1)
         _save(mask, tmp / COVID_DIR / label / "masks" / stem, compress_level=1)
 
