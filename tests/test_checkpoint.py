@@ -142,3 +142,28 @@ def test_temperature_beside_checkpoint(saved, tmp_path):
     with pytest.raises(CxrtlError, match="temperature"):
         load_temperature(path)
     assert read_meta(path)["classes"] == ["NORMAL", "PNEUMONIA"]
+
+
+def _rewrite_embedded(path, edit):
+    """Rewrite the cxrtl metadata embedded in a safetensors header (as a hand-edited file would be)."""
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    meta = json.loads(header["__metadata__"]["cxrtl_meta"])
+    edit(meta)
+    header["__metadata__"]["cxrtl_meta"] = json.dumps(meta)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+
+
+@pytest.mark.parametrize("edit, match", [(lambda m: m.update(version=99), "version 99"),
+                                         (lambda m: m.update(format="other"), "another format")])
+def test_future_or_foreign_embedded_meta_is_refused(saved, tmp_path, edit, match):
+    _, path = saved
+    (tmp_path / "best.json").unlink()
+    _rewrite_embedded(path, edit)
+    with pytest.raises(CxrtlError, match=match):
+        load_checkpoint(path)

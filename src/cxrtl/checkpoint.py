@@ -141,6 +141,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         meta = json.loads(embedded["cxrtl_meta"])
     except json.JSONDecodeError:
         raise CxrtlError(f"{weights} has corrupt cxrtl metadata; use a file written by cxrtl train") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CxrtlError(f"{weights} is not a cxrtl checkpoint (its metadata names another format); "
+                         "use a file written by cxrtl train")
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
+        raise CxrtlError(f"{weights} is a cxrtl checkpoint of version {version!r}, but this cxrtl reads "
+                         f"versions 1..{VERSION}; upgrade cxrtl or use a checkpoint it wrote")
     sidecar = weights.with_suffix(".json")
     if sidecar.is_file():
         side = read_json(sidecar, "checkpoint metadata")
