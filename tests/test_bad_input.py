@@ -543,8 +543,6 @@ def test_tampered_checkpoints_are_refused(command, root, tmp_path, capsys, tiny_
     assert not failures, failures
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.read_meta checks only the safetensors-level 'format' key, not "
-                   "the embedded meta's format/version: a checkpoint claiming version 99 of another format loads")
 @pytest.mark.parametrize("command", ["predict"])  # the cheapest command; evaluate/export share read_meta
 def test_future_or_foreign_checkpoint_version_is_refused(command, root, tmp_path, capsys, tiny_checkpoint):
     need(command)
@@ -628,8 +626,6 @@ def test_predict_bad_images_are_reported_per_file(junk_root, capsys, tiny_checkp
         assert "error" not in rows[Path(rel).name] and rows[Path(rel).name]["probabilities"], rel
 
 
-@pytest.mark.xfail(strict=True, reason="predict with only unreadable/missing inputs exits 1 with 'cxrtl: 1 of 1 "
-                   "file(s) failed' (and a table row) instead of exit 2 with one 'cxrtl: error:' line")
 def test_predict_missing_path(tmp_path, capsys, tiny_checkpoint):
     need("predict")
     assert_one_line_error(run(capsys, "predict", tiny_checkpoint, tmp_path / "no-such.png"))

@@ -70,9 +70,16 @@ def test_search_pairs_equals_brute_force(radius):
 
 
 def test_search_pairs_big_bucket_is_blocked_not_all_pairs_in_memory():
-    h = [7] * 1500 + [7 ^ 0b111] * 10  # one huge bucket goes through the blocked path
-    pairs = dedup.search_pairs(h, 2)
-    assert len(pairs) == 1500 * 1499 // 2 + 45
+    rng = np.random.default_rng(0)
+    h = (rng.integers(0, 2**40, size=1100, dtype=np.int64).astype(np.uint64) << np.uint64(24))  # low bits equal
+    h[5] = h[7] ^ np.uint64(1 << 30)
+    h[9] = h[7] ^ np.uint64(3 << 40)
+    pairs = dedup.search_pairs(h, 2)  # band 0 (the low 22 bits) is one bucket of 1100 > 1024: blocked path
+    x = h[:, None] ^ h[None, :]
+    d = np.bitwise_count(x)
+    i, j = np.nonzero(np.triu(d <= 2, 1))
+    assert pairs == [(int(a), int(b), int(d[a, b])) for a, b in zip(i, j)]
+    assert (5, 7, 1) in pairs and (7, 9, 2) in pairs
 
 
 def test_threshold_is_validated():
