@@ -1,0 +1,351 @@
+"""``cxrtl reproduce``: the paper's three experiments, end to end, into one directory and one report.
+
+The flow is plain: check every input before any training, write the splits once, then for each planned
+run (``cxrtl.experiments``) train it unless it already finished, evaluate it on its test split, and
+finally write ``results.json``, ``report.md`` and ``report.html``. A second call with the same arguments
+skips finished runs and resumes an interrupted one, so an interrupted reproduction picks up where it stopped.
+
+Layout of ``OUT``::
+
+    reproduction.json        what this reproduction is (profile, data, protocol): guards against mixing
+    splits/covid.csv         the COVID split every COVID run shares
+    splits/pneumonia.csv     the pneumonia split (protocol, subsampling and overlap exclusion applied)
+    runs/<name>/             one `cxrtl train` run dir each, plus test/ from `cxrtl evaluate`
+    results.json  report.md  report.html
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .data.records import SPLITS, DatasetIndex, Record
+from .errors import CxrtlError
+from .experiments import COVID_BEST, Profile, RunPlan, covid_best_candidates, get_profile, parse_experiments, \
+    plan_runs
+from .fsutil import ensure_dir, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "reproduction.json"
+PROTOCOLS = ("paper", "patient", "official")
+POSITIVE = {"covid": "COVID", "pneumonia": "PNEUMONIA"}
+SYNTH_MARKER = ".cxrtl-synth.json"  # written by `cxrtl data synth` beside the two dataset folders
+
+
+@dataclass
+class ReproduceOptions:
+    """Everything `cxrtl reproduce` takes; the first block identifies a reproduction, the rest is runtime."""
+
+    covid: str
+    pneumonia: str | None
+    out: str
+    profile: str = "quick"
+    experiments: str | None = None
+    split_protocol: str = "paper"
+    exclude_overlap: bool = False
+    seed: int = 2022
+    backbone: str | None = None  # default: the profile's (densenet121)
+    epochs: int | None = None
+    image_size: int | None = None
+    batch_size: int | None = None
+    max_per_class: int | None = None
+    allow_random_init: bool = False
+    pretrained_file: str | None = None
+    device: str = "auto"
+    workers: int = 0
+    cache_dir: str | None = None
+    progress: bool = True
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _load(root: str, want_kind: str, flag: str) -> DatasetIndex:
+    from .data import load_dataset
+
+    index = load_dataset(root)
+    if index.kind != want_kind:
+        expect = {"covid": "the COVID-19 Radiography Database (COVID-19_Radiography_Dataset/)",
+                  "pneumonia": "the Kermany chest_xray/ set"}[want_kind]
+        raise CxrtlError(f"{flag} {root} holds a {index.layout} dataset, not {expect}; check which root "
+                         f"goes to --covid and which to --pneumonia")
+    return index
+
+
+def _is_synthetic(index: DatasetIndex) -> bool:
+    return any((p / SYNTH_MARKER).is_file() for p in (index.root, index.root.parent))
+
+
+def _imagenet_available(backbone: str, pretrained_file: str | None) -> str | None:
+    """None when ImageNet weights can be had (hub or local file), else the one-line reason."""
+    from .model import create_model
+
+    try:
+        create_model(backbone, ["a", "b"], 3, init="imagenet", pretrained_file=pretrained_file)
+    except CxrtlError as exc:
+        return str(exc)
+    return None
+
+
+def _identity(opts: ReproduceOptions, prof: Profile, covid: DatasetIndex, pneu: DatasetIndex | None) -> dict:
+    """What makes two reproductions the same: a directory never mixes runs of different ones."""
+    def fingerprint(index):
+        if index is None:
+            return None
+        counts = {c: sum(r.label == c for r in index.records) for c in index.classes}
+        return {"layout": index.layout, "classes": index.classes, "counts": counts}
+
+    return {"format": "cxrtl-reproduction", "profile": prof.name, "seed": opts.seed,
+            "split_protocol": opts.split_protocol, "exclude_overlap": opts.exclude_overlap,
+            "backbone": opts.backbone or prof.backbone, "epochs": opts.epochs or prof.epochs,
+            "image_size": opts.image_size or prof.image_size, "batch_size": opts.batch_size or prof.batch_size,
+            "max_per_class": opts.max_per_class if opts.max_per_class is not None else prof.max_per_class,
+            "covid": fingerprint(covid), "pneumonia": fingerprint(pneu)}
+
+
+def _check_out(out: Path, identity: dict) -> None:
+    """Refuse an out dir holding another reproduction's runs, or unrelated files."""
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        old = read_json(manifest, "reproduction manifest")
+        old_id = {k: old.get(k) for k in identity}
+        if old_id.get("pneumonia") is None:  # a reproduction without Exp. 3 may be extended by it
+            old_id["pneumonia"] = identity["pneumonia"]
+        diff = [k for k in identity if old_id.get(k) != identity[k]]
+        if diff:
+            raise CxrtlError(f"{out} holds a different reproduction ({', '.join(diff)} differ); "
+                             "choose another --out, or repeat that reproduction's options")
+    elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+        raise CxrtlError(f"{out} is not empty and holds no {MANIFEST}; choose an empty or new --out")
+
+
+# ------------------------------------------------------------------------------------------ splits
+def _subsample(records: list[Record], max_per_class: int | None, seed: int) -> list[Record]:
+    """At most ``max_per_class`` records of each (class, official folder), chosen with ``seed``."""
+    if not max_per_class:
+        return records
+    groups: dict[tuple, list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.label, r.source_split), []).append(r)
+    per_class = {}
+    for (label, _), recs in groups.items():
+        per_class[label] = per_class.get(label, 0) + len(recs)
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for key in sorted(groups, key=lambda k: (k[0], k[1] or "")):
+        recs = sorted(groups[key], key=lambda r: r.path)
+        n = max(1, round(max_per_class * len(recs) / per_class[key[0]])) if per_class[key[0]] > max_per_class \
+            else len(recs)
+        keep.update(recs[i].path for i in rng.choice(len(recs), size=min(n, len(recs)), replace=False))
+    return [r for r in records if r.path in keep]
+
+
+def _make_split(index: DatasetIndex, protocol: str, max_per_class: int | None, seed: int) -> dict:
+    from .data import make_split
+
+    sub = DatasetIndex(index.root, index.layout, index.classes, _subsample(index.records, max_per_class, seed))
+    return make_split(sub, seed=seed, group_by="patient" if protocol == "patient" else None,
+                      official=protocol == "official")
+
+
+def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex, pneu_split: dict,
+                     cache_dir, progress: bool) -> list[str]:
+    """Drop pneumonia test images whose content is in the COVID model's training or validation data."""
+    from .dedup import overlap_with
+
+    seen = [str(covid.abspath(r.path)) for name in ("train", "val") for r in covid_split[name]]
+    test = {str(pneu.abspath(r.path)): r for r in pneu_split["test"]}
+    dropped = overlap_with(seen, list(test), cache_dir=cache_dir, progress=progress)
+    pneu_split["test"] = [r for p, r in test.items() if p not in dropped]
+    return sorted(test[p].path for p in dropped)
+
+
+def _write_splits(opts, prof, covid, pneu, out: Path, max_per_class) -> dict:
+    from .data import read_split_csv, write_split_csv
+
+    paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
+    notes: dict = {}
+    if paths["covid"].is_file():  # written by an earlier, interrupted call: reuse, never remake
+        covid_split = read_split_csv(paths["covid"], covid)
+    else:
+        covid_split = _make_split(covid, "paper", max_per_class, opts.seed)
+        write_split_csv(paths["covid"], covid_split)
+    if pneu is not None:
+        overlap_file = out / "splits" / "pneumonia_overlap_dropped.json"
+        if paths["pneumonia"].is_file():
+            read_split_csv(paths["pneumonia"], pneu)
+        else:
+            pneu_split = _make_split(pneu, opts.split_protocol, max_per_class, opts.seed)
+            if opts.exclude_overlap:
+                dropped = _exclude_overlap(covid, covid_split, pneu, pneu_split, opts.cache_dir, opts.progress)
+                write_json(overlap_file, {"dropped": dropped})
+            write_split_csv(paths["pneumonia"], pneu_split)
+        if opts.exclude_overlap:
+            notes["overlap_dropped"] = read_json(overlap_file, "overlap record")["dropped"]
+    notes["paths"] = {k: str(v) for k, v in paths.items() if v.is_file()}
+    return notes
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _train_config(run: RunPlan, opts: ReproduceOptions, prof: Profile, root: str, split_csv: Path,
+                  run_dir: Path, init: str, backbone: str | None):
+    from .config import TrainConfig
+
+    epochs = opts.epochs or prof.epochs
+    milestones = [m for m in prof.milestones if m < epochs]
+    return TrainConfig(
+        data=root, out=str(run_dir), split=str(split_csv), backbone=backbone, init=init,
+        pretrained_file=opts.pretrained_file if init == "imagenet" else None, keep_hidden=run.keep_hidden,
+        scheme=run.scheme, loss=run.loss, channels=run.channels, input=run.input,
+        image_size=opts.image_size or prof.image_size, epochs=epochs,
+        batch_size=opts.batch_size or prof.batch_size, milestones=milestones, seed=opts.seed,
+        device=opts.device, workers=opts.workers, cache_dir=opts.cache_dir, progress=opts.progress)
+
+
+def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions) -> dict:
+    from .evaluate import evaluate
+
+    return evaluate(run_dir, root, split_csv=run_dir / "split.csv", subset="test", out=run_dir / "test",
+                    positive=POSITIVE[dataset], target_sensitivity=0.95, device=opts.device,
+                    cam_in_lungs=dataset == "covid", cache_dir=opts.cache_dir, progress=opts.progress)
+
+
+def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
+    """Train (or resume, or skip) one run and evaluate it; return its results.json entry."""
+    from .engine import STATE_FILE, run_status, run_training
+
+    run_dir = out / "runs" / run.name
+    status = run_status(run_dir)
+    metrics_file = run_dir / "test" / "metrics.json"
+    if status == "finished" and metrics_file.is_file():
+        log.info("%s: already complete, skipped", run.name)
+        summary = read_json(run_dir / "summary.json", "run summary")
+        metrics = read_json(metrics_file, "metrics")
+    else:
+        backbone = None if init not in ("imagenet", "none") else (opts.backbone or prof.backbone)
+        cfg = _train_config(run, opts, prof, roots[run.dataset], split_paths[run.dataset], run_dir, init,
+                            backbone)
+        if status == "unfinished" and (run_dir / STATE_FILE).is_file():
+            log.info("%s: resuming an interrupted run", run.name)
+            summary = run_training(cfg, resume=True)
+        elif status == "finished":
+            summary = read_json(run_dir / "summary.json", "run summary")
+        else:
+            cfg.overwrite = status == "unfinished"  # a run killed before its first epoch: start again
+            log.info("%s: training (%s)", run.name, ", ".join(f"{k}={v}" for k, v in run.to_config().items()
+                                                               if k not in ("name", "depends_on")))
+            summary = run_training(cfg)
+        metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts)
+    history = _history_seconds(run_dir / "history.csv")
+    config = {**summary.get("config", {}), **{k: v for k, v in run.to_config().items() if k != "name"},
+              "init_source": init, "random_init": random_init}
+    return {"name": run.name, "experiment": list(run.experiments), "dataset": run.dataset,
+            "pretraining": run.pretraining, "protocol": opts.split_protocol if run.dataset == "pneumonia" else None,
+            "config": config, "best_epoch": summary.get("best_epoch"), "best_val_acc": summary.get("best_val_acc"),
+            "seconds": history, "run_dir": str(run_dir), "test": metrics}
+
+
+def _history_seconds(path: Path) -> float | None:
+    """Training wall time of a run: the sum of its epochs' seconds in history.csv."""
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            return float(sum(float(row["seconds"]) for row in csv.DictReader(fh)))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _pick_covid_best(results: dict[str, dict], runs: list[RunPlan]) -> dict:
+    """The Exp. 2 run with the highest validation accuracy (ties: the earlier run). Never the test set."""
+    candidates = [results[r.name] for r in covid_best_candidates(runs) if r.name in results]
+    if not candidates:
+        raise CxrtlError("Exp. 3 needs the Exp. 2 COVID runs, but none finished")
+    return max(candidates, key=lambda r: (r.get("best_val_acc") or 0.0, -candidates.index(r)))
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def reproduce(opts: ReproduceOptions) -> dict:
+    """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
+    from .report_page import write_report
+
+    started = time.time()
+    experiments = parse_experiments(opts.experiments)
+    prof = get_profile(opts.profile)
+    if opts.split_protocol not in PROTOCOLS:
+        raise CxrtlError(f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    runs = plan_runs(experiments)
+    need_pneumonia = any(r.dataset == "pneumonia" for r in runs)
+    if need_pneumonia and not opts.pneumonia:
+        raise CxrtlError("experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2")
+
+    # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
+    covid = _load(opts.covid, "covid", "--covid")
+    pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia else None
+    if any(r.input == "masked" for r in runs):
+        from .data.dataset import check_masks
+
+        try:
+            check_masks(covid)
+        except CxrtlError as exc:
+            raise CxrtlError(f"experiment 1 compares masked inputs: {exc}; or run --experiments 2,3") from None
+    backbone = opts.backbone or prof.backbone
+    from .model import check_backbone
+
+    check_backbone(backbone)
+    no_weights = None
+    if any(r.init in ("imagenet", COVID_BEST) for r in runs):
+        no_weights = _imagenet_available(backbone, opts.pretrained_file)
+        if no_weights and not opts.allow_random_init:
+            raise CxrtlError(f"{no_weights.rstrip('.')}; or pass --allow-random-init to run from random weights "
+                             "(the report will say so)")
+    out = Path(opts.out)
+    max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
+    identity = _identity(opts, prof, covid, pneu)
+    _check_out(out, identity)
+    ensure_dir(out)
+    write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments))})
+
+    # 2. Splits, written once and reused by every run and every later call.
+    notes = _write_splits(opts, prof, covid, pneu, out, max_per_class)
+    roots = {"covid": str(covid.root), "pneumonia": str(pneu.root) if pneu else None}
+    split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
+
+    # 3. The runs, in plan order; Exp. 3's COVID init is the best Exp. 2 model by validation accuracy.
+    results: dict[str, dict] = {}
+    covid_best = None
+    for i, run in enumerate(runs, 1):
+        log.info("run %d/%d: %s", i, len(runs), run.name)
+        if run.init == COVID_BEST:
+            covid_best = covid_best or _pick_covid_best(results, runs)
+            init = str(Path(covid_best["run_dir"]) / "best.safetensors")
+            random_init = bool(covid_best["config"].get("random_init"))
+        elif run.init == "imagenet" and no_weights:
+            init, random_init = "none", True
+        else:
+            init, random_init = run.init, run.init == "none"
+        results[run.name] = _run_one(run, opts, prof, roots, split_paths, out, init, random_init)
+
+    # 4. Results and report.
+    run_list = list(results.values())
+    payload = {"runs": run_list,
+               "reproduction": {**identity, "experiments": list(experiments), "seconds": time.time() - started,
+                                "covid_best": covid_best["name"] if covid_best else None,
+                                "synthetic": _is_synthetic(covid) or bool(pneu and _is_synthetic(pneu)),
+                                "imagenet_unavailable": no_weights, "splits": notes}}
+    write_json(out / "results.json", payload)
+    paths = write_report(out, payload)
+    payload["report"] = {k: str(v) for k, v in paths.items()}
+    return payload
+
+
+def load_results(out: str | Path) -> dict:
+    """Read a reproduction's results.json."""
+    return json.loads((Path(out) / "results.json").read_text())
+
+
+__all__ = ["ReproduceOptions", "reproduce", "load_results", "PROTOCOLS", "SPLITS"]
