@@ -53,8 +53,8 @@ def _protocol(payload: dict) -> list[str]:
            f"batch {meta.get('batch_size')}, backbone `{meta.get('backbone')}`, seed {meta.get('seed')}"
            + (f", at most {meta['max_per_class']} images per class" if meta.get("max_per_class") else
               ", full data") + ".",
-           f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; total time "
-           f"{report._fmt_seconds(meta.get('seconds'))}."]
+           (f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; total time "
+           f"{report._fmt_seconds(meta.get('seconds'))}.")]
     if meta.get("covid_best"):
         out.append(f"Exp. 3's COVID model is `{meta['covid_best']}`, the Exp. 2 run with the highest "
                    "**validation** accuracy (the authors compared configurations on the test set).")
@@ -133,10 +133,10 @@ def build_sections(payload: dict) -> list[Section]:
         widest = max(r["test"]["accuracy_ci"][1] - r["test"]["accuracy_ci"][0] for r in runs)
         sections.append(Section(
             "Results beside the paper's",
-            ["Each cell is this reproduction's value with its 95% interval in brackets; the paper's published "
+            [("Each cell is this reproduction's value with its 95% interval in brackets; the paper's published "
              "value stands beside it. Accuracy is counted over all test images (the authors averaged it over "
              f"batches). The widest accuracy interval here spans {100 * widest:.1f} points: differences smaller "
-             "than an interval are not evidence that one configuration is better."],
+             "than an interval are not evidence that one configuration is better.")],
             [tables[k] for k in paper_keys]))
     figures = []
     covid_best = _best(runs, "covid", meta.get("covid_best"))
@@ -147,15 +147,15 @@ def build_sections(payload: dict) -> list[Section]:
         for stem, what in (("roc", "ROC curves"), ("confusion", "confusion matrix")):
             fig = _run_figure(run, stem)
             if fig:
-                figures.append((f"Best {label} model (`{run['name']}`, chosen on validation): {what} on the "
-                                "test set", fig))
+                figures.append(((f"Best {label} model (`{run['name']}`, chosen on validation): {what} on the "
+                                "test set"), fig))
     if figures:
         sections.append(Section("Best models (paper Fig. 6-8)", figures=figures))
     extra = [t for t in (_operating_table(runs), _shortcut_table(runs)) if t]
     if extra:
         sections.append(Section("Beyond the paper", [
-            "The paper scores argmax predictions; a screening user needs a threshold with known sensitivity. "
-            "Grad-CAM mass inside the lungs shows whether a model looks where a radiologist would."], extra))
+            ("The paper scores argmax predictions; a screening user needs a threshold with known sensitivity. "
+            "Grad-CAM mass inside the lungs shows whether a model looks where a radiologist would.")], extra))
     sections.append(Section("All runs", tables=[tables["runs"]]))
     curves = [(f"`{r['name']}`", fig) for r in runs if (fig := _run_figure(r, "history"))]
     if curves:

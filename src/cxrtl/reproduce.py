@@ -26,8 +26,15 @@ import numpy as np
 
 from .data.records import SPLITS, DatasetIndex, Record
 from .errors import CxrtlError
-from .experiments import COVID_BEST, Profile, RunPlan, covid_best_candidates, get_profile, parse_experiments, \
-    plan_runs
+from .experiments import (
+    COVID_BEST,
+    Profile,
+    RunPlan,
+    covid_best_candidates,
+    get_profile,
+    parse_experiments,
+    plan_runs,
+)
 from .fsutil import ensure_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -348,4 +355,4 @@ def load_results(out: str | Path) -> dict:
     return json.loads((Path(out) / "results.json").read_text())
 
 
-__all__ = ["ReproduceOptions", "reproduce", "load_results", "PROTOCOLS", "SPLITS"]
+__all__ = ["PROTOCOLS", "SPLITS", "ReproduceOptions", "load_results", "reproduce"]
