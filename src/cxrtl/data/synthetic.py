@@ -310,8 +310,9 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         im, mask = _finish(rng, img, lung, (h, w))
         if rng.random() < 0.1:
             im = im.convert("RGB")  # like the real download: a few stored as RGB
-        _save(im, tmp / KERMANY_DIR / folder / label / name, quality=int(rng.integers(85, 96)))
-        return im, mask
+        path = tmp / KERMANY_DIR / folder / label / name
+        _save(im, path, quality=int(rng.integers(85, 96)))
+        return path, mask
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         kermany_images = list(pool.map(kermany_one, range(len(plan))))
@@ -338,8 +339,9 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         rng = _rng(seed, 41, job_index)
         stem = f"{label}-{j + 1}.png"
         if donor is not None:
-            k_img, k_mask = kermany_images[donor]
-            im = k_img.convert("L").resize((image_size, image_size), Image.BILINEAR)
+            k_path, k_mask = kermany_images[donor]
+            with Image.open(k_path) as k_img:  # the decoded JPEG, as the real copies were made
+                im = k_img.convert("L").resize((image_size, image_size), Image.BILINEAR)
             mask = k_mask.resize((mask_size, mask_size), Image.NEAREST)
         else:
             anat = _Anatomy.draw(rng, paediatric=(label == "Viral Pneumonia"))
