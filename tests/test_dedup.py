@@ -295,3 +295,20 @@ def test_report_file_is_written_atomically(tmp_path, capsys):
     assert json.loads(out.read_text())["summary"]["images"] == 6
     assert [p.name for p in out.parent.iterdir()] == ["dedup.json"]
     assert out.read_text().endswith("\n")
+
+
+def test_synthetic_sets_planted_overlap_found_and_no_false_positives(synth_roots, capsys):
+    """The synthetic COVID set re-uses a few Kermany images (as the real one does): exactly those are found."""
+    covid, kermany = synth_roots
+    for root in (covid, kermany):  # look-alike radiographs of different patients are not duplicates
+        assert run_dedup([str(root), "--format", "json", "--no-progress"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["exact"] == [] and report["near"] == [], report["near"][:5]
+    assert run_dedup([str(covid), str(kermany), "--format", "json", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    pairs = [p[:2] for p in report["exact"] + report["near"]]
+    assert pairs
+    for a, b in pairs:
+        assert (a.startswith("Normal/") and "/NORMAL/" in b) or \
+            (a.startswith("Viral Pneumonia/") and "_virus_" in b), (a, b)
+    assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})

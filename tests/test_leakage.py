@@ -85,3 +85,19 @@ def test_straddling_patients_on_records_in_memory():
     assert leakage.straddling_patients(split) == [
         {"patient": "p1", "splits": {"train": 1, "val": 1, "test": 1}},
         {"patient": "p2", "splits": {"train": 1, "test": 1}}]
+
+
+def test_data_check_with_split_reports_leakage(tmp_path, capsys):
+    import json
+
+    from cxrtl import cli
+    from cxrtl.data.splits import write_split_csv
+
+    index = kermany(tmp_path)
+    recs = sorted(index.records, key=lambda r: r.path)
+    split = {"train": recs[::3], "val": recs[1::3], "test": recs[2::3]}
+    csv_path = tmp_path / "split.csv"
+    write_split_csv(csv_path, split)
+    assert cli.main(["data", "check", str(tmp_path), "--split", str(csv_path), "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["leakage"]["ok"] is False and len(report["leakage"]["patients_straddling"]) == 8

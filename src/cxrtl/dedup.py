@@ -8,6 +8,7 @@ comparing all pairs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,10 +25,14 @@ from .errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
-HASH_VERSION = 1
+HASH_VERSION = 2
 DEFAULT_THRESHOLD = 6  # Hamming distance on the 64-bit pHash; re-encoding/resizing stays well below it
 MAX_THRESHOLD = 20  # beyond this a 64-bit pHash no longer means "the same radiograph"
 EXACT_SEARCH_RADIUS = 4  # exact candidates are searched at least this far, so threshold 0 still finds them
+# A near pair must also agree on a finer 256-bit pHash (64x64 thumbnail): chest radiographs share their coarse
+# layout, so distinct images can be close on 64 bits (measured on synthetic look-alikes: >= 44 of 256 bits apart),
+# while re-encoded/resized copies stay within 8 of 256 at real sizes (within 24 for tiny 64 px test images).
+CONFIRM_BITS = 32
 DRAFT_SIDE = 96  # big JPEGs are DCT-scaled (Image.draft) to a shorter side of at least this
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
@@ -44,6 +49,7 @@ class ImageHash:
     dhash: int
     file_digest: str
     pixel_digest: str | None = None
+    phash256: int = 0  # finer pHash (16x16 DCT of a 64x64 thumbnail), confirms near pairs
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,15 @@ def _bits_to_int(bits: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits.astype(bool).ravel()).tobytes(), "big")
 
 
-def _perceptual(gray: np.ndarray) -> tuple[int, int]:
-    """64-bit pHash and dHash of a grey image, computed from a 32x32 area-averaged thumbnail."""
+def _perceptual(gray: np.ndarray) -> tuple[int, int, int]:
+    """64-bit pHash and dHash (32x32 area-averaged thumbnail) and a 256-bit pHash (64x64 thumbnail)."""
     import imagehash
     from PIL import Image
 
-    small = Image.fromarray(gray).resize((32, 32), Image.BOX)  # area average: cheap, and size-independent
-    return _bits_to_int(imagehash.phash(small).hash), _bits_to_int(imagehash.dhash(small).hash)
+    big = Image.fromarray(gray).resize((64, 64), Image.BOX)  # area average: cheap, and size-independent
+    small = big.resize((32, 32), Image.BOX)
+    return (_bits_to_int(imagehash.phash(small).hash), _bits_to_int(imagehash.dhash(small).hash),
+            _bits_to_int(imagehash.phash(big, hash_size=16).hash))
 
 
 def _hash_one(path: str) -> ImageHash | Unreadable:
@@ -108,9 +116,9 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
                 w, h = im.size
         except (OSError, ValueError):
             pass
-    ph, dh = _perceptual(gray)
+    ph, dh, p256 = _perceptual(gray)
     return ImageHash(path, int(w), int(h), ph, dh, hashlib.sha1(data).hexdigest(),
-                     None if drafted else _pixel_digest(gray))
+                     None if drafted else _pixel_digest(gray), p256)
 
 
 def _full_pixel_digest(path: str) -> str | None:
@@ -172,7 +180,7 @@ class _HashCache:
             return None
         try:
             return ImageHash(path, int(entry["w"]), int(entry["h"]), int(entry["p"], 16), int(entry["d"], 16),
-                             str(entry["f"]), entry.get("x"))
+                             str(entry["f"]), entry.get("x"), int(entry["q"], 16))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -183,7 +191,8 @@ class _HashCache:
             return
         self._shard(directory)[name] = {"stat": key, "w": item.width, "h": item.height,
                                         "p": f"{item.phash:016x}", "d": f"{item.dhash:016x}",
-                                        "f": item.file_digest, "x": item.pixel_digest}
+                                        "f": item.file_digest, "x": item.pixel_digest,
+                                        "q": f"{item.phash256:064x}"}
         self.dirty.add(directory)
 
     def save(self) -> None:
@@ -258,8 +267,7 @@ def ensure_pixel_digests(hashes: list[ImageHash], which: Iterable[int], cache_di
                      disable=None if progress else True, leave=False) as bar:
             for i, digest in zip(need, pool.map(_full_pixel_digest, [out[i].path for i in need])):
                 if digest is not None:
-                    out[i] = ImageHash(out[i].path, out[i].width, out[i].height, out[i].phash, out[i].dhash,
-                                       out[i].file_digest, digest)
+                    out[i] = dataclasses.replace(out[i], pixel_digest=digest)
                     cache.put(out[i])
                 bar.update(1)
     finally:
@@ -373,8 +381,11 @@ class Duplicates:
 
 def find_duplicates(hashes: list[ImageHash], threshold: int = DEFAULT_THRESHOLD, labels: Sequence | None = None,
                     cache_dir=None, progress: bool = True, workers: int | None = None,
-                    use_cache: bool = True) -> Duplicates:
-    """Exact and near duplicates among ``hashes`` (only across different ``labels`` when given)."""
+                    use_cache: bool = True, confirm_bits: int = CONFIRM_BITS) -> Duplicates:
+    """Exact and near duplicates among ``hashes`` (only across different ``labels`` when given).
+
+    Near: 64-bit pHash within ``threshold`` and 256-bit pHash within ``confirm_bits``.
+    """
     check_threshold(threshold)
     radius = max(threshold, EXACT_SEARCH_RADIUS)
     pairs = search_pairs([x.phash for x in hashes], radius, labels)
@@ -389,7 +400,7 @@ def find_duplicates(hashes: list[ImageHash], threshold: int = DEFAULT_THRESHOLD,
         a, b = hashes[i], hashes[j]
         if a.file_digest == b.file_digest or (a.pixel_digest is not None and a.pixel_digest == b.pixel_digest):
             exact.append((i, j))
-        elif d <= threshold:
+        elif d <= threshold and (a.phash256 ^ b.phash256).bit_count() <= confirm_bits:
             near.append((i, j, d))
     return Duplicates(hashes, exact, near, threshold)
 
