@@ -518,6 +518,8 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict:
         raise CxrtlError("no dataset; pass --data ROOT")
     device = resolve_device(cfg.device)
     info = ddp.setup(device.type)
+    if not info.is_main:  # rank 0 reports; the others only warn
+        logging.getLogger("cxrtl").setLevel(logging.WARNING)
     if info.enabled and device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     try:
