@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 
-ImageLike = "str | os.PathLike | np.ndarray"
+ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,6 @@ class Prediction:
     cam: str | None = None
     cam_class: str | None = None
     lung_fraction: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
@@ -198,6 +197,8 @@ class Predictor:
                 batch_size: int = 16) -> np.ndarray:
         """Probabilities ``[N, k]`` in :attr:`classes` order; raises on the first unreadable image.
 
+        ``images``: one path or grey ``[H, W]`` array, a uint8 ``[N, H, W]`` stack, or a list of paths/arrays.
+        ``masks``: one lung mask (path/array) or None per image; required for a masked-input model.
         Use :meth:`predict_files` to get one error row per bad file instead.
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
