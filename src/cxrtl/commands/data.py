@@ -155,8 +155,7 @@ def run_split(args) -> int:
 
 
 def run_cache(args) -> int:
-    from ..data.cache import build_cache
-    from ..data.dataset import check_masks
+    from ..data.cache import build_cache, check_masks
     from ..data.preprocess import Preprocess
     from ..data.sources import load_dataset
     from ..data.splits import read_split_csv

@@ -15,7 +15,7 @@ _EXPORTS = {
     "load_dataset": "sources",
     "default_ratios": "splits", "make_split": "splits", "write_split_csv": "splits",
     "read_split_csv": "splits",
-    "build_cache": "cache", "ImageCache": "cache", "default_cache_dir": "cache",
+    "build_cache": "cache", "ImageCache": "cache", "default_cache_dir": "cache", "check_masks": "cache",
     "CachedDataset": "dataset",
     "PreparedData": "dataset", "prepare_data": "dataset",
     "synthesize": "synthetic",

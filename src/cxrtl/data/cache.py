@@ -172,14 +172,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_masks(index: DatasetIndex, records: list[Record] | None = None) -> None:
+    """CxrtlError unless every record has a lung mask (masked input, paper eq. 9)."""
+    records = index.records if records is None else records
+    unmasked = [r.path for r in records if not r.mask_path]
+    if not unmasked:
+        return
+    if len(unmasked) == len(records):
+        raise CxrtlError(f"masked input needs lung masks, but {index.root} has none; use --input raw")
+    raise CxrtlError(f"masked input needs a lung mask for every image, but {len(unmasked)} have none "
+                     f"(e.g. {unmasked[0]}); use --input raw or add the missing masks")
+
+
 def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cache_dir=None,
                 progress: bool = True, workers: int | None = None) -> ImageCache:
     """Reuse or build the cache of ``records`` under ``pp``; the returned cache is complete and consistent."""
     if pp.input == "masked":
-        unmasked = [r.path for r in records if not r.mask_path]
-        if unmasked:
-            raise CxrtlError(f"masked input needs a lung mask for every image, {len(unmasked)} have none "
-                             f"(e.g. {unmasked[0]}); use --input raw or add the masks")
+        check_masks(index, records)
     base = ensure_dir(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
     key, rows = cache_key(index, records, pp)
     slug = _slug(index)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import CxrtlError
-from .cache import ImageCache, build_cache
+from .cache import ImageCache, build_cache, check_masks
 from .preprocess import Preprocess
 from .records import SPLITS, DatasetIndex, Record, Skipped
 from .sources import load_dataset
@@ -82,18 +82,6 @@ class PreparedData:
     @property
     def class_to_idx(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.classes)}
-
-
-def check_masks(index: DatasetIndex, records: list[Record] | None = None) -> None:
-    """CxrtlError unless every record has a lung mask (masked input, paper eq. 9)."""
-    records = index.records if records is None else records
-    unmasked = [r.path for r in records if not r.mask_path]
-    if not unmasked:
-        return
-    if len(unmasked) == len(records):
-        raise CxrtlError(f"masked input needs lung masks, but {index.root} has none; use --input raw")
-    raise CxrtlError(f"masked input needs a lung mask for every image, but {len(unmasked)} have none "
-                     f"(e.g. {unmasked[0]}); use --input raw or add the missing masks")
 
 
 def prepare_data(root: str | os.PathLike, pp: Preprocess, split_csv=None, seed: int = 2022, ratios=None,
