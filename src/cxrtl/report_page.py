@@ -49,12 +49,13 @@ def _warnings(payload: dict) -> list[str]:
 
 def _protocol(payload: dict) -> list[str]:
     meta = payload.get("reproduction", {})
-    out = [f"Profile `{meta.get('profile')}`: {meta.get('image_size')} px, {meta.get('epochs')} epochs, "
+    out = [f"Profile `{meta.get('profile')}`: {meta.get('image_size')} px, {meta.get('epochs')} epoch(s), "
            f"batch {meta.get('batch_size')}, backbone `{meta.get('backbone')}`, seed {meta.get('seed')}"
            + (f", at most {meta['max_per_class']} images per class" if meta.get("max_per_class") else
               ", full data") + ".",
-           (f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; total time "
-           f"{report._fmt_seconds(meta.get('seconds'))}.")]
+           (f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; training time "
+            f"{report._fmt_seconds(sum(r.get('seconds') or 0 for r in payload['runs']))} over "
+            f"{len(payload['runs'])} runs (this call: {report._fmt_seconds(meta.get('seconds'))}).")]
     if meta.get("covid_best"):
         out.append(f"Exp. 3's COVID model is `{meta['covid_best']}`, the Exp. 2 run with the highest "
                    "**validation** accuracy (the authors compared configurations on the test set).")

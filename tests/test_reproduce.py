@@ -1,0 +1,133 @@
+"""`cxrtl reproduce`: plans, a tiny end-to-end reproduction checked against its report, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from cxrtl.cli import main
+from cxrtl.errors import CxrtlError
+from cxrtl.experiments import COVID_BEST, plan_runs
+
+TINY = ["--profile", "quick", "--backbone", "test_resnet", "--image-size", "32", "--epochs", "1",
+        "--max-per-class", "0", "--no-progress"]
+
+
+def _args(covid, pneumonia, out, *extra):
+    return ["reproduce", "--covid", str(covid), "--pneumonia", str(pneumonia), "--out", str(out), *TINY, *extra]
+
+
+def test_plan_shares_identical_runs_and_orders_dependencies():
+    runs = plan_runs((1, 2, 3))
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 12  # 4 + 4 + 5 minus the run Exp. 1 and Exp. 2 share
+    shared = next(r for r in runs if r.name == "covid-raw-3ch-wce-1cf")
+    assert shared.experiments == (1, 2)
+    first_covid_init = min(i for i, r in enumerate(runs) if r.init == COVID_BEST)
+    assert max(i for i, r in enumerate(runs) if r.dataset == "covid") < first_covid_init
+    # Exp. 3 alone still trains Exp. 2, whose best model it transfers from; never the masked Exp. 1 runs.
+    alone = plan_runs((3,))
+    assert {r.loss for r in alone if r.dataset == "covid"} == {"ce", "wce-1cf", "wce-icf", "focal"}
+    assert all(r.input == "raw" for r in alone)
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory, synth_roots):
+    covid, pneumonia = synth_roots
+    out = tmp_path_factory.mktemp("repro") / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("CXRTL_CACHE_DIR", str(out.parent / "cache"))
+        assert main(_args(covid, pneumonia, out, "--allow-random-init", "--exclude-overlap")) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_report_matches_results(tiny_reproduction):
+    out = tiny_reproduction
+    results = json.loads((out / "results.json").read_text())
+    runs = {r["name"]: r for r in results["runs"]}
+    assert len(runs) == 12
+    for r in runs.values():
+        assert set(r) >= {"name", "experiment", "dataset", "config", "best_epoch", "seconds", "test"}
+        assert r["dataset"] in ("covid", "pneumonia")
+        assert {"accuracy", "per_class", "confusion_matrix", "roc_auc"} <= set(r["test"])
+    # Exp. 3's COVID model is the best Exp. 2 run by validation accuracy.
+    exp2 = [r for r in runs.values() if 2 in r["experiment"]]
+    best = max(exp2, key=lambda r: r["best_val_acc"])
+    assert results["reproduction"]["covid_best"] == best["name"]
+    assert runs["pneumonia-covid-finetune"]["config"]["init_source"].startswith(best["run_dir"])
+
+    # The tables say what results.json says.
+    with open(out / "tables" / "table_iv.csv", newline="") as fh:
+        table_iv = list(csv.DictReader(fh))
+    by_loss = {r["config"]["loss"]: r for r in exp2}
+    assert len(table_iv) == 4
+    for row in table_iv:
+        run = by_loss[row["loss"]]
+        assert float(row["accuracy"]) == pytest.approx(run["test"]["accuracy"], abs=1e-4)
+        assert int(row["best_epoch"]) == run["best_epoch"]
+    with open(out / "tables" / "table_runs.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            assert float(row["accuracy"]) == pytest.approx(runs[row["run"]]["test"]["accuracy"], abs=1e-4)
+
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    first = md.splitlines()[0]
+    assert "random weights" in first and "pneumonia-imagenet-finetune" in first
+    assert "NOT comparable" in md and "NOT comparable" in html
+    for name in runs:
+        assert name in md and name in html
+    assert "data:image/png;base64," in html and "src='/" not in html and "src=\"http" not in html
+    assert "overlap" in md
+
+
+@pytest.mark.slow
+def test_rerun_skips_complete_runs_and_refuses_a_different_reproduction(tiny_reproduction, synth_roots):
+    out = tiny_reproduction
+    weights = sorted(out.glob("runs/*/best.safetensors"))
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    assert main(_args(*synth_roots, out, "--allow-random-init", "--exclude-overlap")) == 0
+    assert {p: p.stat().st_mtime_ns for p in weights} == before  # nothing retrained
+    # Different options against the same directory: refused before anything is touched.
+    assert main(_args(*synth_roots, out, "--allow-random-init", "--exclude-overlap", "--seed", "7")) == 2
+    assert {p: p.stat().st_mtime_ns for p in weights} == before
+
+
+def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
+    covid, pneumonia = synth_roots
+    cases = [
+        (_args(pneumonia, pneumonia, tmp_path / "a"), "not the COVID-19 Radiography Database"),
+        (_args(covid, covid, tmp_path / "b"), "not the Kermany"),
+        (_args(covid, pneumonia, tmp_path / "c", "--experiments", "1,4"), "unknown experiment"),
+        (_args(covid, pneumonia, tmp_path / "d"), "--allow-random-init"),  # offline, no weights file
+    ]
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("someone else's work")
+    cases.append((_args(covid, pneumonia, foreign, "--allow-random-init"), "is not empty"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cxrtl: error:") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    assert (foreign / "notes.txt").read_text() == "someone else's work"
+
+
+def test_masked_experiment_needs_masks(tmp_path, pneumonia_root):
+    from cxrtl.reproduce import ReproduceOptions, reproduce
+
+    plain = tmp_path / "COVID-19_Radiography_Dataset"
+    images = sorted((pneumonia_root / "train").rglob("*.jpeg"))
+    for k, cls in enumerate(("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")):
+        src = images[3 * k: 3 * k + 3]  # distinct images: copies would be skipped as duplicates
+        (plain / cls / "images").mkdir(parents=True)
+        for i, f in enumerate(src):
+            (plain / cls / "images" / f"{cls}-{i}.jpeg").write_bytes(f.read_bytes())
+    opts = ReproduceOptions(covid=str(plain), pneumonia=str(pneumonia_root), out=str(tmp_path / "o"),
+                            experiments="1", allow_random_init=True)
+    with pytest.raises(CxrtlError, match="masked inputs"):
+        reproduce(opts)
+    assert not (tmp_path / "o").exists()
