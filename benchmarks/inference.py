@@ -37,7 +37,25 @@ def make_images(folder: Path, n: int, size: int = 299) -> list[Path]:
     return files
 
 
-def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int) -> dict:
+class PinnedThreads:
+    """A predictor run with torch limited to ``n`` intra-op threads (restored after each call)."""
+
+    def __init__(self, predictor, n: int):
+        self.predictor, self.n = predictor, n
+
+    def predict(self, *args, **kwargs):
+        import torch
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        try:
+            return self.predictor.predict(*args, **kwargs)
+        finally:
+            torch.set_num_threads(old)
+
+
+def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int,
+            rounds: int = 1) -> dict:
     """Per backend: median single-image latency (ms) and best batch throughput (img/s).
 
     The backends take turns call by call, so load from other processes on a shared machine hits all of
@@ -46,7 +64,7 @@ def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, 
     batch = files[:batch_images]
     for pred in predictors.values():  # warm-up: allocator, thread pools, first-call graph work
         pred.predict(files[:2])
-        pred.predict(batch[:batch_size], batch_size=batch_size)
+        pred.predict(files[:2], batch_size=2)
     single = {name: [] for name in predictors}
     bulk = {name: float("inf") for name in predictors}
     for i in range(repeats):
@@ -54,7 +72,7 @@ def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, 
             t = time.perf_counter()
             pred.predict([files[i % len(files)]])
             single[name].append(time.perf_counter() - t)
-    for _ in range(2):
+    for _ in range(rounds):
         for name, pred in predictors.items():
             t = time.perf_counter()
             pred.predict(batch, batch_size=batch_size)
@@ -115,15 +133,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
               f"{so.intra_op_num_threads}, sequential, no spin-waiting")
 
-        predictors = {"pytorch eager": eager, "onnxruntime default": plain, "onnxruntime tuned": ort}
+        threads = torch.get_num_threads()
+        predictors = {f"pytorch eager ({threads} thr)": eager}
+        if threads > 1:
+            # On a busy machine eager's OpenMP threads can stall each other (seen: 10x slower with 2 threads
+            # than with 1 while other jobs ran), so the baseline is eager's best thread setting.
+            predictors["pytorch eager (1 thr)"] = PinnedThreads(eager, 1)
+        predictors.update({"onnxruntime default": plain, "onnxruntime tuned": ort})
         results = measure(predictors, files, args.repeats, args.batch_size, args.batch_images)
         for name, (lat, thr) in results.items():
-            print(f"{name:20s} single-image latency {lat:7.1f} ms   batch-{args.batch_size} throughput "
+            print(f"{name:22s} single-image latency {lat:7.1f} ms   batch-{args.batch_size} throughput "
                   f"{thr:6.1f} img/s")
-        eager_lat, eager_thr = results["pytorch eager"]
+        eager_names = [n for n in results if n.startswith("pytorch")]
+        best_lat = min(eager_names, key=lambda n: results[n][0])
+        best_thr = max(eager_names, key=lambda n: results[n][1])
         ort_lat, ort_thr = results["onnxruntime tuned"]
-        print(f"batch throughput speedup: {ort_thr / eager_thr:.2f}x")
-        print(f"inference speedup: {eager_lat / ort_lat:.2f}x")
+        print(f"baseline: {best_lat} for latency, {best_thr} for throughput")
+        print(f"batch throughput speedup: {ort_thr / results[best_thr][1]:.2f}x")
+        print(f"inference speedup: {results[best_lat][0] / ort_lat:.2f}x")
     return 0
 
 
