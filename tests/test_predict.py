@@ -200,8 +200,9 @@ def test_cli_bad_model_and_no_images_are_one_line_errors(run3, tmp_path, capsys)
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(run3), str(tmp_path / "empty")]) == 2
     assert main(["predict", str(run3), str(img), "--cam-class", "Nope", "--cam", str(tmp_path / "c")]) == 2
+    assert main(["predict", str(run3), str(img), "--device", "tpu"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("cxrtl: error:") == 4 and "typo.png" in err
+    assert "Traceback" not in err and err.count("cxrtl: error:") == 5 and "typo.png" in err
 
 
 def test_find_masks_by_name_and_stem(tmp_path):

@@ -107,12 +107,21 @@ class TorchBackend:
 
 
 def resolve_device(device: str | None) -> str:
-    """``auto`` -> cuda when available, else cpu; anything else as given."""
-    if device in (None, "", "auto"):
-        import torch
+    """``auto`` -> cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` checked to exist."""
+    import torch
 
+    device = str(device or "auto")
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise CxrtlError(f"device {device} requested but CUDA is not available; use --device cpu")
+        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
+            raise CxrtlError(f"device {device} does not exist ({torch.cuda.device_count()} GPU(s))")
+        return device
+    raise CxrtlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 class Predictor:
@@ -129,7 +138,7 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "cpu",
+    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
                         threads: int | None = None) -> Predictor:
         """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
         path = Path(path).expanduser()

@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     m = p.add_mutually_exclusive_group()
     m.add_argument("--mask", metavar="PATH", help="lung mask of the (single) image")
     m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
-    a("--device", default="cpu", metavar="DEV", help="cpu, cuda or auto (default cpu)")
+    a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models "
+      "(default auto: cuda if available)")
     a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
