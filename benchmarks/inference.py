@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                           ort.classes, ort.spec, ort.temperature)
         so = session_options()
         print(f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
-              f"{so.intra_op_num_threads}, sequential, no spin-waiting")
+              f"{so.intra_op_num_threads or 'one per physical core'}, sequential, no spin-waiting")
 
         threads = torch.get_num_threads()
         predictors = {f"pytorch eager ({threads} thr)": eager}

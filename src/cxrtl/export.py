@@ -193,7 +193,8 @@ def _verify(path: Path, module, pp) -> None:
 # ------------------------------------------------------------------------------------------- runtime
 
 def session_options(threads: int | None = None):
-    """onnxruntime settings tuned for CPU latency: full graph optimisation, one thread per core, no spin.
+    """onnxruntime settings tuned for CPU latency: full graph optimisation, one thread per physical core,
+    no spin-waiting.
 
     ORT_ENABLE_ALL folds constants and fuses Conv+BatchNorm(+ReLU) and layouts (NCHWc); threads that
     spin-wait between runs steal cores from image decoding and from other processes on a shared machine
@@ -203,7 +204,7 @@ def session_options(threads: int | None = None):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+    so.intra_op_num_threads = int(threads) if threads else 0  # 0: onnxruntime uses the physical cores
     so.inter_op_num_threads = 1
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3  # errors only
