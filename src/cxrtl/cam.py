@@ -111,14 +111,16 @@ def overlay_name(image_path: str | os.PathLike, used: set[str] | None = None) ->
 
 
 def lung_fractions(model, index, records, pp, device="cpu", class_index: int | None = None,
-                   batch_size: int = 16) -> list[float | None]:
+                   batch_size: int = 16, progress: bool = False) -> list[float | None]:
     """CAM-energy fraction inside the lungs per record (None where a record has no mask or cannot be read).
 
     Args:
         model: a CxrModel; index: the DatasetIndex the records' relative paths belong to.
         pp: the checkpoint's Preprocess; class_index: None = each image's predicted class.
+        progress: show a tqdm bar on stderr (a CAM costs a forward and a backward pass per image).
     """
     import torch
+    from tqdm import tqdm
 
     from .data.image_io import load_gray, prepare_image, prepare_mask
     from .data.preprocess import normalize_batch
@@ -136,7 +138,9 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
         except CxrtlError as exc:
             log.warning("no lung fraction for %s: %s", r.path, exc)
     model.eval()
-    for start in range(0, len(todo), max(1, batch_size)):
+    log.info("Grad-CAM lung fractions for %d of %d images (the others have no mask)", len(todo), len(records))
+    for start in tqdm(range(0, len(todo), max(1, batch_size)), desc="grad-cam", unit="batch",
+                      disable=not progress, leave=False):
         chunk = todo[start:start + batch_size]
         batch = torch.from_numpy(np.stack([c[1] for c in chunk])[:, None])
         cams, _ = grad_cam(model, normalize_batch(batch, pp, device), class_index)
