@@ -62,8 +62,8 @@ class _Anatomy:
                    lung_y=rng.uniform(0.44, 0.50), heart=rng.uniform(0.10, 0.145), tilt=rng.uniform(-0.15, 0.15))
 
 
-def _ellipse(x, y, cx, cy, a, b, soft):
-    d = np.sqrt(((x - cx) / a) ** 2 + ((y - cy) / b) ** 2)
+def _ellipse(x, y, cx, cy, a, b, soft, power=2.0):
+    d = (np.abs((x - cx) / a) ** power + np.abs((y - cy) / b) ** power) ** (1.0 / power)
     return 1.0 / (1.0 + np.exp(np.minimum((d - 1.0) / soft, 60.0)))
 
 
@@ -85,10 +85,7 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
     cx = 0.5 * w / h + rng.uniform(-0.03, 0.03)
     s = anat.scale
     img = 0.06 + 0.05 * y + 0.03 * _lowfreq(rng, h, w, 4)
-    body = _ellipse(x, y, cx, anat.body_y, anat.body_w * s, anat.body_h * s, 0.04)
-    for side in (-1, 1):  # shoulders
-        body = np.maximum(body, _ellipse(x, y, cx + side * anat.body_w * 0.85 * s, anat.body_y - 0.42 * s,
-                                         0.13 * s, 0.09 * s, 0.08))
+    body = _ellipse(x, y, cx, anat.body_y, anat.body_w * s, anat.body_h * s, 0.04, power=2.8)  # boxy torso
     img = img + 0.52 * body
     # Ribs: curved bright bands over the thorax.
     ribs = np.sin(2 * math.pi * ((y - 0.2) / (0.075 * s) + 1.6 * ((x - cx) / s) ** 2 + rng.uniform(0, 1)))
@@ -114,8 +111,8 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
             for _ in range(rng.integers(2, 4)):
                 px = lx + side * a * rng.uniform(0.35, 0.75)
                 py = ly + b * rng.uniform(0.15, 0.65)
-                pattern += rng.uniform(0.5, 0.8) * _blob(x, y, px, py, rng.uniform(0.035, 0.055) * s)
-        pattern = np.clip(pattern, 0, 1) * (0.6 + 0.4 * _lowfreq(rng, h, w, 10)) * 0.50
+                pattern += rng.uniform(0.6, 0.9) * _blob(x, y, px, py, rng.uniform(0.04, 0.06) * s)
+        pattern = np.clip(pattern, 0, 1) * (0.6 + 0.4 * _lowfreq(rng, h, w, 10)) * 0.62
     elif finding == "focal":  # one dense consolidation in one lung
         lx, ly = centres[rng.integers(0, 2)]
         r, t = math.sqrt(rng.uniform(0, 0.5)), rng.uniform(0, 2 * math.pi)
@@ -131,7 +128,7 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
                 along = (x - hx) * dx + (y - hy) * dy
                 across = np.abs(-(x - hx) * dy + (y - hy) * dx)
                 pattern += np.exp(-(across / (0.008 * s)) ** 2) * (along > 0)
-        pattern = np.clip(0.8 * pattern + 0.45, 0, 1) * 0.33
+        pattern = np.clip(0.8 * pattern + 0.45, 0, 1) * 0.38
     img = img + pattern * lungs
     return img.astype(np.float32), (lungs > 0.5)
 
