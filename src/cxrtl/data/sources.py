@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,13 +193,20 @@ def _screen(ds_root: Path, candidates: list[_Candidate], skipped: list[Skipped])
     """Drop non-images, truncated files and byte-identical duplicates (the shallowest copy is kept)."""
     good: list[_Candidate] = []
     by_quick: dict[tuple, list[_Candidate]] = defaultdict(list)
-    for c in candidates:
-        path = ds_root / c.rel
+
+    def probe(c: _Candidate):
         try:
-            fmt, size, quick, truncated = _fingerprint(path)
+            return _fingerprint(ds_root / c.rel)
         except OSError as exc:
-            skipped.append(Skipped(c.rel, f"unreadable ({exc.strerror or exc})"))
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound: a few KB per file
+        probes = list(pool.map(probe, candidates, chunksize=64))
+    for c, result in zip(candidates, probes):
+        if isinstance(result, OSError):
+            skipped.append(Skipped(c.rel, f"unreadable ({result.strerror or result})"))
             continue
+        fmt, size, quick, truncated = result
         if size == 0:
             skipped.append(Skipped(c.rel, "empty file"))
         elif fmt is None:
