@@ -56,7 +56,7 @@ class PinnedThreads:
 
 def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int,
             rounds: int = 1) -> dict:
-    """Per backend: median single-image latency (ms) and best batch throughput (img/s).
+    """Per backend: median single-image latency (ms), best batch throughput (img/s), median CPU ms per call.
 
     The backends take turns call by call, so load from other processes on a shared machine hits all of
     them alike and the ratios stay meaningful.
@@ -66,18 +66,21 @@ def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, 
         pred.predict(files[:2])
         pred.predict(files[:2], batch_size=2)
     single = {name: [] for name in predictors}
+    cpu = {name: [] for name in predictors}
     bulk = {name: float("inf") for name in predictors}
     for i in range(repeats):
         for name, pred in predictors.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             pred.predict([files[i % len(files)]])
             single[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
     for _ in range(rounds):
         for name, pred in predictors.items():
             t = time.perf_counter()
             pred.predict(batch, batch_size=batch_size)
             bulk[name] = min(bulk[name], time.perf_counter() - t)
-    return {name: (statistics.median(single[name]) * 1000.0, len(batch) / bulk[name]) for name in predictors}
+    return {name: (statistics.median(single[name]) * 1000.0, len(batch) / bulk[name],
+                   statistics.median(cpu[name]) * 1000.0) for name in predictors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             predictors["pytorch eager (1 thr)"] = PinnedThreads(eager, 1)
         predictors.update({"onnxruntime default": plain, "onnxruntime tuned": ort})
         results = measure(predictors, files, args.repeats, args.batch_size, args.batch_images)
-        for name, (lat, thr) in results.items():
-            print(f"{name:22s} single-image latency {lat:7.1f} ms   batch-{args.batch_size} throughput "
-                  f"{thr:6.1f} img/s")
+        for name, (lat, thr, cpu_ms) in results.items():
+            print(f"{name:22s} single-image latency {lat:7.1f} ms (cpu {cpu_ms:7.1f} ms)   "
+                  f"batch-{args.batch_size} throughput {thr:6.1f} img/s")
         eager_names = [n for n in results if n.startswith("pytorch")]
         best_lat = min(eager_names, key=lambda n: results[n][0])
         best_thr = max(eager_names, key=lambda n: results[n][1])
-        ort_lat, ort_thr = results["onnxruntime tuned"]
+        ort_lat, ort_thr, _ = results["onnxruntime tuned"]
         print(f"baseline: {best_lat} for latency, {best_thr} for throughput")
         print(f"batch throughput speedup: {ort_thr / results[best_thr][1]:.2f}x")
         print(f"inference speedup: {results[best_lat][0] / ort_lat:.2f}x")
