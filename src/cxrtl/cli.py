@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cxrtl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `cxrtl data dedup ROOT | head`: the reader left, which is not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except MemoryError:
         print("cxrtl: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
         return 1
