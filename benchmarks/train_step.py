@@ -123,8 +123,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--image-size", type=int, default=None, help="default 128 on CPU, 224 on CUDA")
     p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 64 on CUDA")
-    p.add_argument("--iters", type=int, default=None, help="timed batches per round (default 6 CPU, 20 CUDA)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed batches before the rounds")
+    p.add_argument("--iters", type=int, default=None, help="timed batches per round (default 4 CPU, 20 CUDA)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed batches before the rounds")
     p.add_argument("--rounds", type=int, default=2, help="alternating reference/cxrtl rounds (median kept)")
     p.add_argument("--compile", action="store_true", help="torch.compile cxrtl's model")
     p.add_argument("--memory-image-size", type=int, default=224)
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     cuda = device.type == "cuda"
     size = args.image_size or (224 if cuda else 128)
     batch = args.batch_size or (64 if cuda else 16)
-    iters = args.iters or (20 if cuda else 6)
+    iters = args.iters or (20 if cuda else 4)
     numerics = resolve_numerics(device)
     card = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({card}); torch {torch.__version__}")

@@ -7,6 +7,7 @@ Reads top to bottom: ``run_training`` (config -> data, model, run dir) -> ``fit`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -110,10 +111,10 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn: torch.nn.Module, op
     for step, (images, labels) in enumerate(it, 1):
         x = normalize_batch(images, pp, device, numerics.memory_format)
         y = labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)  # before the forward: last step's grads are freed first
         with numerics.autocast(device):
             logits = model(x)
         loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         # Sums weighted by batch size: a smaller last batch counts for what it holds (the authors'
@@ -507,6 +508,7 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict:
     With ``resume`` True, ``cfg.out`` names an unfinished run; its saved config is used, except for the
     runtime options device, workers, progress, tensorboard, compile, cache_dir and data (the root may move).
     """
+    cfg = dataclasses.replace(cfg)  # resolved values (backbone, lr, split) never leak into the caller's object
     if not cfg.out:
         raise CxrtlError("no output directory; pass --out RUN_DIR")
     run_dir = Path(cfg.out).expanduser()
