@@ -180,13 +180,23 @@ def test_load_gray_refuses_broken_files(tmp_path, monkeypatch):
         load_gray(good)
 
 
-def test_large_jpeg_is_drafted_at_reduced_size(tmp_path):
+def test_large_jpeg_is_drafted_at_reduced_size_and_stays_close(tmp_path):
+    from cxrtl.data.image_io import prepare_image
+    from cxrtl.data.preprocess import Preprocess
+
     path = tmp_path / "big.jpeg"
-    Image.fromarray(np.full((1600, 2000), 128, np.uint8)).convert("RGB").save(path, quality=90)
+    yy, xx = np.mgrid[0:1600, 0:2000]
+    a = (60 + 100 * xx / 2000 + 20 * np.sin(yy / 40.0)).astype(np.uint8)
+    a[500:900, 700:1100] = 250  # a sharp-edged bright patch, the worst case for DCT scaling
+    Image.fromarray(a).convert("RGB").save(path, quality=90)
     info = {}
-    img = load_gray(path, target_short_side=256, info=info)
-    assert info["drafted"] and min(img.shape) >= 256 and img.shape[0] < 1600
-    assert load_gray(path).shape == (1600, 2000)
+    pp = Preprocess(image_size=224)
+    img = load_gray(path, target_short_side=pp.resize_size, info=info)
+    assert info["drafted"] and 2 * pp.resize_size <= min(img.shape) < 1600
+    full = load_gray(path)
+    assert full.shape == (1600, 2000)
+    diff = np.abs(prepare_image(img, pp).astype(int) - prepare_image(full, pp).astype(int))
+    assert diff.max() <= 8 and diff.mean() < 0.5
 
 
 def test_dicom_without_support_says_how_to_install(tmp_path, monkeypatch):
