@@ -198,7 +198,8 @@ def session_options(threads: int | None = None):
 
     ORT_ENABLE_ALL folds constants and fuses Conv+BatchNorm(+ReLU) and layouts (NCHWc); threads that
     spin-wait between runs steal cores from image decoding and from other processes on a shared machine
-    (measured: median single-image latency 272 ms without vs 364 ms with spinning on a busy 2-core box).
+    (interleaved A/B on the busy 2-core dev box, DenseNet-121 at 224: 272 vs 364 ms median in one run,
+    155 vs 155 ms in another; never worse).
     """
     ort = _onnxruntime()
     so = ort.SessionOptions()
