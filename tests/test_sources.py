@@ -205,3 +205,29 @@ def test_dicom_without_support_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "cxrtl.dicom", None)
     with pytest.raises(CxrtlError, match=r"pip install cxrtl\[dicom\]"):
         load_gray(path)
+
+
+def test_decompression_bomb_is_skipped_at_index_time(covid_copy):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = covid_copy / "Normal" / "images" / "Normal-bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 200000, 200000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    reasons = _reasons(load_dataset(covid_copy))
+    assert reasons["Normal/images/Normal-bomb.png"].startswith("decompression bomb (200000x200000")
+    with pytest.raises(ImageReadError, match="decompression bomb"):
+        load_gray(bomb)
+
+
+def test_jpeg_header_size():
+    import io
+
+    from cxrtl.data.image_io import header_size
+
+    buf = io.BytesIO()
+    Image.new("L", (123, 45)).save(buf, format="JPEG")
+    assert header_size("JPEG", buf.getvalue()[:4096]) == (123, 45)

@@ -61,6 +61,32 @@ def looks_truncated(fmt: str, tail: bytes) -> bool:
     return False
 
 
+def header_size(fmt: str, head: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the first bytes of a PNG (IHDR) or JPEG (SOF marker), else None."""
+    if fmt == "PNG" and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    if fmt == "JPEG":
+        i = 2
+        while i + 9 <= len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            length = int.from_bytes(head[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(head[i + 7:i + 9], "big"), int.from_bytes(head[i + 5:i + 7], "big")
+            i += 2 + length
+    return None
+
+
+def max_pixels() -> int:
+    """The decompression-bomb limit: Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 Mpixel by default)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return int(limit) if limit else DEFAULT_MAX_PIXELS
+
+
 def is_dicom(path: str | os.PathLike) -> bool:
     """True for ``.dcm``/``.dicom`` files and for files with the DICM magic at offset 128."""
     path = Path(path)
@@ -83,11 +109,6 @@ def _load_dicom(path: Path) -> np.ndarray:
                              "run `pip install cxrtl[dicom]`") from None
         raise
     return load_dicom_gray(path)
-
-
-def _max_pixels() -> int:
-    limit = Image.MAX_IMAGE_PIXELS
-    return int(limit) if limit else DEFAULT_MAX_PIXELS
 
 
 def _to_gray_array(im: Image.Image) -> np.ndarray:
@@ -132,9 +153,9 @@ def load_gray(path: str | os.PathLike, target_short_side: int | None = None,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 w, h = im.size
-                if w * h > _max_pixels():
+                if w * h > max_pixels():
                     raise ImageReadError(path, f"decompression bomb ({w}x{h} pixels exceeds the "
-                                               f"{_max_pixels()} limit)")
+                                               f"{max_pixels()} limit)")
                 if info is not None:
                     info["mode"] = im.mode
                     info["drafted"] = False

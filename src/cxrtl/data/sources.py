@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CxrtlError
-from .image_io import looks_truncated, sniff_format
+from .image_io import header_size, looks_truncated, max_pixels, sniff_format
 from .records import SPLITS, DatasetIndex, Record, Skipped
 
 logger = logging.getLogger(__name__)
@@ -166,8 +166,8 @@ def _collect(layout: str, ds_root: Path, skipped: list[Skipped]):
     return candidates, masks, stray
 
 
-def _fingerprint(path: Path) -> tuple[str | None, int, bytes, bool]:
-    """(sniffed format, size, quick fingerprint of head+tail, truncated?) reading at most 8 KB."""
+def _fingerprint(path: Path) -> tuple[str | None, int, bytes, str | None]:
+    """(sniffed format, size, quick fingerprint of head+tail, problem or None) reading at most 8 KB."""
     with open(path, "rb") as fh:
         head = fh.read(_SNIFF_BYTES)
         size = os.fstat(fh.fileno()).st_size
@@ -177,8 +177,14 @@ def _fingerprint(path: Path) -> tuple[str | None, int, bytes, bool]:
         else:
             tail = head
     fmt = sniff_format(head)
-    truncated = bool(fmt) and looks_truncated(fmt, tail)
-    return fmt, size, hashlib.blake2b(head + tail, digest_size=16).digest(), truncated
+    problem = None
+    if fmt:
+        dims = header_size(fmt, head)
+        if dims and dims[0] * dims[1] > max_pixels():
+            problem = f"decompression bomb ({dims[0]}x{dims[1]} pixels exceeds the {max_pixels()} limit)"
+        elif looks_truncated(fmt, tail):
+            problem = "truncated (no end-of-image marker)"
+    return fmt, size, hashlib.blake2b(head + tail, digest_size=16).digest(), problem
 
 
 def _full_hash(path: Path) -> bytes:
@@ -206,13 +212,13 @@ def _screen(ds_root: Path, candidates: list[_Candidate], skipped: list[Skipped])
         if isinstance(result, OSError):
             skipped.append(Skipped(c.rel, f"unreadable ({result.strerror or result})"))
             continue
-        fmt, size, quick, truncated = result
+        fmt, size, quick, problem = result
         if size == 0:
             skipped.append(Skipped(c.rel, "empty file"))
         elif fmt is None:
             skipped.append(Skipped(c.rel, "not an image"))
-        elif truncated:
-            skipped.append(Skipped(c.rel, "truncated (no end-of-image marker)"))
+        elif problem:
+            skipped.append(Skipped(c.rel, problem))
         else:
             if Path(c.rel).suffix.lower().lstrip(".") not in _SUFFIXES_OF.get(fmt, ()):
                 logger.debug("%s is a %s despite its extension; using its content", c.rel, fmt)
