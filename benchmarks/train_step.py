@@ -1,7 +1,7 @@
 """Training throughput: cxrtl's trainer step vs a plain reference loop written the authors' way.
 
 Both train the same model (same initial weights) with NAdam + cross-entropy on the same images, in one
-process, alternating rounds so machine noise hits both alike. The reference is the notebook's loop:
+process, alternating step by step so machine noise hits both alike. The reference is the notebook's loop:
 float32 NCHW batches already normalised on the CPU, per-step ``.item()`` bookkeeping. cxrtl's step is
 ``engine.train_one_epoch``: uint8 batches normalised on the device, bf16 autocast + channels_last on CUDA
 (fp32 NCHW on CPU). A child process then measures peak RSS of cxrtl training on CPU at 224 px, batch 16.
@@ -124,8 +124,8 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=None, help="default 128 on CPU, 224 on CUDA")
     p.add_argument("--batch-size", type=int, default=None, help="default 16 on CPU, 64 on CUDA")
     p.add_argument("--iters", type=int, default=None, help="timed batches per round (default 4 CPU, 20 CUDA)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed batches before the rounds")
-    p.add_argument("--rounds", type=int, default=2, help="alternating reference/cxrtl rounds (median kept)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps of each loop first")
+    p.add_argument("--rounds", type=int, default=2, help="passes over the timed batches (median step kept)")
     p.add_argument("--compile", action="store_true", help="torch.compile cxrtl's model")
     p.add_argument("--memory-image-size", type=int, default=224)
     p.add_argument("--memory-batch-size", type=int, default=16)
@@ -170,24 +170,24 @@ def main(argv=None) -> int:
     n = batch * iters
     x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 4, (n,), generator=g)
-    ref_loader = DataLoader(_FloatImages(x, y), batch_size=batch, shuffle=False)
-    our_loader = DataLoader(_Uint8Images(x, y), batch_size=batch, shuffle=False, pin_memory=cuda)
-    warm = batch * args.warmup
-    if warm:
-        torch.backends.cudnn.benchmark = False
-        reference_epoch(ref_model, DataLoader(_FloatImages(x[:warm], y[:warm]), batch_size=batch), criterion,
-                        ref_opt, device)
-        torch.backends.cudnn.benchmark = cuda
-        cxrtl_epoch(our_net, DataLoader(_Uint8Images(x[:warm], y[:warm]), batch_size=batch), loss_fn, our_opt,
-                    pp, device, numerics)
-
-    ref_rates, our_rates = [], []
-    for r in range(args.rounds):
+    # Batches as each loop's DataLoader would deliver them; steps alternate one by one (reference, cxrtl,
+    # reference, ...) so load from other processes on the machine hits both alike; medians are kept.
+    ref_batches = list(DataLoader(_FloatImages(x, y), batch_size=batch, shuffle=False))
+    our_batches = list(DataLoader(_Uint8Images(x, y), batch_size=batch, shuffle=False, pin_memory=cuda))
+    ref_times, our_times = [], []
+    for step in range(args.warmup + iters * args.rounds):
+        i = step % iters
         torch.backends.cudnn.benchmark = False  # the notebook never turned it on
-        ref_rates.append(n / reference_epoch(ref_model, ref_loader, criterion, ref_opt, device))
+        t_ref = reference_epoch(ref_model, [ref_batches[i]], criterion, ref_opt, device)
         torch.backends.cudnn.benchmark = cuda
-        our_rates.append(n / cxrtl_epoch(our_net, our_loader, loss_fn, our_opt, pp, device, numerics))
-        print(f"round {r + 1}: reference {ref_rates[-1]:.1f} img/s, cxrtl {our_rates[-1]:.1f} img/s")
+        t_our = cxrtl_epoch(our_net, [our_batches[i]], loss_fn, our_opt, pp, device, numerics)
+        if step >= args.warmup:
+            ref_times.append(t_ref)
+            our_times.append(t_our)
+    ref_rates = [batch / t for t in ref_times]
+    our_rates = [batch / t for t in our_times]
+    print(f"per-step img/s, reference: {' '.join(f'{r:.1f}' for r in ref_rates)}")
+    print(f"per-step img/s, cxrtl:     {' '.join(f'{r:.1f}' for r in our_rates)}")
     ref, ours_rate = statistics.median(ref_rates), statistics.median(our_rates)
     mode = ("bf16 autocast" if numerics.amp_dtype is not None else "fp32") + \
         (" + channels_last" if numerics.memory_format == torch.channels_last else ", NCHW") + \
