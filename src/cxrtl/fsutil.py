@@ -9,10 +9,12 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from .errors import CxrtlError
 
@@ -38,7 +40,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CxrtlError(f"cannot write {path}: {exc.strerror or exc}; choose a writable location") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -95,7 +100,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
 def _json_safe(obj: Any) -> Any:
     """Replace NaN/inf by None and numpy scalars/arrays by Python values, recursively."""
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): _json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

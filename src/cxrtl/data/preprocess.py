@@ -7,8 +7,10 @@ times, so it is expanded here, after the transfer to the device, not stored thre
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where batches are made, so `cxrtl data ...` starts fast
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,7 +35,7 @@ class Preprocess:
     @property
     def resize_size(self) -> int:
         """Shorter-side resize before the crop, keeping torchvision's 256:224 ratio."""
-        return int(round(self.image_size * 256 / 224))
+        return round(self.image_size * 256 / 224)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -49,14 +51,17 @@ class Preprocess:
                 "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         return cls(input=d.get("input", "raw"), channels=int(d.get("channels", 3)),
                    image_size=int(d.get("image_size", 224)))
 
 
 def normalize_batch(images: torch.Tensor, pp: Preprocess, device: torch.device | str | None = None,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+                    memory_format: torch.memory_format | None = None) -> torch.Tensor:
     """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised."""
+    import torch
+
+    memory_format = memory_format or torch.contiguous_format
     if images.dim() == 3:
         images = images.unsqueeze(1)
     x = images.to(device if device is not None else images.device, non_blocking=True).float().div_(255.0)
