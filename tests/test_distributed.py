@@ -27,13 +27,13 @@ def test_single_process_defaults(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_torchrun_two_cpu_processes(tmp_path, pneumonia_root):
+def test_torchrun_two_cpu_processes(tmp_path, covid_root):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CXRTL_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("CUDA_VISIBLE_DEVICES", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cxrtl", "train", "--data", str(pneumonia_root), "--out", str(out), "--backbone", "test_resnet",
-           "--init", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--no-progress",
+           "-m", "cxrtl", "train", "--data", str(covid_root), "--out", str(out), "--backbone", "test_resnet",
+           "--init", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "5", "--no-progress",
            "--device", "cpu"]
     # own session, so a hang kills torchrun AND its workers (never leave processes behind)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -48,6 +48,8 @@ def test_torchrun_two_cpu_processes(tmp_path, pneumonia_root):
     assert stdout.count("best epoch") == 1  # only rank 0 reports
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"]
-    assert summary["config"]["lr"] == pytest.approx(2 * 4 / 1.6e4)  # lr rule on the global batch
+    assert summary["config"]["lr"] == pytest.approx(2 * 5 / 1.6e4)  # lr rule on the global batch
+    # 11 validation images: shards of 6 and 5 take 2 and 1 batches of 5; evaluation must not hang
+    assert summary["split_sizes"]["val"] % 2 == 1
     assert (out / "history.csv").read_text().count("\n") == 3
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no stray temp files

@@ -86,6 +86,15 @@ def broadcast_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(t.item())
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), so evaluation shards see one model."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
 class ShardSampler(Sampler[int]):
     """Indices rank, rank+W, ... without padding, for evaluation: metrics are exact sums over shards."""
 

@@ -354,8 +354,11 @@ def fit(model: CxrModel, datasets: dict, cfg: TrainConfig, run_dir: Path | None,
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Evaluation bypasses DDP (shards may differ in batch count, and DDP forwards are collective).
+    eval_net: torch.nn.Module = model
     if cfg.compile:
         net = torch.compile(net)
+        eval_net = torch.compile(model) if info.enabled else net
 
     pin = device.type == "cuda"
     train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, info=info,
@@ -377,7 +380,8 @@ def fit(model: CxrModel, datasets: dict, cfg: TrainConfig, run_dir: Path | None,
             t0 = time.perf_counter()
             tr_loss, tr_acc, _ = train_one_epoch(net, train_loader, loss_fn, optimizer, pp, device, numerics,
                                                  desc=f"epoch {epoch}/{cfg.epochs}", progress=show)
-            va_loss, va_acc, _ = evaluate_loader(net, val_loader, pp, device, numerics)
+            ddp.broadcast_buffers(model)
+            va_loss, va_acc, _ = evaluate_loader(eval_net, val_loader, pp, device, numerics)
             scheduler.step()
             seconds = time.perf_counter() - t0
             if not math.isfinite(tr_loss):
