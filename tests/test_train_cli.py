@@ -194,3 +194,22 @@ def test_interrupted_cli_run_resumes_to_same_result(tmp_path, synth_roots, monke
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
         assert json.loads((tmp_path / "cut" / f"{name}.json").read_text())["epoch"] == \
             json.loads((tmp_path / "full" / f"{name}.json").read_text())["epoch"]
+
+
+def test_run_killed_before_its_first_epoch_completed_restarts_on_resume(tmp_path, synth_roots, monkeypatch,
+                                                                        capsys):
+    out = tmp_path / "run"
+    args = ["--data", synth_roots[1], "--out", out, *FAST, "--epochs", "1"]
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # after history/best/last, before the state file (the commit point)
+
+    monkeypatch.setattr(engine, "write_state", killed)
+    assert _train(*args) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert (out / "history.csv").exists() and not (out / "state.safetensors").exists()
+    assert _train(*args) == 2 and "--resume" in _error(capsys)
+    assert _train("--resume", out, "--no-progress") == 0
+    assert json.loads((out / "summary.json").read_text())["finished"]
+    assert (out / "history.csv").read_text().count("\n") == 2

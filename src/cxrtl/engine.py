@@ -464,8 +464,8 @@ def check_out_dir(run_dir: Path, overwrite: bool) -> None:
     if status in ("finished", "unfinished") and not overwrite:
         hint = "pass --overwrite to replace it" if status == "finished" else \
             f"continue it with `cxrtl train --resume {run_dir}` or pass --overwrite to replace it"
-        raise CxrtlError(f"{run_dir} already holds a{'' if status == 'unfinished' else ' finished'} "
-                         f"{'unfinished ' if status == 'unfinished' else ''}run; {hint}")
+        raise CxrtlError(f"{run_dir} already holds {'an unfinished' if status == 'unfinished' else 'a finished'} "
+                         f"run; {hint}")
     if status == "foreign":
         raise CxrtlError(f"output directory {run_dir} exists and is not an empty directory or a cxrtl run; "
                          "choose a new or empty directory for --out")
@@ -534,35 +534,49 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> dict:
         ddp.teardown()
 
 
-def _load_resume(run_dir: Path, overrides: TrainConfig) -> tuple[TrainConfig, tuple[dict, dict]]:
+RESTART = "restart"  # resume of a run killed before its first completed epoch: start it over, same config
+
+
+def _load_resume(run_dir: Path, overrides: TrainConfig):
+    """(saved config with runtime overrides, (tensors, state) | RESTART) for ``--resume RUN_DIR``."""
+    from .config import config_from_dict, load_config
+
     status = run_status(run_dir)
     if status == "finished":
         raise CxrtlError(f"{run_dir} holds a finished run; nothing to resume (train a new run with another --out)")
-    if status != "unfinished" or not (run_dir / STATE_FILE).is_file():
-        raise CxrtlError(f"{run_dir} is not an unfinished cxrtl run (no {STATE_FILE}); --resume takes the "
-                         "--out of an interrupted cxrtl train")
+    has_state = (run_dir / STATE_FILE).is_file()
+    can_restart = (run_dir / "config.yaml").is_file() and (run_dir / "split.csv").is_file()
+    if status != "unfinished" or not (has_state or can_restart):
+        raise CxrtlError(f"{run_dir} is not an unfinished cxrtl run (no {STATE_FILE} or config.yaml); --resume "
+                         "takes the --out of an interrupted cxrtl train")
     _check_writable(run_dir)
-    tensors, saved = read_state(run_dir / STATE_FILE)
-    from .config import config_from_dict
-
-    cfg = config_from_dict(saved["config"])
+    if has_state:
+        tensors, saved = read_state(run_dir / STATE_FILE)
+        cfg, payload = config_from_dict(saved["config"]), (tensors, saved)
+    else:
+        log.warning("%s stopped before its first epoch completed; starting it again from its config.yaml and "
+                    "split.csv", run_dir)
+        cfg, payload = load_config(run_dir / "config.yaml"), RESTART
     for key in ("device", "workers", "progress", "tensorboard", "compile", "cache_dir"):
         setattr(cfg, key, getattr(overrides, key))
     if overrides.data:
         cfg.data = overrides.data
     cfg.out = str(run_dir)
-    if saved["epoch"] >= cfg.epochs:
+    if has_state and payload[1]["epoch"] >= cfg.epochs:
         raise CxrtlError(f"{run_dir} already completed all {cfg.epochs} epochs; nothing to resume")
-    return cfg, (tensors, saved)
+    return cfg, payload
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, device: torch.device) -> dict:
     from .data import write_split_csv
 
     # 1. Validate everything before the run dir is touched: bad input leaves nothing overwritten.
-    if resume_payload is None:
+    restart = isinstance(resume_payload, str) and resume_payload == RESTART
+    if restart:
+        resume_payload = None
+    elif resume_payload is None:
         check_out_dir(run_dir, cfg.overwrite)
-    split_csv = str(run_dir / "split.csv") if resume_payload is not None else cfg.split
+    split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
     pp, prepared = _prepare(cfg, info, device, split_csv)
     classes = prepared.classes
     seed_everything(cfg.seed)
@@ -582,7 +596,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
     # 2. Write the run dir (rank 0 only).
     if info.is_main and resume_payload is None:
         ensure_dir(run_dir)
-        if cfg.overwrite:
+        if cfg.overwrite or restart:
             _clear_run(run_dir)
         cfg.split = str((run_dir / "split.csv").resolve())
         write_split_csv(run_dir / "split.csv", prepared.split)
