@@ -177,10 +177,6 @@ class _Killed(BaseException):
     """Stands in for SIGKILL at an exact point, in-process (deterministic, unlike a timed kill)."""
 
 
-@pytest.mark.xfail(strict=True, reason="a kill after epoch 1's history.csv/best/last but before its state.safetensors "
-                   "(the commit point) leaves a run that `train --resume` rejects as 'not an unfinished run' while "
-                   "`train --out` (same options) rejects as 'holds an unfinished run; continue it with --resume': "
-                   "neither message leads anywhere but --overwrite")
 def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch, capsys):
     from cxrtl import cli, engine
 

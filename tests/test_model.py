@@ -163,3 +163,23 @@ def test_finetune_trains_everything_and_bad_scheme_is_refused():
     assert all(p.requires_grad for p in m.parameters())
     with pytest.raises(CxrtlError):
         set_scheme(m, "frozen")
+
+
+def test_unreachable_hub_fails_fast_or_uses_the_local_hub_cache(tmp_path, monkeypatch):
+    """Online-looking but unplugged machine: no minute of retries; weights in the Hub's cache still work."""
+    import huggingface_hub
+
+    from cxrtl import model as model_mod
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(model_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(CxrtlError, match="unreachable.*--pretrained-file") as e:
+        create_model("densenet121", ["a", "b"], init="imagenet")
+    assert "\n" not in str(e.value)
+
+    path, sd = _imagenet_file(tmp_path)  # stands in for the file the Hub cached on an earlier, online run
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(path))
+    m = create_model(TINY, ["a", "b"], init="imagenet")
+    for k, v in m.backbone.state_dict().items():
+        assert torch.equal(v, sd[k]), k

@@ -84,12 +84,49 @@ def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One short TCP connect to the Hub, so an offline machine fails in seconds, not after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_weights_offline(name: str) -> Path | None:
+    """When the Hub cannot be reached: the backbone's weights from the local Hub cache, or a one-line error.
+
+    Returns None when the Hub is reachable (or HF_HUB_OFFLINE is set) so timm fetches or reads its cache itself.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or _hub_reachable():
+        return None
+    import timm.models
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None)
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(repo, getattr(cfg, "hf_hub_filename", None) or "model.safetensors")
+        if isinstance(cached, str):
+            return Path(cached)
+    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable (offline?) "
+                     f"and they are not in its local cache; download {repo or name}'s model.safetensors and pass "
+                     f"--pretrained-file PATH or set {WEIGHTS_ENV}, or use --init none")
+
+
 def _timm_backbone(name: str, in_chans: int, pretrained: bool, file: Path | None) -> nn.Module:
     import timm
 
     kwargs = {"num_classes": 0, "in_chans": in_chans}
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
+    if file is None:
+        file = _hub_weights_offline(name)
     if file is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
