@@ -8,6 +8,7 @@ Session fixtures (build once, treat as read-only; copy with ``covid_copy`` befor
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -21,6 +22,19 @@ def _isolated_env(tmp_path, monkeypatch):
     """Every test gets its own cache folder and never touches the network or ~/.cache."""
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(tmp_path / "cxrtl-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op torch thread: tiny models run faster and steadier than with contended OpenMP threads."""
+    torch = sys.modules.get("torch")  # only where the test module already imported it
+    if torch is None:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

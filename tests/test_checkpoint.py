@@ -24,15 +24,6 @@ from cxrtl.model import create_model
 TINY = "test_resnet"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run faster and steadier than with contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def saved(tmp_path):
     torch.manual_seed(0)

@@ -28,15 +28,6 @@ TINY = "test_resnet"
 CLASSES = ["a", "b", "c"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run faster and steadier than with contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class ToyData(Dataset):
     """uint8 [1,S,S] images whose brightness depends on the label (learnable), with a .labels array."""
 

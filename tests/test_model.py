@@ -15,15 +15,6 @@ from cxrtl.model import WEIGHTS_ENV, CxrModel, create_model, set_scheme
 TINY = "test_resnet"  # ~0.4M parameters, BatchNorm, first conv "conv1.0"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models run faster and steadier than with contended OpenMP threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _imagenet_file(tmp_path, name=TINY, seed=0):
     """A random timm state dict (with its 1000-class classifier) saved as the user would download it."""
     torch.manual_seed(seed)

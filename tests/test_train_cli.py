@@ -20,14 +20,6 @@ RUN_FILES = ["best.json", "best.safetensors", "config.yaml", "history.csv", "las
              "split.csv", "state.safetensors", "summary.json"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _train(*args):
     return main(["train", *map(str, args)])
 

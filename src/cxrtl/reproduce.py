@@ -213,12 +213,13 @@ def _train_config(run: RunPlan, opts: ReproduceOptions, prof: Profile, root: str
         device=opts.device, workers=opts.workers, cache_dir=opts.cache_dir, progress=opts.progress)
 
 
-def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions) -> dict:
+def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> dict:
     from .evaluate import evaluate
 
     return evaluate(run_dir, root, split_csv=run_dir / "split.csv", subset="test", out=run_dir / "test",
                     positive=POSITIVE[dataset], target_sensitivity=0.95, device=opts.device,
-                    cam_in_lungs=dataset == "covid", cache_dir=opts.cache_dir, progress=opts.progress)
+                    cam_in_lungs=dataset == "covid", cache_dir=opts.cache_dir, progress=opts.progress,
+                    n_boot=prof.n_boot)
 
 
 def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
@@ -246,7 +247,7 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
             log.info("%s: training (%s)", run.name, ", ".join(f"{k}={v}" for k, v in run.to_config().items()
                                                                if k not in ("name", "depends_on")))
             summary = run_training(cfg)
-        metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts)
+        metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts, prof)
     history = _history_seconds(run_dir / "history.csv")
     config = {**summary.get("config", {}), **{k: v for k, v in run.to_config().items() if k != "name"},
               "init_source": init, "random_init": random_init}

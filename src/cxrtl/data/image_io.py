@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 from ..errors import CxrtlError
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -85,19 +85,6 @@ def max_pixels() -> int:
     """The decompression-bomb limit: Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 Mpixel by default)."""
     limit = Image.MAX_IMAGE_PIXELS
     return int(limit) if limit else DEFAULT_MAX_PIXELS
-
-
-def is_dicom(path: str | os.PathLike) -> bool:
-    """True for ``.dcm``/``.dicom`` files and for files with the DICM magic at offset 128."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _load_dicom(path: Path) -> np.ndarray:
