@@ -7,6 +7,7 @@ Session fixtures (build once, treat as read-only; copy with ``covid_copy`` befor
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 
@@ -15,6 +16,10 @@ import pytest
 # Small enough to build in about a second, big enough for every class to reach train, val and test.
 SYNTH_KW = {"count": 60, "seed": 0, "kermany_count": 40, "image_size": 96, "mask_size": 80,
             "kermany_size": (64, 112)}
+
+
+# Before any test module imports timm (and with it huggingface_hub, which reads this once): no network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -100,9 +100,10 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _hub_weights_offline(name: str) -> Path | None:
     """When the Hub cannot be reached: the backbone's weights from the local Hub cache, or a one-line error.
 
-    Returns None when the Hub is reachable (or HF_HUB_OFFLINE is set) so timm fetches or reads its cache itself.
+    Returns None when the Hub is reachable, so timm fetches the weights (or reads its cache) itself. With
+    HF_HUB_OFFLINE set the Hub is not tried at all (huggingface_hub reads that variable only once, at import).
     """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on") and _hub_reachable():
         return None
     import timm.models
 
