@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import CxrtlError
-from .fsutil import _json_safe, atomic_path, read_json, write_json
+from .fsutil import atomic_path, json_safe, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
             "in_chans": core.in_chans, "hidden": core.head[0].out_features, **meta}
     full["format"], full["version"] = FORMAT, VERSION
     weights = stem.parent / (stem.name + ".safetensors")
-    full = _json_safe(full)
+    full = json_safe(full)
     embedded = json.dumps(full, sort_keys=True)
     with atomic_path(weights) as tmp:
         save_file(_state_dict(core), str(tmp), metadata={"format": FORMAT, "cxrtl_meta": embedded})

@@ -30,7 +30,7 @@ from .checkpoint import save_checkpoint, unwrap
 from .config import DEFAULT_BACKBONE, TrainConfig
 from .data.preprocess import Preprocess, normalize_batch
 from .errors import CxrtlError
-from .fsutil import _json_safe, atomic_path, ensure_dir, write_csv, write_json, write_text
+from .fsutil import atomic_path, ensure_dir, json_safe, write_csv, write_json, write_text
 from .losses import create_loss
 from .model import CxrModel, create_model, set_scheme
 
@@ -246,10 +246,10 @@ def write_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     tensors["rng.torch"] = torch.get_rng_state()
     np_state = np.random.get_state()
     payload = {**info, "optimizer": opt_info, "scheduler": _scheduler_to_json(scheduler),
-               "rng": {"python": _json_safe(random.getstate()),
+               "rng": {"python": json_safe(random.getstate()),
                        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": json.dumps(_json_safe(payload))})
+        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": json.dumps(json_safe(payload))})
 
 
 def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

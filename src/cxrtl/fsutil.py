@@ -84,7 +84,7 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomically write ``obj`` as indented JSON (NaN is written as null)."""
-    return write_text(path, json.dumps(_json_safe(obj), indent=2, sort_keys=False) + "\n")
+    return write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
@@ -107,16 +107,16 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise CxrtlError(f"{what} {path} is not valid JSON ({exc}); regenerate it") from None
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Replace NaN/inf by None and numpy scalars/arrays by Python values, recursively."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "tolist"):  # numpy scalar or array, torch tensor
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     return obj

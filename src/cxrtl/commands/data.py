@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import Counter
 
 from ..errors import CxrtlError
+from .dedup import add_parser as add_dedup_parser
 
 
 def register(subparsers) -> None:
@@ -46,16 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", help="cache folder (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
     p.set_defaults(func=run_cache)
 
-    for name in ("register_cli", "add_parser"):  # the integrity area's `data dedup`, when present
-        try:
-            dedup = importlib.import_module("cxrtl.dedup")
-        except ModuleNotFoundError as exc:
-            if exc.name != "cxrtl.dedup":
-                raise
-            break
-        if hasattr(dedup, name):
-            getattr(dedup, name)(sub)
-            break
+    add_dedup_parser(sub)
 
 
 def run_synth(args) -> int:
@@ -97,17 +88,12 @@ def run_check(args) -> int:
         split = read_split_csv(args.split, index)
         report["split"] = {name: dict(sorted(Counter(r.label for r in recs).items()))
                            for name, recs in split.items()}
-        try:
-            leakage = importlib.import_module("cxrtl.leakage")
-        except ModuleNotFoundError as exc:
-            if exc.name != "cxrtl.leakage":
-                raise
-            leakage = None
-        if leakage is not None and hasattr(leakage, "check_split"):
-            report["leakage"] = leakage.check_split(index, split)
+        from ..leakage import check_split
+
+        report["leakage"] = check_split(index, split)
     if args.format == "json":
-        from ..fsutil import _json_safe
-        print(json.dumps(_json_safe(report), indent=2, default=str))
+        from ..fsutil import json_safe
+        print(json.dumps(json_safe(report), indent=2, default=str))
         return 0
     print(f"{report['root']}: {report['layout']} layout, {report['total']} images in "
           f"{len(report['classes'])} classes")
