@@ -172,10 +172,11 @@ def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
     for i, row in enumerate(rows, start=2):
         rel, label, name = row["path"], row["label"], row["split"]
         if name not in SPLITS:
-            raise CxrtlError(f"split CSV {path} line {i}: split {name!r} is not one of train/val/test")
+            raise CxrtlError(f"split CSV {path} line {i}: split {name!r} is not one of train/val/test; "
+                             "fix the file or regenerate it with `cxrtl data split`")
         if label not in index.classes:
             raise CxrtlError(f"split CSV {path} line {i}: label {label!r} is not a class of {index.root} "
-                             f"({', '.join(index.classes)})")
+                             f"({', '.join(index.classes)}); pass the dataset the split was made from")
         if rel in seen:
             raise CxrtlError(f"split CSV {path} lists {rel} twice; regenerate it with `cxrtl data split`")
         seen.add(rel)
