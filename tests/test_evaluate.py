@@ -158,6 +158,7 @@ def test_classes_do_not_match(evaluated, pneumonia_root, tmp_path, capsys):
                                   "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
                                   str(tmp_path / "cache"), "--no-progress"])
     assert "do not match" in err
+    assert not (tmp_path / "cache").exists()  # refused before decoding a single image into a cache
 
 
 def test_labels_never_seen(evaluated, tmp_path, capsys):

@@ -49,7 +49,7 @@ def _check_classes(ckpt_classes: list[str], data_classes: list[str], records, su
     known = set(ckpt_classes)
     if not known & set(data_classes):
         hint = ("; the names differ only in letter case, rename the folders"
-                if {c.lower() for c in ckpt_classes} & {c.lower() for c in data_classes} else
+                if {c.lower() for c in ckpt_classes} == {c.lower() for c in data_classes} else
                 "; evaluate with a checkpoint trained on this kind of data")
         raise CxrtlError(f"checkpoint classes {ckpt_classes} do not match the data's classes {data_classes}{hint}")
     unseen = sorted({r.label for r in records} - known)
@@ -117,7 +117,7 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     """
     from .checkpoint import load_checkpoint, load_temperature
-    from .data import Preprocess, prepare_data
+    from .data import Preprocess, load_dataset, prepare_data
     from .engine import resolve_device
 
     if subset not in SUBSETS:
@@ -134,7 +134,10 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     cfg = meta.get("config") or {}
-    data = prepare_data(data_root, pp, split_csv=split_csv, seed=int(cfg.get("seed", 2022)),
+    index = load_dataset(data_root)
+    if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
+        _check_classes(classes, index.classes, [], subset)
+    data = prepare_data(data_root, pp, index=index, split_csv=split_csv, seed=int(cfg.get("seed", 2022)),
                         ratios=cfg.get("ratios"), group_by=cfg.get("group_by"),
                         official=bool(cfg.get("official", False)), cache_dir=cache_dir, progress=progress)
     records = [r for name in ("train", "val", "test") for r in data.split[name]] if subset == "all" \

@@ -86,9 +86,13 @@ class PreparedData:
 
 def prepare_data(root: str | os.PathLike, pp: Preprocess, split_csv=None, seed: int = 2022, ratios=None,
                  group_by: str | None = None, official: bool = False, cache_dir=None,
-                 progress: bool = True) -> PreparedData:
-    """Index ``root``, split it (or read ``split_csv``), build/reuse the cache, and wrap each split."""
-    index = load_dataset(root)
+                 progress: bool = True, index: DatasetIndex | None = None) -> PreparedData:
+    """Index ``root``, split it (or read ``split_csv``), build/reuse the cache, and wrap each split.
+
+    ``index``: an already loaded :func:`load_dataset` of ``root``, so a caller can check it before the
+    cache is built (minutes on the full datasets) without indexing twice.
+    """
+    index = index if index is not None else load_dataset(root)
     if pp.input == "masked":
         check_masks(index)
     split = read_split_csv(split_csv, index) if split_csv else \
