@@ -136,3 +136,12 @@ def test_predict_cli_writes_overlays_and_lung_fractions(tmp_path, capsys):
         assert 0.0 <= r["lung_fraction"] <= 1.0
     assert main(["predict", str(run), str(tmp_path / "in"), "--cam", str(cams)]) == 0
     assert "lung_fraction" in capsys.readouterr().out.splitlines()[0]
+
+
+def test_one_by_one_feature_map_is_refused_not_reported_as_a_flat_cam():
+    """densenet121 at 48 px ends in a 1x1 map: its 'CAM' would be flat, and every lung fraction the mask area."""
+    model = create_model("densenet121", classes=["a", "b"], in_chans=3, init="none").eval()
+    x = normalize_batch(torch.from_numpy(np.stack([radiograph(48, 48, seed=0)])), Preprocess(image_size=48))
+    with pytest.raises(CxrtlError, match="at least 2x2.*1x1 at 48 px.*--image-size") as e:
+        grad_cam(model, x)
+    assert "\n" not in str(e.value)

@@ -35,6 +35,11 @@ def grad_cam(model, x, class_index: int | Sequence[int] | None = None) -> tuple[
     if feats.dim() != 4:
         raise CxrtlError(f"Grad-CAM needs a convolutional backbone with a spatial feature map; "
                          f"{getattr(model, 'backbone_name', 'this backbone')} gives shape {tuple(feats.shape)}")
+    if feats.shape[-2] * feats.shape[-1] < 4:  # a 1x1 map upsamples to a flat CAM: no "where" at all
+        raise CxrtlError(f"Grad-CAM needs a feature map of at least 2x2, but "
+                         f"{getattr(model, 'backbone_name', 'this backbone')} gives "
+                         f"{feats.shape[-2]}x{feats.shape[-1]} at {x.shape[-1]} px; use a model trained at a "
+                         "larger --image-size (64 px or more for densenet121)")
     feats = feats.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model.head(backbone.forward_head(feats))

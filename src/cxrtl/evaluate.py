@@ -94,7 +94,11 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     except ImportError:
         raise CxrtlError("--cam-in-lungs needs cxrtl.cam.lung_fractions, which this installation lacks; "
                          "leave the flag out") from None
-    fractions = lung_fractions(model, data.index, records, pp, device)
+    try:
+        fractions = lung_fractions(model, data.index, records, pp, device)
+    except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
+        log.warning("no Grad-CAM lung fractions: %s", exc)
+        return {"by": "true class", "skipped": str(exc)}
     per_class = {}
     for i, c in enumerate(classes):
         vals = [f for f, y in zip(fractions, labels) if y == i and f is not None]

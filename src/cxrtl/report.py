@@ -678,7 +678,9 @@ def evaluation_markdown(metrics: dict, title: str = "Evaluation") -> str:
                   f"(argmax: {fmt_pct(op['test_argmax']['sensitivity'])} / "
                   f"{fmt_pct(op['test_argmax']['specificity'])}).")]
     cam = m.get("cam_in_lungs")
-    if cam:
+    if cam and cam.get("skipped"):
+        lines += ["", f"Grad-CAM mass inside the lung mask: not computed ({cam['skipped']})."]
+    elif cam:
         lines += ["", "Grad-CAM mass inside the lung mask (mean per true class): "
                   + ", ".join(f"{c} {_fmt_num(v.get('mean'), 3)} (n={v.get('n')})"
                               for c, v in cam.get("per_class", {}).items())]

@@ -90,8 +90,14 @@ def _run_figure(run: dict, stem: str) -> Path | None:
 def _shortcut_table(runs: list[dict]) -> report.Table | None:
     """Grad-CAM mass inside the lung mask per COVID run: low values flag shortcut learning."""
     rows = [r for r in runs if (r["test"].get("cam_in_lungs") or {}).get("overall")]
+    skipped = sorted({r["test"]["cam_in_lungs"]["skipped"] for r in runs
+                      if (r["test"].get("cam_in_lungs") or {}).get("skipped")})
     if not rows:
-        return None
+        if not skipped:
+            return None
+        t = report.Table("cam", "Grad-CAM energy inside the lungs (test set)", ["Why it is missing"])
+        t.rows += [[reason] for reason in skipped]
+        return t
     t = report.Table("cam", "Grad-CAM energy inside the lungs (test set)",
                      ["Run", "Input", "Channels", "Overall"] + list(rows[0]["test"]["classes"]))
     for r in rows:
