@@ -130,6 +130,9 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
     from .data.image_io import load_gray, prepare_image, prepare_mask
     from .data.preprocess import normalize_batch
 
+    model.eval()
+    probe = torch.zeros(1, 1, pp.image_size, pp.image_size, dtype=torch.uint8)
+    grad_cam(model, normalize_batch(probe, pp, device))  # a model without a usable map fails before any decoding
     out: list[float | None] = [None] * len(records)
     todo: list[tuple[int, np.ndarray, np.ndarray]] = []
     for i, r in enumerate(records):
@@ -142,7 +145,6 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
             todo.append((i, image, prepare_mask(mask, gray.shape, pp)))
         except CxrtlError as exc:
             log.warning("no lung fraction for %s: %s", r.path, exc)
-    model.eval()
     log.info("Grad-CAM lung fractions for %d of %d images (the others have no mask)", len(todo), len(records))
     for start in tqdm(range(0, len(todo), max(1, batch_size)), desc="grad-cam", unit="batch",
                       disable=not progress, leave=False):
