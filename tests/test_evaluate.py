@@ -32,7 +32,7 @@ def make_folder_dataset(root, classes, per_class=12, seed=0):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, covid_root):
-    """A tiny run dir (resnet18 at 32 px, random init) on the synthetic COVID set, evaluated once via the CLI."""
+    """A tiny run dir (resnet18 at 64 px, the smallest with a 2x2 map for Grad-CAM, random init) on the synthetic COVID set, evaluated once via the CLI."""
     import torch
 
     from cxrtl.checkpoint import save_checkpoint
@@ -48,7 +48,7 @@ def evaluated(tmp_path_factory, covid_root):
     write_split_csv(run / "split.csv", split)
     torch.manual_seed(0)
     model = create_model("resnet18", CLASSES, in_chans=3, init="none")
-    pp = Preprocess("raw", 3, 32)
+    pp = Preprocess("raw", 3, 64)
     save_checkpoint(run / "best", model, {"preprocess": pp.to_dict(), "epoch": 2, "config": {"seed": 0}})
     (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
                                      "1,1.1,0.4,1.1,0.3,0.001,1.0\n2,1.0,0.5,1.0,0.4,0.001,1.0\n")

@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
               f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
               f"{fmt_pct(te['specificity'], te['specificity_ci'])}")
-    if m.get("cam_in_lungs"):
+    if m.get("cam_in_lungs", {}).get("skipped"):
+        print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
+    elif m.get("cam_in_lungs"):
         cam = m["cam_in_lungs"]["overall"]
         print(f"Grad-CAM inside lungs: {cam['mean']:.3f} (n={cam['n']})" if cam["mean"] is not None
               else "Grad-CAM inside lungs: no masks")
