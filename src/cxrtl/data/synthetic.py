@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir
@@ -237,7 +238,7 @@ def _save(im: Image.Image, path: Path, **kw) -> None:
 
 def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_count: int | None = None,
                image_size: int = 299, mask_size: int = 256, kermany_size: tuple[int, int] = (400, 1000),
-               cross_duplicates: int | None = None, workers: int = 2) -> tuple[Path, Path]:
+               cross_duplicates: int | None = None, workers: int = 2, progress: bool = True) -> tuple[Path, Path]:
     """Write ``OUT/COVID-19_Radiography_Dataset`` (``count`` images) and ``OUT/chest_xray``; return both roots.
 
     Deterministic for the same arguments. An OUT already holding the same synthetic set is reused; one
@@ -273,7 +274,7 @@ def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_sets(tmp, count, int(seed), kermany_count, image_size, mask_size, kermany_size,
-                    cross_duplicates, workers)
+                    cross_duplicates, workers, progress)
         os.rename(tmp / KERMANY_DIR, kermany_root)
         os.rename(tmp / COVID_DIR, covid_root)
         marker.write_text(json.dumps(params))
@@ -286,7 +287,7 @@ def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_
 
 
 def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, kermany_size,
-                cross_duplicates, workers) -> None:
+                cross_duplicates, workers, progress=True) -> None:
     kc = _scaled_counts(kermany_count, KERMANY_COUNTS, 4)
     plan = _kermany_plan(kc["NORMAL"], kc["PNEUMONIA"], seed)
     anat_of: dict[str, _Anatomy] = {}
@@ -312,7 +313,8 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         return path, mask
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        kermany_images = list(pool.map(kermany_one, range(len(plan))))
+        kermany_images = list(tqdm(pool.map(kermany_one, range(len(plan))), total=len(plan),
+                                   desc=f"synth {KERMANY_DIR}", unit="img", disable=not progress, leave=False))
 
     cc = _scaled_counts(count, COVID_COUNTS, 2)
     findings = {"COVID": "covid", "Lung_Opacity": "focal", "Normal": "none", "Viral Pneumonia": "diffuse"}
@@ -349,7 +351,8 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         _save(mask, tmp / COVID_DIR / label / "masks" / stem, compress_level=1)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(covid_one, range(len(jobs))))
+        list(tqdm(pool.map(covid_one, range(len(jobs))), total=len(jobs), desc=f"synth {COVID_DIR}",
+                  unit="img", disable=not progress, leave=False))
     for label in cc:  # the real download keeps metadata spreadsheets beside the class folders
         (tmp / COVID_DIR / f"{label}.metadata.xlsx").write_bytes(
             b"PK\x03\x04" + f"synthetic metadata for {label}\n".encode())
