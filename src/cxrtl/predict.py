@@ -68,11 +68,10 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
-    """Numerically stable softmax of ``logits / temperature`` in float64, returned as float32 rows."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature or 1.0)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    """Class probabilities as float32 rows: :func:`cxrtl.metrics.softmax` of ``logits / temperature``."""
+    from .metrics import softmax as softmax64  # numpy only; the ONNX path stays free of torch
+
+    return softmax64(logits, float(temperature or 1.0)).astype(np.float32)
 
 
 class TorchBackend:
