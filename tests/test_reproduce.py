@@ -131,3 +131,21 @@ def test_masked_experiment_needs_masks(tmp_path, pneumonia_root):
     with pytest.raises(CxrtlError, match="masked inputs"):
         reproduce(opts)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_reproduction_without_pneumonia_may_be_extended_but_not_changed(tmp_path):
+    from cxrtl.fsutil import write_json
+    from cxrtl.reproduce import MANIFEST, _check_out
+
+    covid = {"layout": "covid-radiography", "classes": ["COVID"], "counts": {"COVID": 3}}
+    pneu = {"layout": "kermany", "classes": ["NORMAL", "PNEUMONIA"], "counts": {"NORMAL": 1, "PNEUMONIA": 2}}
+    old = {"format": "cxrtl-reproduction", "profile": "quick", "seed": 1, "split_protocol": "paper",
+           "exclude_overlap": False, "covid": covid, "pneumonia": None}
+    write_json(tmp_path / MANIFEST, old)
+    # Exp. 1-2 only before: Exp. 3 may be added with any pneumonia protocol.
+    _check_out(tmp_path, {**old, "pneumonia": pneu, "split_protocol": "patient", "exclude_overlap": True})
+    with pytest.raises(CxrtlError, match="different reproduction.*seed"):
+        _check_out(tmp_path, {**old, "seed": 2})
+    write_json(tmp_path / MANIFEST, {**old, "pneumonia": pneu})
+    with pytest.raises(CxrtlError, match="split_protocol"):
+        _check_out(tmp_path, {**old, "pneumonia": pneu, "split_protocol": "patient"})

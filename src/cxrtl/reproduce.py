@@ -121,7 +121,8 @@ def _check_out(out: Path, identity: dict) -> None:
         old = read_json(manifest, "reproduction manifest")
         old_id = {k: old.get(k) for k in identity}
         if old_id.get("pneumonia") is None:  # a reproduction without Exp. 3 may be extended by it
-            old_id["pneumonia"] = identity["pneumonia"]
+            for key in ("pneumonia", "split_protocol", "exclude_overlap"):
+                old_id[key] = identity[key]
         diff = [k for k in identity if old_id.get(k) != identity[k]]
         if diff:
             raise CxrtlError(f"{out} holds a different reproduction ({', '.join(diff)} differ); "
