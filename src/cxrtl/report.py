@@ -415,29 +415,37 @@ def _run_cells(run: dict | None, with_protocol: bool) -> tuple[list[str], list[s
 
 
 # ============================================================================================ tables
-def table_ii(runs: Sequence[dict], positive: str = "COVID") -> Table:
-    """Table II: COVID-class precision/recall/F1 per input scheme (raw/masked x 1/3 channels)."""
-    runs = [r for r in runs if _fits(r, "covid", 1)]
+def _class_table(key: str, title: str, runs: Sequence[dict], positive: str, key_columns: tuple[str, str],
+                 csv_key_columns: tuple[str, str], row_key, key_labels) -> Table:
+    """A paper table of one class's precision/recall/F1 per row key (Tables II and VI)."""
     proto = _protocol_columns(runs)
-    paper = PAPER_RESULTS["II"]
+    paper = PAPER_RESULTS[key]
     keys = ("precision", "recall", "f1")
-    t = Table("II", f"Table II. Performance on the {positive} class by input and pre-processing",
-              ["Scheme", "Channels", "Run"] + (["Protocol"] if proto else [])
-              + [f"Test {positive} precision", f"Test {positive} sensitivity (recall)", f"Test {positive} F1",
+    name = positive.title() if key == "VI" else positive
+    t = Table(key, title,
+              [*key_columns, "Run"] + (["Protocol"] if proto else [])
+              + [f"Test {name} precision", f"Test {name} sensitivity (recall)", f"Test {name} F1",
                  "Paper P", "Paper R", "Paper F1"],
-              csv_columns=["input", "channels", "run"] + (["protocol"] if proto else [])
+              csv_columns=[*csv_key_columns, "run"] + (["protocol"] if proto else [])
               + _csv_metric_columns(f"{positive.lower()}_", keys) + [f"paper_{k}" for k in keys])
-    for key, run in _ordered(runs, lambda r: (run_row_keys(r)["input"], run_row_keys(r)["channels"]), paper):
+    for row, run in _ordered(runs, row_key, paper):
         entry = _class_metrics(run["test"], positive) if run else None
         md, cs = _metric_cells(entry, keys)
         rmd, rcs = _run_cells(run, proto)
-        ref = paper.get(key, {})
-        t.rows.append([INPUT_NAMES.get(key[0], key[0]), str(key[1])] + rmd + md
-                      + [_fmt_paper(ref.get(k)) for k in keys])
-        t.csv_rows.append([key[0], key[1]] + rcs + cs + [_csv_num(ref.get(k)) for k in keys])
+        ref = paper.get(row, {})
+        t.rows.append(key_labels(row) + rmd + md + [_fmt_paper(ref.get(k)) for k in keys])
+        t.csv_rows.append([row[0], row[1]] + rcs + cs + [_csv_num(ref.get(k)) for k in keys])
     t.notes.append(_resolution_note(runs))
     t.n_runs = len(runs)
     return t
+
+
+def table_ii(runs: Sequence[dict], positive: str = "COVID") -> Table:
+    """Table II: COVID-class precision/recall/F1 per input scheme (raw/masked x 1/3 channels)."""
+    return _class_table("II", f"Table II. Performance on the {positive} class by input and pre-processing",
+                        [r for r in runs if _fits(r, "covid", 1)], positive, ("Scheme", "Channels"),
+                        ("input", "channels"), lambda r: (run_row_keys(r)["input"], run_row_keys(r)["channels"]),
+                        lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])])
 
 
 def table_iii(runs: Sequence[dict]) -> Table:
@@ -541,27 +549,10 @@ def table_v(runs: Sequence[dict]) -> Table:
 
 def table_vi(runs: Sequence[dict], positive: str = "PNEUMONIA") -> Table:
     """Table VI: PNEUMONIA-class precision/recall/F1 on the pneumonia dataset per scheme."""
-    runs = [r for r in runs if _fits(r, "pneumonia", 3)]
-    proto = _protocol_columns(runs)
-    paper = PAPER_RESULTS["VI"]
-    keys = ("precision", "recall", "f1")
-    t = Table("VI", f"Table VI. Performance on the {positive} class of the pneumonia dataset",
-              ["Pre-trained dataset", "Scheme", "Run"] + (["Protocol"] if proto else [])
-              + [f"Test {positive.title()} precision", f"Test {positive.title()} sensitivity (recall)",
-                 f"Test {positive.title()} F1", "Paper P", "Paper R", "Paper F1"],
-              csv_columns=["pretraining", "scheme", "run"] + (["protocol"] if proto else [])
-              + _csv_metric_columns(f"{positive.lower()}_", keys) + [f"paper_{k}" for k in keys])
-    for key, run in _ordered(runs, _pneumonia_key, paper):
-        entry = _class_metrics(run["test"], positive) if run else None
-        md, cs = _metric_cells(entry, keys)
-        rmd, rcs = _run_cells(run, proto)
-        ref = paper.get(key, {})
-        t.rows.append([key[0], SCHEME_NAMES.get(key[1], key[1])] + rmd + md
-                      + [_fmt_paper(ref.get(k)) for k in keys])
-        t.csv_rows.append([key[0], key[1]] + rcs + cs + [_csv_num(ref.get(k)) for k in keys])
-    t.notes.append(_resolution_note(runs))
-    t.n_runs = len(runs)
-    return t
+    return _class_table("VI", f"Table VI. Performance on the {positive} class of the pneumonia dataset",
+                        [r for r in runs if _fits(r, "pneumonia", 3)], positive, ("Pre-trained dataset", "Scheme"),
+                        ("pretraining", "scheme"), _pneumonia_key,
+                        lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])])
 
 
 def _fmt_seconds(seconds) -> str:
