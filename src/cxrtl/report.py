@@ -448,32 +448,50 @@ def table_ii(runs: Sequence[dict], positive: str = "COVID") -> Table:
                         lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])])
 
 
-def table_iii(runs: Sequence[dict]) -> Table:
-    """Table III: weighted-average precision/recall/F1, test loss and accuracy per input scheme."""
-    runs = [r for r in runs if _fits(r, "covid", 1)]
+def _weighted_table(key: str, title: str, runs: Sequence[dict], columns: list[str], key_columns: tuple[str, str],
+                    csv_key_columns: tuple[str, str], row_key, key_labels, with_epoch: bool) -> Table:
+    """A paper table of test loss, accuracy and weighted P/R/F1 per row key (Tables III and V)."""
     proto = _protocol_columns(runs)
-    paper = PAPER_RESULTS["III"]
+    paper = PAPER_RESULTS[key]
     keys = ("precision", "recall", "f1")
-    t = Table("III", "Table III. Weighted-average performance by input and pre-processing",
-              ["Scheme", "Channels", "Run"] + (["Protocol"] if proto else [])
-              + ["Test loss", "Test accuracy", "Test precision", "Test sensitivity (recall)", "Test F1",
-                 "Paper loss", "Paper accuracy", "Paper P", "Paper R", "Paper F1"],
-              csv_columns=["input", "channels", "run"] + (["protocol"] if proto else [])
+    epoch_cols = ["Epoch"] if with_epoch else []
+    t = Table(key, title,
+              [*key_columns, "Run"] + (["Protocol"] if proto else []) + columns + epoch_cols
+              + ["Paper loss", "Paper accuracy", "Paper P", "Paper R", "Paper F1"]
+              + (["Paper epoch"] if with_epoch else []),
+              csv_columns=[*csv_key_columns, "run"] + (["protocol"] if proto else [])
               + ["loss"] + _csv_metric_columns("", ("accuracy",)) + _csv_metric_columns("weighted_", keys)
-              + ["paper_loss", "paper_accuracy"] + [f"paper_{k}" for k in keys])
-    for key, run in _ordered(runs, lambda r: (run_row_keys(r)["input"], run_row_keys(r)["channels"]), paper):
+              + (["best_epoch"] if with_epoch else []) + ["paper_loss", "paper_accuracy"]
+              + [f"paper_{k}" for k in keys] + (["paper_epoch"] if with_epoch else []))
+    for row, run in _ordered(runs, row_key, paper):
         m = run["test"] if run else None
         amd, acs = _metric_cells(m, ("accuracy",))
         wmd, wcs = _metric_cells(m["weighted"] if m else None, keys)
         rmd, rcs = _run_cells(run, proto)
-        ref = paper.get(key, {})
+        ref = paper.get(row, {})
         loss = m.get("loss") if m else None
-        t.rows.append([INPUT_NAMES.get(key[0], key[0]), str(key[1])] + rmd + [_fmt_num(loss)] + amd + wmd
-                      + [_fmt_num(ref.get("loss"))] + [_fmt_paper(ref.get(k)) for k in ("accuracy",) + keys])
-        t.csv_rows.append([key[0], key[1]] + rcs + [_csv_num(loss)] + acs + wcs
-                          + [_csv_num(ref.get(k)) for k in ("loss", "accuracy") + keys])
+        epoch = run.get("best_epoch") if run else None
+        t.rows.append(key_labels(row) + rmd + [_fmt_num(loss)] + amd + wmd
+                      + ([_fmt_num(epoch)] if with_epoch else []) + [_fmt_num(ref.get("loss"))]
+                      + [_fmt_paper(ref.get(k)) for k in ("accuracy",) + keys]
+                      + ([_fmt_num(ref.get("epoch"))] if with_epoch else []))
+        t.csv_rows.append([row[0], row[1]] + rcs + [_csv_num(loss)] + acs + wcs
+                          + ([_csv_num(epoch)] if with_epoch else [])
+                          + [_csv_num(ref.get(k)) for k in ("loss", "accuracy") + keys
+                             + (("epoch",) if with_epoch else ())])
     t.notes.append(_resolution_note(runs))
     t.n_runs = len(runs)
+    return t
+
+
+def table_iii(runs: Sequence[dict]) -> Table:
+    """Table III: weighted-average precision/recall/F1, test loss and accuracy per input scheme."""
+    t = _weighted_table("III", "Table III. Weighted-average performance by input and pre-processing",
+                        [r for r in runs if _fits(r, "covid", 1)],
+                        ["Test loss", "Test accuracy", "Test precision", "Test sensitivity (recall)", "Test F1"],
+                        ("Scheme", "Channels"), ("input", "channels"),
+                        lambda r: (run_row_keys(r)["input"], run_row_keys(r)["channels"]),
+                        lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])], with_epoch=False)
     t.notes.append("Weighted recall equals accuracy when both are counted over the same images, as here; "
                    "the paper's differ because it averaged accuracy over batches.")
     return t
@@ -518,33 +536,11 @@ def _pneumonia_key(run: dict) -> tuple[str, str]:
 
 def table_v(runs: Sequence[dict]) -> Table:
     """Table V: pneumonia dataset, weighted averages with test loss, accuracy and epoch per scheme."""
-    runs = [r for r in runs if _fits(r, "pneumonia", 3)]
-    proto = _protocol_columns(runs)
-    paper = PAPER_RESULTS["V"]
-    keys = ("precision", "recall", "f1")
-    t = Table("V", "Table V. Weighted-average performance on the pneumonia dataset",
-              ["Pre-trained dataset", "Scheme", "Run"] + (["Protocol"] if proto else [])
-              + ["Test loss", "Test accuracy", "Test WA precision", "Test WA recall", "Test WA F1", "Epoch",
-                 "Paper loss", "Paper accuracy", "Paper P", "Paper R", "Paper F1", "Paper epoch"],
-              csv_columns=["pretraining", "scheme", "run"] + (["protocol"] if proto else [])
-              + ["loss"] + _csv_metric_columns("", ("accuracy",)) + _csv_metric_columns("weighted_", keys)
-              + ["best_epoch", "paper_loss", "paper_accuracy"] + [f"paper_{k}" for k in keys] + ["paper_epoch"])
-    for key, run in _ordered(runs, _pneumonia_key, paper):
-        m = run["test"] if run else None
-        amd, acs = _metric_cells(m, ("accuracy",))
-        wmd, wcs = _metric_cells(m["weighted"] if m else None, keys)
-        rmd, rcs = _run_cells(run, proto)
-        ref = paper.get(key, {})
-        loss = m.get("loss") if m else None
-        epoch = run.get("best_epoch") if run else None
-        t.rows.append([key[0], SCHEME_NAMES.get(key[1], key[1])] + rmd + [_fmt_num(loss)] + amd + wmd
-                      + [_fmt_num(epoch), _fmt_num(ref.get("loss"))]
-                      + [_fmt_paper(ref.get(k)) for k in ("accuracy",) + keys] + [_fmt_num(ref.get("epoch"))])
-        t.csv_rows.append([key[0], key[1]] + rcs + [_csv_num(loss)] + acs + wcs + [_csv_num(epoch)]
-                          + [_csv_num(ref.get(k)) for k in ("loss", "accuracy") + keys + ("epoch",)])
-    t.notes.append(_resolution_note(runs))
-    t.n_runs = len(runs)
-    return t
+    return _weighted_table("V", "Table V. Weighted-average performance on the pneumonia dataset",
+                           [r for r in runs if _fits(r, "pneumonia", 3)],
+                           ["Test loss", "Test accuracy", "Test WA precision", "Test WA recall", "Test WA F1"],
+                           ("Pre-trained dataset", "Scheme"), ("pretraining", "scheme"), _pneumonia_key,
+                           lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])], with_epoch=True)
 
 
 def table_vi(runs: Sequence[dict], positive: str = "PNEUMONIA") -> Table:
