@@ -434,11 +434,6 @@ def overlap_with(paths_a: Sequence[str | os.PathLike], paths_b: Sequence[str | o
 
 
 # -------------------------------------------------------------------------------------- datasets and splits
-def _relative_map(root: Path, rels: Iterable[str]) -> dict[str, str]:
-    """Absolute path -> the path as the user knows it (relative to its dataset root)."""
-    return {os.path.abspath(os.fspath(root / r)): r for r in rels}
-
-
 def _load_index(root: str | os.PathLike):
     from .data.sources import load_dataset
 

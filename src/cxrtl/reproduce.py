@@ -16,7 +16,6 @@ Layout of ``OUT``::
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.records import SPLITS, DatasetIndex, Record
+from .data.records import DatasetIndex, Record
 from .errors import CxrtlError
 from .experiments import (
     COVID_BEST,
@@ -172,7 +171,7 @@ def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex,
     return sorted(test[p].path for p in dropped)
 
 
-def _write_splits(opts, prof, covid, pneu, out: Path, max_per_class) -> dict:
+def _write_splits(opts, covid, pneu, out: Path, max_per_class) -> dict:
     from .data import read_split_csv, write_split_csv
 
     paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
@@ -320,7 +319,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
     write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments))})
 
     # 2. Splits, written once and reused by every run and every later call.
-    notes = _write_splits(opts, prof, covid, pneu, out, max_per_class)
+    notes = _write_splits(opts, covid, pneu, out, max_per_class)
     roots = {"covid": str(covid.root), "pneumonia": str(pneu.root) if pneu else None}
     split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
 
@@ -350,11 +349,3 @@ def reproduce(opts: ReproduceOptions) -> dict:
     paths = write_report(out, payload)
     payload["report"] = {k: str(v) for k, v in paths.items()}
     return payload
-
-
-def load_results(out: str | Path) -> dict:
-    """Read a reproduction's results.json."""
-    return json.loads((Path(out) / "results.json").read_text())
-
-
-__all__ = ["PROTOCOLS", "SPLITS", "ReproduceOptions", "load_results", "reproduce"]
