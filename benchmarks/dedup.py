@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jpeg", type=int, default=60, help="~2000x1600 JPEGs to hash")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
-    from cxrtl import dedup
+    from cxrtl.integrity import dedup
 
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-dedup-") as tmp:
         tmp = Path(tmp)

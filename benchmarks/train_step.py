@@ -85,7 +85,7 @@ def reference_epoch(model, loader, criterion, optimizer, device) -> float:
 
 def cxrtl_epoch(model, loader, loss_fn, optimizer, pp, device, numerics) -> float:
     """cxrtl's trainer pass (engine.train_one_epoch); returns seconds."""
-    from cxrtl.engine import train_one_epoch
+    from cxrtl.training.engine import train_one_epoch
 
     _sync(device)
     t0 = time.perf_counter()
@@ -97,8 +97,8 @@ def cxrtl_epoch(model, loader, loss_fn, optimizer, pp, device, numerics) -> floa
 def measure_memory(args) -> dict:
     """Child process: cxrtl training on CPU at the memory settings -> peak RSS."""
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.engine import resolve_numerics, train_one_epoch
-    from cxrtl.losses import WeightedCrossEntropy
+    from cxrtl.training.engine import resolve_numerics, train_one_epoch
+    from cxrtl.training.losses import WeightedCrossEntropy
     from cxrtl.model import create_model
 
     torch.manual_seed(0)
@@ -139,8 +139,8 @@ def main(argv=None) -> int:
         return 0
 
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.engine import resolve_device, resolve_numerics
-    from cxrtl.losses import WeightedCrossEntropy
+    from cxrtl.training.engine import resolve_device, resolve_numerics
+    from cxrtl.training.losses import WeightedCrossEntropy
     from cxrtl.model import create_model
 
     device = resolve_device(args.device)

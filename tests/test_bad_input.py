@@ -207,7 +207,7 @@ def test_atomic_write_under_a_file_is_a_one_line_error(tmp_path):
 
 def test_unreadable_permissions(tmp_path, monkeypatch):
     """An image that cannot be opened (EACCES) is skipped with a reason by dedup (root: simulated)."""
-    from cxrtl import dedup
+    from cxrtl.integrity import dedup
 
     r = make_root(tmp_path / "perm")
     victim = r / "NORMAL" / "normal-1.png"

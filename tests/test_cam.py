@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxrtl.cam import grad_cam, lung_fraction, lung_fractions, overlay, save_overlay
+from cxrtl.evaluation.cam import grad_cam, lung_fraction, lung_fractions, overlay, save_overlay
 from cxrtl.cli import main
 from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.data.records import DatasetIndex, Record

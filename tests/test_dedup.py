@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrtl import dedup
+from cxrtl.integrity import dedup
 from cxrtl.errors import CxrtlError
 
 

@@ -12,7 +12,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cxrtl.dicom import DicomReadError, is_dicom, load_dicom_gray
+from cxrtl.data.dicom import DicomReadError, is_dicom, load_dicom_gray
 from cxrtl.errors import CxrtlError
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cxrtl.distributed import DistInfo, ShardSampler, all_reduce_sum, env_info
+from cxrtl.training.distributed import DistInfo, ShardSampler, all_reduce_sum, env_info
 
 
 def test_shard_sampler_covers_every_index_once():

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from cxrtl import engine
+from cxrtl.training import engine
 from cxrtl.config import TrainConfig
 from cxrtl.data.preprocess import Preprocess
-from cxrtl.engine import (
+from cxrtl.training.engine import (
     HISTORY_COLUMNS,
     STATE_FILE,
     evaluate_loader,
@@ -108,7 +108,7 @@ def test_accuracy_and_val_loss_are_per_image_plain_ce():
     ds = ToyData(21, 3)
     pp = Preprocess("raw", 3, 32)
     loader = DataLoader(ds, batch_size=8)  # 8 + 8 + 5: per-batch averaging would be wrong
-    from cxrtl.distributed import DistInfo  # noqa: F401 (single process)
+    from cxrtl.training.distributed import DistInfo  # noqa: F401 (single process)
 
     loss, acc, n = evaluate_loader(model, loader, pp, torch.device("cpu"))
     logits, labels = predict_logits(model, ds, pp, "cpu", batch_size=5)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from cxrtl.cli import main
-from cxrtl.metrics import compute_metrics
+from cxrtl.evaluation.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow  # one module fixture builds a dataset, a checkpoint and evaluates (~15 s)
 
@@ -127,12 +127,12 @@ def test_cam_in_lungs_real(evaluated):
 
 
 def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
-    from cxrtl.evaluate import evaluate
+    from cxrtl.evaluation.evaluate import evaluate
 
-    fake = types.ModuleType("cxrtl.cam")
+    fake = types.ModuleType("cxrtl.evaluation.cam")
     fake.lung_fractions = lambda model, index, records, pp, device: [
         None if i == 0 else 0.5 for i, _ in enumerate(records)]
-    monkeypatch.setitem(sys.modules, "cxrtl.cam", fake)
+    monkeypatch.setitem(sys.modules, "cxrtl.evaluation.cam", fake)
     m = evaluate(evaluated.run, evaluated.data, out=evaluated.base / "out_cam", cam_in_lungs=True,
                  cache_dir=evaluated.base / "cache", progress=False, n_boot=0, figures=False, device="cpu")
     cam = m["cam_in_lungs"]

@@ -17,8 +17,8 @@ pytest.importorskip("onnxruntime")
 from cxrtl.cli import main
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
-from cxrtl.export import export_onnx
-from cxrtl.predict import Predictor
+from cxrtl.inference.export import export_onnx
+from cxrtl.inference.predict import Predictor
 from test_predict import CLASSES, make_run, radiograph, save_png
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -68,7 +68,7 @@ def test_onnx_runs_without_torch(exported):
     want = Predictor.from_checkpoint(run).predict(files)
     code = (
         "import json, sys\n"
-        "from cxrtl.predict import Predictor\n"
+        "from cxrtl.inference.predict import Predictor\n"
         "from cxrtl.cli import main\n"
         f"p = Predictor.from_checkpoint({str(out)!r})\n"
         f"probs = p.predict({[str(f) for f in files]!r}).tolist()\n"

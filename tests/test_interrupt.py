@@ -178,7 +178,8 @@ class _Killed(BaseException):
 
 
 def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch, capsys):
-    from cxrtl import cli, engine
+    from cxrtl import cli
+    from cxrtl.training import engine
 
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(tmp_path / "cache"))
     root = make_root(tmp_path / "ds", per_class=6, size=40)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrtl import leakage
+from cxrtl.integrity import leakage
 from cxrtl.data.records import Record
 from cxrtl.data.sources import load_dataset
 from cxrtl.data.splits import make_split

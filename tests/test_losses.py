@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrtl.errors import CxrtlError
-from cxrtl.losses import FocalLoss, WeightedCrossEntropy, class_counts, class_weights, create_loss
+from cxrtl.training.losses import FocalLoss, WeightedCrossEntropy, class_counts, class_weights, create_loss
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

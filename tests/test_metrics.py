@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrtl import metrics as M
+from cxrtl.evaluation import metrics as M
 from cxrtl.errors import CxrtlError
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]

@@ -19,7 +19,7 @@ from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.errors import CxrtlError
 from cxrtl.fsutil import write_json
 from cxrtl.model import create_model
-from cxrtl.predict import Predictor, collect_inputs, find_masks, softmax
+from cxrtl.inference.predict import Predictor, collect_inputs, find_masks, softmax
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 

@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from cxrtl import report as R
+from cxrtl.paper import report as R
 from cxrtl.errors import CxrtlError
-from cxrtl.metrics import compute_metrics, softmax
+from cxrtl.evaluation.metrics import compute_metrics, softmax
 
 COVID = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PNEU = ["NORMAL", "PNEUMONIA"]

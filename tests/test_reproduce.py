@@ -9,7 +9,7 @@ import pytest
 
 from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
-from cxrtl.experiments import COVID_BEST, plan_runs
+from cxrtl.paper.experiments import COVID_BEST, plan_runs
 
 TINY = ["--profile", "quick", "--backbone", "test_resnet", "--image-size", "32", "--epochs", "1",
         "--max-per-class", "0", "--no-progress"]
@@ -117,7 +117,7 @@ def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
 
 
 def test_masked_experiment_needs_masks(tmp_path, pneumonia_root):
-    from cxrtl.reproduce import ReproduceOptions, reproduce
+    from cxrtl.paper.reproduce import ReproduceOptions, reproduce
 
     plain = tmp_path / "COVID-19_Radiography_Dataset"
     images = sorted((pneumonia_root / "train").rglob("*.jpeg"))
@@ -135,7 +135,7 @@ def test_masked_experiment_needs_masks(tmp_path, pneumonia_root):
 
 def test_a_reproduction_without_pneumonia_may_be_extended_but_not_changed(tmp_path):
     from cxrtl.fsutil import write_json
-    from cxrtl.reproduce import MANIFEST, _check_out
+    from cxrtl.paper.reproduce import MANIFEST, _check_out
 
     covid = {"layout": "covid-radiography", "classes": ["COVID"], "counts": {"COVID": 3}}
     pneu = {"layout": "kermany", "classes": ["NORMAL", "PNEUMONIA"], "counts": {"NORMAL": 1, "PNEUMONIA": 2}}

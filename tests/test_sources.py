@@ -202,7 +202,7 @@ def test_large_jpeg_is_drafted_at_reduced_size_and_stays_close(tmp_path):
 def test_dicom_without_support_says_how_to_install(tmp_path, monkeypatch):
     path = tmp_path / "scan.dcm"
     path.write_bytes(b"\x00" * 128 + b"DICM" + b"\x00" * 64)
-    monkeypatch.setitem(sys.modules, "cxrtl.dicom", None)
+    monkeypatch.setitem(sys.modules, "cxrtl.data.dicom", None)
     with pytest.raises(CxrtlError, match=r"pip install cxrtl\[dicom\]"):
         load_gray(path)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from cxrtl import engine
+from cxrtl.training import engine
 from cxrtl.cli import main
 from cxrtl.commands.train import build_config
 from cxrtl.config import TrainConfig, config_from_dict, load_config

@@ -88,7 +88,7 @@ def run_check(args) -> int:
         split = read_split_csv(args.split, index)
         report["split"] = {name: dict(sorted(Counter(r.label for r in recs).items()))
                            for name, recs in split.items()}
-        from ..leakage import check_split
+        from ..integrity.leakage import check_split
 
         report["leakage"] = check_split(index, split)
     if args.format == "json":

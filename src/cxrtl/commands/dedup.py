@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..data.splits import write_split_csv
-from ..dedup import DEFAULT_THRESHOLD, dedup_dataset
+from ..integrity.dedup import DEFAULT_THRESHOLD, dedup_dataset
 from ..errors import CxrtlError
 from ..fsutil import write_json
 

@@ -39,8 +39,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CxrtlError
-    from ..evaluate import evaluate
-    from ..report import fmt_pct
+    from ..evaluation.evaluate import evaluate
+    from ..paper.report import fmt_pct
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx
+    from ..inference.export import export_onnx
 
     out = export_onnx(args.model, args.onnx, exporter=args.exporter, opset=args.opset, verify=args.verify)
     print(f"wrote {out}")

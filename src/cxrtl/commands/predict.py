@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CxrtlError
-    from ..predict import Predictor, collect_inputs, find_masks
+    from ..inference.predict import Predictor, collect_inputs, find_masks
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")

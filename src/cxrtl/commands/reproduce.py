@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..experiments import PROFILES
+from ..paper.experiments import PROFILES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..reproduce import ReproduceOptions, reproduce
+    from ..paper.reproduce import ReproduceOptions, reproduce
 
     opts = ReproduceOptions(
         covid=args.covid, pneumonia=args.pneumonia, out=args.out, profile=args.profile,

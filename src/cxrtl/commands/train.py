@@ -1,4 +1,4 @@
-"""``cxrtl train``: a thin shell over :func:`cxrtl.engine.run_training` (also under ``torchrun``)."""
+"""``cxrtl train``: a thin shell over :func:`cxrtl.training.engine.run_training` (also under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -93,10 +93,10 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine import run_training
+    from ..training.engine import run_training
 
     cfg, resume = build_config(args)
-    from ..distributed import env_info
+    from ..training.distributed import env_info
 
     summary = run_training(cfg, resume=resume)
     if not env_info().is_main:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
+from .dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 from ..errors import CxrtlError
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
@@ -89,9 +89,9 @@ def max_pixels() -> int:
 
 def _load_dicom(path: Path) -> np.ndarray:
     try:
-        from ..dicom import load_dicom_gray  # owned by the inference area; optional extra
+        from .dicom import load_dicom_gray  # owned by the inference area; optional extra
     except ModuleNotFoundError as exc:
-        if exc.name in ("cxrtl.dicom", "pydicom"):
+        if exc.name in ("cxrtl.data.dicom", "pydicom"):
             raise CxrtlError(f"{path} is a DICOM file and DICOM support is not installed; "
                              "run `pip install cxrtl[dicom]`") from None
         raise

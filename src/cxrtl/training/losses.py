@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:

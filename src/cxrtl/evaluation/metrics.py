@@ -21,7 +21,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def calibration_path(checkpoint_path: str | Path) -> Path:
 
 def save_temperature(checkpoint_path: str | Path, temperature: float, **extra) -> Path:
     """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    from .fsutil import write_json
+    from ..fsutil import write_json
 
     return write_json(calibration_path(checkpoint_path),
                       {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 

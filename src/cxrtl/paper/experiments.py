@@ -2,14 +2,14 @@
 
 A plan is data, not code that trains: :func:`plan_runs` turns ``--experiments 1,2,3`` and a profile into
 an ordered list of :class:`RunPlan`, sharing runs that are identical across experiments (Exp. 1's raw
-3-channel 1-CF run *is* Exp. 2's 1-CF run). ``cxrtl.reproduce`` executes the list.
+3-channel 1-CF run *is* Exp. 2's 1-CF run). ``cxrtl.paper.reproduce`` executes the list.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 EXPERIMENTS = (1, 2, 3)
 COVID_BEST = "covid-best"  # init placeholder: the best Exp. 2 run, chosen by validation accuracy

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
     """Hash one file with cxrtl's own decoder (DCT-reduced for big JPEGs; a full decode gives the pixel digest)."""
     from PIL import Image
 
-    from .data.image_io import ImageReadError, load_gray
+    from ..data.image_io import ImageReadError, load_gray
 
     try:
         with open(path, "rb") as fh:
@@ -123,7 +123,7 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
 
 def _full_pixel_digest(path: str) -> str | None:
     """Pixel digest from a full-resolution decode (for exact-duplicate candidates decoded reduced)."""
-    from .data.image_io import load_gray
+    from ..data.image_io import load_gray
 
     try:
         return _pixel_digest(load_gray(path))
@@ -199,7 +199,7 @@ class _HashCache:
         """Write changed shards atomically; a cache that cannot be written only costs speed next time."""
         if self.root is None or not self.dirty:
             return
-        from .fsutil import write_json
+        from ..fsutil import write_json
 
         for directory in sorted(self.dirty):
             try:
@@ -435,7 +435,7 @@ def overlap_with(paths_a: Sequence[str | os.PathLike], paths_b: Sequence[str | o
 
 # -------------------------------------------------------------------------------------- datasets and splits
 def _load_index(root: str | os.PathLike):
-    from .data.sources import load_dataset
+    from ..data.sources import load_dataset
 
     return load_dataset(root)
 
@@ -455,7 +455,7 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
     indexes = [_load_index(r) for r in roots]
     split = None
     if split_csv is not None:
-        from .data.splits import read_split_csv
+        from ..data.splits import read_split_csv
 
         split = read_split_csv(split_csv, indexes[-1])
     # what to hash: (dataset number, relative path, split or None)

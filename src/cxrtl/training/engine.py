@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as ddp
-from .checkpoint import save_checkpoint, unwrap
-from .config import DEFAULT_BACKBONE, TrainConfig
-from .data.preprocess import Preprocess, normalize_batch
-from .errors import CxrtlError
-from .fsutil import atomic_path, ensure_dir, json_safe, write_csv, write_json, write_text
+from ..checkpoint import save_checkpoint, unwrap
+from ..config import DEFAULT_BACKBONE, TrainConfig
+from ..data.preprocess import Preprocess, normalize_batch
+from ..errors import CxrtlError
+from ..fsutil import atomic_path, ensure_dir, json_safe, write_csv, write_json, write_text
 from .losses import create_loss
-from .model import CxrModel, create_model, set_scheme
+from ..model import CxrModel, create_model, set_scheme
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .checkpoint import read_safetensors_header
+    from ..checkpoint import read_safetensors_header
 
     header = read_safetensors_header(path, what="training state")
     meta = header.get("__metadata__") or {}
@@ -480,7 +480,7 @@ def _clear_run(run_dir: Path) -> None:
 
 def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_csv: str | None):
     """prepare_data on rank 0 first (it builds the shared cache), then on the other ranks."""
-    from .data import prepare_data
+    from ..data import prepare_data
 
     pp = Preprocess(cfg.input, cfg.channels, cfg.image_size)
     kwargs = {"split_csv": split_csv, "seed": cfg.seed, "ratios": cfg.ratios, "group_by": cfg.group_by,
@@ -539,7 +539,7 @@ RESTART = "restart"  # resume of a run killed before its first completed epoch: 
 
 def _load_resume(run_dir: Path, overrides: TrainConfig):
     """(saved config with runtime overrides, (tensors, state) | RESTART) for ``--resume RUN_DIR``."""
-    from .config import config_from_dict, load_config
+    from ..config import config_from_dict, load_config
 
     status = run_status(run_dir)
     if status == "finished":
@@ -568,7 +568,7 @@ def _load_resume(run_dir: Path, overrides: TrainConfig):
 
 
 def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, device: torch.device) -> dict:
-    from .data import write_split_csv
+    from ..data import write_split_csv
 
     # 1. Validate everything before the run dir is touched: bad input leaves nothing overwritten.
     restart = isinstance(resume_payload, str) and resume_payload == RESTART

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CxrtlError
-from .fsutil import atomic_path, write_csv, write_text
+from ..errors import CxrtlError
+from ..fsutil import atomic_path, write_csv, write_text
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .errors import CxrtlError
-from .fsutil import ensure_dir, write_csv, write_json, write_text
+from ..errors import CxrtlError
+from ..fsutil import ensure_dir, write_csv, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these round
 
 def _resolve_inputs(model_path: str | os.PathLike, split_csv) -> tuple[Path, Path | None, Path | None]:
     """(checkpoint .safetensors, split CSV or None, history.csv or None) for a run dir or a checkpoint."""
-    from .checkpoint import resolve_checkpoint
+    from ..checkpoint import resolve_checkpoint
 
     path = Path(model_path).expanduser()
     history = None
@@ -64,8 +64,8 @@ def _check_classes(ckpt_classes: list[str], data_classes: list[str], records, su
 
 def _predict(model, data, records, class_to_idx, pp, device, batch_size):
     """Logits [N, k] and labels [N] (checkpoint class order) of ``records``."""
-    from .data import CachedDataset
-    from .engine import predict_logits
+    from ..data import CachedDataset
+    from ..training.engine import predict_logits
 
     dataset = CachedDataset(data.cache, records, class_to_idx)
     if len(dataset) == 0:
@@ -92,7 +92,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     try:
         from .cam import lung_fractions
     except ImportError:
-        raise CxrtlError("--cam-in-lungs needs cxrtl.cam.lung_fractions, which this installation lacks; "
+        raise CxrtlError("--cam-in-lungs needs cxrtl.evaluation.cam.lung_fractions, which this installation lacks; "
                          "leave the flag out") from None
     try:
         fractions = lung_fractions(model, data.index, records, pp, device)
@@ -120,9 +120,9 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     """
-    from .checkpoint import load_checkpoint, load_temperature
-    from .data import Preprocess, load_dataset, prepare_data
-    from .engine import resolve_device
+    from ..checkpoint import load_checkpoint, load_temperature
+    from ..data import Preprocess, load_dataset, prepare_data
+    from ..training.engine import resolve_device
 
     if subset not in SUBSETS:
         raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
@@ -202,14 +202,14 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
-    from .report import evaluation_markdown
+    from ..paper.report import evaluation_markdown
 
     write_text(out / "report.md", evaluation_markdown(result, f"Evaluation on the {subset} subset"))
     return result
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:
-    from . import report
+    from ..paper import report
 
     name = result["source"]["subset"]
     paths = report.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from . import dedup
-from .data.records import SPLITS, DatasetIndex, Record
+from ..data.records import SPLITS, DatasetIndex, Record
 
 log = logging.getLogger(__name__)
 _ORDER = {s: k for k, s in enumerate(SPLITS)}

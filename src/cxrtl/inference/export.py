@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import CxrtlError
+from .. import __version__
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +108,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     import onnx
     import torch
 
-    from .checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-    from .data.preprocess import Preprocess
-    from .fsutil import write_bytes
+    from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
+    from ..data.preprocess import Preprocess
+    from ..fsutil import write_bytes
 
     if exporter not in EXPORTERS:
         raise CxrtlError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def lung_fraction(cam: np.ndarray, mask_u8: np.ndarray) -> float | None:
 
 def mask_for_input(mask, image_shape: tuple[int, int], pp) -> np.ndarray:
     """A mask (path or array) brought to the model input's geometry, exactly like its image."""
-    from .data.image_io import load_gray, prepare_mask
+    from ..data.image_io import load_gray, prepare_mask
 
     arr = mask if isinstance(mask, np.ndarray) else load_gray(mask)
     return prepare_mask(arr, image_shape, pp)
@@ -96,7 +96,7 @@ def save_overlay(path: str | os.PathLike, gray_u8: np.ndarray, cam: np.ndarray) 
     """Write the overlay PNG atomically."""
     from PIL import Image
 
-    from .fsutil import write_bytes
+    from ..fsutil import write_bytes
 
     buf = io.BytesIO()
     Image.fromarray(overlay(gray_u8, cam), mode="RGB").save(buf, format="PNG")
@@ -127,8 +127,8 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
     import torch
     from tqdm import tqdm
 
-    from .data.image_io import load_gray, prepare_image, prepare_mask
-    from .data.preprocess import normalize_batch
+    from ..data.image_io import load_gray, prepare_image, prepare_mask
+    from ..data.preprocess import normalize_batch
 
     model.eval()
     probe = torch.zeros(1, 1, pp.image_size, pp.image_size, dtype=torch.uint8)

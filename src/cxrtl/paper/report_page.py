@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
-from .fsutil import write_text
+from ..fsutil import write_text
 
 PAPER_CITATION = ("Sun, Guo, Teoh: \"A Transfer Learning Method for Covid-19 and Pneumonia Diagnosis Based on "
                   "Chest Radiograph Classification\"")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
-    """Class probabilities as float32 rows: :func:`cxrtl.metrics.softmax` of ``logits / temperature``."""
-    from .metrics import softmax as softmax64  # numpy only; the ONNX path stays free of torch
+    """Class probabilities as float32 rows: :func:`cxrtl.evaluation.metrics.softmax` of ``logits / temperature``."""
+    from ..evaluation.metrics import softmax as softmax64  # numpy only; the ONNX path stays free of torch
 
     return softmax64(logits, float(temperature or 1.0)).astype(np.float32)
 
@@ -87,7 +87,7 @@ class TorchBackend:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        from .data.preprocess import normalize_batch
+        from ..data.preprocess import normalize_batch
 
         batch = np.ascontiguousarray(batch, dtype=np.uint8)
         if batch.ndim == 3:
@@ -100,7 +100,7 @@ class TorchBackend:
         """uint8 ``[B, S, S]`` -> the float tensor the model sees (for Grad-CAM)."""
         import torch
 
-        from .data.preprocess import normalize_batch
+        from ..data.preprocess import normalize_batch
 
         return normalize_batch(torch.from_numpy(np.ascontiguousarray(batch)[:, None]), self.pp, self.device)
 
@@ -147,8 +147,8 @@ class Predictor:
             backend, meta = load_onnx(path, threads=threads)
             return cls(backend, meta["classes"], InputSpec.from_dict(meta["preprocess"]),
                        meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
-        from .checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-        from .data.preprocess import Preprocess
+        from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
+        from ..data.preprocess import Preprocess
 
         weights = resolve_checkpoint(path)
         device = resolve_device(device)
@@ -176,7 +176,7 @@ class Predictor:
         """A path (PNG/JPEG/DICOM/...) or an array -> uint8 grey ``[H, W]``, decoded like the cache does."""
         if isinstance(image, np.ndarray):
             return _as_gray(image)
-        from .data.image_io import load_gray
+        from ..data.image_io import load_gray
 
         return load_gray(image, target_short_side=self.spec.resize_size)
 
@@ -185,7 +185,7 @@ class Predictor:
         return self._prepare(image, mask)[0]
 
     def _prepare(self, image: ImageLike, mask: ImageLike | None) -> tuple[np.ndarray, tuple[int, int]]:
-        from .data.image_io import load_gray, prepare_image
+        from ..data.image_io import load_gray, prepare_image
 
         gray = self.load(image)
         mask_arr = None
@@ -284,7 +284,7 @@ class Predictor:
         return idx
 
     def _write_cams(self, rows, ok, batch, shapes, masks, cam_dir: Path, cam_class, used: set) -> None:
-        from .cam import grad_cam, lung_fraction, mask_for_input, overlay_name, save_overlay
+        from ..evaluation.cam import grad_cam, lung_fraction, mask_for_input, overlay_name, save_overlay
 
         target = self.class_index(cam_class)
         x = self.backend.normalize(batch)

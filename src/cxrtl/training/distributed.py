@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from .errors import CxrtlError
+from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 

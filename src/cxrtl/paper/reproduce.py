@@ -1,7 +1,7 @@
 """``cxrtl reproduce``: the paper's three experiments, end to end, into one directory and one report.
 
 The flow is plain: check every input before any training, write the splits once, then for each planned
-run (``cxrtl.experiments``) train it unless it already finished, evaluate it on its test split, and
+run (``cxrtl.paper.experiments``) train it unless it already finished, evaluate it on its test split, and
 finally write ``results.json``, ``report.md`` and ``report.html``. A second call with the same arguments
 skips finished runs and resumes an interrupted one, so an interrupted reproduction picks up where it stopped.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.records import DatasetIndex, Record
-from .errors import CxrtlError
+from ..data.records import DatasetIndex, Record
+from ..errors import CxrtlError
 from .experiments import (
     COVID_BEST,
     Profile,
@@ -34,7 +34,7 @@ from .experiments import (
     parse_experiments,
     plan_runs,
 )
-from .fsutil import ensure_dir, read_json, write_json
+from ..fsutil import ensure_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class ReproduceOptions:
 
 # ------------------------------------------------------------------------------------------ checks
 def _load(root: str, want_kind: str, flag: str) -> DatasetIndex:
-    from .data import load_dataset
+    from ..data import load_dataset
 
     index = load_dataset(root)
     if index.kind != want_kind:
@@ -88,7 +88,7 @@ def _is_synthetic(index: DatasetIndex) -> bool:
 
 def _imagenet_available(backbone: str, pretrained_file: str | None) -> str | None:
     """None when ImageNet weights can be had (hub or local file), else the one-line reason."""
-    from .model import create_model
+    from ..model import create_model
 
     try:
         create_model(backbone, ["a", "b"], 3, init="imagenet", pretrained_file=pretrained_file)
@@ -152,7 +152,7 @@ def _subsample(records: list[Record], max_per_class: int | None, seed: int) -> l
 
 
 def _make_split(index: DatasetIndex, protocol: str, max_per_class: int | None, seed: int) -> dict:
-    from .data import make_split
+    from ..data import make_split
 
     sub = DatasetIndex(index.root, index.layout, index.classes, _subsample(index.records, max_per_class, seed))
     return make_split(sub, seed=seed, group_by="patient" if protocol == "patient" else None,
@@ -162,7 +162,7 @@ def _make_split(index: DatasetIndex, protocol: str, max_per_class: int | None, s
 def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex, pneu_split: dict,
                      cache_dir, progress: bool) -> list[str]:
     """Drop pneumonia test images whose content is in the COVID model's training or validation data."""
-    from .dedup import overlap_with
+    from ..integrity.dedup import overlap_with
 
     seen = [str(covid.abspath(r.path)) for name in ("train", "val") for r in covid_split[name]]
     test = {str(pneu.abspath(r.path)): r for r in pneu_split["test"]}
@@ -172,7 +172,7 @@ def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex,
 
 
 def _write_splits(opts, covid, pneu, out: Path, max_per_class) -> dict:
-    from .data import read_split_csv, write_split_csv
+    from ..data import read_split_csv, write_split_csv
 
     paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
     notes: dict = {}
@@ -200,7 +200,7 @@ def _write_splits(opts, covid, pneu, out: Path, max_per_class) -> dict:
 # ------------------------------------------------------------------------------------------ runs
 def _train_config(run: RunPlan, opts: ReproduceOptions, prof: Profile, root: str, split_csv: Path,
                   run_dir: Path, init: str, backbone: str | None):
-    from .config import TrainConfig
+    from ..config import TrainConfig
 
     epochs = opts.epochs or prof.epochs
     milestones = [m for m in prof.milestones if m < epochs]
@@ -214,7 +214,7 @@ def _train_config(run: RunPlan, opts: ReproduceOptions, prof: Profile, root: str
 
 
 def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> dict:
-    from .evaluate import evaluate
+    from ..evaluation.evaluate import evaluate
 
     return evaluate(run_dir, root, split_csv=run_dir / "split.csv", subset="test", out=run_dir / "test",
                     positive=POSITIVE[dataset], target_sensitivity=0.95, device=opts.device,
@@ -224,7 +224,7 @@ def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, pr
 
 def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
     """Train (or resume, or skip) one run and evaluate it; return its results.json entry."""
-    from .engine import STATE_FILE, run_status, run_training
+    from ..training.engine import STATE_FILE, run_status, run_training
 
     run_dir = out / "runs" / run.name
     status = run_status(run_dir)
@@ -295,14 +295,14 @@ def reproduce(opts: ReproduceOptions) -> dict:
     covid = _load(opts.covid, "covid", "--covid")
     pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia else None
     if any(r.input == "masked" for r in runs):
-        from .data.dataset import check_masks
+        from ..data.dataset import check_masks
 
         try:
             check_masks(covid)
         except CxrtlError as exc:
             raise CxrtlError(f"experiment 1 compares masked inputs: {exc}; or run --experiments 2,3") from None
     backbone = opts.backbone or prof.backbone
-    from .model import check_backbone
+    from ..model import check_backbone
 
     check_backbone(backbone)
     no_weights = None

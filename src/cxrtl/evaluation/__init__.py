@@ -1,0 +1,1 @@
+"""Evaluation: metrics with intervals, calibration, Grad-CAM checks and the evaluate stage."""

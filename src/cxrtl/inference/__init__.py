@@ -1,0 +1,1 @@
+"""Inference: the Predictor over torch or onnxruntime backends, and ONNX export."""

@@ -1,0 +1,1 @@
+"""Data integrity: duplicate search across splits and datasets, and split leakage checks."""

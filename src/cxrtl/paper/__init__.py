@@ -1,0 +1,1 @@
+"""The paper: its experiments as plans, its published numbers, and the reproduction report."""

@@ -1,0 +1,1 @@
+"""Training: the loop, losses, resume state, run directories and DDP wiring."""
