@@ -97,7 +97,8 @@ def cxrtl_epoch(model, loader, loss_fn, optimizer, pp, device, numerics) -> floa
 def measure_memory(args) -> dict:
     """Child process: cxrtl training on CPU at the memory settings -> peak RSS."""
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.training.engine import resolve_numerics, train_one_epoch
+    from cxrtl.device import resolve_numerics
+    from cxrtl.training.engine import train_one_epoch
     from cxrtl.training.losses import WeightedCrossEntropy
     from cxrtl.model import create_model
 
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
         return 0
 
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.training.engine import resolve_device, resolve_numerics
+    from cxrtl.device import resolve_device, resolve_numerics
     from cxrtl.training.losses import WeightedCrossEntropy
     from cxrtl.model import create_model
 

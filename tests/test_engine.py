@@ -195,6 +195,10 @@ def test_empty_validation_split_and_cuda_request_are_user_errors():
         with pytest.raises(CxrtlError, match="no CUDA"):
             resolve_device("cuda")
         assert resolve_device("auto").type == "cpu"
+        with pytest.raises(CxrtlError, match="no CUDA"):
+            resolve_device("cuda:1")  # predict's copy checked this; training's let it through to a crash
+    with pytest.raises(CxrtlError, match="unknown device"):
+        resolve_device("cuda:x")
     cpu = resolve_numerics(torch.device("cpu"))
     assert cpu.amp_dtype is None and cpu.memory_format == torch.contiguous_format
     gpu = resolve_numerics(torch.device("cuda"))

@@ -67,6 +67,17 @@ def test_run_dir_layout_history_and_summary(finished_run):
     assert meta["preprocess"]["image_size"] == 32 and meta["epoch"] == summary["best_epoch"]
 
 
+def test_every_run_file_follows_the_umask(finished_run):
+    """Weights and resume state are as readable as the rest (a lab's shared folder can read the model)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in finished_run.iterdir()}
+    assert {"best.safetensors", "last.safetensors", "state.safetensors"} <= set(modes)
+    assert modes == {name: 0o666 & ~mask for name in modes}
+
+
 def test_existing_run_is_not_overwritten_without_overwrite(finished_run, synth_roots, capsys):
     before = _snapshot(finished_run)
     assert _train("--data", synth_roots[0], "--out", finished_run, *FAST) == 2

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import CxrtlError
-from .fsutil import atomic_path, json_safe, read_json, write_json
+from .fsutil import json_safe, read_json, write_json, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
     """Write ``<stem>.safetensors`` then ``<stem>.json`` atomically; returns the .safetensors path."""
-    from safetensors.torch import save_file
-
     stem = Path(path_stem)
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
@@ -122,8 +120,7 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     weights = stem.parent / (stem.name + ".safetensors")
     full = json_safe(full)
     embedded = json.dumps(full, sort_keys=True)
-    with atomic_path(weights) as tmp:
-        save_file(_state_dict(core), str(tmp), metadata={"format": FORMAT, "cxrtl_meta": embedded})
+    write_safetensors(weights, _state_dict(core), {"format": FORMAT, "cxrtl_meta": embedded})
     full["weights_sha256"] = _sha256(weights)
     write_json(stem.parent / (stem.name + ".json"), full)
     return weights

@@ -87,6 +87,13 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> Path:
+    """Atomically write torch ``tensors`` as safetensors, through the same path (and permissions) as every file."""
+    from safetensors.torch import save
+
+    return write_bytes(path, save(tensors, metadata=metadata))
+
+
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     """Atomically write a CSV with ``header`` and ``rows`` (Unix line endings, deterministic bytes)."""
     buf = io.StringIO()

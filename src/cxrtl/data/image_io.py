@@ -27,6 +27,11 @@ _MAGIC = (
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
 )
+# The file name extensions of each format cxrtl reads: the one list behind every folder walk.
+SUFFIXES_OF_FORMAT = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "BMP": (".bmp",),
+                      "TIFF": (".tif", ".tiff"), "GIF": (".gif",), "WEBP": (".webp",), "DICOM": (".dcm", ".dicom")}
+RASTER_SUFFIXES = tuple(s for fmt, suffixes in SUFFIXES_OF_FORMAT.items() if fmt != "DICOM" for s in suffixes)
+IMAGE_SUFFIXES = RASTER_SUFFIXES + SUFFIXES_OF_FORMAT["DICOM"]  # everything `predict` picks up in a folder
 # Pillow's default limit (about 89 Mpixel); a chest radiograph is at most ~10 Mpixel.
 DEFAULT_MAX_PIXELS = 89_478_485
 

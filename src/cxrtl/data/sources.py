@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CxrtlError
-from .image_io import header_size, looks_truncated, max_pixels, sniff_format
+from .image_io import SUFFIXES_OF_FORMAT, header_size, looks_truncated, max_pixels, sniff_format
 from .records import SPLITS, DatasetIndex, Record, Skipped
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _screen(ds_root: Path, candidates: list[_Candidate], skipped: list[Skipped])
         elif problem:
             skipped.append(Skipped(c.rel, problem))
         else:
-            if Path(c.rel).suffix.lower().lstrip(".") not in _SUFFIXES_OF.get(fmt, ()):
+            if Path(c.rel).suffix.lower() not in SUFFIXES_OF_FORMAT.get(fmt, ()):
                 logger.debug("%s is a %s despite its extension; using its content", c.rel, fmt)
             by_quick[(size, quick)].append(c)
             good.append(c)
@@ -239,9 +239,6 @@ def _screen(ds_root: Path, candidates: list[_Candidate], skipped: list[Skipped])
                 drop.add(dup.rel)
     return [c for c in good if c.rel not in drop]
 
-
-_SUFFIXES_OF = {"PNG": ("png",), "JPEG": ("jpg", "jpeg", "jpe", "jfif"), "BMP": ("bmp",),
-                "TIFF": ("tif", "tiff"), "GIF": ("gif",), "WEBP": ("webp",), "DICOM": ("dcm", "dicom")}
 
 
 def _finish(ds_root: Path, layout: str, classes: list[str], candidates: list[_Candidate],

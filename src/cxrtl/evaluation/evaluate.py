@@ -122,7 +122,7 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     """
     from ..checkpoint import load_checkpoint, load_temperature
     from ..data import Preprocess, load_dataset, prepare_data
-    from ..training.engine import resolve_device
+    from ..device import resolve_device
 
     if subset not in SUBSETS:
         raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from ..data.image_io import IMAGE_SUFFIXES
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 
 ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
 
@@ -105,24 +105,6 @@ class TorchBackend:
         return normalize_batch(torch.from_numpy(np.ascontiguousarray(batch)[:, None]), self.pp, self.device)
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto`` -> cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` checked to exist."""
-    import torch
-
-    device = str(device or "auto")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise CxrtlError(f"device {device} requested but CUDA is not available; use --device cpu")
-        if ":" in device and int(device[5:]) >= torch.cuda.device_count():
-            raise CxrtlError(f"device {device} does not exist ({torch.cuda.device_count()} GPU(s))")
-        return device
-    raise CxrtlError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-
-
 class Predictor:
     """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
 
@@ -151,6 +133,8 @@ class Predictor:
         from ..data.preprocess import Preprocess
 
         weights = resolve_checkpoint(path)
+        from ..device import resolve_device
+
         device = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=device)
         pp_dict = meta.get("preprocess") or {"channels": model.in_chans}

@@ -6,7 +6,6 @@ Reads top to bottom: ``run_training`` (config -> data, model, run dir) -> ``fit`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -26,11 +25,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as ddp
+from ..device import Numerics, resolve_device, resolve_numerics, seed_everything
 from ..checkpoint import save_checkpoint, unwrap
 from ..config import DEFAULT_BACKBONE, TrainConfig
 from ..data.preprocess import Preprocess, normalize_batch
 from ..errors import CxrtlError
-from ..fsutil import atomic_path, ensure_dir, json_safe, write_csv, write_json, write_text
+from ..fsutil import ensure_dir, json_safe, write_csv, write_json, write_safetensors, write_text
 from .losses import create_loss
 from ..model import CxrModel, create_model, set_scheme
 
@@ -42,46 +42,6 @@ STATE_FORMAT = "cxrtl-train-state"
 # Files a run writes; --overwrite removes exactly these (never anything else in the directory).
 RUN_FILES = ("config.yaml", "split.csv", "history.csv", "summary.json", STATE_FILE, "best.safetensors",
              "best.json", "best.calibration.json", "last.safetensors", "last.json", "last.calibration.json")
-
-
-# ----------------------------------------------------------------------------- devices and numerics
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto -> cuda when available else cpu; asking for cuda without one is a one-line error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CxrtlError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise CxrtlError(f"unknown device {name!r}; expected auto, cpu or cuda")
-    return torch.device(name)
-
-
-@dataclass(frozen=True)
-class Numerics:
-    """How a step runs: autocast dtype (None = fp32) and memory format."""
-
-    amp_dtype: torch.dtype | None = None
-    memory_format: torch.memory_format = torch.contiguous_format
-
-    def autocast(self, device: torch.device):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
-
-
-def resolve_numerics(device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Numerics:
-    """bf16 autocast + channels_last by default on CUDA, plain fp32 NCHW on CPU (faster and exact there)."""
-    cuda = device.type == "cuda"
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    cl = cuda if channels_last is None else channels_last
-    return Numerics(torch.bfloat16 if bf16 else None, torch.channels_last if cl else torch.contiguous_format)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -237,8 +197,6 @@ def _scheduler_from_json(sd: dict) -> dict:
 
 def write_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     """The resume point (model, optimizer, scheduler, RNG, history, best) in one atomic safetensors file."""
-    from safetensors.torch import save_file
-
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone()
                for k, v in unwrap(model).state_dict().items()}
     opt_tensors, opt_info = _optimizer_to_safe(optimizer)
@@ -248,8 +206,7 @@ def write_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     payload = {**info, "optimizer": opt_info, "scheduler": _scheduler_to_json(scheduler),
                "rng": {"python": json_safe(random.getstate()),
                        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": STATE_FORMAT, "state": json.dumps(json_safe(payload))})
+    write_safetensors(path, tensors, {"format": STATE_FORMAT, "state": json.dumps(json_safe(payload))})
 
 
 def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
