@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)      # everything but the few end-to-end tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/train_step.py
@@ -33,7 +36,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/dedup.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks examples
+	$(VENV)/bin/ruff format src tests benchmarks examples
 
 clean:
 	rm -rf $(DEMO) .pytest_cache build *.egg-info src/*.egg-info

@@ -1,7 +1,7 @@
 """Bad input across every command: a one-line error (exit 2) or a recorded skip, never a traceback,
 never a half-written output.
 
-Commands run in-process through ``cxrtl.cli.main`` (fast); a case whose command has not landed yet is skipped.
+Commands run in-process through ``cxrtl.cli.main`` (fast).
 """
 
 from __future__ import annotations
@@ -24,26 +24,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _commands() -> dict[str, set[str]]:
-    """Registered commands -> their subcommands (empty set for leaf commands)."""
-    out: dict[str, set[str]] = {}
-    parser = cli.build_parser()
-    for action in parser._subparsers._group_actions if parser._subparsers else []:
-        for name, sub in action.choices.items():
-            subs: set[str] = set()
-            if sub._subparsers is not None:
-                for a in sub._subparsers._group_actions:
-                    subs |= set(a.choices)
-            out[name] = subs
-    return out
-
-
-def need(command: str, sub: str | None = None) -> None:
-    cmds = _commands()
-    if command not in cmds or (sub and sub not in cmds[command]):
-        pytest.skip(f"`cxrtl {command}{' ' + sub if sub else ''}` has not landed yet")
-
-
 def run(capsys, *argv) -> tuple[int, str, str]:
     """Run ``cxrtl argv`` in-process; return (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -231,7 +211,6 @@ def test_unreadable_permissions(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------------ data
 def test_data_check_records_skips_and_converts(junk_root, capsys):
-    need("data", "check")
     r, kinds, converted = junk_root
     code, out, err = run(capsys, "data", "check", r, "--format", "json")
     assert code == 0 and "Traceback" not in err, err
@@ -245,7 +224,6 @@ def test_data_check_records_skips_and_converts(junk_root, capsys):
 
 
 def test_data_check_records_decompression_bomb(junk_root, capsys):
-    need("data", "check")
     r, _, _ = junk_root
     code, out, _ = run(capsys, "data", "check", r, "--format", "json")
     assert code == 0
@@ -253,7 +231,6 @@ def test_data_check_records_decompression_bomb(junk_root, capsys):
 
 
 def test_data_check_empty_class(tmp_path, capsys):
-    need("data", "check")
     r = make_root(tmp_path / "ds")
     (r / "EMPTY").mkdir()
     (r / "EMPTY" / "readme.txt").write_text("nothing here")
@@ -261,7 +238,6 @@ def test_data_check_empty_class(tmp_path, capsys):
 
 
 def test_data_check_class_of_only_junk_is_empty(tmp_path, capsys):
-    need("data", "check")
     r = make_root(tmp_path / "ds")
     (r / "BROKEN").mkdir()
     (r / "BROKEN" / "a.png").write_bytes(b"")
@@ -270,7 +246,6 @@ def test_data_check_class_of_only_junk_is_empty(tmp_path, capsys):
 
 
 def test_data_check_no_layout(tmp_path, capsys):
-    need("data", "check")
     (tmp_path / "nothing").mkdir()
     assert_one_line_error(run(capsys, "data", "check", tmp_path / "nothing"))
     assert_one_line_error(run(capsys, "data", "check", tmp_path / "missing"))
@@ -283,7 +258,6 @@ def test_data_check_no_layout(tmp_path, capsys):
     "\xff\xfe\x00garbage",  # not UTF-8
 ])
 def test_data_check_malformed_manifest(tmp_path, capsys, text):
-    need("data", "check")
     make_root(tmp_path)
     manifest = tmp_path / "manifest.csv"
     manifest.write_bytes(text.encode("latin-1"))
@@ -291,7 +265,6 @@ def test_data_check_malformed_manifest(tmp_path, capsys, text):
 
 
 def test_data_split_errors_write_nothing(root, tmp_path, capsys):
-    need("data", "split")
     out = tmp_path / "split.csv"
     assert_one_line_error(run(capsys, "data", "split", root, "--out", out, "--ratios", "0.5,0.5,0.5"))
     assert_one_line_error(run(capsys, "data", "split", root, "--out", out, "--ratios", "a,b,c"))
@@ -300,7 +273,6 @@ def test_data_split_errors_write_nothing(root, tmp_path, capsys):
 
 
 def test_data_split_full_disk_keeps_old_csv(root, tmp_path, capsys, monkeypatch):
-    need("data", "split")
     out = tmp_path / "outdir" / "split.csv"
     assert run(capsys, "data", "split", root, "--out", out, "--seed", "1")[0] == 0
     before = out.read_bytes()
@@ -334,18 +306,11 @@ BAD_SPLITS = ["missing-column", "bad-split-name", "unknown-label", "missing-file
 def test_malformed_split_csv_in_data_commands(root, tmp_path, capsys, kind):
     bad = tmp_path / f"{kind}.csv"
     write_bad_split(bad, kind, root)
-    ran = False
     for sub, extra in (("cache", ["--image-size", "16"]), ("dedup", ["--no-progress"]), ("check", [])):
-        if sub not in _commands().get("data", set()):
-            continue
-        ran = True
         assert_one_line_error(run(capsys, "data", sub, root, "--split", bad, *extra))
-    if not ran:
-        pytest.skip("no data command with --split has landed yet")
 
 
 def test_data_cache_skips_or_refuses_bad_images(junk_root, tmp_path, capsys):
-    need("data", "cache")
     r = junk_root[0]
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", r, "--out", split_csv)[0] == 0
@@ -358,14 +323,13 @@ def test_data_cache_skips_or_refuses_bad_images(junk_root, tmp_path, capsys):
 
 
 def test_data_cache_unwritable_cache_dir(root, tmp_path, capsys, monkeypatch):
-    need("data", "cache")
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", root, "--out", split_csv)[0] == 0
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(unwritable_dir(tmp_path)))
     assert_one_line_error(run(capsys, "data", "cache", root, "--split", split_csv, "--image-size", "16"))
 
 
-def covid_root(tmp_path: Path, mask_size: int = 24, missing_mask: bool = False) -> Path:
+def make_covid_root(tmp_path: Path, mask_size: int = 24, missing_mask: bool = False) -> Path:
     """A tiny COVID-layout dataset with masks of a different size than the images (and maybe one missing)."""
     ds = tmp_path / "COVID-19_Radiography_Dataset"
     for c, label in enumerate(("COVID", "Normal")):
@@ -384,8 +348,7 @@ def covid_root(tmp_path: Path, mask_size: int = 24, missing_mask: bool = False) 
 
 
 def test_masks_of_another_size_are_resized(tmp_path, capsys):
-    need("data", "cache")
-    ds = covid_root(tmp_path, mask_size=24)
+    ds = make_covid_root(tmp_path, mask_size=24)
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", ds, "--out", split_csv)[0] == 0
     code, _out, err = run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16",
@@ -394,8 +357,7 @@ def test_masks_of_another_size_are_resized(tmp_path, capsys):
 
 
 def test_missing_mask_fails_only_masked_runs(tmp_path, capsys):
-    need("data", "cache")
-    ds = covid_root(tmp_path, missing_mask=True)
+    ds = make_covid_root(tmp_path, missing_mask=True)
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", ds, "--out", split_csv)[0] == 0
     code, _out, err = run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16")
@@ -405,7 +367,6 @@ def test_missing_mask_fails_only_masked_runs(tmp_path, capsys):
 
 
 def test_data_dedup_records_unreadable_files(junk_root, capsys):
-    need("data", "dedup")
     r = junk_root[0]
     code, out, err = run(capsys, "data", "dedup", r, "--format", "json", "--no-progress")
     assert code == 0 and "Traceback" not in err, err
@@ -417,7 +378,6 @@ def test_data_dedup_records_unreadable_files(junk_root, capsys):
 
 
 def test_data_dedup_bad_arguments(root, tmp_path, capsys):
-    need("data", "dedup")
     assert_one_line_error(run(capsys, "data", "dedup", root, "--threshold", "-3"), "threshold")
     assert_one_line_error(run(capsys, "data", "dedup", root, "--drop", tmp_path / "x.csv"), "--split")
     assert_one_line_error(run(capsys, "data", "dedup", tmp_path / "nowhere"))
@@ -450,13 +410,11 @@ def pickled_checkpoint(tmp_path: Path, suffix: str) -> tuple[Path, Path]:
 @pytest.fixture
 def tiny_checkpoint(tmp_path) -> Path:
     """A real cxrtl checkpoint (untrained tiny backbone), made through the library."""
-    try:
-        from cxrtl.checkpoint import save_checkpoint
-        from cxrtl.data.preprocess import Preprocess
-        from cxrtl.model import create_model
-    except ImportError as exc:
-        pytest.skip(f"checkpoint/model not landed yet ({exc})")
     import timm
+
+    from cxrtl.checkpoint import save_checkpoint
+    from cxrtl.data.preprocess import Preprocess
+    from cxrtl.model import create_model
 
     backbone = "test_resnet" if "test_resnet" in timm.list_models("test_*") else "resnet18"
     model = create_model(backbone=backbone, classes=["NORMAL", "PNEUMONIA"], in_chans=1, init="none")
@@ -519,7 +477,6 @@ MODEL_COMMANDS = {
 @pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
 @pytest.mark.parametrize("suffix", [".pt", ".pth", ".safetensors", ".ckpt"])
 def test_pickled_checkpoint_is_refused_without_unpickling(command, suffix, root, tmp_path, capsys):
-    need(command)
     evil, marker = pickled_checkpoint(tmp_path, suffix)
     out = tmp_path / "out"
     assert_one_line_error(run(capsys, *MODEL_COMMANDS[command](evil, root, out)))
@@ -529,7 +486,6 @@ def test_pickled_checkpoint_is_refused_without_unpickling(command, suffix, root,
 
 @pytest.mark.parametrize("command", sorted(MODEL_COMMANDS))
 def test_tampered_checkpoints_are_refused(command, root, tmp_path, capsys, tiny_checkpoint):
-    need(command)
     failures = []
     for name, path in tampered_variants(tiny_checkpoint, tmp_path).items():
         out = tmp_path / f"out-{command}-{name}"
@@ -544,7 +500,6 @@ def test_tampered_checkpoints_are_refused(command, root, tmp_path, capsys, tiny_
 
 @pytest.mark.parametrize("command", ["predict"])  # the cheapest command; evaluate/export share read_meta
 def test_future_or_foreign_checkpoint_version_is_refused(command, root, tmp_path, capsys, tiny_checkpoint):
-    need(command)
     d = tmp_path / "future"
     d.mkdir()
     edited = _with_embedded_meta(tiny_checkpoint.read_bytes(), lambda m: m.update(format="other", version=99))
@@ -554,7 +509,6 @@ def test_future_or_foreign_checkpoint_version_is_refused(command, root, tmp_path
 
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
 def test_model_path_that_is_not_a_checkpoint(command, root, tmp_path, capsys):
-    need(command)
     notes = tmp_path / "notes.json"
     notes.write_text('{"hello": "world"}')
     for bogus in (tmp_path / "missing-run", notes, root):
@@ -571,7 +525,6 @@ def test_model_path_that_is_not_a_checkpoint(command, root, tmp_path, capsys):
     "!!python/object/apply:os.system ['touch PWNED_YAML']\n",  # unsafe YAML tag
 ])
 def test_train_malformed_config(text, root, tmp_path, capsys, monkeypatch):
-    need("train")
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(text)
@@ -582,7 +535,6 @@ def test_train_malformed_config(text, root, tmp_path, capsys, monkeypatch):
 
 
 def test_train_bad_data_and_outputs(root, tmp_path, capsys):
-    need("train")
     common = ["--epochs", "1", "--image-size", "32", "--backbone", "resnet18", "--init", "none"]
     assert_one_line_error(run(capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "r1", *common))
     assert_one_line_error(run(capsys, "train", "--data", root, "--out", unwritable_dir(tmp_path) / "run",
@@ -600,7 +552,6 @@ def test_train_bad_data_and_outputs(root, tmp_path, capsys):
 
 # --------------------------------------------------------------------------------------- evaluate / predict
 def test_evaluate_bad_inputs(root, tmp_path, capsys, tiny_checkpoint):
-    need("evaluate")
     bad = tmp_path / "bad.csv"
     write_bad_split(bad, "missing-column", root)
     assert_one_line_error(run(capsys, "evaluate", tiny_checkpoint, "--data", root, "--split", bad,
@@ -612,7 +563,6 @@ def test_evaluate_bad_inputs(root, tmp_path, capsys, tiny_checkpoint):
 
 
 def test_predict_bad_images_are_reported_per_file(junk_root, capsys, tiny_checkpoint):
-    need("predict")
     r, kinds, converted = junk_root
     files = [r / "NORMAL" / n for n in kinds] + [r / c for c in converted] + [r / "NORMAL" / "normal-0.png"]
     code, out, err = run(capsys, "predict", tiny_checkpoint, *files, "--format", "json")
@@ -626,13 +576,11 @@ def test_predict_bad_images_are_reported_per_file(junk_root, capsys, tiny_checkp
 
 
 def test_predict_missing_path(tmp_path, capsys, tiny_checkpoint):
-    need("predict")
     assert_one_line_error(run(capsys, "predict", tiny_checkpoint, tmp_path / "no-such.png"))
 
 
 @pytest.mark.slow
 def test_export_unwritable_and_full_disk(tmp_path, capsys, monkeypatch, tiny_checkpoint):
-    need("export")
     assert_one_line_error(run(capsys, "export", tiny_checkpoint, "--onnx", unwritable_dir(tmp_path) / "m.onnx"))
     out = tmp_path / "exp" / "m.onnx"
     out.parent.mkdir()

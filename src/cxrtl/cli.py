@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"cxrtl.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"cxrtl.commands.{name}":
-                continue  # area not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"cxrtl.commands.{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,138 @@
+"""The typed shapes of the results that cross module boundaries and land on disk as JSON.
+
+They are ``TypedDict``s, not classes: what a function returns is exactly what ``summary.json``,
+``metrics.json`` and ``results.json`` hold, so a reader of the files and a caller of the API see one shape.
+``total=False`` marks keys that only some results carry (for example ``calibrated`` after ``--calibrate``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class _ClassMetricsRequired(TypedDict):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+    predicted: int
+    precision_ci: list[float] | None
+    recall_ci: list[float] | None
+
+
+class ClassMetrics(_ClassMetricsRequired, total=False):
+    """One class of :class:`Metrics` ``per_class``; intervals are ``[lo, hi]`` or None when undefined."""
+
+    f1_ci: list[float] | None  # bootstrap; absent when no bootstrap was run
+
+
+class Average(TypedDict, total=False):
+    """``macro`` or ``weighted`` precision, recall and F1 (bootstrap intervals when computed)."""
+
+    precision: float
+    recall: float
+    f1: float
+    precision_ci: list[float] | None
+    recall_ci: list[float] | None
+    f1_ci: list[float] | None
+
+
+class MetricsSource(TypedDict, total=False):
+    """What was evaluated: the checkpoint, the data root, the split file and the subset."""
+
+    checkpoint: str
+    data: str
+    split: str | None
+    subset: str
+
+
+class _MetricsRequired(TypedDict):
+    classes: list[str]
+    n: int
+    correct: int
+    accuracy: float
+    accuracy_ci: list[float] | None
+    loss: float
+    per_class: dict[str, ClassMetrics]
+    weighted: Average
+    macro: Average
+    confusion_matrix: list[list[int]]
+    confusion_matrix_axes: dict[str, Any]
+    roc_auc: dict[str, float | None]
+    roc_auc_ci: dict[str, list[float] | None]
+    roc_auc_micro: float | None
+    roc_auc_macro: float | None
+    brier: float
+    calibration: dict[str, Any]
+    intervals: dict[str, Any]
+    ece: float
+
+
+class Metrics(_MetricsRequired, total=False):
+    """``metrics.json``: what :func:`cxrtl.compute_metrics` and :func:`cxrtl.evaluate` return.
+
+    Rows of the confusion matrix are true classes, columns predicted ones, both in ``classes`` order.
+    Intervals are 95% (Wilson for proportions, percentile bootstrap over images for F1, averages and AUC).
+    """
+
+    source: MetricsSource
+    calibrated: dict[str, Any]  # temperature scaling: temperature, loss, ece, calibration bins
+    operating_point: dict[str, Any]  # threshold chosen on validation for a target sensitivity
+    cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
+    figures: list[str]
+
+
+class FitResult(TypedDict):
+    """What the training loop returns: the best epoch by validation accuracy and the epoch history."""
+
+    best_epoch: int
+    best_val_acc: float
+    best_val_loss: float
+    epochs_completed: int
+    epochs: int
+    seconds: float
+    history: list[dict[str, float]]
+
+
+class RunSummary(TypedDict):
+    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
+
+    run_dir: str
+    finished: bool
+    best_epoch: int
+    best_val_acc: float
+    best_val_loss: float
+    epochs_completed: int
+    epochs: int
+    seconds: float
+    best_checkpoint: str
+    classes: list[str]
+    backbone: str
+    split_sizes: dict[str, int]
+    world_size: int
+    device: str
+    config: dict[str, Any]
+
+
+class ReproductionRun(TypedDict):
+    """One entry of ``results.json`` ``runs``: a trained configuration and its test metrics."""
+
+    name: str
+    experiment: list[int]  # the paper's experiments (1-3) this run belongs to
+    dataset: str  # "covid" or "pneumonia"
+    pretraining: str | None
+    protocol: str | None  # the pneumonia split protocol; None for COVID runs
+    config: dict[str, Any]
+    best_epoch: int | None
+    best_val_acc: float | None
+    seconds: float | None
+    run_dir: str
+    test: Metrics
+
+
+class ReproductionResults(TypedDict, total=False):
+    """``results.json``: what :func:`cxrtl.reproduce` returns."""
+
+    runs: list[ReproductionRun]
+    reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
+    report: dict[str, str]  # report.md / report.html paths
