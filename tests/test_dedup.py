@@ -312,3 +312,17 @@ def test_synthetic_sets_planted_overlap_found_and_no_false_positives(synth_roots
         assert (a.startswith("Normal/") and "/NORMAL/" in b) or \
             (a.startswith("Viral Pneumonia/") and "_virus_" in b), (a, b)
     assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
+
+
+def test_hash_cache_expands_tilde_in_cxrtl_cache_dir(tmp_path, monkeypatch):
+    """CXRTL_CACHE_DIR='~/x' means <HOME>/x for the hash cache too, as for the image cache (not a './~' folder)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CXRTL_CACHE_DIR", "~/x")
+    monkeypatch.chdir(work)
+    p = save(cxr_like(1, 64), tmp_path / "img" / "x.png")
+    dedup.hash_images([p], progress=False)
+    assert len(list((home / "x" / "dedup").glob("*.json"))) == 1
+    assert not (work / "~").exists()

@@ -133,9 +133,10 @@ def _full_pixel_digest(path: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------------- cache
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where hashes are cached: ``cache_dir``, else $CXRTL_CACHE_DIR, else ~/.cache/cxrtl; plus /dedup."""
-    base = cache_dir or os.environ.get("CXRTL_CACHE_DIR") or Path.home() / ".cache" / "cxrtl"
-    return Path(base) / "dedup"
+    """Where hashes are cached: the ``dedup`` folder of :func:`cxrtl.data.cache.default_cache_dir`."""
+    from ..data.cache import default_cache_dir  # lazy: it pulls in Pillow and tqdm, and the CLI imports us
+
+    return default_cache_dir(cache_dir) / "dedup"
 
 
 def _shard_file(root: Path, directory: str) -> Path:
