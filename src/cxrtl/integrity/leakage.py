@@ -11,11 +11,11 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from . import dedup
-from ..data.records import SPLITS, DatasetIndex, Record
+from ..data.records import SPLITS, DatasetIndex, Record, split_rank
+from .duplicates import DEFAULT_THRESHOLD, check_threshold, find_duplicates
+from .hashing import hash_images
 
 log = logging.getLogger(__name__)
-_ORDER = {s: k for k, s in enumerate(SPLITS)}
 
 
 def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
@@ -30,7 +30,7 @@ def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
 
 
 def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
-                threshold: int = dedup.DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
+                threshold: int = DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
                 workers: int | None = None) -> dict:
     """Cross-split duplicates (exact and near, paths relative to the root) and patients that straddle splits.
 
@@ -38,7 +38,7 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
     "pairs_by_splits": {"train-test": n, ...}, "patients_straddling": [...], "patients_known",
     "unreadable": [[path, reason]]}``; ``a`` is always in the earlier split (train < val < test).
     """
-    dedup.check_threshold(threshold)
+    check_threshold(threshold)
     split_of: dict[str, str] = {}
     rel_of: dict[str, str] = {}
     for name, records in split.items():
@@ -46,14 +46,14 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
             a = os.path.abspath(os.fspath(index.abspath(r.path)))
             split_of[a] = name
             rel_of[a] = r.path
-    hashes, bad = dedup.hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
+    hashes, bad = hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
     labels = [split_of[h.path] for h in hashes]
-    dup = dedup.find_duplicates(hashes, threshold, labels=labels, cache_dir=cache_dir, progress=progress,
-                                workers=workers)
+    dup = find_duplicates(hashes, threshold, labels=labels, cache_dir=cache_dir, progress=progress,
+                          workers=workers)
 
     def ordered(i: int, j: int):
-        ki = (_ORDER.get(labels[i], 9), rel_of[hashes[i].path])
-        kj = (_ORDER.get(labels[j], 9), rel_of[hashes[j].path])
+        ki = (split_rank(labels[i]), rel_of[hashes[i].path])
+        kj = (split_rank(labels[j]), rel_of[hashes[j].path])
         return (i, j) if ki <= kj else (j, i)
 
     exact, near = [], []
