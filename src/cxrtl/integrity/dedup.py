@@ -19,7 +19,7 @@ class Item(NamedTuple):
 
     root: int
     path: str
-    split: str | None  # None unless it comes from the split CSV
+    split: str | None  # None for an image outside any split
 
     def sort_key(self) -> tuple:
         """Reading order: ROOT before ROOT2, train before val before test, then by path."""
@@ -74,7 +74,8 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
 
     Returns ``(report, cleaned_split)``; ``cleaned_split`` (split name -> records) is None without a split.
     One root: all duplicates within it. With ``split_csv`` (of the last root): pairs that cross splits and
-    duplicates within a split. Two roots: pairs between the datasets (first path from ROOT, second from ROOT2).
+    duplicates within a split. Two roots: pairs between the datasets (first path from ROOT, second from
+    ROOT2).
     """
     check_threshold(threshold)
     if not 1 <= len(roots) <= 2:

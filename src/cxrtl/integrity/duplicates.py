@@ -20,8 +20,8 @@ DEFAULT_THRESHOLD = 6  # Hamming distance on the 64-bit pHash; re-encoding/resiz
 MAX_THRESHOLD = 20  # beyond this a 64-bit pHash no longer means "the same radiograph"
 EXACT_SEARCH_RADIUS = 4  # exact candidates are searched at least this far, so threshold 0 still finds them
 # A near pair must also agree on a finer 256-bit pHash (64x64 thumbnail): chest radiographs share their coarse
-# layout, so distinct images can be close on 64 bits (measured on synthetic look-alikes: >= 44 of 256 bits apart),
-# while re-encoded/resized copies stay within 8 of 256 at real sizes (within 24 for tiny 64 px test images).
+# layout, so distinct images can be close on 64 bits (measured on synthetic look-alikes: >= 44 of 256 bits
+# apart), while re-encoded/resized copies stay within 8 of 256 at real sizes (within 24 for 64 px tests).
 CONFIRM_BITS = 32
 
 

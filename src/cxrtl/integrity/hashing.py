@@ -99,7 +99,7 @@ def _decode_reduced(path: str, info: dict) -> np.ndarray | str:
 
 
 def _hash_one(path: str) -> ImageHash | Unreadable:
-    """Hash one file with cxrtl's own decoder (DCT-reduced for big JPEGs; a full decode gives the pixel digest)."""
+    """Hash one file with cxrtl's decoder (big JPEGs DCT-reduced; a full decode gives the pixel digest)."""
     from PIL import Image
 
     try:

@@ -11,8 +11,9 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from ..data.records import SPLITS, DatasetIndex, Record, split_rank
-from .duplicates import DEFAULT_THRESHOLD, check_threshold, find_duplicates
+from ..data.records import SPLITS, DatasetIndex, Record
+from .dedup import Item
+from .duplicates import DEFAULT_THRESHOLD, Duplicates, check_threshold, find_duplicates
 from .hashing import hash_images
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,17 @@ def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
                 seen[r.patient_id][name] += 1
     return [{"patient": pid, "splits": {s: counts[s] for s in SPLITS if s in counts}}
             for pid, counts in sorted(seen.items()) if len(counts) > 1]
+
+
+def _cross_split_pairs(dup: Duplicates, items: list[Item]) -> tuple[list, list, dict[str, int]]:
+    """Exact and near pair rows, earlier split first, and the number of pairs per ``"split_a-split_b"``."""
+    exact, near = [], []
+    counts: dict[str, int] = defaultdict(int)
+    for i, j, *d in [*dup.exact, *dup.near]:
+        a, b = sorted((items[i], items[j]), key=Item.sort_key)  # stable: a tie keeps (i, j)
+        (near if d else exact).append([a.path, b.path, *d, a.split, b.split])
+        counts[f"{a.split}-{b.split}"] += 1
+    return exact, near, counts
 
 
 def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
@@ -47,25 +59,9 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
             split_of[a] = name
             rel_of[a] = r.path
     hashes, bad = hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
-    labels = [split_of[h.path] for h in hashes]
-    dup = find_duplicates(hashes, threshold, labels=labels, cache_dir=cache_dir, progress=progress,
-                          workers=workers)
-
-    def ordered(i: int, j: int):
-        ki = (split_rank(labels[i]), rel_of[hashes[i].path])
-        kj = (split_rank(labels[j]), rel_of[hashes[j].path])
-        return (i, j) if ki <= kj else (j, i)
-
-    exact, near = [], []
-    counts: dict[str, int] = defaultdict(int)
-    for i, j in dup.exact:
-        a, b = ordered(i, j)
-        exact.append([rel_of[hashes[a].path], rel_of[hashes[b].path], labels[a], labels[b]])
-        counts[f"{labels[a]}-{labels[b]}"] += 1
-    for i, j, d in dup.near:
-        a, b = ordered(i, j)
-        near.append([rel_of[hashes[a].path], rel_of[hashes[b].path], d, labels[a], labels[b]])
-        counts[f"{labels[a]}-{labels[b]}"] += 1
+    dup = find_duplicates(hashes, threshold, labels=[split_of[h.path] for h in hashes], cache_dir=cache_dir,
+                          progress=progress, workers=workers)
+    exact, near, counts = _cross_split_pairs(dup, [Item(0, rel_of[h.path], split_of[h.path]) for h in hashes])
     patients = straddling_patients(split)
     known = any(r.patient_id for records in split.values() for r in records)
     result = {
