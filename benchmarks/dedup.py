@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jpeg", type=int, default=60, help="~2000x1600 JPEGs to hash")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
-    from cxrtl.integrity import dedup
+    from cxrtl.integrity import duplicates, hashing
 
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-dedup-") as tmp:
         tmp = Path(tmp)
@@ -81,17 +81,17 @@ def main(argv=None) -> int:
         rates = {}
         for name, paths in (("png", png), ("jpeg", jpg)):
             t = time.perf_counter()
-            hashes, bad = dedup.hash_images(paths, cache_dir=cache, progress=False, workers=args.workers)
+            hashes, bad = hashing.hash_images(paths, cache_dir=cache, progress=False, workers=args.workers)
             cold = time.perf_counter() - t
             t = time.perf_counter()
-            dedup.hash_images(paths, cache_dir=cache, progress=False, workers=args.workers)
+            hashing.hash_images(paths, cache_dir=cache, progress=False, workers=args.workers)
             warm = time.perf_counter() - t
             rates[name] = len(paths) / cold
             print(f"hash {name}: {len(paths)} images cold {cold:.2f} s ({rates[name]:.0f} img/s), "
                   f"cached {warm:.3f} s ({len(paths) / max(warm, 1e-9):.0f} img/s), {len(bad)} unreadable")
         # exact-candidate cost: a full decode of big JPEGs for same-size near pairs with different bytes
         t = time.perf_counter()
-        dedup.ensure_pixel_digests(hashes, range(len(hashes)), cache_dir=cache, progress=False,
+        hashing.ensure_pixel_digests(hashes, range(len(hashes)), cache_dir=cache, progress=False,
                                    workers=args.workers)
         full = (time.perf_counter() - t) / max(1, len(hashes))
         print(f"full-resolution decode for exact check (only for candidates): {full * 1000:.1f} ms/JPEG")
@@ -109,9 +109,9 @@ def main(argv=None) -> int:
             v ^= 1 << int(f)
         base[dup_idx[k + 1]] = np.uint64(v)
     t = time.perf_counter()
-    pairs = dedup.search_pairs(base, dedup.DEFAULT_THRESHOLD)
+    pairs = duplicates.search_pairs(base, duplicates.DEFAULT_THRESHOLD)
     match = time.perf_counter() - t
-    print(f"match: {n} hashes, threshold {dedup.DEFAULT_THRESHOLD}: {len(pairs)} pairs in {match:.2f} s")
+    print(f"match: {n} hashes, threshold {duplicates.DEFAULT_THRESHOLD}: {len(pairs)} pairs in {match:.2f} s")
     hash_s = N_COVID / rates["png"] + N_KERMANY / rates["jpeg"]
     total = hash_s + match
     print(f"extrapolated full 27k ({N_COVID} PNG + {N_KERMANY} JPEG) on {os.cpu_count()} cores: "

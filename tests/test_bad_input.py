@@ -187,7 +187,7 @@ def test_atomic_write_under_a_file_is_a_one_line_error(tmp_path):
 
 def test_unreadable_permissions(tmp_path, monkeypatch):
     """An image that cannot be opened (EACCES) is skipped with a reason by dedup (root: simulated)."""
-    from cxrtl.integrity import dedup
+    from cxrtl.integrity import hashing
 
     r = make_root(tmp_path / "perm")
     victim = r / "NORMAL" / "normal-1.png"
@@ -204,7 +204,7 @@ def test_unreadable_permissions(tmp_path, monkeypatch):
         monkeypatch.setattr(builtins, "open", deny)
     else:
         victim.chmod(0)
-    hashes, bad = dedup.hash_images([r / "NORMAL" / "normal-0.png", victim], progress=False, use_cache=False)
+    hashes, bad = hashing.hash_images([r / "NORMAL" / "normal-0.png", victim], progress=False, use_cache=False)
     assert len(hashes) == 1 and [u.path for u in bad] == [str(victim)]
     assert "denied" in bad[0].reason.lower()
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrtl.integrity import dedup
 from cxrtl.errors import CxrtlError
+from cxrtl.integrity import dedup, duplicates, hashing
 
 
 def cxr_like(seed: int, size: int = 96) -> np.ndarray:
@@ -64,9 +64,9 @@ def test_search_pairs_equals_brute_force(radius):
         h.append(v)
     h.append(2**64 - 1)
     h.append(2**64 - 2)  # top bit set: must survive uint64 handling
-    assert dedup.search_pairs(h, radius) == brute_force(h, radius)
+    assert duplicates.search_pairs(h, radius) == brute_force(h, radius)
     labels = [i % 3 for i in range(len(h))]
-    assert dedup.search_pairs(h, radius, labels) == brute_force(h, radius, labels)
+    assert duplicates.search_pairs(h, radius, labels) == brute_force(h, radius, labels)
 
 
 def test_search_pairs_big_bucket_is_blocked_not_all_pairs_in_memory():
@@ -74,7 +74,7 @@ def test_search_pairs_big_bucket_is_blocked_not_all_pairs_in_memory():
     h = (rng.integers(0, 2**40, size=1100, dtype=np.int64).astype(np.uint64) << np.uint64(24))  # low bits equal
     h[5] = h[7] ^ np.uint64(1 << 30)
     h[9] = h[7] ^ np.uint64(3 << 40)
-    pairs = dedup.search_pairs(h, 2)  # band 0 (the low 22 bits) is one bucket of 1100 > 1024: blocked path
+    pairs = duplicates.search_pairs(h, 2)  # band 0 (the low 22 bits) is one bucket of 1100 > 1024: blocked path
     x = h[:, None] ^ h[None, :]
     d = np.bitwise_count(x)
     i, j = np.nonzero(np.triu(d <= 2, 1))
@@ -84,9 +84,9 @@ def test_search_pairs_big_bucket_is_blocked_not_all_pairs_in_memory():
 
 def test_threshold_is_validated():
     with pytest.raises(CxrtlError, match="threshold"):
-        dedup.check_threshold(-1)
+        duplicates.check_threshold(-1)
     with pytest.raises(CxrtlError, match="threshold"):
-        dedup.check_threshold(dedup.MAX_THRESHOLD + 1)
+        duplicates.check_threshold(duplicates.MAX_THRESHOLD + 1)
 
 
 # ---------------------------------------------------------------------------------------------- hashing
@@ -102,9 +102,9 @@ def test_near_duplicates_survive_reencoding_resizing_and_format(tmp_path):
     }
     Image.fromarray(base).convert("RGB").save(paths["rgb"])
     others = [save(cxr_like(s, 128), tmp_path / f"other{s}.png") for s in range(2, 8)]
-    hashes, bad = dedup.hash_images([*paths.values(), *others], progress=False)
+    hashes, bad = hashing.hash_images([*paths.values(), *others], progress=False)
     assert not bad
-    dup = dedup.find_duplicates(hashes, progress=False)
+    dup = duplicates.find_duplicates(hashes, progress=False)
     names = {h.path: k for k, h in zip([*paths, *[f"other{i}" for i in range(6)]], hashes)}
     linked = {frozenset((names[hashes[i].path], names[hashes[j].path])) for i, j, *_ in [*dup.exact, *dup.near]}
     for k in ("jpeg", "half", "big", "rgb"):
@@ -124,9 +124,9 @@ def test_exact_needs_same_pixels_not_same_bytes(tmp_path):
     big = np.asarray(Image.fromarray(arr).resize((900, 900)))
     e = save(big, tmp_path / "e.jpeg", quality=95)  # big JPEG: hashed from a reduced decode
     f = save(np.asarray(Image.open(e).convert("L")), tmp_path / "f.png")
-    hashes, _ = dedup.hash_images([a, b, j, d, e, f], progress=False)
+    hashes, _ = hashing.hash_images([a, b, j, d, e, f], progress=False)
     assert hashes[4].pixel_digest is None  # reduced decode: exactness decided lazily
-    dup = dedup.find_duplicates(hashes, threshold=0, progress=False)
+    dup = duplicates.find_duplicates(hashes, threshold=0, progress=False)
     exact = {(os.path.basename(hashes[i].path), os.path.basename(hashes[k].path)) for i, k in dup.exact}
     assert exact == {("a.png", "b.png"), ("c.jpeg", "d.png"), ("e.jpeg", "f.png")}
 
@@ -137,7 +137,7 @@ def test_bad_files_are_reported_not_raised(tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     data = (tmp_path / "good.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    hashes, bad = dedup.hash_images([good, *(str(tmp_path / n) for n in ("empty.png", "text.jpg", "cut.png"))],
+    hashes, bad = hashing.hash_images([good, *(str(tmp_path / n) for n in ("empty.png", "text.jpg", "cut.png"))],
                                     progress=False)
     assert [h.path for h in hashes] == [good]
     reasons = {os.path.basename(u.path): u.reason for u in bad}
@@ -147,21 +147,21 @@ def test_bad_files_are_reported_not_raised(tmp_path):
 
 def test_hash_cache_is_used_and_invalidated(tmp_path, monkeypatch):
     p = save(cxr_like(1, 64), tmp_path / "x.png")
-    first, _ = dedup.hash_images([p], progress=False)
+    first, _ = hashing.hash_images([p], progress=False)
     shards = list((tmp_path / "cache" / "dedup").glob("*.json"))
     assert len(shards) == 1 and not list((tmp_path / "cache" / "dedup").glob(".*"))  # no temp left behind
     calls = []
-    real = dedup._hash_one
-    monkeypatch.setattr(dedup, "_hash_one", lambda path: calls.append(path) or real(path))
-    again, _ = dedup.hash_images([p], progress=False)
+    real = hashing._hash_one
+    monkeypatch.setattr(hashing, "_hash_one", lambda path: calls.append(path) or real(path))
+    again, _ = hashing.hash_images([p], progress=False)
     assert again == first and calls == []
     save(cxr_like(2, 64), tmp_path / "x.png")  # new content -> new size/mtime -> rehashed
     os.utime(p, ns=(1, 1))
-    changed, _ = dedup.hash_images([p], progress=False)
+    changed, _ = hashing.hash_images([p], progress=False)
     assert calls == [p] and changed[0].phash != first[0].phash
     shards[0].write_text("{ not json")  # a damaged cache is ignored and rewritten, never trusted
     calls.clear()
-    dedup.hash_images([p], progress=False)
+    hashing.hash_images([p], progress=False)
     assert calls == [p]
     json.loads(shards[0].read_text())
 
@@ -172,7 +172,7 @@ def test_overlap_with(tmp_path):
     b_near = save(np.asarray(Image.fromarray(cxr_like(2)).resize((192, 192))), tmp_path / "b" / "near.png")
     b_new = [save(cxr_like(s), tmp_path / "b" / f"new{s}.png") for s in range(10, 14)]
     b_dup_in_b = save(cxr_like(10), tmp_path / "b" / "new10-copy.png")  # within b only: not an overlap
-    got = dedup.overlap_with(a, [b_same, b_near, *b_new, b_dup_in_b], progress=False)
+    got = duplicates.overlap_with(a, [b_same, b_near, *b_new, b_dup_in_b], progress=False)
     assert got == {b_same, b_near}
 
 
@@ -312,3 +312,17 @@ def test_synthetic_sets_planted_overlap_found_and_no_false_positives(synth_roots
         assert (a.startswith("Normal/") and "/NORMAL/" in b) or \
             (a.startswith("Viral Pneumonia/") and "_virus_" in b), (a, b)
     assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
+
+
+def test_hash_cache_expands_tilde_in_cxrtl_cache_dir(tmp_path, monkeypatch):
+    """CXRTL_CACHE_DIR='~/x' means <HOME>/x for the hash cache, as for the image cache (not a './~' folder)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CXRTL_CACHE_DIR", "~/x")
+    monkeypatch.chdir(work)
+    p = save(cxr_like(1, 64), tmp_path / "img" / "x.png")
+    hashing.hash_images([p], progress=False)
+    assert len(list((home / "x" / "dedup").glob("*.json"))) == 1
+    assert not (work / "~").exists()

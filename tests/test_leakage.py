@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrtl.integrity import leakage
 from cxrtl.data.records import Record
 from cxrtl.data.sources import load_dataset
 from cxrtl.data.splits import make_split
+from cxrtl.integrity import leakage
 from test_dedup import cxr_like, save
 
 

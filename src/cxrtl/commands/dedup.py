@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 from ..data.splits import write_split_csv
-from ..integrity.dedup import DEFAULT_THRESHOLD, dedup_dataset
 from ..errors import CxrtlError
 from ..fsutil import write_json
+from ..integrity.dedup import dedup_dataset
+from ..integrity.duplicates import DEFAULT_THRESHOLD
 
 
 def add_parser(data_subparsers) -> None:

@@ -38,10 +38,10 @@ IMAGES_FILE = "images.npy"
 INDEX_FILE = "index.json"
 
 
-def default_cache_dir() -> Path:
-    """``$CXRTL_CACHE_DIR`` if set, else ``~/.cache/cxrtl``."""
-    env = os.environ.get("CXRTL_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cxrtl"
+def default_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir`` if given, else ``$CXRTL_CACHE_DIR``, else ``~/.cache/cxrtl``; ``~`` is expanded."""
+    base = cache_dir or os.environ.get("CXRTL_CACHE_DIR")
+    return Path(base).expanduser() if base else Path.home() / ".cache" / "cxrtl"
 
 
 def default_workers() -> int:
@@ -189,7 +189,7 @@ def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cach
     """Reuse or build the cache of ``records`` under ``pp``; the returned cache is complete and consistent."""
     if pp.input == "masked":
         check_masks(index, records)
-    base = ensure_dir(Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+    base = ensure_dir(default_cache_dir(cache_dir))
     key, rows = cache_key(index, records, pp)
     slug = _slug(index)
     final = base / f"{slug}-{key[:20]}"

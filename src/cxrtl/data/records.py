@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # in order: a duplicate is kept in the earliest split, reported first
+
+
+def split_rank(name: str | None) -> int:
+    """Where a split sorts (train < val < test); no split, or an unknown one, sorts after them."""
+    return SPLITS.index(name) if name in SPLITS else len(SPLITS)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,12 @@ import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from . import dedup
 from ..data.records import SPLITS, DatasetIndex, Record
+from .dedup import Item
+from .duplicates import DEFAULT_THRESHOLD, Duplicates, check_threshold, find_duplicates
+from .hashing import hash_images
 
 log = logging.getLogger(__name__)
-_ORDER = {s: k for k, s in enumerate(SPLITS)}
 
 
 def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
@@ -29,8 +30,19 @@ def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
             for pid, counts in sorted(seen.items()) if len(counts) > 1]
 
 
+def _cross_split_pairs(dup: Duplicates, items: list[Item]) -> tuple[list, list, dict[str, int]]:
+    """Exact and near pair rows, earlier split first, and the number of pairs per ``"split_a-split_b"``."""
+    exact, near = [], []
+    counts: dict[str, int] = defaultdict(int)
+    for i, j, *d in [*dup.exact, *dup.near]:
+        a, b = sorted((items[i], items[j]), key=Item.sort_key)  # stable: a tie keeps (i, j)
+        (near if d else exact).append([a.path, b.path, *d, a.split, b.split])
+        counts[f"{a.split}-{b.split}"] += 1
+    return exact, near, counts
+
+
 def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
-                threshold: int = dedup.DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
+                threshold: int = DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
                 workers: int | None = None) -> dict:
     """Cross-split duplicates (exact and near, paths relative to the root) and patients that straddle splits.
 
@@ -38,7 +50,7 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
     "pairs_by_splits": {"train-test": n, ...}, "patients_straddling": [...], "patients_known",
     "unreadable": [[path, reason]]}``; ``a`` is always in the earlier split (train < val < test).
     """
-    dedup.check_threshold(threshold)
+    check_threshold(threshold)
     split_of: dict[str, str] = {}
     rel_of: dict[str, str] = {}
     for name, records in split.items():
@@ -46,26 +58,10 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
             a = os.path.abspath(os.fspath(index.abspath(r.path)))
             split_of[a] = name
             rel_of[a] = r.path
-    hashes, bad = dedup.hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
-    labels = [split_of[h.path] for h in hashes]
-    dup = dedup.find_duplicates(hashes, threshold, labels=labels, cache_dir=cache_dir, progress=progress,
-                                workers=workers)
-
-    def ordered(i: int, j: int):
-        ki = (_ORDER.get(labels[i], 9), rel_of[hashes[i].path])
-        kj = (_ORDER.get(labels[j], 9), rel_of[hashes[j].path])
-        return (i, j) if ki <= kj else (j, i)
-
-    exact, near = [], []
-    counts: dict[str, int] = defaultdict(int)
-    for i, j in dup.exact:
-        a, b = ordered(i, j)
-        exact.append([rel_of[hashes[a].path], rel_of[hashes[b].path], labels[a], labels[b]])
-        counts[f"{labels[a]}-{labels[b]}"] += 1
-    for i, j, d in dup.near:
-        a, b = ordered(i, j)
-        near.append([rel_of[hashes[a].path], rel_of[hashes[b].path], d, labels[a], labels[b]])
-        counts[f"{labels[a]}-{labels[b]}"] += 1
+    hashes, bad = hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
+    dup = find_duplicates(hashes, threshold, labels=[split_of[h.path] for h in hashes], cache_dir=cache_dir,
+                          progress=progress, workers=workers)
+    exact, near, counts = _cross_split_pairs(dup, [Item(0, rel_of[h.path], split_of[h.path]) for h in hashes])
     patients = straddling_patients(split)
     known = any(r.patient_id for records in split.values() for r in records)
     result = {

@@ -162,7 +162,7 @@ def _make_split(index: DatasetIndex, protocol: str, max_per_class: int | None, s
 def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex, pneu_split: dict,
                      cache_dir, progress: bool) -> list[str]:
     """Drop pneumonia test images whose content is in the COVID model's training or validation data."""
-    from ..integrity.dedup import overlap_with
+    from ..integrity.duplicates import overlap_with
 
     seen = [str(covid.abspath(r.path)) for name in ("train", "val") for r in covid_split[name]]
     test = {str(pneu.abspath(r.path)): r for r in pneu_split["test"]}
