@@ -8,21 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from cxrtl.training import engine
 from cxrtl.config import TrainConfig
 from cxrtl.data.preprocess import Preprocess
-from cxrtl.training.engine import (
-    HISTORY_COLUMNS,
-    STATE_FILE,
-    evaluate_loader,
-    fit,
-    predict_logits,
-    read_state,
-    resolve_device,
-    resolve_numerics,
-)
+from cxrtl.device import resolve_device, resolve_numerics
 from cxrtl.errors import CxrtlError
 from cxrtl.model import create_model
+from cxrtl.training import engine, losses, resume
+from cxrtl.training.engine import evaluate_loader, fit, predict_logits
+from cxrtl.training.resume import STATE_FILE, read_state
+from cxrtl.training.run_dir import HISTORY_COLUMNS
 
 TINY = "test_resnet"
 CLASSES = ["a", "b", "c"]
@@ -121,13 +115,13 @@ def test_accuracy_and_val_loss_are_per_image_plain_ce():
 
 def test_weighted_training_loss_counts_training_split_only(monkeypatch):
     seen = {}
-    real = engine.create_loss
+    real = losses.create_loss
 
     def spy(name, labels, classes, *a):
         seen["labels"] = np.asarray(labels)
         return real(name, labels, classes, *a)
 
-    monkeypatch.setattr(engine, "create_loss", spy)
+    monkeypatch.setattr(losses, "create_loss", spy)
     cfg = _cfg(epochs=1, loss="wce-1cf")
     data = _data()
     fit(_model(cfg), data, cfg, None)
@@ -151,17 +145,17 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     cfg = _cfg(epochs=4, milestones=[2, 3])
     full = fit(_model(cfg), _data(), cfg, tmp_path / "full")
 
-    real_write = engine.write_state
+    real_write = resume.write_state
 
     def crash_after_epoch_2(path, model, opt, sched, info):
         real_write(path, model, opt, sched, info)
         if info["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "write_state", crash_after_epoch_2)
+    monkeypatch.setattr(resume, "write_state", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         fit(_model(cfg), _data(), cfg, tmp_path / "cut")
-    monkeypatch.setattr(engine, "write_state", real_write)
+    monkeypatch.setattr(resume, "write_state", real_write)
     tensors, saved = read_state(tmp_path / "cut" / STATE_FILE)
     assert saved["epoch"] == 2 and len(saved["history"]) == 2
     torch.manual_seed(12345)  # a different RNG state in the resuming process must not matter
