@@ -81,13 +81,15 @@ def _optimizer_from_safe(tensors: dict[str, torch.Tensor], info: dict) -> dict:
 
 def _scheduler_to_json(scheduler) -> dict:
     sd = dict(scheduler.state_dict())
-    sd["milestones"] = {str(k): v for k, v in sd["milestones"].items()}
+    if "milestones" in sd:  # MultiStepLR's Counter has int keys; JSON keys are strings
+        sd["milestones"] = {str(k): v for k, v in sd["milestones"].items()}
     return sd
 
 
 def _scheduler_from_json(sd: dict) -> dict:
     sd = dict(sd)
-    sd["milestones"] = Counter({int(k): v for k, v in sd["milestones"].items()})
+    if "milestones" in sd:
+        sd["milestones"] = Counter({int(k): v for k, v in sd["milestones"].items()})
     return sd
 
 
