@@ -140,7 +140,6 @@ def make_loader(dataset, batch_size: int, *, train: bool, seed: int, info: ddp.D
                       pin_memory=pin_memory, persistent_workers=workers > 0)
 
 
-
 # ----------------------------------------------------------------------------- the epoch loop
 @dataclass
 class _Parts:
