@@ -8,21 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from cxrtl.training import engine
 from cxrtl.config import TrainConfig
 from cxrtl.data.preprocess import Preprocess
-from cxrtl.training.engine import (
-    HISTORY_COLUMNS,
-    STATE_FILE,
-    evaluate_loader,
-    fit,
-    predict_logits,
-    read_state,
-    resolve_device,
-    resolve_numerics,
-)
+from cxrtl.device import resolve_device, resolve_numerics
 from cxrtl.errors import CxrtlError
 from cxrtl.model import create_model
+from cxrtl.training import engine, losses, resume
+from cxrtl.training.engine import evaluate_loader, fit, predict_logits
+from cxrtl.training.resume import STATE_FILE, read_state
+from cxrtl.training.run_dir import HISTORY_COLUMNS
 
 TINY = "test_resnet"
 CLASSES = ["a", "b", "c"]
@@ -121,13 +115,13 @@ def test_accuracy_and_val_loss_are_per_image_plain_ce():
 
 def test_weighted_training_loss_counts_training_split_only(monkeypatch):
     seen = {}
-    real = engine.create_loss
+    real = losses.create_loss
 
     def spy(name, labels, classes, *a):
         seen["labels"] = np.asarray(labels)
         return real(name, labels, classes, *a)
 
-    monkeypatch.setattr(engine, "create_loss", spy)
+    monkeypatch.setattr(losses, "create_loss", spy)
     cfg = _cfg(epochs=1, loss="wce-1cf")
     data = _data()
     fit(_model(cfg), data, cfg, None)
@@ -151,17 +145,17 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     cfg = _cfg(epochs=4, milestones=[2, 3])
     full = fit(_model(cfg), _data(), cfg, tmp_path / "full")
 
-    real_write = engine.write_state
+    real_write = resume.write_state
 
     def crash_after_epoch_2(path, model, opt, sched, info):
         real_write(path, model, opt, sched, info)
         if info["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "write_state", crash_after_epoch_2)
+    monkeypatch.setattr(resume, "write_state", crash_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         fit(_model(cfg), _data(), cfg, tmp_path / "cut")
-    monkeypatch.setattr(engine, "write_state", real_write)
+    monkeypatch.setattr(resume, "write_state", real_write)
     tensors, saved = read_state(tmp_path / "cut" / STATE_FILE)
     assert saved["epoch"] == 2 and len(saved["history"]) == 2
     torch.manual_seed(12345)  # a different RNG state in the resuming process must not matter
@@ -210,3 +204,46 @@ def test_tensorboard_events_written(tmp_path):
     cfg = _cfg(epochs=1, tensorboard=True)
     fit(_model(cfg), _data(), cfg, tmp_path)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_fit_takes_its_loss_optimizer_and_scheduler_as_objects(tmp_path):
+    cfg = _cfg(epochs=3)
+    model = _model(cfg)
+    calls = []
+
+    class CountingCE(torch.nn.Module):
+        def forward(self, logits, target):
+            calls.append(len(target))
+            return F.cross_entropy(logits, target)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    r = fit(model, _data(), cfg, tmp_path, loss_fn=CountingCE(), optimizer=opt, scheduler=sched)
+    np.testing.assert_allclose([row["lr"] for row in r["history"]], [0.01, 0.005, 0.0025])
+    assert sum(calls) == 3 * 50 and opt.state_dict()["param_groups"][0]["lr"] == pytest.approx(0.00125)
+    model2 = _model(cfg)  # the state file holds these objects too, and restores them
+    opt2 = torch.optim.SGD(model2.parameters(), lr=0.01)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.5)
+    state = resume.restore_state(read_state(tmp_path / STATE_FILE), model2, opt2, sched2)
+    assert state.epoch == 3 and sched2.state_dict() == sched.state_dict()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.00125)
+
+
+def test_default_optimizer_and_schedule_are_the_papers():
+    from cxrtl.training.optim import create_optimizer, create_scheduler
+
+    cfg = _cfg(batch_size=32, milestones=[2, 3], gamma=0.5)
+    model = _model(cfg)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    opt = create_optimizer(cfg, model.parameters(), world_size=2)
+    assert isinstance(opt, torch.optim.NAdam) and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    assert opt.param_groups[0]["lr"] == pytest.approx(64 / 1.6e4)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.head.parameters()))
+    sched = create_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose(lrs, [0.004, 0.004, 0.002, 0.001])

@@ -179,7 +179,7 @@ class _Killed(BaseException):
 
 def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch, capsys):
     from cxrtl import cli
-    from cxrtl.training import engine
+    from cxrtl.training import resume
 
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(tmp_path / "cache"))
     root = make_root(tmp_path / "ds", per_class=6, size=40)
@@ -191,7 +191,7 @@ def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch
         raise _Killed
 
     with monkeypatch.context() as m:
-        m.setattr(engine, "write_state", killed)
+        m.setattr(resume, "write_state", killed)
         with pytest.raises(_Killed):
             cli.main(args)
     assert (run_dir / "history.csv").exists() and not (run_dir / "state.safetensors").exists()

@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from cxrtl.training import engine
 from cxrtl.cli import main
 from cxrtl.commands.train import build_config
 from cxrtl.config import TrainConfig, config_from_dict, load_config
 from cxrtl.errors import CxrtlError
+from cxrtl.training import resume
 
 FAST = ["--backbone", "test_resnet", "--init", "none", "--image-size", "32", "--epochs", "2",
         "--batch-size", "8", "--no-progress", "--device", "cpu"]
@@ -170,16 +170,16 @@ def test_transfer_keep_hidden_to_pneumonia(tmp_path, finished_run, synth_roots):
 def test_interrupted_cli_run_resumes_to_same_result(tmp_path, synth_roots, monkeypatch, capsys):
     args = ["--data", synth_roots[1], *FAST, "--epochs", "3", "--milestones", "2"]
     assert _train("--out", tmp_path / "full", *args) == 0
-    real = engine.write_state
+    real = resume.write_state
 
     def crash(path, model, opt, sched, info):
         real(path, model, opt, sched, info)
         if info["epoch"] == 1:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(engine, "write_state", crash)
+    monkeypatch.setattr(resume, "write_state", crash)
     assert _train("--out", tmp_path / "cut", *args) == 130
-    monkeypatch.setattr(engine, "write_state", real)
+    monkeypatch.setattr(resume, "write_state", real)
     assert not (tmp_path / "cut" / "summary.json").exists()
     assert _train("--resume", tmp_path / "cut", "--no-progress") == 0
     assert "best epoch" in capsys.readouterr().out
@@ -207,7 +207,7 @@ def test_run_killed_before_its_first_epoch_completed_restarts_on_resume(tmp_path
     def killed(*a, **k):
         raise KeyboardInterrupt  # after history/best/last, before the state file (the commit point)
 
-    monkeypatch.setattr(engine, "write_state", killed)
+    monkeypatch.setattr(resume, "write_state", killed)
     assert _train(*args) == 130
     monkeypatch.undo()
     capsys.readouterr()
@@ -216,3 +216,27 @@ def test_run_killed_before_its_first_epoch_completed_restarts_on_resume(tmp_path
     assert _train("--resume", out, "--no-progress") == 0
     assert json.loads((out / "summary.json").read_text())["finished"]
     assert (out / "history.csv").read_text().count("\n") == 2
+
+
+def test_resume_options_one_list_for_cli_and_loader(tmp_path):
+    from cxrtl.cli import build_parser
+    from cxrtl.training.resume import RESTART, RESUME_OPTIONS, load_resume
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(TrainConfig(data="old", epochs=2, workers=1).to_yaml())
+    (run_dir / "split.csv").write_text("")
+    new = {"data": "new", "device": "cpu", "workers": 3, "progress": False, "tensorboard": True,
+           "compile": True, "cache_dir": "c"}
+    assert set(new) == set(RESUME_OPTIONS)
+    cfg, payload = load_resume(run_dir, TrainConfig(epochs=99, **new))
+    assert payload == RESTART and cfg.epochs == 2 and cfg.out == str(run_dir)
+    assert all(getattr(cfg, k) == v for k, v in new.items())
+    assert load_resume(run_dir, TrainConfig())[0].data == "old"  # a resume naming no --data keeps the saved one
+    cli_args = ["--data", "new", "--device", "cpu", "--workers", "3", "--no-progress", "--tensorboard",
+                "--compile", "--cache-dir", "c"]
+    cfg, resumed = build_config(build_parser().parse_args(["train", "--resume", str(run_dir), *cli_args]))
+    assert resumed and all(getattr(cfg, k) == v for k, v in new.items())
+    with pytest.raises(CxrtlError, match="--epochs cannot change") as err:
+        build_config(build_parser().parse_args(["train", "--resume", str(run_dir), "--epochs", "3"]))
+    assert all(f"--{o.replace('_', '-')}" in str(err.value) for o in RESUME_OPTIONS)

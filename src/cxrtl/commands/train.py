@@ -1,4 +1,4 @@
-"""``cxrtl train``: a thin shell over :func:`cxrtl.training.engine.run_training` (also under ``torchrun``)."""
+"""``cxrtl train``: a thin shell over :func:`cxrtl.training.train.train` (also under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ from ..config import (
     load_config,
 )
 from ..errors import CxrtlError
-
-# Options that may change when resuming: where and how the run executes, not what it computes.
-RESUME_OPTIONS = {"data", "device", "workers", "progress", "tensorboard", "compile", "cache_dir"}
 
 EPILOG = """\
 RUN_DIR receives config.yaml, split.csv, history.csv, best/last .safetensors+.json, state.safetensors
@@ -76,10 +73,12 @@ def register(subparsers) -> None:
 
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """YAML (if any) overlaid by the options actually given -> (config, resume?)."""
+    from ..training.resume import RESUME_OPTIONS  # here, not at the top: `cxrtl --help` must not load torch
+
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "config", "resume")}
     resume = getattr(args, "resume", None)
     if resume is not None:
-        extra = sorted(set(given) - RESUME_OPTIONS - {"out"})
+        extra = sorted(set(given) - set(RESUME_OPTIONS) - {"out"})
         if getattr(args, "config", None):
             extra.insert(0, "config")
         if extra:
@@ -93,12 +92,11 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.engine import run_training
+    from ..training.distributed import env_info
+    from ..training.train import train
 
     cfg, resume = build_config(args)
-    from ..training.distributed import env_info
-
-    summary = run_training(cfg, resume=resume)
+    summary = train(cfg, resume=resume)
     if not env_info().is_main:
         return 0
     print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: val acc {summary['best_val_acc']:.4f}, "

@@ -224,7 +224,9 @@ def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, pr
 
 def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
     """Train (or resume, or skip) one run and evaluate it; return its results.json entry."""
-    from ..training.engine import STATE_FILE, run_status, run_training
+    from ..training.resume import STATE_FILE
+    from ..training.run_dir import run_status
+    from ..training.train import train as run_training
 
     run_dir = out / "runs" / run.name
     status = run_status(run_dir)

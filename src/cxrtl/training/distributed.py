@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,16 @@ def setup(device_type: str) -> DistInfo:
     dist.init_process_group(backend=backend)
     log.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
     return info
+
+
+def start(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the job (see :func:`setup`) -> (this process's place, its device: its own GPU under torchrun)."""
+    info = setup(device.type)
+    if not info.is_main:  # rank 0 reports; the others only warn
+        logging.getLogger("cxrtl").setLevel(logging.WARNING)
+    if info.enabled and device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+    return info, device
 
 
 def teardown() -> None:
@@ -106,3 +118,48 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
+
+
+def train_sampler(dataset, info: DistInfo, seed: int) -> DistributedSampler:
+    """This rank's part of a seeded shuffle, reshuffled by ``set_epoch`` (also the sampler of one process)."""
+    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
+                              drop_last=False)
+
+
+def eval_sampler(dataset, info: DistInfo) -> ShardSampler:
+    """This rank's in-order shard of an evaluation set."""
+    return ShardSampler(len(dataset), info.rank, info.world_size)
+
+
+def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device,
+               compile: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """-> (module to train, module to evaluate): DDP-wrapped with several processes, compiled if asked."""
+    net: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    # Evaluation bypasses DDP (shards may differ in batch count, and DDP forwards are collective).
+    eval_net: torch.nn.Module = model
+    if compile:
+        net = torch.compile(net)
+        eval_net = torch.compile(model) if info.enabled else net
+    return net, eval_net
+
+
+def main_first(fn: Callable[[], T], info: DistInfo, device: torch.device | str, what: str) -> T:
+    """``fn()`` on rank 0, then on the other ranks (rank 0 may build what they share, e.g. a cache).
+
+    A CxrtlError on rank 0 stops every rank: rank 0 raises it, the others say ``rank 0 could not {what}``.
+    """
+    result, error = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except CxrtlError as exc:
+            error = exc
+    if not broadcast_flag(error is None, device):
+        if error is not None:
+            raise error
+        raise CxrtlError(f"rank 0 could not {what}; see its error")
+    return result if info.is_main else fn()

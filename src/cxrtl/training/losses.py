@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,6 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CxrtlError
+
+if TYPE_CHECKING:
+    from ..config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
@@ -81,3 +88,15 @@ def create_loss(name: str, train_labels: Sequence[int] | np.ndarray, classes: Se
             alpha = class_weights(class_counts(train_labels, k), focal_alpha, classes)
         return FocalLoss(focal_gamma, alpha)
     raise CxrtlError(f"unknown loss {name!r}; expected ce, wce-1cf, wce-icf or focal")
+
+
+def training_loss(cfg: TrainConfig, train_ds, classes: Sequence[str]) -> nn.Module:
+    """``cfg.loss``, its class weights counted on ``train_ds`` (its ``labels``, else each item's label)."""
+    train_labels = getattr(train_ds, "labels", None)
+    if train_labels is None:
+        train_labels = [int(train_ds[i][1]) for i in range(len(train_ds))]
+    loss_fn = create_loss(cfg.loss, train_labels, classes, cfg.focal_gamma, cfg.focal_alpha)
+    weights = getattr(loss_fn, "weight", None)
+    weights = getattr(loss_fn, "alpha", None) if weights is None else weights
+    log.info("loss %s%s", cfg.loss, "" if weights is None else f", class weights {weights.tolist()}")
+    return loss_fn

@@ -1,0 +1,122 @@
+"""One training run end to end: config -> data -> model -> the run directory (``cxrtl train``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import DEFAULT_BACKBONE, TrainConfig
+from ..data.preprocess import Preprocess
+from ..device import resolve_device, seed_everything
+from ..errors import CxrtlError
+from ..model import CxrModel, create_model, set_scheme
+from . import distributed as ddp
+from . import resume as resume_state
+from .engine import fit
+from .run_dir import check_out_dir, start_run, write_summary
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train one run end to end (data -> model -> RUN_DIR = ``cfg.out``).
+
+    Returns the summary dict that is also written as RUN_DIR/summary.json: best epoch and its validation
+    accuracy and loss, epochs completed, seconds, best checkpoint path, classes, backbone, split sizes,
+    world size, device and the resolved config.
+
+    With ``resume`` True, ``cfg.out`` names an unfinished run; its saved config is used, except for the
+    runtime options in :data:`~.resume.RESUME_OPTIONS` (the data root may move).
+    """
+    cfg = dataclasses.replace(cfg)  # resolved values (backbone, lr, split) never leak into the caller's cfg
+    if not cfg.out:
+        raise CxrtlError("no output directory; pass --out RUN_DIR")
+    run_dir = Path(cfg.out).expanduser()
+    resume_payload = None
+    if resume:
+        cfg, resume_payload = resume_state.load_resume(run_dir, cfg)
+    cfg.validate()
+    if not cfg.data:
+        raise CxrtlError("no dataset; pass --data ROOT")
+    info, device = ddp.start(resolve_device(cfg.device))
+    try:
+        return _run(cfg, run_dir, resume_payload, info, device)
+    finally:
+        ddp.teardown()
+
+
+def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_csv: str | None):
+    """-> (preprocess, prepared data); rank 0 prepares first, as it builds the cache the others read."""
+    from ..data import prepare_data
+
+    pp = Preprocess(cfg.input, cfg.channels, cfg.image_size)
+    kwargs = {"split_csv": split_csv, "seed": cfg.seed, "ratios": cfg.ratios, "group_by": cfg.group_by,
+              "official": cfg.official, "cache_dir": cfg.cache_dir, "progress": cfg.progress and info.is_main}
+    prepared = ddp.main_first(lambda: prepare_data(cfg.data, pp, **kwargs), info, device, "prepare the data")
+    return pp, prepared
+
+
+def _check_classes(model_classes: list[str], data_classes: list[str], what: str) -> None:
+    if list(model_classes) != list(data_classes):
+        raise CxrtlError(f"{what} has classes {list(model_classes)} but the data has {list(data_classes)}; "
+                         "use matching data, or start a new run (--init PATH for a transfer)")
+
+
+def _build_model(cfg: TrainConfig, classes: list[str], resume_payload, run_dir: Path) -> CxrModel:
+    """The model to train: a fresh one (ImageNet, random or transferred), or an empty one a resume fills."""
+    seed_everything(cfg.seed)
+    transfer = cfg.init not in ("imagenet", "none")
+    backbone = cfg.backbone or (None if transfer else DEFAULT_BACKBONE)
+    if resume_payload is not None:
+        _check_classes(resume_payload[1]["classes"], classes, f"the run in {run_dir}")
+        model = create_model(backbone or DEFAULT_BACKBONE, classes, cfg.channels, init="none")
+    else:
+        model = create_model(backbone, classes, cfg.channels, init=cfg.init, keep_hidden=cfg.keep_hidden,
+                             pretrained_file=cfg.pretrained_file)
+    set_scheme(model, cfg.scheme)
+    return model
+
+
+def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, device: torch.device) -> dict:
+    # 1. Validate everything before the run dir is touched: bad input leaves nothing overwritten.
+    restart = isinstance(resume_payload, str) and resume_payload == resume_state.RESTART
+    if restart:
+        resume_payload = None
+    elif resume_payload is None:
+        check_out_dir(run_dir, cfg.overwrite)
+    split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
+    pp, prepared = _prepare(cfg, info, device, split_csv)
+    classes = prepared.classes
+    model = _build_model(cfg, classes, resume_payload, run_dir)
+    cfg.backbone = model.backbone_name
+    if cfg.lr is None:
+        cfg.lr = cfg.resolved_lr(info.world_size)
+
+    # 2. Write the run dir (rank 0 only).
+    if info.is_main and resume_payload is None:
+        start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart)
+    ddp.barrier()
+    n = {name: len(ds) for name, ds in prepared.datasets.items()}
+    log.info("%s: %s, classes %s, split %s, %s on %s x%d, lr %.3g", run_dir, model.backbone_name, classes, n,
+             cfg.scheme, device, info.world_size, cfg.lr)
+    meta = {"preprocess": pp.to_dict(), "image_size": cfg.image_size, "init": cfg.init, "scheme": cfg.scheme,
+            "config": cfg.to_dict()}
+    try:
+        result = fit(model, prepared.datasets, cfg, run_dir, meta=meta, resume=resume_payload, info=info,
+                     device=device)
+    except KeyboardInterrupt:
+        if info.is_main:
+            log.warning("interrupted; continue with `cxrtl train --resume %s`", run_dir)
+        raise
+    summary = {"run_dir": str(run_dir.resolve()), "finished": True, **{k: v for k, v in result.items()
+                                                                         if k != "history"},
+               "best_checkpoint": str((run_dir / "best.safetensors").resolve()), "classes": classes,
+               "backbone": model.backbone_name, "split_sizes": n, "world_size": info.world_size,
+               "device": str(device), "config": cfg.to_dict()}
+    if info.is_main:
+        write_summary(run_dir, summary)
+    ddp.barrier()
+    return summary
