@@ -202,23 +202,23 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
-    from ..paper.report import evaluation_markdown
+    from .markdown import evaluation_markdown
 
     write_text(out / "report.md", evaluation_markdown(result, f"Evaluation on the {subset} subset"))
     return result
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:
-    from ..paper import report
+    from . import figures as F
 
     name = result["source"]["subset"]
-    paths = report.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
-    paths += report.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
+    paths = F.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
+    paths += F.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
                                    title=f"Confusion matrix on {name} (n = {len(labels)})")
-    paths += report.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
+    paths += F.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
     if history is not None:
         try:
-            paths += report.plot_history(history, out / "history")
+            paths += F.plot_history(history, out / "history")
         except CxrtlError as exc:
             log.warning("no training curves: %s", exc)
     return paths

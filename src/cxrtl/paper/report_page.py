@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import report
+from ..formatting import fmt_num, fmt_pct, fmt_seconds
 from ..fsutil import write_text
+from .tables import Table, paper_tables, write_tables
 
 PAPER_CITATION = ("Sun, Guo, Teoh: \"A Transfer Learning Method for Covid-19 and Pneumonia Diagnosis Based on "
                   "Chest Radiograph Classification\"")
@@ -26,7 +27,7 @@ class Section:
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
-    tables: list[report.Table] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, Path]] = field(default_factory=list)  # (caption, png path)
     details: list[tuple[str, str]] = field(default_factory=list)  # (summary, preformatted text)
 
@@ -54,8 +55,8 @@ def _protocol(payload: dict) -> list[str]:
            + (f", at most {meta['max_per_class']} images per class" if meta.get("max_per_class") else
               ", full data") + ".",
            (f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; training time "
-            f"{report._fmt_seconds(sum(r.get('seconds') or 0 for r in payload['runs']))} over "
-            f"{len(payload['runs'])} runs (this call: {report._fmt_seconds(meta.get('seconds'))}).")]
+            f"{fmt_seconds(sum(r.get('seconds') or 0 for r in payload['runs']))} over "
+            f"{len(payload['runs'])} runs (this call: {fmt_seconds(meta.get('seconds'))}).")]
     if meta.get("covid_best"):
         out.append(f"Exp. 3's COVID model is `{meta['covid_best']}`, the Exp. 2 run with the highest "
                    "**validation** accuracy (the authors compared configurations on the test set).")
@@ -87,7 +88,7 @@ def _run_figure(run: dict, stem: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _shortcut_table(runs: list[dict]) -> report.Table | None:
+def _shortcut_table(runs: list[dict]) -> Table | None:
     """Grad-CAM mass inside the lung mask per COVID run: low values flag shortcut learning."""
     rows = [r for r in runs if (r["test"].get("cam_in_lungs") or {}).get("overall")]
     skipped = sorted({r["test"]["cam_in_lungs"]["skipped"] for r in runs
@@ -95,16 +96,16 @@ def _shortcut_table(runs: list[dict]) -> report.Table | None:
     if not rows:
         if not skipped:
             return None
-        t = report.Table("cam", "Grad-CAM energy inside the lungs (test set)", ["Why it is missing"])
+        t = Table("cam", "Grad-CAM energy inside the lungs (test set)", ["Why it is missing"])
         t.rows += [[reason] for reason in skipped]
         return t
-    t = report.Table("cam", "Grad-CAM energy inside the lungs (test set)",
+    t = Table("cam", "Grad-CAM energy inside the lungs (test set)",
                      ["Run", "Input", "Channels", "Overall"] + list(rows[0]["test"]["classes"]))
     for r in rows:
         cam = r["test"]["cam_in_lungs"]
         t.rows.append([r["name"], r["config"].get("input", ""), str(r["config"].get("channels", "")),
-                       report._fmt_num(cam["overall"].get("mean"), 3)]
-                      + [report._fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3)
+                       fmt_num(cam["overall"].get("mean"), 3)]
+                      + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3)
                          for c in r["test"]["classes"]])
     t.notes.append("Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
                    "class. A model reading the lungs scores near 1; one reading markers, borders or body "
@@ -112,20 +113,20 @@ def _shortcut_table(runs: list[dict]) -> report.Table | None:
     return t
 
 
-def _operating_table(runs: list[dict]) -> report.Table | None:
+def _operating_table(runs: list[dict]) -> Table | None:
     rows = [r for r in runs if r["test"].get("operating_point")]
     if not rows:
         return None
-    t = report.Table("op", "Operating points chosen on validation (target sensitivity 0.95)",
+    t = Table("op", "Operating points chosen on validation (target sensitivity 0.95)",
                      ["Run", "Positive class", "Threshold", "Test sensitivity", "Test specificity",
                       "Argmax sensitivity", "Argmax specificity"])
     for r in rows:
         op = r["test"]["operating_point"]
         te, am = op["test"], op["test_argmax"]
         t.rows.append([r["name"], op["positive"], f"{op['threshold']:.3f}",
-                       report.fmt_pct(te["sensitivity"], te.get("sensitivity_ci")),
-                       report.fmt_pct(te["specificity"], te.get("specificity_ci")),
-                       report.fmt_pct(am["sensitivity"]), report.fmt_pct(am["specificity"])])
+                       fmt_pct(te["sensitivity"], te.get("sensitivity_ci")),
+                       fmt_pct(te["specificity"], te.get("specificity_ci")),
+                       fmt_pct(am["sensitivity"]), fmt_pct(am["specificity"])])
     return t
 
 
@@ -133,7 +134,7 @@ def build_sections(payload: dict) -> list[Section]:
     """Every section of the report, in order."""
     runs = payload["runs"]
     meta = payload.get("reproduction", {})
-    tables = report.paper_tables(runs)
+    tables = paper_tables(runs)
     sections = [Section("Protocol", _protocol(payload))]
     paper_keys = [k for k in ("II", "III", "IV", "V", "VI") if k in tables]
     if paper_keys:
@@ -202,7 +203,7 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
-def _html_table(t: report.Table) -> str:
+def _html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in t.rows)
     notes = "".join(f"<p class='note'>{_inline(n)}</p>" for n in t.notes if n)
@@ -241,6 +242,6 @@ def write_report(out: str | Path, payload: dict) -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and the tables (``tables/``) into ``out``."""
     out = Path(out).resolve()
     sections = build_sections(payload)
-    report.write_tables(payload["runs"], out / "tables")
+    write_tables(payload["runs"], out / "tables")
     return {"markdown": write_text(out / "report.md", _md(payload, sections, out)),
             "html": write_text(out / "report.html", _html(payload, sections))}
