@@ -279,7 +279,7 @@ def _pick_covid_best(results: dict[str, dict], runs: list[RunPlan]) -> dict:
 # ------------------------------------------------------------------------------------------ entry point
 def reproduce(opts: ReproduceOptions) -> dict:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
-    from .report_page import write_report
+    from .report import write_report
 
     started = time.time()
     experiments = parse_experiments(opts.experiments)
