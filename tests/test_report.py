@@ -13,6 +13,7 @@ from cxrtl.evaluation.markdown import evaluation_markdown
 from cxrtl.evaluation.metrics import compute_metrics, softmax
 from cxrtl.formatting import fmt_pct
 from cxrtl.paper import tables as T
+from cxrtl.paper.published import published_rows
 
 COVID = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PNEU = ["NORMAL", "PNEUMONIA"]
@@ -169,3 +170,17 @@ def test_table_iv_with_protocol_only_when_it_has_runs():
     covid = {**make_runs()[4], "protocol": "paper"}
     t4 = T.paper_tables(runs + [covid])["IV"]
     assert t4.columns[:3] == ["Loss", "Run", "Protocol"] and t4.n_runs == 1
+
+
+def test_published_numbers_keep_the_papers_rows_order_and_types():
+    assert list(published_rows("II")) == [("raw", 1), ("raw", 3), ("masked", 1), ("masked", 3)]
+    assert list(published_rows("IV")) == ["ce", "wce-1cf", "wce-icf", "focal"]
+    assert list(published_rows("V")) == list(published_rows("VI")) == [
+        ("None", "finetune"), ("ImageNet", "finetune"), ("ImageNet", "extractor"),
+        ("ImageNet & COVID", "finetune"), ("ImageNet & COVID", "extractor")]
+    assert published_rows("III")[("masked", 1)] == {"loss": 0.2269, "accuracy": 0.9192, "precision": 0.9172,
+                                                    "recall": 0.9138, "f1": 0.9151}
+    assert published_rows("IV")["focal"] == {"accuracy": 0.9451, "epochs": 19}
+    assert isinstance(published_rows("V")[("None", "finetune")]["epoch"], int)
+    published_rows("II")[("raw", 1)]["f1"] = 0.0  # callers get copies: the packaged numbers stay put
+    assert published_rows("II")[("raw", 1)]["f1"] == 0.9683
