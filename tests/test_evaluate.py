@@ -139,6 +139,27 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
     assert cam["without_mask"] == 1 and cam["overall"]["mean"] == 0.5 and cam["overall"]["n"] == m["n"] - 1
 
 
+def _listing(*roots):
+    """Every path under ``roots`` with its size and modification time."""
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for root in roots for p in root.rglob("*"))
+
+
+def test_out_none_returns_the_same_metrics_and_writes_nothing(evaluated, tmp_path, monkeypatch):
+    from cxrtl.evaluation.evaluate import evaluate
+
+    kw = {"positive": "covid", "target_sensitivity": 0.9, "cache_dir": evaluated.base / "cache",
+          "progress": False, "n_boot": 50, "device": "cpu"}
+    written = evaluate(evaluated.run, evaluated.data, out=tmp_path / "out", **kw)
+    assert (tmp_path / "out" / "metrics.json").is_file() and written["figures"]
+    monkeypatch.chdir(tmp_path)  # a relative default output folder would land here
+    before = _listing(tmp_path, evaluated.base, evaluated.data)
+    m = evaluate(evaluated.run, evaluated.data, out=None, **kw)
+    assert _listing(tmp_path, evaluated.base, evaluated.data) == before
+    assert "figures" not in m and "calibrated" in m and "operating_point" in m
+    expected = {k: v for k, v in written.items() if k != "figures"}
+    assert json.dumps(m, sort_keys=True) == json.dumps(expected, sort_keys=True)
+
+
 def one_line_error(capsys, argv):
     code = main(argv)
     err = capsys.readouterr().err.strip()

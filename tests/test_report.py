@@ -7,9 +7,13 @@ import csv
 import numpy as np
 import pytest
 
-from cxrtl.paper import report as R
 from cxrtl.errors import CxrtlError
+from cxrtl.evaluation import figures as F
+from cxrtl.evaluation.markdown import evaluation_markdown
 from cxrtl.evaluation.metrics import compute_metrics, softmax
+from cxrtl.formatting import fmt_pct
+from cxrtl.paper import tables as T
+from cxrtl.paper.published import published_rows
 
 COVID = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 PNEU = ["NORMAL", "PNEUMONIA"]
@@ -24,9 +28,9 @@ def fake_metrics(classes, n=120, strength=2.0, seed=0):
 
 def test_figures_written_as_png_and_svg(tmp_path):
     y, p, m = fake_metrics(COVID)
-    for paths in (R.plot_roc(y, p, COVID, tmp_path / "roc"),
-                  R.plot_confusion(m["confusion_matrix"], COVID, tmp_path / "confusion"),
-                  R.plot_reliability(m["calibration"], tmp_path / "reliability",
+    for paths in (F.plot_roc(y, p, COVID, tmp_path / "roc"),
+                  F.plot_confusion(m["confusion_matrix"], COVID, tmp_path / "confusion"),
+                  F.plot_reliability(m["calibration"], tmp_path / "reliability",
                                      calibrated={**m["calibration"], "temperature": 1.3})):
         assert [q.suffix for q in paths] == [".png", ".svg"]
         assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -35,7 +39,7 @@ def test_figures_written_as_png_and_svg(tmp_path):
 
 
 def test_confusion_axes_labelled_true_rows_predicted_columns(tmp_path):
-    svg = R.plot_confusion([[5, 1], [2, 7]], PNEU, tmp_path / "cm")[1].read_text()
+    svg = F.plot_confusion([[5, 1], [2, 7]], PNEU, tmp_path / "cm")[1].read_text()
     assert ">True<" in svg and ">Predicted<" in svg
     # normalised per true class (row): 5 of 6 NORMAL, 7 of 9 PNEUMONIA right
     assert ">83.3%<" in svg and ">16.7%<" in svg and ">22.2%<" in svg and ">77.8%<" in svg
@@ -43,10 +47,10 @@ def test_confusion_axes_labelled_true_rows_predicted_columns(tmp_path):
 
 def test_roc_has_micro_macro_and_handles_absent_class(tmp_path):
     y, p, _ = fake_metrics(COVID)
-    svg = R.plot_roc(y, p, COVID, tmp_path / "roc")[1].read_text()
+    svg = F.plot_roc(y, p, COVID, tmp_path / "roc")[1].read_text()
     assert "micro-average" in svg and "macro-average" in svg and "Viral Pneumonia (AUC" in svg
     keep = y != 3
-    svg = R.plot_roc(y[keep], p[keep], COVID, tmp_path / "roc2")[1].read_text()
+    svg = F.plot_roc(y[keep], p[keep], COVID, tmp_path / "roc2")[1].read_text()
     assert "Viral Pneumonia (AUC" not in svg
 
 
@@ -54,24 +58,24 @@ def test_history_plot(tmp_path):
     hist = tmp_path / "history.csv"
     hist.write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
                     "1,1.2,0.5,1.1,0.55,0.001,3.0\n2,0.8,0.7,0.9,0.65,0.001,3.1\n3,0.5,0.8,0.95,0.6,0.0001,3.0\n")
-    paths = R.plot_history(hist, tmp_path / "curves")
+    paths = F.plot_history(hist, tmp_path / "curves")
     assert "best val: epoch 2" in paths[1].read_text()
     with pytest.raises(CxrtlError):
-        R.plot_history(tmp_path / "missing.csv", tmp_path / "x")
+        F.plot_history(tmp_path / "missing.csv", tmp_path / "x")
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(CxrtlError):
-        R.plot_history(tmp_path / "empty.csv", tmp_path / "x")
+        F.plot_history(tmp_path / "empty.csv", tmp_path / "x")
 
 
 def test_figures_are_byte_stable(tmp_path):
-    a = R.plot_confusion([[3, 1], [0, 4]], PNEU, tmp_path / "a")
-    b = R.plot_confusion([[3, 1], [0, 4]], PNEU, tmp_path / "b")
+    a = F.plot_confusion([[3, 1], [0, 4]], PNEU, tmp_path / "a")
+    b = F.plot_confusion([[3, 1], [0, 4]], PNEU, tmp_path / "b")
     assert a[1].read_bytes() == b[1].read_bytes()
 
 
 def test_fmt_pct():
-    assert R.fmt_pct(0.9575, [0.9487, 0.9656]) == "95.8% [94.9, 96.6]"
-    assert R.fmt_pct(None) == "—"
+    assert fmt_pct(0.9575, [0.9487, 0.9656]) == "95.8% [94.9, 96.6]"
+    assert fmt_pct(None) == "—"
 
 
 def make_runs():
@@ -97,38 +101,38 @@ def make_runs():
 
 def test_tables_rows_follow_config_and_show_paper_numbers():
     runs = make_runs()
-    t2 = R.table_ii(runs)
+    t2 = T.table_ii(runs)
     assert [r[:3] for r in t2.rows] == [["Raw Images", "1", "covid-raw-1"], ["Raw Images", "3", "covid-raw-3"],
                                          ["Masked Images", "1", "covid-masked-1"],
                                          ["Masked Images", "3", "covid-masked-3"]]
     covid = runs[1]["test"]["per_class"]["COVID"]
-    assert t2.rows[1][3] == R.fmt_pct(covid["precision"], covid["precision_ci"])
+    assert t2.rows[1][3] == fmt_pct(covid["precision"], covid["precision_ci"])
     assert t2.rows[1][-3:] == ["98.66%", "97.36%", "98.01%"]
-    t3 = R.table_iii(runs)
+    t3 = T.table_iii(runs)
     assert "95.75%" in t3.rows[1] and "0.2296" in t3.rows[1]
-    assert t3.rows[0][4] == R.fmt_pct(runs[0]["test"]["accuracy"], runs[0]["test"]["accuracy_ci"])
+    assert t3.rows[0][4] == fmt_pct(runs[0]["test"]["accuracy"], runs[0]["test"]["accuracy_ci"])
 
-    t4 = R.table_iv(runs)
+    t4 = T.table_iv(runs)
     by_loss = {r[0]: r for r in t4.rows}
     assert by_loss["Cross Entropy Loss"][1] == "covid-ce"
     assert by_loss["WCE using 1-CF"][1] == "covid-raw-3"  # listed under experiments 1 and 2
     assert by_loss["Focal Loss"][1] == "—" and by_loss["Focal Loss"][-2:] == ["94.51%", "19"]
     assert len(t4.rows) == 4  # raw-1/masked runs are not in Exp. 2
 
-    t5 = R.table_v(runs)
+    t5 = T.table_v(runs)
     keys = [(r[0], r[1], r[2]) for r in t5.rows]
     assert ("None", "Fine-tune", "pneu-none-finetune") in keys
     assert ("ImageNet & COVID", "Fine-tune", "pneu-runs/covid/best.safetensors-finetune") in keys
     assert ("ImageNet", "Fine-tune", "—") in keys  # paper row kept without a run
     assert "Protocol" in t5.columns
-    t6 = R.table_vi(runs)
+    t6 = T.table_vi(runs)
     row = next(r for r in t6.rows if r[2] == "pneu-none-finetune")
     assert row[-3:] == ["97.67%", "97.67%", "97.67%"]
     assert "not resolved" in t6.notes[0]
 
 
 def test_write_tables_markdown_and_csv(tmp_path):
-    out = R.write_tables(make_runs(), tmp_path)
+    out = T.write_tables(make_runs(), tmp_path)
     assert set(out) == {"II", "III", "IV", "V", "VI", "runs", "all"}
     with open(tmp_path / "table_ii.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -138,23 +142,23 @@ def test_write_tables_markdown_and_csv(tmp_path):
     md = (tmp_path / "tables.md").read_text()
     assert "Table II." in md and "Table VI." in md and "All runs" in md
     with pytest.raises(CxrtlError, match="no test metrics"):
-        R.write_tables([{"name": "x"}], tmp_path)
+        T.write_tables([{"name": "x"}], tmp_path)
 
 
 def test_only_fitting_tables_and_experiment_inference():
     runs = [r for r in make_runs() if r["dataset"] == "pneumonia"]
-    assert set(R.paper_tables(runs)) == {"V", "VI", "runs"}
+    assert set(T.paper_tables(runs)) == {"V", "VI", "runs"}
     r = {"name": "x", "dataset": "covid", "config": {"input": "raw", "channels": 3, "loss": "focal"},
          "test": fake_metrics(COVID)[2]}
-    assert R.run_experiments(r) is None
-    assert set(R.paper_tables([r])) == {"II", "III", "IV", "runs"}
-    assert R.run_experiments({"experiment": "exp2"}) == {2}
-    assert R.run_row_keys({"config": {"init": "none"}})["pretraining"] == "None"
+    assert T.run_experiments(r) is None
+    assert set(T.paper_tables([r])) == {"II", "III", "IV", "runs"}
+    assert T.run_experiments({"experiment": "exp2"}) == {2}
+    assert T.run_row_keys({"config": {"init": "none"}})["pretraining"] == "None"
 
 
 def test_evaluation_markdown_mentions_intervals():
     _, _, m = fake_metrics(PNEU, n=586)
-    text = R.evaluation_markdown(m)
+    text = evaluation_markdown(m)
     assert "not distinguishable" in text and "| PNEUMONIA |" in text and "True \\ Predicted" in text
 
 
@@ -162,7 +166,21 @@ def test_table_iv_with_protocol_only_when_it_has_runs():
     runs = [r for r in make_runs() if r["dataset"] == "pneumonia"]
     for r in runs:
         r["protocol"] = "patient-grouped"
-    assert "IV" not in R.paper_tables(runs)
+    assert "IV" not in T.paper_tables(runs)
     covid = {**make_runs()[4], "protocol": "paper"}
-    t4 = R.paper_tables(runs + [covid])["IV"]
+    t4 = T.paper_tables(runs + [covid])["IV"]
     assert t4.columns[:3] == ["Loss", "Run", "Protocol"] and t4.n_runs == 1
+
+
+def test_published_numbers_keep_the_papers_rows_order_and_types():
+    assert list(published_rows("II")) == [("raw", 1), ("raw", 3), ("masked", 1), ("masked", 3)]
+    assert list(published_rows("IV")) == ["ce", "wce-1cf", "wce-icf", "focal"]
+    assert list(published_rows("V")) == list(published_rows("VI")) == [
+        ("None", "finetune"), ("ImageNet", "finetune"), ("ImageNet", "extractor"),
+        ("ImageNet & COVID", "finetune"), ("ImageNet & COVID", "extractor")]
+    assert published_rows("III")[("masked", 1)] == {"loss": 0.2269, "accuracy": 0.9192, "precision": 0.9172,
+                                                    "recall": 0.9138, "f1": 0.9151}
+    assert published_rows("IV")["focal"] == {"accuracy": 0.9451, "epochs": 19}
+    assert isinstance(published_rows("V")[("None", "finetune")]["epoch"], int)
+    published_rows("II")[("raw", 1)]["f1"] = 0.0  # callers get copies: the packaged numbers stay put
+    assert published_rows("II")[("raw", 1)]["f1"] == 0.9683

@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import CxrtlError
     from ..evaluation.evaluate import evaluate
-    from ..paper.report import fmt_pct
+    from ..formatting import fmt_pct
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")

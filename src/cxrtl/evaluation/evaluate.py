@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics as M
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
+from . import metrics as M
 
 log = logging.getLogger(__name__)
 
@@ -109,35 +109,17 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
             "without_mask": sum(f is None for f in fractions)}
 
 
-def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_csv=None, subset: str = "test",
-             out: str | os.PathLike = "eval", calibrate: bool = False, positive: str | None = None,
-             target_sensitivity: float = 0.95, device: str = "auto", batch_size: int = 64,
-             cam_in_lungs: bool = False, cache_dir=None, progress: bool = True, seed: int = 0,
-             n_boot: int = M.N_BOOT, figures: bool = True) -> dict:
-    """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
+def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
+    M.resolve_class(positive, classes)
+    if not 0 < target_sensitivity <= 1:
+        raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
 
-    A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
-    Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
-    grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
-    """
-    from ..checkpoint import load_checkpoint, load_temperature
-    from ..data import Preprocess, load_dataset, prepare_data
-    from ..device import resolve_device
 
-    if subset not in SUBSETS:
-        raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
-    ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
-    out = ensure_dir(out)
-    dev = resolve_device(device)
-    model, meta = load_checkpoint(ckpt, map_location="cpu")
-    classes = list(meta["classes"])
-    if positive:  # fail before any work on a class the checkpoint does not have
-        M.resolve_class(positive, classes)
-        if not 0 < target_sensitivity <= 1:
-            raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    cfg = meta.get("config") or {}
+def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
+    """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
+    from ..data import load_dataset, prepare_data
+
+    classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
@@ -150,75 +132,133 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
         raise CxrtlError(f"the {subset} subset of {data_root} is empty" + (f" in split {split_csv}" if split_csv
                          else "") + "; choose another --subset or a split with images there")
     _check_classes(classes, data.classes, records, subset)
+    return data, records
 
-    logits, labels, used = _predict(model, data, records, class_to_idx, pp, dev, batch_size)
-    if len(labels) == 0:
-        raise CxrtlError(f"none of the {len(records)} images of the {subset} subset could be decoded; "
-                         "check the files with `cxrtl data check`")
-    probs = _written_probs(logits)
-    result = M.compute_metrics(labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed,
-                               n_boot=n_boot)
-    result["source"] = {"checkpoint": str(ckpt), "data": str(data_root), "split": str(split_csv) if split_csv
-                        else None, "subset": subset, "backbone": meta.get("backbone"), "epoch": meta.get("epoch"),
-                        "preprocess": pp.to_dict(), "device": str(dev)}
 
-    val = None
-    if calibrate or positive:
-        if subset == "val":
-            val = (logits, labels)
-        else:
-            v_logits, v_labels, _ = _predict(model, data, list(data.split["val"]), class_to_idx, pp, dev,
-                                             batch_size)
-            val = (v_logits, v_labels)
-        if len(val[1]) == 0:
-            raise CxrtlError("calibration and --positive need a non-empty validation subset; "
-                             "use a split with validation images")
-    temperature = None
-    if calibrate:
-        temperature = M.fit_temperature(*val)
-        path = M.save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
-                                  val_nll_before=_ce_from_logits(*val),
-                                  val_nll_after=_ce_from_logits(val[0], val[1], temperature))
-        log.info("saved temperature %.4f to %s", temperature, path)
-        if subset == "val":
-            log.warning("the temperature was fitted on the subset it is evaluated on")
-    else:
-        temperature = load_temperature(ckpt)
+def _validation(scored: tuple, predict, data, subset: str) -> tuple:
+    """(logits, labels) of the validation subset: reused when it is the subset scored, else predicted."""
+    val = scored if subset == "val" else predict(list(data.split["val"]))[:2]
+    if len(val[1]) == 0:
+        raise CxrtlError("calibration and --positive need a non-empty validation subset; "
+                         "use a split with validation images")
+    return val
+
+
+def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) -> float | None:
+    """Fit a temperature on validation and save it beside the checkpoint, or read the one saved there."""
+    from ..checkpoint import load_temperature
+
+    if not calibrate:
+        return load_temperature(ckpt)
+    temperature = M.fit_temperature(*val)
+    path = M.save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
+                              val_nll_before=_ce_from_logits(*val),
+                              val_nll_after=_ce_from_logits(val[0], val[1], temperature))
+    log.info("saved temperature %.4f to %s", temperature, path)
+    if subset == "val":
+        log.warning("the temperature was fitted on the subset it is evaluated on")
+    return temperature
+
+
+def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
+    """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
-        result["calibrated"] = {"temperature": temperature, "loss": _ce_from_logits(logits, labels, temperature),
+        loss = _ce_from_logits(logits, labels, temperature)
+        result["calibrated"] = {"temperature": temperature, "loss": loss,
                                 **M.calibration_bins(labels, cal_probs)}
     if positive:
         t = temperature or 1.0
         result["operating_point"] = M.operating_point(
-            val[1], M.softmax(val[0], t), labels, M.softmax(logits, t), classes, positive, target_sensitivity)
+            val[1], M.softmax(val[0], t), labels, M.softmax(logits, t), result["classes"], positive,
+            target_sensitivity)
         result["operating_point"]["temperature"] = t
-    if cam_in_lungs:
-        result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
 
+
+def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
+    """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
+    from .markdown import evaluation_markdown
+
+    classes = result["classes"]
     write_csv(out / "predictions.csv", ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
               ([r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
                for r, y, p in zip(used, labels, probs)))
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
-    from ..paper.report import evaluation_markdown
+    title = f"Evaluation on the {result['source']['subset']} subset"
+    write_text(out / "report.md", evaluation_markdown(result, title))
 
-    write_text(out / "report.md", evaluation_markdown(result, f"Evaluation on the {subset} subset"))
+
+def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_csv=None, subset: str = "test",
+             out: str | os.PathLike | None = "eval", calibrate: bool = False, positive: str | None = None,
+             target_sensitivity: float = 0.95, device: str = "auto", batch_size: int = 64,
+             cam_in_lungs: bool = False, cache_dir=None, progress: bool = True, seed: int = 0,
+             n_boot: int = M.N_BOOT, figures: bool = True) -> dict:
+    """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
+
+    A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
+    Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
+    grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
+
+    ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
+    (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
+    Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature beside
+    the checkpoint, because the caller asked for exactly that, and decoded images still go to the image
+    cache (``cache_dir``) as on every read of the data.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..data import Preprocess
+    from ..device import resolve_device
+
+    if subset not in SUBSETS:
+        raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
+    ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
+    out = ensure_dir(out) if out is not None else None
+    dev = resolve_device(device)
+    model, meta = load_checkpoint(ckpt, map_location="cpu")
+    classes = list(meta["classes"])
+    if positive:  # fail before any work on a class the checkpoint does not have
+        _check_positive(positive, classes, target_sensitivity)
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    pp = Preprocess.from_dict(meta.get("preprocess") or {})
+    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
+
+    def predict(recs):
+        return _predict(model, data, recs, class_to_idx, pp, dev, batch_size)
+
+    logits, labels, used = predict(records)
+    if len(labels) == 0:
+        raise CxrtlError(f"none of the {len(records)} images of the {subset} subset could be decoded; "
+                         "check the files with `cxrtl data check`")
+    probs = _written_probs(logits)
+    result = M.compute_metrics(labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed,
+                               n_boot=n_boot)
+    result["source"] = {"checkpoint": str(ckpt), "data": str(data_root),
+                        "split": str(split_csv) if split_csv else None, "subset": subset,
+                        "backbone": meta.get("backbone"), "epoch": meta.get("epoch"),
+                        "preprocess": pp.to_dict(), "device": str(dev)}
+    val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
+    temperature = _temperature(ckpt, val, calibrate, subset)
+    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    if cam_in_lungs:
+        result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
+    if out is not None:
+        _write_outputs(out, result, used, labels, probs, history, figures)
     return result
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:
-    from ..paper import report
+    from . import figures as F
 
     name = result["source"]["subset"]
-    paths = report.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
-    paths += report.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
+    paths = F.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
+    paths += F.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
                                    title=f"Confusion matrix on {name} (n = {len(labels)})")
-    paths += report.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
+    paths += F.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
     if history is not None:
         try:
-            paths += report.plot_history(history, out / "history")
+            paths += F.plot_history(history, out / "history")
         except CxrtlError as exc:
             log.warning("no training curves: %s", exc)
     return paths

@@ -278,22 +278,11 @@ def _pick_covid_best(results: dict[str, dict], runs: list[RunPlan]) -> dict:
     return max(candidates, key=lambda r: (r.get("best_val_acc") or 0.0, -candidates.index(r)))
 
 
-# ------------------------------------------------------------------------------------------ entry point
-def reproduce(opts: ReproduceOptions) -> dict:
-    """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
-    from .report_page import write_report
-
-    started = time.time()
-    experiments = parse_experiments(opts.experiments)
-    prof = get_profile(opts.profile)
-    if opts.split_protocol not in PROTOCOLS:
-        raise CxrtlError(f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    runs = plan_runs(experiments)
+def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
+    """The COVID and pneumonia indexes and why ImageNet weights are missing (or None); refuses bad input."""
     need_pneumonia = any(r.dataset == "pneumonia" for r in runs)
     if need_pneumonia and not opts.pneumonia:
         raise CxrtlError("experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2")
-
-    # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
     covid = _load(opts.covid, "covid", "--covid")
     pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia else None
     if any(r.input == "masked" for r in runs):
@@ -313,19 +302,15 @@ def reproduce(opts: ReproduceOptions) -> dict:
         if no_weights and not opts.allow_random_init:
             raise CxrtlError(f"{no_weights.rstrip('.')}; or pass --allow-random-init to run from random weights "
                              "(the report will say so)")
-    out = Path(opts.out)
-    max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
-    identity = _identity(opts, prof, covid, pneu)
-    _check_out(out, identity)
-    ensure_dir(out)
-    write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments))})
+    return covid, pneu, no_weights
 
-    # 2. Splits, written once and reused by every run and every later call.
-    notes = _write_splits(opts, covid, pneu, out, max_per_class)
-    roots = {"covid": str(covid.root), "pneumonia": str(pneu.root) if pneu else None}
-    split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
 
-    # 3. The runs, in plan order; Exp. 3's COVID init is the best Exp. 2 model by validation accuracy.
+def _run_all(runs: list[RunPlan], opts: ReproduceOptions, prof, roots: dict, split_paths: dict, out: Path,
+             no_weights: str | None) -> tuple[dict[str, dict], dict | None]:
+    """Every run's result by name, in plan order, and the COVID run Exp. 3 started from (or None).
+
+    Exp. 3's COVID init is the best Exp. 2 model by validation accuracy.
+    """
     results: dict[str, dict] = {}
     covid_best = None
     for i, run in enumerate(runs, 1):
@@ -339,6 +324,37 @@ def reproduce(opts: ReproduceOptions) -> dict:
         else:
             init, random_init = run.init, run.init == "none"
         results[run.name] = _run_one(run, opts, prof, roots, split_paths, out, init, random_init)
+    return results, covid_best
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def reproduce(opts: ReproduceOptions) -> dict:
+    """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
+    from .report import write_report
+
+    started = time.time()
+    experiments = parse_experiments(opts.experiments)
+    prof = get_profile(opts.profile)
+    if opts.split_protocol not in PROTOCOLS:
+        raise CxrtlError(f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    runs = plan_runs(experiments)
+
+    # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
+    covid, pneu, no_weights = _check_inputs(opts, prof, runs)
+    out = Path(opts.out)
+    max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
+    identity = _identity(opts, prof, covid, pneu)
+    _check_out(out, identity)
+    ensure_dir(out)
+    write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments))})
+
+    # 2. Splits, written once and reused by every run and every later call.
+    notes = _write_splits(opts, covid, pneu, out, max_per_class)
+    roots = {"covid": str(covid.root), "pneumonia": str(pneu.root) if pneu else None}
+    split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
+
+    # 3. The runs, in plan order.
+    results, covid_best = _run_all(runs, opts, prof, roots, split_paths, out, no_weights)
 
     # 4. Results and report.
     run_list = list(results.values())
