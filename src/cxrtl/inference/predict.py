@@ -74,37 +74,6 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
     return softmax64(logits, float(temperature or 1.0)).astype(np.float32)
 
 
-class TorchBackend:
-    """Runs a CxrModel: uint8 ``[B, 1, S, S]`` -> float32 logits, normalising like the training loop."""
-
-    name = "pytorch"
-
-    def __init__(self, model, pp, device: str = "cpu"):
-        self.model = model.eval()
-        self.pp = pp  # cxrtl.data.preprocess.Preprocess
-        self.device = device
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        from ..data.preprocess import normalize_batch
-
-        batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if batch.ndim == 3:
-            batch = batch[:, None]
-        with torch.inference_mode():
-            x = normalize_batch(torch.from_numpy(batch), self.pp, self.device)
-            return self.model(x).float().cpu().numpy()
-
-    def normalize(self, batch: np.ndarray):
-        """uint8 ``[B, S, S]`` -> the float tensor the model sees (for Grad-CAM)."""
-        import torch
-
-        from ..data.preprocess import normalize_batch
-
-        return normalize_batch(torch.from_numpy(np.ascontiguousarray(batch)[:, None]), self.pp, self.device)
-
-
 class Predictor:
     """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
 
@@ -124,13 +93,14 @@ class Predictor:
         """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
         path = Path(path).expanduser()
         if path.suffix.lower() == ".onnx":
-            from .export import load_onnx
+            from .backends import load_onnx
 
             backend, meta = load_onnx(path, threads=threads)
             return cls(backend, meta["classes"], InputSpec.from_dict(meta["preprocess"]),
                        meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
         from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
         from ..data.preprocess import Preprocess
+        from .backends import TorchBackend
 
         weights = resolve_checkpoint(path)
         from ..device import resolve_device
