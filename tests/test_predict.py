@@ -102,6 +102,16 @@ def test_predict_matches_checkpoint_preprocessing(run3, tmp_path):
         np.testing.assert_allclose(Predictor.from_checkpoint(path).predict(files), probs, atol=1e-6)
 
 
+def test_predict_proba_is_predict(run3, tmp_path):
+    grays = [radiograph(48, 56, seed=i) for i in range(3)]
+    files = [save_png(tmp_path / f"im{i}.png", g) for i, g in enumerate(grays)]
+    predictor = Predictor.from_checkpoint(run3)
+    probs = predictor.predict_proba(files, batch_size=2)
+    assert probs.shape == (3, len(predictor.classes)) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs, predictor.predict(files, batch_size=2))
+    np.testing.assert_array_equal(predictor.predict_proba(grays[0]), predictor.predict(grays[0]))
+
+
 def test_single_channel_other_size_and_temperature(tmp_path):
     pp = Preprocess(input="raw", channels=1, image_size=40)
     run = make_run(tmp_path / "run", pp, seed=1, temperature=2.5)

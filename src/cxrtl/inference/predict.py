@@ -176,6 +176,11 @@ class Predictor:
             out[start:start + len(chunk)] = self.predict_prepared(prepared)
         return out
 
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike],
+                      masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
+        """scikit-learn's name for :meth:`predict`: probabilities ``[N, k]`` in :attr:`classes` order."""
+        return self.predict(images, masks, batch_size)
+
     def predict_files(self, paths: Sequence[str | os.PathLike], masks: Sequence[Any] | None = None,
                       batch_size: int = 16, cam_dir: str | os.PathLike | None = None,
                       cam_class: str | int | None = None, progress: bool = False) -> list[Prediction]:
