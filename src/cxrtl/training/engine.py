@@ -26,13 +26,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import distributed as ddp
 from ..device import Numerics, resolve_device, resolve_numerics, seed_everything
-from ..checkpoint import save_checkpoint, unwrap
+from ..checkpoint import create_model, save_checkpoint, unwrap
 from ..config import DEFAULT_BACKBONE, TrainConfig
 from ..data.preprocess import Preprocess, normalize_batch
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, json_safe, write_csv, write_json, write_safetensors, write_text
 from .losses import create_loss
-from ..model import CxrModel, create_model, set_scheme
+from ..model import CxrModel, set_scheme
 
 log = logging.getLogger(__name__)
 
