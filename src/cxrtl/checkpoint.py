@@ -176,10 +176,20 @@ def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str],
 
 
 def calibration_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where the evaluator stores the temperature of a checkpoint: ``<stem>.calibration.json``."""
+    """Where a checkpoint's temperature lives: ``<stem>.calibration.json`` beside ``<stem>.safetensors``.
+
+    A weights file with another name keeps its whole name (``model.v2`` -> ``model.v2.calibration.json``),
+    so two such files never share one calibration.
+    """
     weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name[: -len(".safetensors")] + ".calibration.json") \
-        if weights.name.endswith(".safetensors") else weights.with_suffix(".calibration.json")
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".calibration.json")
+
+
+def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
+    """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
+    return write_json(calibration_path(ckpt_path),
+                      {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
+                       **extra})
 
 
 def load_temperature(ckpt_path: str | os.PathLike) -> float | None:

@@ -120,7 +120,7 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     """
-    from ..checkpoint import load_checkpoint, load_temperature
+    from ..checkpoint import load_checkpoint, load_temperature, save_temperature
     from ..data import Preprocess, load_dataset, prepare_data
     from ..device import resolve_device
 
@@ -176,7 +176,7 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
     temperature = None
     if calibrate:
         temperature = M.fit_temperature(*val)
-        path = M.save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
+        path = save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
                                   val_nll_before=_ce_from_logits(*val),
                                   val_nll_after=_ce_from_logits(val[0], val[1], temperature))
         log.info("saved temperature %.4f to %s", temperature, path)
