@@ -112,6 +112,15 @@ def test_predict_proba_is_predict(run3, tmp_path):
     np.testing.assert_array_equal(predictor.predict_proba(grays[0]), predictor.predict(grays[0]))
 
 
+def test_damaged_preprocessing_is_a_one_line_error(tmp_path):
+    # The ONNX path's InputSpec refused this with a CxrtlError; the PyTorch path's Preprocess raised a bare
+    # ValueError (a traceback from `cxrtl predict`). One Preprocess now answers both the same way.
+    model = create_model("test_resnet", classes=CLASSES, in_chans=3, init="none")
+    save_checkpoint(tmp_path / "best", model, {"preprocess": {"input": "weird", "channels": 3, "image_size": 32}})
+    with pytest.raises(CxrtlError, match="unsupported preprocessing"):
+        Predictor.from_checkpoint(tmp_path)
+
+
 def test_single_channel_other_size_and_temperature(tmp_path):
     pp = Preprocess(input="raw", channels=1, image_size=40)
     run = make_run(tmp_path / "run", pp, seed=1, temperature=2.5)

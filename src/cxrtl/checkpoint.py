@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .data.preprocess import Preprocess
 from .errors import CxrtlError
 from .fsutil import json_safe, read_json, read_safetensors_header, write_json, write_safetensors
 from .model import CxrModel, build_backbone, check_backbone, check_classes
@@ -141,6 +142,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                          f"({str(exc).splitlines()[0][:160]}); it is damaged or was edited") from None
     model.to(map_location).eval()
     return model, meta
+
+
+def checkpoint_preprocess(model: CxrModel, meta: dict[str, Any], weights: Path) -> Preprocess:
+    """The preprocessing a loaded checkpoint was trained with, checked against its model's input channels."""
+    pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
+    if pp.channels != model.in_chans:
+        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
+                         f"{model.in_chans}-channel model; it is damaged or was edited")
+    return pp
 
 
 def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,

@@ -92,8 +92,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     import onnx
     import torch
 
-    from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-    from ..data.preprocess import Preprocess
+    from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
     from ..fsutil import write_bytes
 
     if exporter not in EXPORTERS:
@@ -104,10 +103,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     weights = resolve_checkpoint(model_path)
     model, meta = load_checkpoint(weights)
     model.eval()
-    pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
-    if pp.channels != model.in_chans:
-        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
-                         f"{model.in_chans}-channel model; it is damaged or was edited")
+    pp = checkpoint_preprocess(model, meta, weights)
     temperature = load_temperature(weights)
     module = _wrap_for_export(model, pp, temperature)
     example = torch.randint(0, 256, (2, 1, pp.image_size, pp.image_size), dtype=torch.uint8,

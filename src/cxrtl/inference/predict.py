@@ -17,31 +17,13 @@ from typing import Any
 import numpy as np
 
 from ..data.image_io import IMAGE_SUFFIXES
+from ..data.preprocess import Preprocess
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
 
 ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The geometry part of a checkpoint's preprocessing; torch-free so the ONNX path can use it."""
-
-    input: str = "raw"
-    channels: int = 3
-    image_size: int = 224
-    resize_size: int = 256
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        size = int(d.get("image_size", 224))
-        spec = cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)), image_size=size,
-                   resize_size=int(d.get("resize_size", round(size * 256 / 224))))
-        if spec.input not in ("raw", "masked") or spec.channels not in (1, 3) or spec.image_size < 8:
-            raise CxrtlError(f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer cxrtl")
-        return spec
 
 
 @dataclass
@@ -77,11 +59,11 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 class Predictor:
     """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
 
-    def __init__(self, backend, classes: Sequence[str], spec: InputSpec, temperature: float | None = None,
+    def __init__(self, backend, classes: Sequence[str], spec: Preprocess, temperature: float | None = None,
                  source: str | None = None, backbone: str | None = None):
         self.backend = backend
         self.classes = list(classes)
-        self.spec = spec
+        self.spec = spec  # the checkpoint's preprocessing
         self.temperature = temperature
         self.source = source
         self.backbone = backbone
@@ -93,27 +75,29 @@ class Predictor:
         """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
         path = Path(path).expanduser()
         if path.suffix.lower() == ".onnx":
-            from .backends import load_onnx
+            return cls._from_onnx(path, threads)
+        return cls._from_torch(path, device)
 
-            backend, meta = load_onnx(path, threads=threads)
-            return cls(backend, meta["classes"], InputSpec.from_dict(meta["preprocess"]),
-                       meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
-        from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-        from ..data.preprocess import Preprocess
+    @classmethod
+    def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
+        from .backends import load_onnx
+
+        backend, meta = load_onnx(path, threads=threads)
+        return cls(backend, meta["classes"], Preprocess.from_dict(meta["preprocess"]),
+                   meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
+
+    @classmethod
+    def _from_torch(cls, path: Path, device: str) -> Predictor:
+        from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+        from ..device import resolve_device
         from .backends import TorchBackend
 
         weights = resolve_checkpoint(path)
-        from ..device import resolve_device
-
         device = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=device)
-        pp_dict = meta.get("preprocess") or {"channels": model.in_chans}
-        pp = Preprocess.from_dict(pp_dict)
-        if pp.channels != model.in_chans:
-            raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
-                             f"{model.in_chans}-channel model; it is damaged or was edited")
-        return cls(TorchBackend(model, pp, device), model.classes, InputSpec.from_dict(pp.to_dict()),
-                   load_temperature(weights), source=str(weights), backbone=meta.get("backbone"))
+        pp = checkpoint_preprocess(model, meta, weights)
+        return cls(TorchBackend(model, pp, device), model.classes, pp, load_temperature(weights),
+                   source=str(weights), backbone=meta.get("backbone"))
 
     @property
     def needs_mask(self) -> bool:
