@@ -116,7 +116,8 @@ def test_damaged_preprocessing_is_a_one_line_error(tmp_path):
     # The ONNX path's InputSpec refused this with a CxrtlError; the PyTorch path's Preprocess raised a bare
     # ValueError (a traceback from `cxrtl predict`). One Preprocess now answers both the same way.
     model = create_model("test_resnet", classes=CLASSES, in_chans=3, init="none")
-    save_checkpoint(tmp_path / "best", model, {"preprocess": {"input": "weird", "channels": 3, "image_size": 32}})
+    damaged = {"input": "weird", "channels": 3, "image_size": 32}
+    save_checkpoint(tmp_path / "best", model, {"preprocess": damaged})
     with pytest.raises(CxrtlError, match="unsupported preprocessing"):
         Predictor.from_checkpoint(tmp_path)
 
