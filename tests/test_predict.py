@@ -122,6 +122,22 @@ def test_damaged_preprocessing_is_a_one_line_error(tmp_path):
         Predictor.from_checkpoint(tmp_path)
 
 
+def rgb_with_rounding_ties(seed: int = 0) -> np.ndarray:
+    """Random RGB pixels, three of them colours where 0.299/0.587/0.114 + np.rint and Pillow's "L" part."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[0, :3] = [[0, 4, 168], [0, 18, 131], [0, 22, 49]]
+    return rgb
+
+
+def test_rgb_array_gives_the_grey_of_its_png(run3, tmp_path):
+    # predict had its own float RGB->grey that differed from Pillow's convert("L") by 1 on ~1 colour in 1800
+    rgb = rgb_with_rounding_ties()
+    png = save_png(tmp_path / "rgb.png", rgb)
+    with Image.open(png) as im:
+        want = np.asarray(im.convert("L"))
+    np.testing.assert_array_equal(Predictor.from_checkpoint(run3).load(rgb), want)
+
+
 def test_single_channel_other_size_and_temperature(tmp_path):
     pp = Preprocess(input="raw", channels=1, image_size=40)
     run = make_run(tmp_path / "run", pp, seed=1, temperature=2.5)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.image_io import IMAGE_SUFFIXES
+from ..data.image_io import IMAGE_SUFFIXES, rgb_to_gray
 from ..data.preprocess import Preprocess
 from ..errors import CxrtlError
 
@@ -313,8 +313,7 @@ def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any
 def _as_gray(arr: np.ndarray) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        rgb = a[..., :3].astype(np.float64)
-        a = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        a = rgb_to_gray(a)
     if a.ndim != 2:
         raise CxrtlError(f"expected a grey image array [H, W], got shape {a.shape}")
     if a.dtype != np.uint8:
