@@ -29,7 +29,7 @@ VERSION = 1
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Path of the weights: a run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
+    """Path of the weights: run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
     p = Path(path).expanduser()
     if p.is_dir():
         best = p / "best.safetensors"
@@ -75,8 +75,9 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
     core = unwrap(model)
-    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name, "classes": list(core.classes),
-            "in_chans": core.in_chans, "hidden": core.head[0].out_features, **meta}
+    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name,
+            "classes": list(core.classes), "in_chans": core.in_chans, "hidden": core.head[0].out_features,
+            **meta}
     full["format"], full["version"] = FORMAT, VERSION
     weights = stem.parent / (stem.name + ".safetensors")
     full = json_safe(full)
@@ -111,8 +112,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         side = read_json(sidecar, "checkpoint metadata")
         want = side.get("weights_sha256") if isinstance(side, dict) else None
         if want and want != _sha256(weights):
-            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed after "
-                             "saving); restore the original files or retrain")
+            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
+                             "after saving); restore the original files or retrain")
     for key in ("backbone", "classes", "in_chans"):
         if key not in meta:
             raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
@@ -197,9 +198,9 @@ def calibration_path(ckpt_path: str | os.PathLike) -> Path:
 
 def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
     """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    return write_json(calibration_path(ckpt_path),
-                      {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
-                       **extra})
+    data = {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
+            **extra}
+    return write_json(calibration_path(ckpt_path), data)
 
 
 def load_temperature(ckpt_path: str | os.PathLike) -> float | None:

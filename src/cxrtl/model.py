@@ -1,4 +1,4 @@
-"""The paper's model (Table I): a timm backbone without its classifier, then Linear(n,64) -> Mish -> Linear(64,k)."""
+"""The paper's model (Table I): a timm backbone minus classifier, then Linear(n,64), Mish, Linear(64,k)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One short TCP connect to the Hub, so an offline machine fails in seconds, not after a minute of retries."""
+    """One short TCP connect to the Hub: offline, fail in seconds rather than after a minute of retries."""
     import socket
     from urllib.parse import urlparse
 
@@ -114,9 +114,10 @@ def _hub_weights_offline(name: str) -> Path | None:
         cached = try_to_load_from_cache(repo, getattr(cfg, "hf_hub_filename", None) or "model.safetensors")
         if isinstance(cached, str):
             return Path(cached)
-    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable (offline?) "
-                     f"and they are not in its local cache; download {repo or name}'s model.safetensors and pass "
-                     f"--pretrained-file PATH or set {WEIGHTS_ENV}, or use --init none")
+    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable "
+                     f"(offline?) and they are not in its local cache; download {repo or name}'s "
+                     f"model.safetensors and pass --pretrained-file PATH or set {WEIGHTS_ENV}, "
+                     "or use --init none")
 
 
 def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Path | None = None) -> nn.Module:
@@ -145,7 +146,7 @@ def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Pat
 
 
 def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
-    """timm loads non-strictly once the classifier is dropped; make sure every backbone tensor came from file."""
+    """timm loads non-strictly once the classifier is dropped: check every backbone tensor came from file."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as fh:
@@ -157,8 +158,9 @@ def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
     extra = sorted(k for k in keys - own if not any(k.startswith(c + ".") for c in classifier))
     if missing or extra:
         example = (missing or extra)[0]
-        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} tensors "
-                         f"missing, {len(extra)} unexpected, e.g. {example}); give the weights of {name}")
+        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} "
+                         f"tensors missing, {len(extra)} unexpected, e.g. {example}); "
+                         f"give the weights of {name}")
 
 
 def check_classes(classes: Sequence[str], in_chans: int) -> list[str]:

@@ -55,7 +55,7 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        """The settings a checkpoint, cache or ONNX file stored; a one-line error for values cxrtl never writes."""
+        """Settings a checkpoint, cache or ONNX file stored; one-line error for values cxrtl never writes."""
         try:
             return cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)),
                        image_size=int(d.get("image_size", 224)))

@@ -50,7 +50,7 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
-    """Class probabilities as float32 rows: :func:`cxrtl.evaluation.metrics.softmax` of ``logits / temperature``."""
+    """Float32 class probabilities: :func:`cxrtl.evaluation.metrics.softmax` of ``logits / temperature``."""
     from ..evaluation.metrics import softmax as softmax64  # numpy only; the ONNX path stays free of torch
 
     return softmax64(logits, float(temperature or 1.0)).astype(np.float32)
@@ -139,8 +139,8 @@ class Predictor:
         """Prepared uint8 ``[B, S, S]`` -> probabilities ``[B, k]`` (temperature applied)."""
         return softmax(self.backend.logits(np.asarray(batch, dtype=np.uint8)), self.temperature)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], masks: Sequence[ImageLike | None] | None = None,
-                batch_size: int = 16) -> np.ndarray:
+    def predict(self, images: ImageLike | Sequence[ImageLike],
+                masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
         """Probabilities ``[N, k]`` in :attr:`classes` order; raises on the first unreadable image.
 
         ``images``: one path or grey ``[H, W]`` array, a uint8 ``[N, H, W]`` stack, or a list of paths/arrays.
@@ -306,7 +306,8 @@ def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any
         return [None] * len(images)
     masks = list(masks)
     if len(masks) != len(images):
-        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; give one mask (or None) per image")
+        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; "
+                         "give one mask (or None) per image")
     return masks
 
 
