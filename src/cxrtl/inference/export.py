@@ -89,7 +89,6 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
             back to torchscript if dynamo fails on this backbone.
         verify: run the exported file under onnxruntime at batch 1 and 3 and compare with PyTorch.
     """
-    import onnx
     import torch
 
     from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
@@ -108,26 +107,7 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     module = _wrap_for_export(model, pp, temperature)
     example = torch.randint(0, 256, (2, 1, pp.image_size, pp.image_size), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
-
-    with tempfile.TemporaryDirectory(prefix="cxrtl-export-") as tmp:
-        graph = Path(tmp) / "model.onnx"
-        tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-        for i, name in enumerate(tried):
-            try:
-                _export_graph(module, example, graph, name, opset)
-                used = name
-                break
-            except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                if i + 1 < len(tried):
-                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
-                                first)
-                    continue
-                raise CxrtlError(f"ONNX export of {meta['backbone']} failed with the {name} exporter "
-                                 f"({first}); try --exporter "
-                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
-        proto = onnx.load(str(graph))
-
+    proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"])
     props = {
         "format": ONNX_FORMAT, "version": str(ONNX_VERSION), "cxrtl_version": __version__,
         "classes": json.dumps(list(model.classes)), "preprocess": json.dumps(pp.to_dict()),
@@ -137,18 +117,46 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
                  "scaling and normalisation are inside the graph",
         "source_checkpoint": weights.name,
     }
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = KEY_PREFIX + key, value
-    proto.producer_name, proto.producer_version = "cxrtl", __version__
-    proto.doc_string = (f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
-                        f"{', '.join(model.classes)}. Research tool, not a medical device.")
+    _describe(proto, props, f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
+                            f"{', '.join(model.classes)}. Research tool, not a medical device.")
     write_bytes(out, proto.SerializeToString())
     log.info("exported %s to %s with the %s exporter", weights, out, used)
     if verify:
         _verify(out, module, pp)
     return out
+
+
+def _export_with_fallback(module, example, exporter: str, opset: int, backbone: str):
+    """Export to an ONNX proto with ``exporter`` ("auto": dynamo, then torchscript) -> (proto, name used)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="cxrtl-export-") as tmp:
+        graph = Path(tmp) / "model.onnx"
+        tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+        for i, name in enumerate(tried):
+            try:
+                _export_graph(module, example, graph, name, opset)
+            except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                if i + 1 < len(tried):
+                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
+                                first)
+                    continue
+                raise CxrtlError(f"ONNX export of {backbone} failed with the {name} exporter "
+                                 f"({first}); try --exporter "
+                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
+            return onnx.load(str(graph)), name
+    raise AssertionError("unreachable: the last exporter either returns or raises")
+
+
+def _describe(proto, props: dict[str, str], doc: str) -> None:
+    """Replace the proto's metadata with ``props`` (keys prefixed ``cxrtl.``) and set producer and doc."""
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = KEY_PREFIX + key, value
+    proto.producer_name, proto.producer_version = "cxrtl", __version__
+    proto.doc_string = doc
 
 
 def _verify(path: Path, module, pp) -> None:
