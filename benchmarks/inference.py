@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.inference.export import export_onnx, session_options
-    from cxrtl.model import create_model
+    from cxrtl.inference.backends import OnnxBackend, session_options
+    from cxrtl.inference.export import export_onnx
     from cxrtl.inference.predict import Predictor
+    from cxrtl.model import create_model
 
     print(f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"backbone {args.backbone} at {args.image_size}, fp32")
@@ -128,7 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         # onnxruntime with its default session options, to show what the tuning buys.
         import onnxruntime as ort_mod
 
-        from cxrtl.inference.export import OnnxBackend
         plain = Predictor(OnnxBackend(ort_mod.InferenceSession(str(onnx_path),
                                                                providers=["CPUExecutionProvider"])),
                           ort.classes, ort.spec, ort.temperature)

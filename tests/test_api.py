@@ -25,6 +25,7 @@ def test_import_cxrtl_does_not_import_torch():
 def test_every_public_name_resolves_and_is_listed():
     import cxrtl
 
+    assert set(cxrtl.__all__) == {"__version__", *cxrtl._EXPORTS}
     for name in cxrtl.__all__:
         assert getattr(cxrtl, name) is not None, name
     assert {"create_model", "TrainConfig", "train", "evaluate", "Predictor", "compute_metrics",

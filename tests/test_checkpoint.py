@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from cxrtl.checkpoint import (
     read_meta,
     resolve_checkpoint,
     save_checkpoint,
+    save_temperature,
 )
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
@@ -120,6 +122,18 @@ def test_meta_claiming_another_backbone_is_refused(saved, tmp_path):
     save_checkpoint(tmp_path / "liar", model, {})
     with pytest.raises(CxrtlError, match="does not fit"):
         load_checkpoint(tmp_path / "liar.safetensors")
+
+
+def test_temperature_round_trips_for_any_weights_name(saved, tmp_path):
+    # evaluate wrote <name>.calibration.json, prediction read <name minus suffix>.calibration.json: a weights
+    # file not named *.safetensors lost its calibration, and model.v2 / model.v3 would have shared one.
+    _, path = saved
+    for name in ("model.v2", "model.v3"):
+        shutil.copy(path, tmp_path / name)
+    written = save_temperature(tmp_path / "model.v2", 1.7, fitted_on="val")
+    assert written == tmp_path / "model.v2.calibration.json"
+    assert load_temperature(tmp_path / "model.v2") == 1.7
+    assert load_temperature(tmp_path / "model.v3") is None
 
 
 def test_temperature_beside_checkpoint(saved, tmp_path):

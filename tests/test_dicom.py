@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 
@@ -145,3 +146,12 @@ def test_missing_pydicom_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(CxrtlError, match=r"cxrtl\[dicom\]"):
         load_dicom_gray(tmp_path / "x.dcm")
+
+
+def test_rgb_dicom_gives_the_grey_of_its_png(tmp_path):
+    # dicom.py had its own float RGB->grey that differed from Pillow's convert("L") by 1 on ~1 colour in 1800
+    from test_predict import rgb_with_rounding_ties
+
+    rgb = rgb_with_rounding_ties(seed=1)
+    out = load_dicom_gray(write_dicom(tmp_path / "rgb.dcm", rgb, photometric="RGB"))
+    np.testing.assert_array_equal(out, np.asarray(Image.fromarray(rgb).convert("L")))

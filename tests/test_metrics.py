@@ -165,11 +165,12 @@ def test_fit_temperature_recovers_true_temperature():
 def test_save_temperature_beside_checkpoint(tmp_path):
     ckpt = tmp_path / "best.safetensors"
     ckpt.write_bytes(b"")  # only its name matters here
-    path = M.save_temperature(ckpt, 1.7, fitted_on="val")
+    from cxrtl.checkpoint import calibration_path, load_temperature, save_temperature
+
+    path = save_temperature(ckpt, 1.7, fitted_on="val")
     assert path == tmp_path / "best.calibration.json"
-    assert M.calibration_path(tmp_path / "best.json") == path
+    assert calibration_path(tmp_path / "best.json") == path
     assert json.loads(path.read_text())["temperature"] == 1.7
-    from cxrtl.checkpoint import load_temperature
 
     assert load_temperature(ckpt) == pytest.approx(1.7)  # the reader prediction uses
 

@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cxrtl.checkpoint import save_checkpoint
+from cxrtl.checkpoint import create_model, save_checkpoint
 from cxrtl.errors import CxrtlError
-from cxrtl.model import WEIGHTS_ENV, CxrModel, create_model, set_scheme
+from cxrtl.model import WEIGHTS_ENV, CxrModel, set_scheme
 
 TINY = "test_resnet"  # ~0.4M parameters, BatchNorm, first conv "conv1.0"
 
@@ -174,3 +174,11 @@ def test_unreachable_hub_fails_fast_or_uses_the_local_hub_cache(tmp_path, monkey
     m = create_model(TINY, ["a", "b"], init="imagenet")
     for k, v in m.backbone.state_dict().items():
         assert torch.equal(v, sd[k]), k
+
+
+def test_model_module_leaves_checkpoint_init_to_checkpoint(tmp_path):
+    from cxrtl import model as model_mod
+
+    _source_checkpoint(tmp_path)
+    with pytest.raises(CxrtlError, match="cxrtl.checkpoint.create_model"):
+        model_mod.create_model(None, ["a", "b"], 3, init=str(tmp_path / "src.safetensors"))

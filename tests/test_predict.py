@@ -102,6 +102,42 @@ def test_predict_matches_checkpoint_preprocessing(run3, tmp_path):
         np.testing.assert_allclose(Predictor.from_checkpoint(path).predict(files), probs, atol=1e-6)
 
 
+def test_predict_proba_is_predict(run3, tmp_path):
+    grays = [radiograph(48, 56, seed=i) for i in range(3)]
+    files = [save_png(tmp_path / f"im{i}.png", g) for i, g in enumerate(grays)]
+    predictor = Predictor.from_checkpoint(run3)
+    probs = predictor.predict_proba(files, batch_size=2)
+    assert probs.shape == (3, len(predictor.classes)) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs, predictor.predict(files, batch_size=2))
+    np.testing.assert_array_equal(predictor.predict_proba(grays[0]), predictor.predict(grays[0]))
+
+
+def test_damaged_preprocessing_is_a_one_line_error(tmp_path):
+    # The ONNX path's InputSpec refused this with a CxrtlError; the PyTorch path's Preprocess raised a bare
+    # ValueError (a traceback from `cxrtl predict`). One Preprocess now answers both the same way.
+    model = create_model("test_resnet", classes=CLASSES, in_chans=3, init="none")
+    damaged = {"input": "weird", "channels": 3, "image_size": 32}
+    save_checkpoint(tmp_path / "best", model, {"preprocess": damaged})
+    with pytest.raises(CxrtlError, match="unsupported preprocessing"):
+        Predictor.from_checkpoint(tmp_path)
+
+
+def rgb_with_rounding_ties(seed: int = 0) -> np.ndarray:
+    """Random RGB pixels, three of them colours where 0.299/0.587/0.114 + np.rint and Pillow's "L" part."""
+    rgb = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    rgb[0, :3] = [[0, 4, 168], [0, 18, 131], [0, 22, 49]]
+    return rgb
+
+
+def test_rgb_array_gives_the_grey_of_its_png(run3, tmp_path):
+    # predict had its own float RGB->grey that differed from Pillow's convert("L") by 1 on ~1 colour in 1800
+    rgb = rgb_with_rounding_ties()
+    png = save_png(tmp_path / "rgb.png", rgb)
+    with Image.open(png) as im:
+        want = np.asarray(im.convert("L"))
+    np.testing.assert_array_equal(Predictor.from_checkpoint(run3).load(rgb), want)
+
+
 def test_single_channel_other_size_and_temperature(tmp_path):
     pp = Preprocess(input="raw", channels=1, image_size=40)
     run = make_run(tmp_path / "run", pp, seed=1, temperature=2.5)

@@ -32,7 +32,7 @@ _EXPORTS = {
     "DatasetIndex": "cxrtl.data.records",
     "Record": "cxrtl.data.records",
     # model and training
-    "create_model": "cxrtl.model",
+    "create_model": "cxrtl.checkpoint",
     "create_loss": "cxrtl.training.losses",
     "TrainConfig": "cxrtl.config",
     "train": "cxrtl.training.train",
@@ -57,10 +57,16 @@ _EXPORTS = {
     "ReproductionResults": "cxrtl.results",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # written out (not derived from _EXPORTS) so linters and IDEs can read it
+    "__version__",
+    "load_dataset", "make_split", "read_split_csv", "write_split_csv", "synthesize", "Preprocess",
+    "DatasetIndex", "Record", "create_model", "create_loss", "TrainConfig", "train", "load_checkpoint",
+    "evaluate", "compute_metrics", "Predictor", "export_onnx", "check_split", "dedup_dataset", "reproduce",
+    "ReproduceOptions", "CxrtlError", "RunSummary", "Metrics", "ReproductionRun", "ReproductionResults",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily below
-    from .checkpoint import load_checkpoint
+    from .checkpoint import create_model, load_checkpoint
     from .config import TrainConfig
     from .data.preprocess import Preprocess
     from .data.records import DatasetIndex, Record
@@ -74,7 +80,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .inference.predict import Predictor
     from .integrity.dedup import dedup_dataset
     from .integrity.leakage import check_split
-    from .model import create_model
     from .paper.reproduce import ReproduceOptions, reproduce
     from .results import Metrics, ReproductionResults, ReproductionRun, RunSummary
     from .training.losses import create_loss

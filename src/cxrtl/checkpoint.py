@@ -10,65 +10,26 @@ import hashlib
 import json
 import logging
 import os
-import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .data.preprocess import Preprocess
 from .errors import CxrtlError
-from .fsutil import json_safe, read_json, write_json, write_safetensors
+from .fsutil import json_safe, read_json, read_safetensors_header, write_json, write_safetensors
+from .model import CxrModel, build_backbone, check_backbone, check_classes
+from .model import create_model as new_model
 
 log = logging.getLogger(__name__)
 
 FORMAT = "cxrtl-checkpoint"
 VERSION = 1
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-def _describe_foreign(path: Path, head: bytes) -> str:
-    """Name what a non-safetensors file looks like, for the error message."""
-    if head[:2] == b"PK":
-        return "a zip archive (a PyTorch .pt/.pth pickle?)"
-    if head[:1] == b"\x80":
-        return "a Python pickle"
-    if head[:4] == b"\x89HDF":
-        return "an HDF5 file"
-    return "not a safetensors file"
-
-
-def read_safetensors_header(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
-    """Parse a safetensors header without loading tensors; one-line error for anything else (pickles incl.)."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CxrtlError(f"{what} {path} is too short to be a safetensors file; "
-                                 "give a cxrtl checkpoint (.safetensors + .json)")
-            (n,) = struct.unpack("<Q", head)
-            if n < 2 or n > min(size - 8, _MAX_HEADER):
-                raise CxrtlError(f"{what} {path} is {_describe_foreign(path, head)}, which cxrtl never "
-                                 "loads (pickles can run code); give a cxrtl checkpoint (.safetensors + .json)")
-            header = json.loads(fh.read(n).decode("utf-8"))
-    except FileNotFoundError:
-        raise CxrtlError(f"{what} {path} does not exist") from None
-    except IsADirectoryError:
-        raise CxrtlError(f"{what} {path} is a directory without best.safetensors; give a run dir or a "
-                         ".safetensors file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CxrtlError(f"{what} {path} has a corrupt safetensors header; it is damaged or not a "
-                         "safetensors file") from None
-    except OSError as exc:
-        raise CxrtlError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if not isinstance(header, dict):
-        raise CxrtlError(f"{what} {path} has a corrupt safetensors header")
-    return header
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Path of the weights: a run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
+    """Path of the weights: run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
     p = Path(path).expanduser()
     if p.is_dir():
         best = p / "best.safetensors"
@@ -114,8 +75,9 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
     core = unwrap(model)
-    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name, "classes": list(core.classes),
-            "in_chans": core.in_chans, "hidden": core.head[0].out_features, **meta}
+    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name,
+            "classes": list(core.classes), "in_chans": core.in_chans, "hidden": core.head[0].out_features,
+            **meta}
     full["format"], full["version"] = FORMAT, VERSION
     weights = stem.parent / (stem.name + ".safetensors")
     full = json_safe(full)
@@ -150,8 +112,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         side = read_json(sidecar, "checkpoint metadata")
         want = side.get("weights_sha256") if isinstance(side, dict) else None
         if want and want != _sha256(weights):
-            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed after "
-                             "saving); restore the original files or retrain")
+            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
+                             "after saving); restore the original files or retrain")
     for key in ("backbone", "classes", "in_chans"):
         if key not in meta:
             raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
@@ -163,8 +125,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model import CxrModel, _timm_backbone, check_backbone
-
     weights = resolve_checkpoint(path)
     meta = read_meta(weights)
     check_backbone(meta["backbone"])
@@ -173,7 +133,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CxrtlError(f"checkpoint {weights} is damaged ({str(exc).splitlines()[0][:160]}); "
                          "restore it or retrain") from None
-    net = _timm_backbone(meta["backbone"], int(meta["in_chans"]), False, None)
+    net = build_backbone(meta["backbone"], int(meta["in_chans"]))
     model = CxrModel(net, meta["classes"], int(meta["in_chans"]), meta["backbone"],
                      hidden=int(meta.get("hidden", 64)))
     try:
@@ -185,11 +145,62 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return model, meta
 
 
+def checkpoint_preprocess(model: CxrModel, meta: dict[str, Any], weights: Path) -> Preprocess:
+    """The preprocessing a loaded checkpoint was trained with, checked against its model's input channels."""
+    pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
+    if pp.channels != model.in_chans:
+        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
+                         f"{model.in_chans}-channel model; it is damaged or was edited")
+    return pp
+
+
+def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
+                 init: str = "imagenet", keep_hidden: bool = False,
+                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
+    """:func:`cxrtl.model.create_model`, where ``init`` may also be a checkpoint or run dir to transfer from.
+
+    A transfer (eq. 4-5) reuses the checkpoint's backbone (``backbone`` None takes the checkpoint's) and,
+    with ``keep_hidden``, its trained n->64 layer; the last layer is new, for ``classes``.
+    """
+    if init in ("imagenet", "none"):
+        return new_model(backbone, classes, in_chans, init, keep_hidden, pretrained_file)
+    return _transfer(init, backbone, check_classes(classes, in_chans), in_chans, keep_hidden)
+
+
+def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int,
+              keep_hidden: bool) -> CxrModel:
+    """Backbone (and optionally the hidden layer) from a checkpoint, fresh last layer for ``classes``."""
+    source, _meta = load_checkpoint(path)
+    if backbone and backbone != source.backbone_name:
+        raise CxrtlError(f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
+                         "leave --backbone out for a transfer")
+    if source.in_chans != in_chans:
+        raise CxrtlError(f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
+                         f"use --channels {source.in_chans}")
+    model = CxrModel(source.backbone, classes, in_chans, source.backbone_name,
+                     hidden=source.head[0].out_features)
+    if keep_hidden:
+        model.head[0].load_state_dict(source.head[0].state_dict())
+    log.info("transfer from %s (%s, classes %s): %s", path, source.backbone_name, source.classes,
+             "kept hidden layer, new last layer" if keep_hidden else "new head")
+    return model
+
+
 def calibration_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where the evaluator stores the temperature of a checkpoint: ``<stem>.calibration.json``."""
+    """Where a checkpoint's temperature lives: ``<stem>.calibration.json`` beside ``<stem>.safetensors``.
+
+    A weights file with another name keeps its whole name (``model.v2`` -> ``model.v2.calibration.json``),
+    so two such files never share one calibration.
+    """
     weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name[: -len(".safetensors")] + ".calibration.json") \
-        if weights.name.endswith(".safetensors") else weights.with_suffix(".calibration.json")
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".calibration.json")
+
+
+def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
+    """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
+    data = {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
+            **extra}
+    return write_json(calibration_path(ckpt_path), data)
 
 
 def load_temperature(ckpt_path: str | os.PathLike) -> float | None:

@@ -11,12 +11,15 @@ import io
 import json
 import math
 import os
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from .errors import CxrtlError
+
+_MAX_HEADER = 100 * 1024 * 1024  # a safetensors JSON header larger than this is not one
 
 
 def _current_umask() -> int:
@@ -92,6 +95,47 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
     from safetensors.torch import save
 
     return write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _describe_foreign(path: Path, head: bytes) -> str:
+    """Name what a non-safetensors file looks like, for the error message."""
+    if head[:2] == b"PK":
+        return "a zip archive (a PyTorch .pt/.pth pickle?)"
+    if head[:1] == b"\x80":
+        return "a Python pickle"
+    if head[:4] == b"\x89HDF":
+        return "an HDF5 file"
+    return "not a safetensors file"
+
+
+def read_safetensors_header(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, Any]:
+    """Parse a safetensors header without loading tensors; one-line error for anything else (pickles incl.)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CxrtlError(f"{what} {path} is too short to be a safetensors file; "
+                                 "give a cxrtl checkpoint (.safetensors + .json)")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > min(size - 8, _MAX_HEADER):
+                raise CxrtlError(f"{what} {path} is {_describe_foreign(path, head)}, which cxrtl never "
+                                 "loads (pickles can run code); give a cxrtl checkpoint (.safetensors + .json)")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except FileNotFoundError:
+        raise CxrtlError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise CxrtlError(f"{what} {path} is a directory without best.safetensors; give a run dir or a "
+                         ".safetensors file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CxrtlError(f"{what} {path} has a corrupt safetensors header; it is damaged or not a "
+                         "safetensors file") from None
+    except OSError as exc:
+        raise CxrtlError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if not isinstance(header, dict):
+        raise CxrtlError(f"{what} {path} has a corrupt safetensors header")
+    return header
 
 
 def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

@@ -1,4 +1,4 @@
-"""The paper's model (Table I): a timm backbone without its classifier, then Linear(n,64) -> Mish -> Linear(64,k)."""
+"""The paper's model (Table I): a timm backbone minus classifier, then Linear(n,64), Mish, Linear(64,k)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import CxrtlError
+from .fsutil import read_safetensors_header
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,12 @@ def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
     if not path.is_file():
         raise CxrtlError(f"pretrained weights file {path} (from {source}) does not exist; give the path of "
                          "the backbone's model.safetensors")
-    from .checkpoint import read_safetensors_header  # local import: checkpoint imports this module
-
     read_safetensors_header(path, what="pretrained weights file")
     return path
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One short TCP connect to the Hub, so an offline machine fails in seconds, not after a minute of retries."""
+    """One short TCP connect to the Hub: offline, fail in seconds rather than after a minute of retries."""
     import socket
     from urllib.parse import urlparse
 
@@ -115,12 +114,14 @@ def _hub_weights_offline(name: str) -> Path | None:
         cached = try_to_load_from_cache(repo, getattr(cfg, "hf_hub_filename", None) or "model.safetensors")
         if isinstance(cached, str):
             return Path(cached)
-    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable (offline?) "
-                     f"and they are not in its local cache; download {repo or name}'s model.safetensors and pass "
-                     f"--pretrained-file PATH or set {WEIGHTS_ENV}, or use --init none")
+    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable "
+                     f"(offline?) and they are not in its local cache; download {repo or name}'s "
+                     f"model.safetensors and pass --pretrained-file PATH or set {WEIGHTS_ENV}, "
+                     "or use --init none")
 
 
-def _timm_backbone(name: str, in_chans: int, pretrained: bool, file: Path | None) -> nn.Module:
+def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Path | None = None) -> nn.Module:
+    """The timm backbone without classifier; ``pretrained``: ImageNet weights from ``file`` or the Hub."""
     import timm
 
     kwargs = {"num_classes": 0, "in_chans": in_chans}
@@ -145,7 +146,7 @@ def _timm_backbone(name: str, in_chans: int, pretrained: bool, file: Path | None
 
 
 def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
-    """timm loads non-strictly once the classifier is dropped; make sure every backbone tensor came from file."""
+    """timm loads non-strictly once the classifier is dropped: check every backbone tensor came from file."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as fh:
@@ -157,59 +158,48 @@ def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
     extra = sorted(k for k in keys - own if not any(k.startswith(c + ".") for c in classifier))
     if missing or extra:
         example = (missing or extra)[0]
-        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} tensors "
-                         f"missing, {len(extra)} unexpected, e.g. {example}); give the weights of {name}")
+        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} "
+                         f"tensors missing, {len(extra)} unexpected, e.g. {example}); "
+                         f"give the weights of {name}")
 
 
-def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
-                 init: str = "imagenet", keep_hidden: bool = False,
-                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
-    """Build the model from ImageNet weights, random weights, or a cxrtl checkpoint (transfer, eq. 4-5).
-
-    Args:
-        backbone: timm model name; with a checkpoint ``init`` it may be None (the checkpoint's is used).
-        classes: class names in label-index order.
-        in_chans: 1 or 3; with 1 the pretrained first conv is adapted by timm (RGB filters summed).
-        init: "imagenet", "none", or the path of a cxrtl checkpoint / run dir whose backbone is reused.
-        keep_hidden: transfer only: keep the trained n->64 layer and replace only the last layer.
-        pretrained_file: local ImageNet weights (safetensors); default env CXRTL_IMAGENET_WEIGHTS.
-    """
+def check_classes(classes: Sequence[str], in_chans: int) -> list[str]:
+    """Class names as strings; a one-line error for fewer than two classes or in_chans other than 1 or 3."""
     classes = [str(c) for c in classes]
     if len(classes) < 2:
         raise CxrtlError(f"need at least two classes, got {classes}")
     if in_chans not in (1, 3):
         raise CxrtlError(f"in_chans must be 1 or 3, not {in_chans}")
-    if init in ("imagenet", "none"):
-        if keep_hidden:
-            raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint")
-        name = backbone or "densenet121"
-        check_backbone(name)
-        file = _imagenet_file(pretrained_file) if init == "imagenet" else None
-        net = _timm_backbone(name, in_chans, init == "imagenet", file)
-        model = CxrModel(net, classes, in_chans, name)
-        log.debug("created %s (%s init, %d channels) for classes %s", name, init, in_chans, classes)
-        return model
-    return _transfer(init, backbone, classes, in_chans, keep_hidden)
+    return classes
 
 
-def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int,
-              keep_hidden: bool) -> CxrModel:
-    """Backbone (and optionally the hidden layer) from a cxrtl checkpoint, fresh last layer for ``classes``."""
-    from .checkpoint import load_checkpoint
+def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
+                 init: str = "imagenet", keep_hidden: bool = False,
+                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
+    """Build the model from ImageNet weights or random weights.
 
-    source, _meta = load_checkpoint(path)
-    if backbone and backbone != source.backbone_name:
-        raise CxrtlError(f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
-                         "leave --backbone out for a transfer")
-    if source.in_chans != in_chans:
-        raise CxrtlError(f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
-                         f"use --channels {source.in_chans}")
-    model = CxrModel(source.backbone, classes, in_chans, source.backbone_name,
-                     hidden=source.head[0].out_features)
+    A transfer from a checkpoint (``init`` a path) is :func:`cxrtl.checkpoint.create_model`, which takes
+    the same arguments: this module knows nothing of checkpoint files.
+
+    Args:
+        backbone: timm model name (None: densenet121).
+        classes: class names in label-index order.
+        in_chans: 1 or 3; with 1 the pretrained first conv is adapted by timm (RGB filters summed).
+        init: "imagenet" or "none".
+        keep_hidden: only for a transfer; refused here.
+        pretrained_file: local ImageNet weights (safetensors); default env CXRTL_IMAGENET_WEIGHTS.
+    """
+    classes = check_classes(classes, in_chans)
+    if init not in ("imagenet", "none"):
+        raise CxrtlError(f"cxrtl.model.create_model builds from 'imagenet' or 'none', not {init!r}; "
+                         "a checkpoint init is a transfer: use cxrtl.checkpoint.create_model")
     if keep_hidden:
-        model.head[0].load_state_dict(source.head[0].state_dict())
-    log.info("transfer from %s (%s, classes %s): %s", path, source.backbone_name, source.classes,
-             "kept hidden layer, new last layer" if keep_hidden else "new head")
+        raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint")
+    name = backbone or "densenet121"
+    check_backbone(name)
+    file = _imagenet_file(pretrained_file) if init == "imagenet" else None
+    model = CxrModel(build_backbone(name, in_chans, init == "imagenet", file), classes, in_chans, name)
+    log.debug("created %s (%s init, %d channels) for classes %s", name, init, in_chans, classes)
     return model
 
 

@@ -100,12 +100,13 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
         samples = 3
-    if samples == 3 or arr.ndim == 3:  # colour radiograph (rare): luminance, ITU-R 601 as Pillow's "L"
+    if samples == 3 or arr.ndim == 3:  # colour radiograph (rare): the grey its PNG would give
+        from .image_io import rgb_to_gray  # here, not at the top: image_io imports this module
+
         rgb = arr.astype(np.float64)
-        if rgb.max() > 255:
+        if rgb.max() > 255:  # more than 8 bits per sample: onto the 0..255 scale first
             rgb = rgb * (255.0 / rgb.max())
-        lum = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-        return np.clip(np.rint(lum), 0, 255).astype(np.uint8)
+        return rgb_to_gray(rgb)
     if arr.ndim != 2:
         raise DicomReadError(f"unexpected DICOM pixel array shape {arr.shape}; expected a 2-D image")
 

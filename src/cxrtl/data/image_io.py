@@ -103,6 +103,15 @@ def _load_dicom(path: Path) -> np.ndarray:
     return load_dicom_gray(path)
 
 
+def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
+    """RGB(A) ``[H, W, 3|4]`` on a 0..255 scale -> uint8 grey, bit for bit as Pillow's ``convert("L")``."""
+    # ITU-R 601-2 luma in Pillow's fixed point (0.299/0.587/0.114 as n/65536) and its round-half-up, so a
+    # DICOM or array RGB gives the grey its PNG/JPEG would; float weights with np.rint differ by 1 in 1/1800.
+    c = np.asarray(rgb, dtype=np.float64)[..., :3]
+    luma = (c[..., 0] * 19595 + c[..., 1] * 38470 + c[..., 2] * 7471) / 65536.0
+    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)
+
+
 def _to_gray_array(im: Image.Image) -> np.ndarray:
     """Any Pillow mode -> uint8 [H, W]. 16-bit and float images are min-max windowed to 0..255."""
     mode = im.mode

@@ -1,13 +1,16 @@
-"""Preprocessing settings (paper §III-D) and the per-batch normalisation done on the device.
+"""How an image becomes a model input (paper §III-D): the settings, and their per-batch normalisation.
 
-The cache stores one uint8 grey channel at the crop size; pseudo-RGB is that channel repeated three
-times, so it is expanded here, after the transfer to the device, not stored three times.
+:class:`Preprocess` is torch-free (training, the cache, checkpoints and the ONNX predictor all use it);
+torch is imported only inside :func:`normalize_batch`. The cache stores one uint8 grey channel at the
+crop size; pseudo-RGB is that channel repeated three times, so it is expanded on the device, not stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
+
+from ..errors import CxrtlError
 
 if TYPE_CHECKING:  # torch is imported where batches are made, so `cxrtl data ...` starts fast
     import torch
@@ -52,8 +55,13 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
-        return cls(input=d.get("input", "raw"), channels=int(d.get("channels", 3)),
-                   image_size=int(d.get("image_size", 224)))
+        """Settings a checkpoint, cache or ONNX file stored; one-line error for values cxrtl never writes."""
+        try:
+            return cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)),
+                       image_size=int(d.get("image_size", 224)))
+        except (AttributeError, TypeError, ValueError):
+            raise CxrtlError(f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer "
+                             "cxrtl") from None
 
 
 def normalize_batch(images: torch.Tensor, pp: Preprocess, device: torch.device | str | None = None,

@@ -146,12 +146,12 @@ def _validation(scored: tuple, predict, data, subset: str) -> tuple:
 
 def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) -> float | None:
     """Fit a temperature on validation and save it beside the checkpoint, or read the one saved there."""
-    from ..checkpoint import load_temperature
+    from ..checkpoint import load_temperature, save_temperature
 
     if not calibrate:
         return load_temperature(ckpt)
     temperature = M.fit_temperature(*val)
-    path = M.save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
+    path = save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
                               val_nll_before=_ce_from_logits(*val),
                               val_nll_after=_ce_from_logits(val[0], val[1], temperature))
     log.info("saved temperature %.4f to %s", temperature, path)
@@ -191,7 +191,7 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
 
 
 def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_csv=None, subset: str = "test",
-             out: str | os.PathLike | None = "eval", calibrate: bool = False, positive: str | None = None,
+             out: str | os.PathLike | None = None, calibrate: bool = False, positive: str | None = None,
              target_sensitivity: float = 0.95, device: str = "auto", batch_size: int = 64,
              cam_in_lungs: bool = False, cache_dir=None, progress: bool = True, seed: int = 0,
              n_boot: int = M.N_BOOT, figures: bool = True) -> dict:

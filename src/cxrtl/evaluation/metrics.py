@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
@@ -285,23 +284,6 @@ def fit_temperature(val_logits, val_labels, bounds: tuple[float, float] = (0.05,
     t = float(math.exp(res.x))
     log.info("temperature %.4f: validation NLL %.4f -> %.4f", t, nll(0.0), nll(res.x))
     return t
-
-
-def calibration_path(checkpoint_path: str | Path) -> Path:
-    """``<stem>.calibration.json`` beside a checkpoint's ``<stem>.safetensors`` (or ``.json``)."""
-    path = Path(checkpoint_path)
-    if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
-    return path.with_name(path.name + ".calibration.json")
-
-
-def save_temperature(checkpoint_path: str | Path, temperature: float, **extra) -> Path:
-    """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    from ..fsutil import write_json
-
-    return write_json(calibration_path(checkpoint_path),
-                      {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
-                       **extra})
 
 
 # ------------------------------------------------------------------------------------- operating point

@@ -1,10 +1,10 @@
-"""ONNX export of a cxrtl checkpoint, and the onnxruntime backend that runs it without importing torch.
+"""ONNX export of a cxrtl checkpoint: a self-describing graph, verified against PyTorch.
 
 The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: uint8 grey images
 ``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
 graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
 logits / temperature). Classes, preprocessing, backbone and temperature travel as ``metadata_props``.
-Only the export itself needs torch; this module imports it lazily.
+The export needs torch (imported lazily); running the file is :mod:`cxrtl.inference.backends`' job.
 """
 
 from __future__ import annotations
@@ -16,34 +16,18 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..errors import CxrtlError
+from .backends import INPUT_NAME, KEY_PREFIX, ONNX_FORMAT, ONNX_VERSION, OUTPUT_NAMES, load_onnx
 
 log = logging.getLogger(__name__)
 
-ONNX_FORMAT = "cxrtl-onnx"
-ONNX_VERSION = 1
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
-KEY_PREFIX = "cxrtl."
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DEFAULT_OPSET = 18
 
-
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise CxrtlError("running ONNX models needs onnxruntime; install it with "
-                         "`pip install 'cxrtl[onnx]'`") from None
-    return onnxruntime
-
-
-# ----------------------------------------------------------------------------------------------- export
 
 def _wrap_for_export(model, pp, temperature: float | None):
     """The CxrModel with input scaling/normalisation in front and temperature softmax behind."""
@@ -105,11 +89,9 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
             back to torchscript if dynamo fails on this backbone.
         verify: run the exported file under onnxruntime at batch 1 and 3 and compare with PyTorch.
     """
-    import onnx
     import torch
 
-    from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-    from ..data.preprocess import Preprocess
+    from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
     from ..fsutil import write_bytes
 
     if exporter not in EXPORTERS:
@@ -120,34 +102,12 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     weights = resolve_checkpoint(model_path)
     model, meta = load_checkpoint(weights)
     model.eval()
-    pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
-    if pp.channels != model.in_chans:
-        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
-                         f"{model.in_chans}-channel model; it is damaged or was edited")
+    pp = checkpoint_preprocess(model, meta, weights)
     temperature = load_temperature(weights)
     module = _wrap_for_export(model, pp, temperature)
     example = torch.randint(0, 256, (2, 1, pp.image_size, pp.image_size), dtype=torch.uint8,
                             generator=torch.Generator().manual_seed(0))
-
-    with tempfile.TemporaryDirectory(prefix="cxrtl-export-") as tmp:
-        graph = Path(tmp) / "model.onnx"
-        tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-        for i, name in enumerate(tried):
-            try:
-                _export_graph(module, example, graph, name, opset)
-                used = name
-                break
-            except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                if i + 1 < len(tried):
-                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
-                                first)
-                    continue
-                raise CxrtlError(f"ONNX export of {meta['backbone']} failed with the {name} exporter "
-                                 f"({first}); try --exporter "
-                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
-        proto = onnx.load(str(graph))
-
+    proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"])
     props = {
         "format": ONNX_FORMAT, "version": str(ONNX_VERSION), "cxrtl_version": __version__,
         "classes": json.dumps(list(model.classes)), "preprocess": json.dumps(pp.to_dict()),
@@ -157,18 +117,46 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
                  "scaling and normalisation are inside the graph",
         "source_checkpoint": weights.name,
     }
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = KEY_PREFIX + key, value
-    proto.producer_name, proto.producer_version = "cxrtl", __version__
-    proto.doc_string = (f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
-                        f"{', '.join(model.classes)}. Research tool, not a medical device.")
+    _describe(proto, props, f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
+                            f"{', '.join(model.classes)}. Research tool, not a medical device.")
     write_bytes(out, proto.SerializeToString())
     log.info("exported %s to %s with the %s exporter", weights, out, used)
     if verify:
         _verify(out, module, pp)
     return out
+
+
+def _export_with_fallback(module, example, exporter: str, opset: int, backbone: str):
+    """Export to an ONNX proto with ``exporter`` ("auto": dynamo, then torchscript) -> (proto, name used)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory(prefix="cxrtl-export-") as tmp:
+        graph = Path(tmp) / "model.onnx"
+        tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+        for i, name in enumerate(tried):
+            try:
+                _export_graph(module, example, graph, name, opset)
+            except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                if i + 1 < len(tried):
+                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
+                                first)
+                    continue
+                raise CxrtlError(f"ONNX export of {backbone} failed with the {name} exporter "
+                                 f"({first}); try --exporter "
+                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
+            return onnx.load(str(graph)), name
+    raise AssertionError("unreachable: the last exporter either returns or raises")
+
+
+def _describe(proto, props: dict[str, str], doc: str) -> None:
+    """Replace the proto's metadata with ``props`` (keys prefixed ``cxrtl.``) and set producer and doc."""
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = KEY_PREFIX + key, value
+    proto.producer_name, proto.producer_version = "cxrtl", __version__
+    proto.doc_string = doc
 
 
 def _verify(path: Path, module, pp) -> None:
@@ -188,80 +176,3 @@ def _verify(path: Path, module, pp) -> None:
             raise CxrtlError(f"exported ONNX disagrees with PyTorch at batch {batch} (max logit error "
                              f"{err:.2g}); try the other --exporter")
     log.debug("verified %s against PyTorch at batch 1 and 3", path)
-
-
-# ------------------------------------------------------------------------------------------- runtime
-
-def session_options(threads: int | None = None):
-    """onnxruntime settings tuned for CPU latency: full graph optimisation, one thread per physical core,
-    no spin-waiting.
-
-    ORT_ENABLE_ALL folds constants and fuses Conv+BatchNorm(+ReLU) and layouts (NCHWc); threads that
-    spin-wait between runs steal cores from image decoding and from other processes on a shared machine
-    (interleaved A/B on the busy 2-core dev box, DenseNet-121 at 224: 272 vs 364 ms median in one run,
-    155 vs 155 ms in another; never worse).
-    """
-    ort = _onnxruntime()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = int(threads) if threads else 0  # 0: onnxruntime uses the physical cores
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3  # errors only
-    return so
-
-
-class OnnxBackend:
-    """Runs a cxrtl ONNX file: uint8 ``[B, 1, S, S]`` -> float32 logits ``[B, k]``."""
-
-    name = "onnxruntime"
-
-    def __init__(self, session):
-        self.session = session
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if batch.ndim == 3:
-            batch = batch[:, None]
-        return self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch})[0].astype(np.float32, copy=False)
-
-
-def read_onnx_meta(session, path: Path) -> dict[str, Any]:
-    """The cxrtl metadata of an ONNX session; a one-line error for a file cxrtl did not write."""
-    props = session.get_modelmeta().custom_metadata_map or {}
-    if props.get(KEY_PREFIX + "format") != ONNX_FORMAT:
-        raise CxrtlError(f"{path} is an ONNX model that cxrtl did not write (no cxrtl metadata); "
-                         "export one with `cxrtl export MODEL --onnx OUT.onnx`")
-    try:
-        meta = {
-            "classes": [str(c) for c in json.loads(props[KEY_PREFIX + "classes"])],
-            "preprocess": json.loads(props[KEY_PREFIX + "preprocess"]),
-            "backbone": props.get(KEY_PREFIX + "backbone", "?"),
-            "temperature": json.loads(props.get(KEY_PREFIX + "temperature", "null")),
-            "version": int(props.get(KEY_PREFIX + "version", "1")),
-        }
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CxrtlError(f"{path} has damaged cxrtl metadata ({exc}); export it again") from None
-    if meta["version"] > ONNX_VERSION:
-        raise CxrtlError(f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); upgrade cxrtl")
-    names = [i.name for i in session.get_inputs()]
-    if names != [INPUT_NAME]:
-        raise CxrtlError(f"{path} has inputs {names}, not [{INPUT_NAME!r}]; export it again")
-    return meta
-
-
-def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxBackend, dict[str, Any]]:
-    """Open a cxrtl ONNX file under onnxruntime (CPU) -> (backend, metadata). Never imports torch."""
-    ort = _onnxruntime()
-    path = Path(path)
-    if not path.is_file():
-        raise CxrtlError(f"ONNX file {path} does not exist")
-    try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types for invalid files)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CxrtlError(f"{path} is not a loadable ONNX model ({first}); export it again with "
-                         "`cxrtl export`") from None
-    return OnnxBackend(session), read_onnx_meta(session, path)

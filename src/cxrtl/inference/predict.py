@@ -16,32 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..data.image_io import IMAGE_SUFFIXES
+from ..data.image_io import IMAGE_SUFFIXES, rgb_to_gray
+from ..data.preprocess import Preprocess
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
 
 ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The geometry part of a checkpoint's preprocessing; torch-free so the ONNX path can use it."""
-
-    input: str = "raw"
-    channels: int = 3
-    image_size: int = 224
-    resize_size: int = 256
-
-    @classmethod
-    def from_dict(cls, d: dict) -> InputSpec:
-        size = int(d.get("image_size", 224))
-        spec = cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)), image_size=size,
-                   resize_size=int(d.get("resize_size", round(size * 256 / 224))))
-        if spec.input not in ("raw", "masked") or spec.channels not in (1, 3) or spec.image_size < 8:
-            raise CxrtlError(f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer cxrtl")
-        return spec
 
 
 @dataclass
@@ -68,51 +50,20 @@ class Prediction:
 
 
 def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
-    """Class probabilities as float32 rows: :func:`cxrtl.evaluation.metrics.softmax` of ``logits / temperature``."""
+    """Float32 class probabilities: :func:`cxrtl.evaluation.metrics.softmax` of ``logits / temperature``."""
     from ..evaluation.metrics import softmax as softmax64  # numpy only; the ONNX path stays free of torch
 
     return softmax64(logits, float(temperature or 1.0)).astype(np.float32)
 
 
-class TorchBackend:
-    """Runs a CxrModel: uint8 ``[B, 1, S, S]`` -> float32 logits, normalising like the training loop."""
-
-    name = "pytorch"
-
-    def __init__(self, model, pp, device: str = "cpu"):
-        self.model = model.eval()
-        self.pp = pp  # cxrtl.data.preprocess.Preprocess
-        self.device = device
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        from ..data.preprocess import normalize_batch
-
-        batch = np.ascontiguousarray(batch, dtype=np.uint8)
-        if batch.ndim == 3:
-            batch = batch[:, None]
-        with torch.inference_mode():
-            x = normalize_batch(torch.from_numpy(batch), self.pp, self.device)
-            return self.model(x).float().cpu().numpy()
-
-    def normalize(self, batch: np.ndarray):
-        """uint8 ``[B, S, S]`` -> the float tensor the model sees (for Grad-CAM)."""
-        import torch
-
-        from ..data.preprocess import normalize_batch
-
-        return normalize_batch(torch.from_numpy(np.ascontiguousarray(batch)[:, None]), self.pp, self.device)
-
-
 class Predictor:
     """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
 
-    def __init__(self, backend, classes: Sequence[str], spec: InputSpec, temperature: float | None = None,
+    def __init__(self, backend, classes: Sequence[str], spec: Preprocess, temperature: float | None = None,
                  source: str | None = None, backbone: str | None = None):
         self.backend = backend
         self.classes = list(classes)
-        self.spec = spec
+        self.spec = spec  # the checkpoint's preprocessing
         self.temperature = temperature
         self.source = source
         self.backbone = backbone
@@ -124,26 +75,29 @@ class Predictor:
         """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
         path = Path(path).expanduser()
         if path.suffix.lower() == ".onnx":
-            from .export import load_onnx
+            return cls._from_onnx(path, threads)
+        return cls._from_torch(path, device)
 
-            backend, meta = load_onnx(path, threads=threads)
-            return cls(backend, meta["classes"], InputSpec.from_dict(meta["preprocess"]),
-                       meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
-        from ..checkpoint import load_checkpoint, load_temperature, resolve_checkpoint
-        from ..data.preprocess import Preprocess
+    @classmethod
+    def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
+        from .backends import load_onnx
+
+        backend, meta = load_onnx(path, threads=threads)
+        return cls(backend, meta["classes"], Preprocess.from_dict(meta["preprocess"]),
+                   meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
+
+    @classmethod
+    def _from_torch(cls, path: Path, device: str) -> Predictor:
+        from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+        from ..device import resolve_device
+        from .backends import TorchBackend
 
         weights = resolve_checkpoint(path)
-        from ..device import resolve_device
-
         device = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=device)
-        pp_dict = meta.get("preprocess") or {"channels": model.in_chans}
-        pp = Preprocess.from_dict(pp_dict)
-        if pp.channels != model.in_chans:
-            raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
-                             f"{model.in_chans}-channel model; it is damaged or was edited")
-        return cls(TorchBackend(model, pp, device), model.classes, InputSpec.from_dict(pp.to_dict()),
-                   load_temperature(weights), source=str(weights), backbone=meta.get("backbone"))
+        pp = checkpoint_preprocess(model, meta, weights)
+        return cls(TorchBackend(model, pp, device), model.classes, pp, load_temperature(weights),
+                   source=str(weights), backbone=meta.get("backbone"))
 
     @property
     def needs_mask(self) -> bool:
@@ -185,8 +139,8 @@ class Predictor:
         """Prepared uint8 ``[B, S, S]`` -> probabilities ``[B, k]`` (temperature applied)."""
         return softmax(self.backend.logits(np.asarray(batch, dtype=np.uint8)), self.temperature)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], masks: Sequence[ImageLike | None] | None = None,
-                batch_size: int = 16) -> np.ndarray:
+    def predict(self, images: ImageLike | Sequence[ImageLike],
+                masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
         """Probabilities ``[N, k]`` in :attr:`classes` order; raises on the first unreadable image.
 
         ``images``: one path or grey ``[H, W]`` array, a uint8 ``[N, H, W]`` stack, or a list of paths/arrays.
@@ -205,6 +159,11 @@ class Predictor:
             prepared = np.stack([self.prepare(images[i], masks[i]) for i in chunk])
             out[start:start + len(chunk)] = self.predict_prepared(prepared)
         return out
+
+    def predict_proba(self, images: ImageLike | Sequence[ImageLike],
+                      masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
+        """scikit-learn's name for :meth:`predict`: probabilities ``[N, k]`` in :attr:`classes` order."""
+        return self.predict(images, masks, batch_size)
 
     def predict_files(self, paths: Sequence[str | os.PathLike], masks: Sequence[Any] | None = None,
                       batch_size: int = 16, cam_dir: str | os.PathLike | None = None,
@@ -347,15 +306,15 @@ def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any
         return [None] * len(images)
     masks = list(masks)
     if len(masks) != len(images):
-        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; give one mask (or None) per image")
+        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; "
+                         "give one mask (or None) per image")
     return masks
 
 
 def _as_gray(arr: np.ndarray) -> np.ndarray:
     a = np.asarray(arr)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
-        rgb = a[..., :3].astype(np.float64)
-        a = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        a = rgb_to_gray(a)
     if a.ndim != 2:
         raise CxrtlError(f"expected a grey image array [H, W], got shape {a.shape}")
     if a.dtype != np.uint8:

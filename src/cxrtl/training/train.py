@@ -12,7 +12,8 @@ from ..config import DEFAULT_BACKBONE, TrainConfig
 from ..data.preprocess import Preprocess
 from ..device import resolve_device, seed_everything
 from ..errors import CxrtlError
-from ..model import CxrModel, create_model, set_scheme
+from ..checkpoint import create_model
+from ..model import CxrModel, set_scheme
 from . import distributed as ddp
 from . import resume as resume_state
 from .engine import fit
