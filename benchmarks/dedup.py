@@ -28,8 +28,12 @@ def synthetic_cxr(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     body = np.exp(-(((xx - 0.5) / (0.42 + 0.05 * rng.random())) ** 2)) * 170
     img = 30 + body
     for cx in (0.32 + 0.05 * rng.standard_normal(), 0.68 + 0.05 * rng.standard_normal()):
-        cy, rx, ry = 0.48 + 0.05 * rng.standard_normal(), 0.13 + 0.03 * rng.random(), 0.28 + 0.05 * rng.random()
-        lung = np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2)
+        cy, rx, ry = (
+            0.48 + 0.05 * rng.standard_normal(),
+            0.13 + 0.03 * rng.random(),
+            0.28 + 0.05 * rng.random(),
+        )
+        lung = np.exp(-((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2))
         img -= lung * (90 + 30 * rng.random())
     freq = 14 + 6 * rng.random()
     img += 12 * np.sin(yy * freq * np.pi + rng.random() * 6) * (np.abs(xx - 0.5) > 0.08)
@@ -75,8 +79,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         png = write_images(tmp / "png", args.png, 0, seed=1)
         jpg = write_images(tmp / "jpg", 0, args.jpeg, seed=2)
-        print(f"wrote {len(png)} PNGs (299 px) and {len(jpg)} JPEGs (~2000x1600) in "
-              f"{time.perf_counter() - t0:.1f} s")
+        print(
+            f"wrote {len(png)} PNGs (299 px) and {len(jpg)} JPEGs (~2000x1600) in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
         cache = tmp / "cache"
         rates = {}
         for name, paths in (("png", png), ("jpeg", jpg)):
@@ -87,12 +93,15 @@ def main(argv=None) -> int:
             hashing.hash_images(paths, cache_dir=cache, progress=False, workers=args.workers)
             warm = time.perf_counter() - t
             rates[name] = len(paths) / cold
-            print(f"hash {name}: {len(paths)} images cold {cold:.2f} s ({rates[name]:.0f} img/s), "
-                  f"cached {warm:.3f} s ({len(paths) / max(warm, 1e-9):.0f} img/s), {len(bad)} unreadable")
+            print(
+                f"hash {name}: {len(paths)} images cold {cold:.2f} s ({rates[name]:.0f} img/s), "
+                f"cached {warm:.3f} s ({len(paths) / max(warm, 1e-9):.0f} img/s), {len(bad)} unreadable"
+            )
         # exact-candidate cost: a full decode of big JPEGs for same-size near pairs with different bytes
         t = time.perf_counter()
-        hashing.ensure_pixel_digests(hashes, range(len(hashes)), cache_dir=cache, progress=False,
-                                   workers=args.workers)
+        hashing.ensure_pixel_digests(
+            hashes, range(len(hashes)), cache_dir=cache, progress=False, workers=args.workers
+        )
         full = (time.perf_counter() - t) / max(1, len(hashes))
         print(f"full-resolution decode for exact check (only for candidates): {full * 1000:.1f} ms/JPEG")
 
@@ -114,9 +123,11 @@ def main(argv=None) -> int:
     print(f"match: {n} hashes, threshold {duplicates.DEFAULT_THRESHOLD}: {len(pairs)} pairs in {match:.2f} s")
     hash_s = N_COVID / rates["png"] + N_KERMANY / rates["jpeg"]
     total = hash_s + match
-    print(f"extrapolated full 27k ({N_COVID} PNG + {N_KERMANY} JPEG) on {os.cpu_count()} cores: "
-          f"hashing {hash_s:.0f} s + matching {match:.1f} s = {total:.0f} s ({total / 60:.1f} min) cold; "
-          "cached runs skip hashing")
+    print(
+        f"extrapolated full 27k ({N_COVID} PNG + {N_KERMANY} JPEG) on {os.cpu_count()} cores: "
+        f"hashing {hash_s:.0f} s + matching {match:.1f} s = {total:.0f} s ({total / 60:.1f} min) cold; "
+        "cached runs skip hashing"
+    )
     print(f"dedup images/s: {n / total:.1f}")
     return 0
 

@@ -54,8 +54,9 @@ class PinnedThreads:
             torch.set_num_threads(old)
 
 
-def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int,
-            rounds: int = 1) -> dict:
+def measure(
+    predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int, rounds: int = 1
+) -> dict:
     """Per backend: median single-image latency (ms), best batch throughput (img/s), median CPU ms per call.
 
     The backends take turns call by call, so load from other processes on a shared machine hits all of
@@ -79,8 +80,14 @@ def measure(predictors: dict, files: list[Path], repeats: int, batch_size: int, 
             t = time.perf_counter()
             pred.predict(batch, batch_size=batch_size)
             bulk[name] = min(bulk[name], time.perf_counter() - t)
-    return {name: (statistics.median(single[name]) * 1000.0, len(batch) / bulk[name],
-                   statistics.median(cpu[name]) * 1000.0) for name in predictors}
+    return {
+        name: (
+            statistics.median(single[name]) * 1000.0,
+            len(batch) / bulk[name],
+            statistics.median(cpu[name]) * 1000.0,
+        )
+        for name in predictors
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,9 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=10, help="single-image calls per backend")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-images", type=int, default=16)
-    ap.add_argument("--exporter", default="torchscript", choices=("auto", "dynamo", "torchscript"),
-                    help="ONNX exporter (default torchscript: same graph speed, export seconds instead of "
-                         "a minute on a busy 2-core machine)")
+    ap.add_argument(
+        "--exporter",
+        default="torchscript",
+        choices=("auto", "dynamo", "torchscript"),
+        help="ONNX exporter (default torchscript: same graph speed, export seconds instead of "
+        "a minute on a busy 2-core machine)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -107,14 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     from cxrtl.inference.predict import Predictor
     from cxrtl.model import create_model
 
-    print(f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"backbone {args.backbone} at {args.image_size}, fp32")
+    print(
+        f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"backbone {args.backbone} at {args.image_size}, fp32"
+    )
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
         pp = Preprocess(input="raw", channels=3, image_size=args.image_size)
-        model = create_model(args.backbone, classes=["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"],
-                             in_chans=3, init="none")
+        model = create_model(
+            args.backbone,
+            classes=["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"],
+            in_chans=3,
+            init="none",
+        )
         save_checkpoint(tmp / "run" / "best", model, {"preprocess": pp.to_dict()})
         t = time.perf_counter()
         onnx_path = export_onnx(tmp / "run", tmp / "model.onnx", exporter=args.exporter)
@@ -129,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         # onnxruntime with its default session options, to show what the tuning buys.
         import onnxruntime as ort_mod
 
-        plain = Predictor(OnnxBackend(ort_mod.InferenceSession(str(onnx_path),
-                                                               providers=["CPUExecutionProvider"])),
-                          ort.classes, ort.spec, ort.temperature)
+        plain = Predictor(
+            OnnxBackend(ort_mod.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])),
+            ort.classes,
+            ort.spec,
+            ort.temperature,
+        )
         so = session_options()
-        print(f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
-              f"{so.intra_op_num_threads or 'one per physical core'}, sequential, no spin-waiting")
+        print(
+            f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
+            f"{so.intra_op_num_threads or 'one per physical core'}, sequential, no spin-waiting"
+        )
 
         threads = torch.get_num_threads()
         predictors = {f"pytorch eager ({threads} thr)": eager}
@@ -145,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         predictors.update({"onnxruntime default": plain, "onnxruntime tuned": ort})
         results = measure(predictors, files, args.repeats, args.batch_size, args.batch_images)
         for name, (lat, thr, cpu_ms) in results.items():
-            print(f"{name:22s} single-image latency {lat:7.1f} ms (cpu {cpu_ms:7.1f} ms)   "
-                  f"batch-{args.batch_size} throughput {thr:6.1f} img/s")
+            print(
+                f"{name:22s} single-image latency {lat:7.1f} ms (cpu {cpu_ms:7.1f} ms)   "
+                f"batch-{args.batch_size} throughput {thr:6.1f} img/s"
+            )
         eager_names = [n for n in results if n.startswith("pytorch")]
         best_lat = min(eager_names, key=lambda n: results[n][0])
         best_thr = max(eager_names, key=lambda n: results[n][1])

@@ -98,9 +98,9 @@ def measure_memory(args) -> dict:
     """Child process: cxrtl training on CPU at the memory settings -> peak RSS."""
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.device import resolve_numerics
+    from cxrtl.model import create_model
     from cxrtl.training.engine import train_one_epoch
     from cxrtl.training.losses import WeightedCrossEntropy
-    from cxrtl.model import create_model
 
     torch.manual_seed(0)
     device = torch.device("cpu")
@@ -111,8 +111,9 @@ def measure_memory(args) -> dict:
     loader = DataLoader(_Uint8Images(x, y), batch_size=b)
     opt = torch.optim.NAdam(model.parameters(), lr=b / 1.6e4, betas=(0.9, 0.999))
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, WeightedCrossEntropy(), opt, Preprocess("raw", 3, s), device,
-                    resolve_numerics(device))
+    train_one_epoch(
+        model, loader, WeightedCrossEntropy(), opt, Preprocess("raw", 3, s), device, resolve_numerics(device)
+    )
     seconds = time.perf_counter() - t0
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_rss_gb": peak_kb * 1024 / 1e9, "img_s": len(y) / seconds}
@@ -141,8 +142,8 @@ def main(argv=None) -> int:
 
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.device import resolve_device, resolve_numerics
-    from cxrtl.training.losses import WeightedCrossEntropy
     from cxrtl.model import create_model
+    from cxrtl.training.losses import WeightedCrossEntropy
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -190,25 +191,39 @@ def main(argv=None) -> int:
     print(f"per-step img/s, reference: {' '.join(f'{r:.1f}' for r in ref_rates)}")
     print(f"per-step img/s, cxrtl:     {' '.join(f'{r:.1f}' for r in our_rates)}")
     ref, ours_rate = statistics.median(ref_rates), statistics.median(our_rates)
-    mode = ("bf16 autocast" if numerics.amp_dtype is not None else "fp32") + \
-        (" + channels_last" if numerics.memory_format == torch.channels_last else ", NCHW") + \
-        (" + torch.compile" if args.compile else "")
+    mode = (
+        ("bf16 autocast" if numerics.amp_dtype is not None else "fp32")
+        + (" + channels_last" if numerics.memory_format == torch.channels_last else ", NCHW")
+        + (" + torch.compile" if args.compile else "")
+    )
     print(f"reference loop (fp32, NCHW): {ref:.1f} img/s")
     print(f"cxrtl trainer ({mode}): {ours_rate:.1f} img/s")
     if cuda:
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated(device) / 1e9:.2f} GB")
 
     if not args.no_memory:
-        cmd = [sys.executable, os.path.abspath(__file__), "--_memory-child", "--backbone", args.backbone,
-               "--memory-image-size", str(args.memory_image_size), "--memory-batch-size",
-               str(args.memory_batch_size), "--memory-steps", str(args.memory_steps)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--_memory-child",
+            "--backbone",
+            args.backbone,
+            "--memory-image-size",
+            str(args.memory_image_size),
+            "--memory-batch-size",
+            str(args.memory_batch_size),
+            "--memory-steps",
+            str(args.memory_steps),
+        ]
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
         mem = json.loads(out.strip().splitlines()[-1])
         verdict = "ok" if mem["peak_rss_gb"] <= 4.0 else "OVER the 4 GB goal"
-        print(f"peak RSS training on CPU ({args.backbone}, {args.memory_image_size} px, batch "
-              f"{args.memory_batch_size}, {args.memory_steps} steps): {mem['peak_rss_gb']:.2f} GB ({verdict}); "
-              f"{mem['img_s']:.1f} img/s")
+        print(
+            f"peak RSS training on CPU ({args.backbone}, {args.memory_image_size} px, batch "
+            f"{args.memory_batch_size}, {args.memory_steps} steps): {mem['peak_rss_gb']:.2f} GB ({verdict}); "
+            f"{mem['img_s']:.1f} img/s"
+        )
     print(f"train step speedup: {ours_rate / ref:.2f}x")
     return 0
 

@@ -14,8 +14,14 @@ import sys
 import pytest
 
 # Small enough to build in about a second, big enough for every class to reach train, val and test.
-SYNTH_KW = {"count": 60, "seed": 0, "kermany_count": 40, "image_size": 96, "mask_size": 80,
-            "kermany_size": (64, 112)}
+SYNTH_KW = {
+    "count": 60,
+    "seed": 0,
+    "kermany_count": 40,
+    "image_size": 96,
+    "mask_size": 80,
+    "kermany_size": (64, 112),
+}
 
 
 # Before any test module imports timm (and with it huggingface_hub, which reads this once): no network.

@@ -17,7 +17,9 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_cxrtl_does_not_import_torch():
-    done = _python("import cxrtl, sys; assert 'torch' not in sys.modules, 'torch imported'; print(cxrtl.__version__)")
+    done = _python(
+        "import cxrtl, sys; assert 'torch' not in sys.modules, 'torch imported'; print(cxrtl.__version__)"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == __import__("cxrtl").__version__
 
@@ -28,8 +30,18 @@ def test_every_public_name_resolves_and_is_listed():
     assert set(cxrtl.__all__) == {"__version__", *cxrtl._EXPORTS}
     for name in cxrtl.__all__:
         assert getattr(cxrtl, name) is not None, name
-    assert {"create_model", "TrainConfig", "train", "evaluate", "Predictor", "compute_metrics",
-            "load_checkpoint", "load_dataset", "make_split", "reproduce"} <= set(dir(cxrtl))
+    assert {
+        "create_model",
+        "TrainConfig",
+        "train",
+        "evaluate",
+        "Predictor",
+        "compute_metrics",
+        "load_checkpoint",
+        "load_dataset",
+        "make_split",
+        "reproduce",
+    } <= set(dir(cxrtl))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         cxrtl.nope  # noqa: B018
 
@@ -52,10 +64,19 @@ def test_quickstart_example_runs_end_to_end(tmp_path):
     """examples/quickstart.py: synthesise, train 1 epoch at 32 px, evaluate, predict — public API only."""
     source = (ROOT / "examples" / "quickstart.py").read_text()
     assert "from cxrtl" not in source and "import cxrtl." not in source  # the public API only
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CXRTL_CACHE_DIR": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=240, env=env)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "CXRTL_CACHE_DIR": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "2",
+    }
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "quickstart.py"), str(tmp_path / "work")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "best epoch 1" in out and "test accuracy" in out

@@ -80,12 +80,17 @@ def make_root(root: Path, classes=("NORMAL", "PNEUMONIA"), per_class: int = 6, s
 
 def bomb_png(path: Path, side: int = 200_000) -> None:
     """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def add_junk(root: Path, label: str = "NORMAL") -> dict[str, str]:
@@ -98,8 +103,14 @@ def add_junk(root: Path, label: str = "NORMAL") -> dict[str, str]:
     (d / "notes.jpg").write_text("this is not an image\n")
     (d / "page.png").write_bytes(b"<html><body>404</body></html>")
     bomb_png(d / "bomb.png")
-    return {"zero.png": "zero-byte", "truncated.png": "truncated", "corrupt.png": "corrupt",
-            "notes.jpg": "non-image", "page.png": "non-image", "bomb.png": "bomb"}
+    return {
+        "zero.png": "zero-byte",
+        "truncated.png": "truncated",
+        "corrupt.png": "corrupt",
+        "notes.jpg": "non-image",
+        "page.png": "non-image",
+        "bomb.png": "bomb",
+    }
 
 
 def odd_modes(root: Path, label: str = "PNEUMONIA") -> list[str]:
@@ -204,7 +215,9 @@ def test_unreadable_permissions(tmp_path, monkeypatch):
         monkeypatch.setattr(builtins, "open", deny)
     else:
         victim.chmod(0)
-    hashes, bad = hashing.hash_images([r / "NORMAL" / "normal-0.png", victim], progress=False, use_cache=False)
+    hashes, bad = hashing.hash_images(
+        [r / "NORMAL" / "normal-0.png", victim], progress=False, use_cache=False
+    )
     assert len(hashes) == 1 and [u.path for u in bad] == [str(victim)]
     assert "denied" in bad[0].reason.lower()
 
@@ -251,12 +264,15 @@ def test_data_check_no_layout(tmp_path, capsys):
     assert_one_line_error(run(capsys, "data", "check", tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("text", [
-    "",  # empty file
-    "path,label\n\"unclosed,NORMAL\n",  # broken quoting
-    "file;class\nx.png;NORMAL\n",  # wrong delimiter / header
-    "\xff\xfe\x00garbage",  # not UTF-8
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",  # empty file
+        'path,label\n"unclosed,NORMAL\n',  # broken quoting
+        "file;class\nx.png;NORMAL\n",  # wrong delimiter / header
+        "\xff\xfe\x00garbage",  # not UTF-8
+    ],
+)
 def test_data_check_malformed_manifest(tmp_path, capsys, text):
     make_root(tmp_path)
     manifest = tmp_path / "manifest.csv"
@@ -298,8 +314,15 @@ def write_bad_split(path: Path, kind: str, root: Path) -> None:
         path.write_text(rows)
 
 
-BAD_SPLITS = ["missing-column", "bad-split-name", "unknown-label", "missing-file", "duplicate-row", "binary",
-              "empty"]
+BAD_SPLITS = [
+    "missing-column",
+    "bad-split-name",
+    "unknown-label",
+    "missing-file",
+    "duplicate-row",
+    "binary",
+    "empty",
+]
 
 
 @pytest.mark.parametrize("kind", BAD_SPLITS)
@@ -341,8 +364,8 @@ def make_covid_root(tmp_path: Path, mask_size: int = 24, missing_mask: bool = Fa
             if missing_mask and c == 0 and i == 0:
                 continue
             m = np.zeros((mask_size, mask_size), np.uint8)
-            m[4:-4, 3:mask_size // 2 - 1] = 255
-            m[4:-4, mask_size // 2 + 1:-3] = 255
+            m[4:-4, 3 : mask_size // 2 - 1] = 255
+            m[4:-4, mask_size // 2 + 1 : -3] = 255
             Image.fromarray(m).save(ds / label / "masks" / name)
     return ds
 
@@ -351,8 +374,9 @@ def test_masks_of_another_size_are_resized(tmp_path, capsys):
     ds = make_covid_root(tmp_path, mask_size=24)
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", ds, "--out", split_csv)[0] == 0
-    code, _out, err = run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16",
-                          "--input", "masked")
+    code, _out, err = run(
+        capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16", "--input", "masked"
+    )
     assert code == 0 and "Traceback" not in err, err
 
 
@@ -362,8 +386,10 @@ def test_missing_mask_fails_only_masked_runs(tmp_path, capsys):
     assert run(capsys, "data", "split", ds, "--out", split_csv)[0] == 0
     code, _out, err = run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16")
     assert code == 0, err
-    assert_one_line_error(run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16",
-                              "--input", "masked"), "mask")
+    assert_one_line_error(
+        run(capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16", "--input", "masked"),
+        "mask",
+    )
 
 
 def test_data_dedup_records_unreadable_files(junk_root, capsys):
@@ -383,8 +409,19 @@ def test_data_dedup_bad_arguments(root, tmp_path, capsys):
     assert_one_line_error(run(capsys, "data", "dedup", tmp_path / "nowhere"))
     split_csv = tmp_path / "split.csv"
     assert run(capsys, "data", "split", root, "--out", split_csv)[0] == 0
-    assert_one_line_error(run(capsys, "data", "dedup", root, "--split", split_csv, "--no-progress",
-                              "--drop", unwritable_dir(tmp_path) / "clean.csv"))
+    assert_one_line_error(
+        run(
+            capsys,
+            "data",
+            "dedup",
+            root,
+            "--split",
+            split_csv,
+            "--no-progress",
+            "--drop",
+            unwritable_dir(tmp_path) / "clean.csv",
+        )
+    )
 
 
 # ------------------------------------------------------------------------------- checkpoints and models
@@ -418,8 +455,12 @@ def tiny_checkpoint(tmp_path) -> Path:
 
     backbone = "test_resnet" if "test_resnet" in timm.list_models("test_*") else "resnet18"
     model = create_model(backbone=backbone, classes=["NORMAL", "PNEUMONIA"], in_chans=1, init="none")
-    meta = {"preprocess": Preprocess(input="raw", channels=1, image_size=32).to_dict(), "epoch": 1,
-            "metrics": {}, "config": {}}
+    meta = {
+        "preprocess": Preprocess(input="raw", channels=1, image_size=32).to_dict(),
+        "epoch": 1,
+        "metrics": {},
+        "config": {},
+    }
     stem = tmp_path / "run" / "best"
     save_checkpoint(stem, model, meta)
     return stem.with_suffix(".safetensors")
@@ -428,13 +469,13 @@ def tiny_checkpoint(tmp_path) -> Path:
 def _with_embedded_meta(data: bytes, edit) -> bytes:
     """A safetensors file whose embedded cxrtl metadata was edited by ``edit(meta_dict)``."""
     n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["cxrtl_meta"])
     edit(meta)
     header["__metadata__"]["cxrtl_meta"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + data[8 + n:]
+    return struct.pack("<Q", len(raw)) + raw + data[8 + n :]
 
 
 def tampered_variants(ckpt: Path, tmp_path: Path) -> dict[str, Path]:
@@ -460,7 +501,9 @@ def tampered_variants(ckpt: Path, tmp_path: Path) -> dict[str, Path]:
     pair("bad-sidecar-json", data, meta[: len(meta) // 2])
     pair("weights-swapped", _with_embedded_meta(data, lambda m: None) + b"", meta)  # sha no longer matches
     pair("meta-classes", _with_embedded_meta(data, lambda m: m.update(classes=["only-one"])), None)
-    pair("meta-backbone", _with_embedded_meta(data, lambda m: m.update(backbone="no_such_backbone_xyz")), None)
+    pair(
+        "meta-backbone", _with_embedded_meta(data, lambda m: m.update(backbone="no_such_backbone_xyz")), None
+    )
     pair("meta-in-chans", _with_embedded_meta(data, lambda m: m.update(in_chans=7)), None)
     return out
 
@@ -469,8 +512,21 @@ MODEL_COMMANDS = {
     "evaluate": lambda m, root, out: ["evaluate", m, "--data", root, "--out", out],
     "predict": lambda m, root, out: ["predict", m, root / "NORMAL" / "normal-0.png"],
     "export": lambda m, root, out: ["export", m, "--onnx", out / "model.onnx"],
-    "train": lambda m, root, out: ["train", "--data", root, "--out", out, "--init", m, "--epochs", "1",
-                                   "--image-size", "32", "--backbone", "resnet18"],
+    "train": lambda m, root, out: [
+        "train",
+        "--data",
+        root,
+        "--out",
+        out,
+        "--init",
+        m,
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--backbone",
+        "resnet18",
+    ],
 }
 
 
@@ -516,14 +572,17 @@ def test_model_path_that_is_not_a_checkpoint(command, root, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ train
-@pytest.mark.parametrize("text", [
-    "epochs: [1, 2\n",  # YAML syntax error
-    "- just\n- a list\n",  # not a mapping
-    "epochs: many\n",  # wrong type
-    "no_such_option: 3\n",  # unknown key
-    "lr: -1\n",  # invalid value
-    "!!python/object/apply:os.system ['touch PWNED_YAML']\n",  # unsafe YAML tag
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "epochs: [1, 2\n",  # YAML syntax error
+        "- just\n- a list\n",  # not a mapping
+        "epochs: many\n",  # wrong type
+        "no_such_option: 3\n",  # unknown key
+        "lr: -1\n",  # invalid value
+        "!!python/object/apply:os.system ['touch PWNED_YAML']\n",  # unsafe YAML tag
+    ],
+)
 def test_train_malformed_config(text, root, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "cfg.yaml"
@@ -536,15 +595,20 @@ def test_train_malformed_config(text, root, tmp_path, capsys, monkeypatch):
 
 def test_train_bad_data_and_outputs(root, tmp_path, capsys):
     common = ["--epochs", "1", "--image-size", "32", "--backbone", "resnet18", "--init", "none"]
-    assert_one_line_error(run(capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "r1", *common))
-    assert_one_line_error(run(capsys, "train", "--data", root, "--out", unwritable_dir(tmp_path) / "run",
-                              *common))
+    assert_one_line_error(
+        run(capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "r1", *common)
+    )
+    assert_one_line_error(
+        run(capsys, "train", "--data", root, "--out", unwritable_dir(tmp_path) / "run", *common)
+    )
     bad = tmp_path / "bad.csv"
     write_bad_split(bad, "missing-file", root)
-    assert_one_line_error(run(capsys, "train", "--data", root, "--out", tmp_path / "r2", "--split", bad,
-                              *common))
-    assert_one_line_error(run(capsys, "train", "--data", root, "--out", tmp_path / "r3", "--input", "masked",
-                              *common), "mask")
+    assert_one_line_error(
+        run(capsys, "train", "--data", root, "--out", tmp_path / "r2", "--split", bad, *common)
+    )
+    assert_one_line_error(
+        run(capsys, "train", "--data", root, "--out", tmp_path / "r3", "--input", "masked", *common), "mask"
+    )
     assert_one_line_error(run(capsys, "train", "--resume", root))  # not a run directory
     for d in ("r1", "r2", "r3"):
         assert not (tmp_path / d / "best.safetensors").exists()
@@ -554,10 +618,12 @@ def test_train_bad_data_and_outputs(root, tmp_path, capsys):
 def test_evaluate_bad_inputs(root, tmp_path, capsys, tiny_checkpoint):
     bad = tmp_path / "bad.csv"
     write_bad_split(bad, "missing-column", root)
-    assert_one_line_error(run(capsys, "evaluate", tiny_checkpoint, "--data", root, "--split", bad,
-                              "--out", tmp_path / "e1"))
-    assert_one_line_error(run(capsys, "evaluate", tiny_checkpoint, "--data", root,
-                              "--out", unwritable_dir(tmp_path) / "e2"))
+    assert_one_line_error(
+        run(capsys, "evaluate", tiny_checkpoint, "--data", root, "--split", bad, "--out", tmp_path / "e1")
+    )
+    assert_one_line_error(
+        run(capsys, "evaluate", tiny_checkpoint, "--data", root, "--out", unwritable_dir(tmp_path) / "e2")
+    )
     other = make_root(tmp_path / "other", classes=("CAT", "DOG"))
     assert_one_line_error(run(capsys, "evaluate", tiny_checkpoint, "--data", other, "--out", tmp_path / "e3"))
 
@@ -581,7 +647,9 @@ def test_predict_missing_path(tmp_path, capsys, tiny_checkpoint):
 
 @pytest.mark.slow
 def test_export_unwritable_and_full_disk(tmp_path, capsys, monkeypatch, tiny_checkpoint):
-    assert_one_line_error(run(capsys, "export", tiny_checkpoint, "--onnx", unwritable_dir(tmp_path) / "m.onnx"))
+    assert_one_line_error(
+        run(capsys, "export", tiny_checkpoint, "--onnx", unwritable_dir(tmp_path) / "m.onnx")
+    )
     out = tmp_path / "exp" / "m.onnx"
     out.parent.mkdir()
     out.write_bytes(b"old model")

@@ -64,8 +64,9 @@ def test_cache_is_reused_and_rebuilt_when_sources_or_preprocessing_change(covid_
     first = build_cache(index, index.records, tiny_pp, progress=False)
     assert first.built and first.images.shape == (len(index.records), 32, 32)
     assert first.images.dtype == np.uint8 and first.images[0].any()
-    again = build_cache(index, list(reversed(index.records)), Preprocess(channels=1, image_size=32),
-                        progress=False)
+    again = build_cache(
+        index, list(reversed(index.records)), Preprocess(channels=1, image_size=32), progress=False
+    )
     assert not again.built and again.dir == first.dir  # order and channel count do not matter
     bigger = build_cache(index, index.records, Preprocess(image_size=40), progress=False)
     assert bigger.built and bigger.dir != first.dir

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxrtl.evaluation.cam import grad_cam, lung_fraction, lung_fractions, overlay, save_overlay
 from cxrtl.cli import main
 from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.data.records import DatasetIndex, Record
 from cxrtl.errors import CxrtlError
+from cxrtl.evaluation.cam import grad_cam, lung_fraction, lung_fractions, overlay, save_overlay
 from cxrtl.model import create_model
 from test_predict import lung_mask, make_run, radiograph, save_png
 
@@ -115,8 +115,9 @@ def test_lung_fractions_uses_mask_geometry_of_the_image(tmp_path):
     save_png(root / "c.png", half_image(60, 80, 250, 0))
     records = [Record("a.png", "x", "a_mask.png"), Record("c.png", "x", "b_mask.png"), Record("c.png", "x")]
     index = DatasetIndex(root=root, layout="class-folders", classes=["x"], records=records)
-    fr = lung_fractions(BrightnessModel(), index, records, Preprocess(channels=1, image_size=32), "cpu",
-                        class_index=0)
+    fr = lung_fractions(
+        BrightnessModel(), index, records, Preprocess(channels=1, image_size=32), "cpu", class_index=0
+    )
     assert fr[0] > 0.9 and fr[1] < 0.1 and fr[2] is None
 
 
@@ -126,8 +127,21 @@ def test_predict_cli_writes_overlays_and_lung_fractions(tmp_path, capsys):
         save_png(tmp_path / "in" / sub / "x.png", radiograph(72, 80, seed=len(sub)))
     save_png(tmp_path / "masks" / "x.png", lung_mask(72, 80))
     cams = tmp_path / "cams"
-    rc = main(["predict", str(run), str(tmp_path / "in"), "--cam", str(cams), "--mask-dir",
-               str(tmp_path / "masks"), "--cam-class", "Normal", "--format", "json"])
+    rc = main(
+        [
+            "predict",
+            str(run),
+            str(tmp_path / "in"),
+            "--cam",
+            str(cams),
+            "--mask-dir",
+            str(tmp_path / "masks"),
+            "--cam-class",
+            "Normal",
+            "--format",
+            "json",
+        ]
+    )
     rows = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(rows) == 2
     assert sorted(Path(r["cam"]).name for r in rows) == ["x-2.cam.png", "x.cam.png"]

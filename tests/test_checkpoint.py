@@ -30,8 +30,12 @@ TINY = "test_resnet"
 def saved(tmp_path):
     torch.manual_seed(0)
     model = create_model(TINY, ["NORMAL", "PNEUMONIA"], in_chans=1, init="none").eval()
-    meta = {"preprocess": Preprocess("raw", 1, 32).to_dict(), "epoch": 4, "metrics": {"val_acc": 0.75},
-            "config": {"lr": 1e-3}}
+    meta = {
+        "preprocess": Preprocess("raw", 1, 32).to_dict(),
+        "epoch": 4,
+        "metrics": {"val_acc": 0.75},
+        "config": {"lr": 1e-3},
+    }
     path = save_checkpoint(tmp_path / "best", model, meta)
     return model, path
 
@@ -40,8 +44,18 @@ def test_roundtrip_gives_same_model_and_meta(saved, tmp_path):
     model, path = saved
     assert path == tmp_path / "best.safetensors"
     side = json.loads((tmp_path / "best.json").read_text())
-    for key in ("format", "version", "backbone", "classes", "in_chans", "preprocess", "epoch", "metrics",
-                "config", "weights_sha256"):
+    for key in (
+        "format",
+        "version",
+        "backbone",
+        "classes",
+        "in_chans",
+        "preprocess",
+        "epoch",
+        "metrics",
+        "config",
+        "weights_sha256",
+    ):
         assert key in side, key
     assert side["format"] == FORMAT and side["classes"] == ["NORMAL", "PNEUMONIA"] and side["in_chans"] == 1
     assert side["preprocess"]["mean"] == [0.485] and side["preprocess"]["image_size"] == 32
@@ -155,17 +169,19 @@ def _rewrite_embedded(path, edit):
 
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     meta = json.loads(header["__metadata__"]["cxrtl_meta"])
     edit(meta)
     header["__metadata__"]["cxrtl_meta"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
 
 
-@pytest.mark.parametrize("edit, match", [(lambda m: m.update(version=99), "version 99"),
-                                         (lambda m: m.update(format="other"), "another format")])
+@pytest.mark.parametrize(
+    "edit, match",
+    [(lambda m: m.update(version=99), "version 99"), (lambda m: m.update(format="other"), "another format")],
+)
 def test_future_or_foreign_embedded_meta_is_refused(saved, tmp_path, edit, match):
     _, path = saved
     (tmp_path / "best.json").unlink()

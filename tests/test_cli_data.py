@@ -50,7 +50,17 @@ def test_check_json_counts_masks_and_split(covid_root, tmp_path, capsys):
 
 def test_split_is_byte_identical_and_options_work(pneumonia_root, tmp_path, capsys):
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    args = ["data", "split", str(pneumonia_root), "--ratios", "0.6,0.2,0.2", "--seed", "3", "--group-by", "patient"]
+    args = [
+        "data",
+        "split",
+        str(pneumonia_root),
+        "--ratios",
+        "0.6,0.2,0.2",
+        "--seed",
+        "3",
+        "--group-by",
+        "patient",
+    ]
     assert main(args + ["--out", str(a)]) == 0 and main(args + ["--out", str(b)]) == 0
     assert a.read_bytes() == b.read_bytes()
     assert a.read_text().splitlines()[0] == "path,label,split,patient_id"
@@ -62,8 +72,21 @@ def test_split_is_byte_identical_and_options_work(pneumonia_root, tmp_path, caps
 def test_cache_builds_then_reuses(covid_root, tmp_path, capsys):
     split = tmp_path / "split.csv"
     assert main(["data", "split", str(covid_root), "--out", str(split)]) == 0
-    args = ["data", "cache", str(covid_root), "--split", str(split), "--input", "masked", "--channels", "1",
-            "--image-size", "24", "--cache-dir", str(tmp_path / "c")]
+    args = [
+        "data",
+        "cache",
+        str(covid_root),
+        "--split",
+        str(split),
+        "--input",
+        "masked",
+        "--channels",
+        "1",
+        "--image-size",
+        "24",
+        "--cache-dir",
+        str(tmp_path / "c"),
+    ]
     assert main(args) == 0
     assert "built cache" in capsys.readouterr().out
     assert main(args) == 0
@@ -81,7 +104,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, covid_copy, pneumoni
             f.unlink()
         argv, expect = ["data", "split", str(covid_copy), "--out", str(out)], "no usable images"
     elif case == "ratios":
-        argv, expect = ["data", "split", str(covid_copy), "--out", str(out), "--ratios", "0.7,0.2,0.2"], "sum to"
+        argv, expect = (
+            ["data", "split", str(covid_copy), "--out", str(out), "--ratios", "0.7,0.2,0.2"],
+            "sum to",
+        )
     elif case == "vanished":
         assert main(["data", "split", str(covid_copy), "--out", str(tmp_path / "s.csv")]) == 0
         (covid_copy / "Normal" / "images" / "Normal-3.png").unlink()
@@ -103,8 +129,14 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, covid_copy, pneumoni
 
 def test_real_process_reports_errors_without_traceback(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "cxrtl", "data", "check", str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxrtl", "data", "check", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("cxrtl: error: no recognisable dataset layout")
     assert "Traceback" not in proc.stderr

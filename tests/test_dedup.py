@@ -21,8 +21,12 @@ def cxr_like(seed: int, size: int = 96) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     img = 40 + 160 * np.exp(-(((xx - 0.5) / 0.45) ** 2))
     for cx in (0.32 + 0.05 * rng.standard_normal(), 0.68 + 0.05 * rng.standard_normal()):
-        cy, rx, ry = 0.5 + 0.05 * rng.standard_normal(), 0.12 + 0.04 * rng.random(), 0.25 + 0.06 * rng.random()
-        img -= (80 + 40 * rng.random()) * np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2)
+        cy, rx, ry = (
+            0.5 + 0.05 * rng.standard_normal(),
+            0.12 + 0.04 * rng.random(),
+            0.25 + 0.06 * rng.random(),
+        )
+        img -= (80 + 40 * rng.random()) * np.exp(-((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2))
     img += 12 * np.sin(yy * (12 + 8 * rng.random()) * np.pi + 6 * rng.random())
     for _ in range(6):
         cx, cy, r = rng.random(), rng.random(), 0.04 + 0.12 * rng.random()
@@ -71,10 +75,12 @@ def test_search_pairs_equals_brute_force(radius):
 
 def test_search_pairs_big_bucket_is_blocked_not_all_pairs_in_memory():
     rng = np.random.default_rng(0)
-    h = (rng.integers(0, 2**40, size=1100, dtype=np.int64).astype(np.uint64) << np.uint64(24))  # low bits equal
+    h = rng.integers(0, 2**40, size=1100, dtype=np.int64).astype(np.uint64) << np.uint64(24)  # low bits equal
     h[5] = h[7] ^ np.uint64(1 << 30)
     h[9] = h[7] ^ np.uint64(3 << 40)
-    pairs = duplicates.search_pairs(h, 2)  # band 0 (the low 22 bits) is one bucket of 1100 > 1024: blocked path
+    pairs = duplicates.search_pairs(
+        h, 2
+    )  # band 0 (the low 22 bits) is one bucket of 1100 > 1024: blocked path
     x = h[:, None] ^ h[None, :]
     d = np.bitwise_count(x)
     i, j = np.nonzero(np.triu(d <= 2, 1))
@@ -95,9 +101,14 @@ def test_near_duplicates_survive_reencoding_resizing_and_format(tmp_path):
     paths = {
         "orig": save(base, tmp_path / "orig.png"),
         "jpeg": save(base, tmp_path / "orig.jpg", quality=90),
-        "half": save(np.asarray(Image.fromarray(base).resize((64, 64), Image.BILINEAR)), tmp_path / "half.png"),
-        "big": save(np.asarray(Image.fromarray(base).resize((512, 512), Image.BICUBIC)), tmp_path / "big.jpeg",
-                    quality=92),
+        "half": save(
+            np.asarray(Image.fromarray(base).resize((64, 64), Image.BILINEAR)), tmp_path / "half.png"
+        ),
+        "big": save(
+            np.asarray(Image.fromarray(base).resize((512, 512), Image.BICUBIC)),
+            tmp_path / "big.jpeg",
+            quality=92,
+        ),
         "rgb": str(tmp_path / "rgb.png"),
     }
     Image.fromarray(base).convert("RGB").save(paths["rgb"])
@@ -106,7 +117,9 @@ def test_near_duplicates_survive_reencoding_resizing_and_format(tmp_path):
     assert not bad
     dup = duplicates.find_duplicates(hashes, progress=False)
     names = {h.path: k for k, h in zip([*paths, *[f"other{i}" for i in range(6)]], hashes)}
-    linked = {frozenset((names[hashes[i].path], names[hashes[j].path])) for i, j, *_ in [*dup.exact, *dup.near]}
+    linked = {
+        frozenset((names[hashes[i].path], names[hashes[j].path])) for i, j, *_ in [*dup.exact, *dup.near]
+    }
     for k in ("jpeg", "half", "big", "rgb"):
         assert frozenset(("orig", k)) in linked, k
     assert not any(n.startswith("other") for pair in linked for n in pair), "distinct images matched"
@@ -137,8 +150,9 @@ def test_bad_files_are_reported_not_raised(tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     data = (tmp_path / "good.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-    hashes, bad = hashing.hash_images([good, *(str(tmp_path / n) for n in ("empty.png", "text.jpg", "cut.png"))],
-                                    progress=False)
+    hashes, bad = hashing.hash_images(
+        [good, *(str(tmp_path / n) for n in ("empty.png", "text.jpg", "cut.png"))], progress=False
+    )
     assert [h.path for h in hashes] == [good]
     reasons = {os.path.basename(u.path): u.reason for u in bad}
     assert set(reasons) == {"empty.png", "text.jpg", "cut.png"}
@@ -232,21 +246,30 @@ def test_cli_split_leakage_and_drop(tmp_path, capsys):
     from cxrtl.data.sources import load_dataset
     from cxrtl.data.splits import read_split_csv, write_split_csv
 
-    root = make_dataset(tmp_path / "ds", per_class=6, copies=[("NORMAL", 0, "leak.jpeg"),
-                                                              ("NORMAL", 1, "twin.png"),
-                                                              ("PNEUMONIA", 2, "valcopy.png")])
+    root = make_dataset(
+        tmp_path / "ds",
+        per_class=6,
+        copies=[("NORMAL", 0, "leak.jpeg"), ("NORMAL", 1, "twin.png"), ("PNEUMONIA", 2, "valcopy.png")],
+    )
     index = load_dataset(root)
     by = {r.path: r for r in index.records}
-    assign = {"NORMAL/leak.jpeg": "test", "NORMAL/normal-0.png": "train", "NORMAL/twin.png": "train",
-              "NORMAL/normal-1.png": "train", "PNEUMONIA/pneumonia-2.png": "val", "PNEUMONIA/valcopy.png": "test"}
+    assign = {
+        "NORMAL/leak.jpeg": "test",
+        "NORMAL/normal-0.png": "train",
+        "NORMAL/twin.png": "train",
+        "NORMAL/normal-1.png": "train",
+        "PNEUMONIA/pneumonia-2.png": "val",
+        "PNEUMONIA/valcopy.png": "test",
+    }
     split = {"train": [], "val": [], "test": []}
     for i, (p, r) in enumerate(sorted(by.items())):
         split[assign.get(p, ("train", "val", "test")[i % 3])].append(r)
     csv_path = tmp_path / "split.csv"
     write_split_csv(csv_path, split)
     out = tmp_path / "clean.csv"
-    code = run_dedup([str(root), "--split", str(csv_path), "--format", "json", "--drop", str(out),
-                      "--no-progress"])
+    code = run_dedup(
+        [str(root), "--split", str(csv_path), "--format", "json", "--drop", str(out), "--no-progress"]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     cross = {(a, b, sa, sb) for a, b, sa, sb in report["cross_split"]}
@@ -309,8 +332,9 @@ def test_synthetic_sets_planted_overlap_found_and_no_false_positives(synth_roots
     pairs = [p[:2] for p in report["exact"] + report["near"]]
     assert pairs
     for a, b in pairs:
-        assert (a.startswith("Normal/") and "/NORMAL/" in b) or \
-            (a.startswith("Viral Pneumonia/") and "_virus_" in b), (a, b)
+        assert (a.startswith("Normal/") and "/NORMAL/" in b) or (
+            a.startswith("Viral Pneumonia/") and "_virus_" in b
+        ), (a, b)
     assert len({a for a, _ in pairs}) == len(pairs) == len({b for _, b in pairs})
 
 

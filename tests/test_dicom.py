@@ -20,12 +20,13 @@ from cxrtl.errors import CxrtlError
 def gradient(h=40, w=48) -> np.ndarray:
     """A uint8 test image using the full 0..255 range, with some structure."""
     yy, xx = np.mgrid[0:h, 0:w]
-    img = (xx * 255 / (w - 1) * 0.7 + yy * 255 / (h - 1) * 0.3)
+    img = xx * 255 / (w - 1) * 0.7 + yy * 255 / (h - 1) * 0.3
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def write_dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", bits_stored=None, signed=False,
-                **elements) -> str:
+def write_dicom(
+    path, pixels: np.ndarray | None, photometric="MONOCHROME2", bits_stored=None, signed=False, **elements
+) -> str:
     """Write a minimal Digital X-Ray DICOM; ``pixels=None`` writes one without pixel data."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -38,8 +39,11 @@ def write_dicom(path, pixels: np.ndarray | None, photometric="MONOCHROME2", bits
     ds.Modality = "DX"
     ds.PatientID = "anon"
     if pixels is not None:
-        ds.set_pixel_data(pixels, photometric_interpretation=photometric,
-                          bits_stored=bits_stored or pixels.dtype.itemsize * 8)
+        ds.set_pixel_data(
+            pixels,
+            photometric_interpretation=photometric,
+            bits_stored=bits_stored or pixels.dtype.itemsize * 8,
+        )
     for key, value in elements.items():
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
@@ -71,8 +75,9 @@ def test_high_bit_depth_scaled_to_8_bits(tmp_path, bits):
 def test_window_centre_width_applied(tmp_path):
     # 12-bit data; a window over [1000, 3000] maps 1000 -> black and 3000 -> white, clipping outside.
     raw = np.array([[0, 1000, 2000], [3000, 4095, 1500]], dtype=np.uint16)
-    out = load_dicom_gray(write_dicom(tmp_path / "w.dcm", raw, bits_stored=12,
-                                      WindowCenter=2000.5, WindowWidth=2001))
+    out = load_dicom_gray(
+        write_dicom(tmp_path / "w.dcm", raw, bits_stored=12, WindowCenter=2000.5, WindowWidth=2001)
+    )
     assert out[0, 0] == 0 and out[0, 1] == 0
     assert out[1, 0] == 255 and out[1, 1] == 255
     assert abs(int(out[0, 2]) - 128) <= 1 and abs(int(out[1, 2]) - 64) <= 1
@@ -81,9 +86,18 @@ def test_window_centre_width_applied(tmp_path):
 def test_modality_lut_rescale_applied_before_window(tmp_path):
     # Stored values 0..4095 with slope 2, intercept -1000: the window is in rescaled units.
     raw = np.array([[500, 1000, 1500]], dtype=np.uint16)  # rescaled: 0, 1000, 2000
-    out = load_dicom_gray(write_dicom(tmp_path / "r.dcm", raw, bits_stored=12, RescaleSlope=2,
-                                      RescaleIntercept=-1000, RescaleType="US",
-                                      WindowCenter=1000.5, WindowWidth=2001))
+    out = load_dicom_gray(
+        write_dicom(
+            tmp_path / "r.dcm",
+            raw,
+            bits_stored=12,
+            RescaleSlope=2,
+            RescaleIntercept=-1000,
+            RescaleType="US",
+            WindowCenter=1000.5,
+            WindowWidth=2001,
+        )
+    )
     assert out[0, 0] == 0 and out[0, 2] == 255 and abs(int(out[0, 1]) - 128) <= 1
 
 

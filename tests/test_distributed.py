@@ -31,13 +31,38 @@ def test_torchrun_two_cpu_processes(tmp_path, covid_root):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CXRTL_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cxrtl", "train", "--data", str(covid_root), "--out", str(out), "--backbone", "test_resnet",
-           "--init", "none", "--image-size", "32", "--epochs", "2", "--batch-size", "5", "--no-progress",
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cxrtl",
+        "train",
+        "--data",
+        str(covid_root),
+        "--out",
+        str(out),
+        "--backbone",
+        "test_resnet",
+        "--init",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "5",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     # own session, so a hang kills torchrun AND its workers (never leave processes behind)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=280)
     except subprocess.TimeoutExpired:

@@ -39,8 +39,17 @@ class ToyData(Dataset):
 
 
 def _cfg(**kw):
-    base = {"backbone": TINY, "init": "none", "image_size": 32, "epochs": 3, "batch_size": 16, "milestones": [2],
-            "progress": False, "device": "cpu", "seed": 7}
+    base = {
+        "backbone": TINY,
+        "init": "none",
+        "image_size": 32,
+        "epochs": 3,
+        "batch_size": 16,
+        "milestones": [2],
+        "progress": False,
+        "device": "cpu",
+        "seed": 7,
+    }
     base.update(kw)
     return TrainConfig(**base)
 
@@ -159,8 +168,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     tensors, saved = read_state(tmp_path / "cut" / STATE_FILE)
     assert saved["epoch"] == 2 and len(saved["history"]) == 2
     torch.manual_seed(12345)  # a different RNG state in the resuming process must not matter
-    resumed = fit(create_model(TINY, CLASSES, 3, init="none"), _data(), cfg, tmp_path / "cut",
-                  resume=(tensors, saved))
+    resumed = fit(
+        create_model(TINY, CLASSES, 3, init="none"), _data(), cfg, tmp_path / "cut", resume=(tensors, saved)
+    )
     assert _strip(resumed["history"]) == _strip(full["history"])
     assert resumed["best_epoch"] == full["best_epoch"]
     assert (tmp_path / "cut" / "history.csv").read_text().count("\n") == 5

@@ -50,15 +50,44 @@ def evaluated(tmp_path_factory, covid_root):
     model = create_model("resnet18", CLASSES, in_chans=3, init="none")
     pp = Preprocess("raw", 3, 64)
     save_checkpoint(run / "best", model, {"preprocess": pp.to_dict(), "epoch": 2, "config": {"seed": 0}})
-    (run / "history.csv").write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
-                                     "1,1.1,0.4,1.1,0.3,0.001,1.0\n2,1.0,0.5,1.0,0.4,0.001,1.0\n")
+    (run / "history.csv").write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+        "1,1.1,0.4,1.1,0.3,0.001,1.0\n2,1.0,0.5,1.0,0.4,0.001,1.0\n"
+    )
     out = base / "out"
-    code = main(["evaluate", str(run), "--data", str(data), "--out", str(out), "--calibrate",
-                 "--positive", "covid", "--target-sensitivity", "0.9", "--device", "cpu", "--cam-in-lungs",
-                 "--cache-dir", str(base / "cache"), "--bootstrap", "100", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            str(run),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--calibrate",
+            "--positive",
+            "covid",
+            "--target-sensitivity",
+            "0.9",
+            "--device",
+            "cpu",
+            "--cam-in-lungs",
+            "--cache-dir",
+            str(base / "cache"),
+            "--bootstrap",
+            "100",
+            "--no-progress",
+        ]
+    )
     assert code == 0
-    return types.SimpleNamespace(base=base, data=data, run=run, out=out, split=split, n_all=len(index.records),
-                                 metrics=json.loads((out / "metrics.json").read_text()))
+    return types.SimpleNamespace(
+        base=base,
+        data=data,
+        run=run,
+        out=out,
+        split=split,
+        n_all=len(index.records),
+        metrics=json.loads((out / "metrics.json").read_text()),
+    )
 
 
 def read_predictions(path):
@@ -70,10 +99,30 @@ def test_outputs_and_schema(evaluated):
     m, out = evaluated.metrics, evaluated.out
     assert m["classes"] == CLASSES
     assert m["n"] == len(evaluated.split["test"])
-    for key in ("accuracy", "accuracy_ci", "loss", "per_class", "weighted", "macro", "confusion_matrix",
-                "roc_auc", "ece", "calibration", "calibrated", "operating_point", "source"):
+    for key in (
+        "accuracy",
+        "accuracy_ci",
+        "loss",
+        "per_class",
+        "weighted",
+        "macro",
+        "confusion_matrix",
+        "roc_auc",
+        "ece",
+        "calibration",
+        "calibrated",
+        "operating_point",
+        "source",
+    ):
         assert key in m
-    assert set(m["per_class"]["COVID"]) >= {"precision", "recall", "f1", "support", "precision_ci", "recall_ci"}
+    assert set(m["per_class"]["COVID"]) >= {
+        "precision",
+        "recall",
+        "f1",
+        "support",
+        "precision_ci",
+        "recall_ci",
+    }
     for name in ("roc", "confusion", "reliability", "history"):
         assert (out / f"{name}.png").is_file() and (out / f"{name}.svg").is_file()
     assert "accuracy" in (out / "report.md").read_text()
@@ -110,9 +159,24 @@ def test_calibration_saved_beside_checkpoint_and_operating_point(evaluated):
 
 def test_checkpoint_file_on_all_images_uses_saved_temperature(evaluated, capsys):
     out = evaluated.base / "out_all"
-    code = main(["evaluate", str(evaluated.run / "best.json"), "--data", str(evaluated.data), "--subset", "all",
-                 "--out", str(out), "--cache-dir", str(evaluated.base / "cache"), "--bootstrap", "0",
-                 "--no-figures", "--no-progress"])
+    code = main(
+        [
+            "evaluate",
+            str(evaluated.run / "best.json"),
+            "--data",
+            str(evaluated.data),
+            "--subset",
+            "all",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(evaluated.base / "cache"),
+            "--bootstrap",
+            "0",
+            "--no-figures",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == evaluated.n_all and "calibrated" in m
@@ -131,10 +195,20 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
 
     fake = types.ModuleType("cxrtl.evaluation.cam")
     fake.lung_fractions = lambda model, index, records, pp, device: [
-        None if i == 0 else 0.5 for i, _ in enumerate(records)]
+        None if i == 0 else 0.5 for i, _ in enumerate(records)
+    ]
     monkeypatch.setitem(sys.modules, "cxrtl.evaluation.cam", fake)
-    m = evaluate(evaluated.run, evaluated.data, out=evaluated.base / "out_cam", cam_in_lungs=True,
-                 cache_dir=evaluated.base / "cache", progress=False, n_boot=0, figures=False, device="cpu")
+    m = evaluate(
+        evaluated.run,
+        evaluated.data,
+        out=evaluated.base / "out_cam",
+        cam_in_lungs=True,
+        cache_dir=evaluated.base / "cache",
+        progress=False,
+        n_boot=0,
+        figures=False,
+        device="cpu",
+    )
     cam = m["cam_in_lungs"]
     assert cam["without_mask"] == 1 and cam["overall"]["mean"] == 0.5 and cam["overall"]["n"] == m["n"] - 1
 
@@ -147,8 +221,14 @@ def _listing(*roots):
 def test_out_none_returns_the_same_metrics_and_writes_nothing(evaluated, tmp_path, monkeypatch):
     from cxrtl.evaluation.evaluate import evaluate
 
-    kw = {"positive": "covid", "target_sensitivity": 0.9, "cache_dir": evaluated.base / "cache",
-          "progress": False, "n_boot": 50, "device": "cpu"}
+    kw = {
+        "positive": "covid",
+        "target_sensitivity": 0.9,
+        "cache_dir": evaluated.base / "cache",
+        "progress": False,
+        "n_boot": 50,
+        "device": "cpu",
+    }
     written = evaluate(evaluated.run, evaluated.data, out=tmp_path / "out", **kw)
     assert (tmp_path / "out" / "metrics.json").is_file() and written["figures"]
     monkeypatch.chdir(tmp_path)  # a relative default output folder would land here
@@ -168,25 +248,52 @@ def one_line_error(capsys, argv):
 
 
 def test_run_dir_without_best_checkpoint(evaluated, tmp_path, capsys):
-    err = one_line_error(capsys, ["evaluate", str(tmp_path), "--data", str(evaluated.data),
-                                  "--out", str(tmp_path / "o")])
+    err = one_line_error(
+        capsys, ["evaluate", str(tmp_path), "--data", str(evaluated.data), "--out", str(tmp_path / "o")]
+    )
     assert "no best checkpoint" in err
 
 
 def test_classes_do_not_match(evaluated, pneumonia_root, tmp_path, capsys):
     data = pneumonia_root
-    err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
-                                  "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
-                                  str(tmp_path / "cache"), "--no-progress"])
+    err = one_line_error(
+        capsys,
+        [
+            "evaluate",
+            str(evaluated.run / "best.safetensors"),
+            "--data",
+            str(data),
+            "--subset",
+            "all",
+            "--out",
+            str(tmp_path / "o"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+    )
     assert "do not match" in err
     assert not (tmp_path / "cache").exists()  # refused before decoding a single image into a cache
 
 
 def test_labels_never_seen(evaluated, tmp_path, capsys):
     data = make_folder_dataset(tmp_path / "five", CLASSES + ["Tuberculosis"], per_class=3)
-    err = one_line_error(capsys, ["evaluate", str(evaluated.run / "best.safetensors"), "--data", str(data),
-                                  "--subset", "all", "--out", str(tmp_path / "o"), "--cache-dir",
-                                  str(tmp_path / "cache"), "--no-progress"])
+    err = one_line_error(
+        capsys,
+        [
+            "evaluate",
+            str(evaluated.run / "best.safetensors"),
+            "--data",
+            str(data),
+            "--subset",
+            "all",
+            "--out",
+            str(tmp_path / "o"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+    )
     assert "never saw" in err and "Tuberculosis" in err
 
 
@@ -198,14 +305,41 @@ def test_empty_subset(evaluated, tmp_path, capsys):
         for name in ("train", "val", "test"):
             for r in evaluated.split[name]:
                 w.writerow([r.path, r.label, "train"])
-    err = one_line_error(capsys, ["evaluate", str(evaluated.run), "--data", str(evaluated.data), "--split",
-                                  str(split), "--out", str(tmp_path / "o"), "--cache-dir",
-                                  str(evaluated.base / "cache"), "--no-progress"])
+    err = one_line_error(
+        capsys,
+        [
+            "evaluate",
+            str(evaluated.run),
+            "--data",
+            str(evaluated.data),
+            "--split",
+            str(split),
+            "--out",
+            str(tmp_path / "o"),
+            "--cache-dir",
+            str(evaluated.base / "cache"),
+            "--no-progress",
+        ],
+    )
     assert "empty" in err
 
 
 def test_unknown_positive_class(evaluated, tmp_path, capsys):
-    err = one_line_error(capsys, ["evaluate", str(evaluated.run), "--data", str(evaluated.data), "--out",
-                                  str(tmp_path / "o"), "--positive", "PNEUMONIA", "--cache-dir",
-                                  str(evaluated.base / "cache"), "--no-progress", "--no-figures"])
+    err = one_line_error(
+        capsys,
+        [
+            "evaluate",
+            str(evaluated.run),
+            "--data",
+            str(evaluated.data),
+            "--out",
+            str(tmp_path / "o"),
+            "--positive",
+            "PNEUMONIA",
+            "--cache-dir",
+            str(evaluated.base / "cache"),
+            "--no-progress",
+            "--no-figures",
+        ],
+    )
     assert "--positive" in err

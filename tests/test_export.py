@@ -78,8 +78,9 @@ def test_onnx_runs_without_torch(exported):
         "print(json.dumps(probs))\n"
     )
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                         check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     got = np.array(json.loads(res.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(got, want, atol=1e-4)
@@ -103,9 +104,12 @@ def test_dynamo_export_matches_with_dynamic_batch(tmp_path, capsys):
 def test_foreign_and_corrupt_onnx_are_clear_errors(exported, tmp_path, capsys):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["image"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
     foreign = tmp_path / "foreign.onnx"
     onnx.save(helper.make_model(graph), str(foreign))
     with pytest.raises(CxrtlError, match="cxrtl did not write"):

@@ -24,8 +24,14 @@ BACKBONE = "test_resnet"
 
 
 def cxrtl(*args, env, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cxrtl", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cxrtl", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
@@ -57,15 +63,21 @@ def make_root(root: Path, per_class: int, size: int) -> Path:
         for i in range(per_class):
             f = 2 + 3 * rng.random() + 2 * c
             img = 128 + 60 * np.sin(xx * f * np.pi + rng.random()) * np.cos(yy * (f + c) * np.pi)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / label / f"{label}-{i}.png",
-                                                                        compress_level=1)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                root / label / f"{label}-{i}.png", compress_level=1
+            )
     return root
 
 
 @pytest.fixture
 def env(tmp_path) -> dict:
-    e = dict(os.environ, CXRTL_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1",
-             OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    e = dict(
+        os.environ,
+        CXRTL_CACHE_DIR=str(tmp_path / "cache"),
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
     src = str(Path(__file__).resolve().parents[1] / "src")
     e["PYTHONPATH"] = src + os.pathsep + e.get("PYTHONPATH", "")
     return e
@@ -87,9 +99,31 @@ def tensors(path: Path) -> dict[str, np.ndarray]:
 
 def test_train_killed_then_resumed_equals_uninterrupted(tmp_path, env):
     root = make_root(tmp_path / "ds", per_class=10, size=40)
-    args = ["--data", root, "--backbone", BACKBONE, "--init", "none", "--image-size", "32", "--epochs", "3",
-            "--batch-size", "8", "--lr", "0.01", "--milestones", "2", "--seed", "7", "--device", "cpu",
-            "--workers", "0", "--no-progress"]
+    args = [
+        "--data",
+        root,
+        "--backbone",
+        BACKBONE,
+        "--init",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "0.01",
+        "--milestones",
+        "2",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     code, _, err = finish(cxrtl("train", "--out", tmp_path / "full", *args, env=env))
     assert code == 0, err
     full = tmp_path / "full"
@@ -159,8 +193,9 @@ def test_data_cache_killed_then_rerun_equals_uninterrupted(tmp_path, env):
     killed = kill_when(proc, lambda: bool(cache_dirs(base)[1]))
     assert killed, "the cache was built before it could be interrupted; use more or bigger images"
     finished, temporary = cache_dirs(base)
-    assert not [p for p in finished if any(f.suffix == ".npy" for f in p.iterdir())], \
+    assert not [p for p in finished if any(f.suffix == ".npy" for f in p.iterdir())], (
         "a killed build left a cache that looks finished"
+    )
     assert temporary  # the torn build is hidden under a temporary name
 
     code, _, err = finish(cxrtl(*args, env=env))
@@ -184,8 +219,26 @@ def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(tmp_path / "cache"))
     root = make_root(tmp_path / "ds", per_class=6, size=40)
     run_dir = tmp_path / "run"
-    args = ["train", "--data", str(root), "--out", str(run_dir), "--backbone", BACKBONE, "--init", "none",
-            "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    args = [
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(run_dir),
+        "--backbone",
+        BACKBONE,
+        "--init",
+        "none",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
 
     def killed(*a, **k):
         raise _Killed
@@ -196,5 +249,6 @@ def test_train_killed_before_first_commit_can_be_continued(tmp_path, monkeypatch
             cli.main(args)
     assert (run_dir / "history.csv").exists() and not (run_dir / "state.safetensors").exists()
     capsys.readouterr()
-    assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0 or cli.main(args) == 0, \
+    assert cli.main(["train", "--resume", str(run_dir), "--no-progress"]) == 0 or cli.main(args) == 0, (
         capsys.readouterr().err
+    )

@@ -26,8 +26,11 @@ def kermany(root, patients=4, per_patient=3):
         for k in range(per_patient):
             seed += 1
             save(cxr_like(1000 + seed, 64), ds / "train" / "NORMAL" / f"IM-{p:04d}-{k:04d}.jpeg", quality=95)
-            save(cxr_like(2000 + seed, 64), ds / "train" / "PNEUMONIA" / f"person{p}_bacteria_{k}.jpeg",
-                 quality=95)
+            save(
+                cxr_like(2000 + seed, 64),
+                ds / "train" / "PNEUMONIA" / f"person{p}_bacteria_{k}.jpeg",
+                quality=95,
+            )
     return load_dataset(root)
 
 
@@ -68,9 +71,11 @@ def test_cross_split_duplicates_are_reported_with_their_splits(tmp_path):
     save(cxr_like(12, 64), root / "A" / "A2-twin.png", compress_level=1)  # within train only: not leakage
     index = load_dataset(root)
     r = by_path(index)
-    split = {"train": [r["A/A0.png"], r["B/B1-big.jpeg"], r["A/A2.png"], r["A/A2-twin.png"], r["B/B0.png"]],
-             "val": [r["B/B1.png"], r["A/A1.png"]],
-             "test": [r["A/A0-copy.png"], r["A/A3.png"], r["B/B2.png"], r["B/B3.png"]]}
+    split = {
+        "train": [r["A/A0.png"], r["B/B1-big.jpeg"], r["A/A2.png"], r["A/A2-twin.png"], r["B/B0.png"]],
+        "val": [r["B/B1.png"], r["A/A1.png"]],
+        "test": [r["A/A0-copy.png"], r["A/A3.png"], r["B/B2.png"], r["B/B3.png"]],
+    }
     result = leakage.check_split(index, split)
     assert result["exact"] == [["A/A0.png", "A/A0-copy.png", "train", "test"]]
     assert [n[:2] + n[3:] for n in result["near"]] == [["B/B1-big.jpeg", "B/B1.png", "train", "val"]]
@@ -79,12 +84,15 @@ def test_cross_split_duplicates_are_reported_with_their_splits(tmp_path):
 
 
 def test_straddling_patients_on_records_in_memory():
-    split = {"train": [Record("a", "X", patient_id="p1"), Record("b", "X", patient_id="p2")],
-             "val": [Record("c", "X", patient_id="p1")],
-             "test": [Record("d", "X", patient_id="p1"), Record("e", "X"), Record("f", "X", patient_id="p2")]}
+    split = {
+        "train": [Record("a", "X", patient_id="p1"), Record("b", "X", patient_id="p2")],
+        "val": [Record("c", "X", patient_id="p1")],
+        "test": [Record("d", "X", patient_id="p1"), Record("e", "X"), Record("f", "X", patient_id="p2")],
+    }
     assert leakage.straddling_patients(split) == [
         {"patient": "p1", "splits": {"train": 1, "val": 1, "test": 1}},
-        {"patient": "p2", "splits": {"train": 1, "test": 1}}]
+        {"patient": "p2", "splits": {"train": 1, "test": 1}},
+    ]
 
 
 def test_data_check_with_split_reports_leakage(tmp_path, capsys):

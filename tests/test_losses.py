@@ -49,7 +49,7 @@ def test_focal_loss_formula_batch_mean_and_gamma_zero_is_ce():
     alpha = torch.tensor([0.1, 0.2, 0.3, 0.4])
     want = (-alpha[y] * (1 - p) ** 2 * p.log()).mean()
     torch.testing.assert_close(FocalLoss(2.0, alpha)(logits, y), want)
-    torch.testing.assert_close(FocalLoss(2.0)(logits, y), (-(1 - p) ** 2 * p.log()).mean())
+    torch.testing.assert_close(FocalLoss(2.0)(logits, y), (-((1 - p) ** 2) * p.log()).mean())
     torch.testing.assert_close(FocalLoss(0.0)(logits, y), F.cross_entropy(logits, y))
     assert "alpha" in FocalLoss(2.0, alpha).state_dict()
 

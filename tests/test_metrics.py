@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cxrtl.evaluation import metrics as M
 from cxrtl.errors import CxrtlError
+from cxrtl.evaluation import metrics as M
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -83,7 +83,8 @@ def test_roc_auc_matches_sklearn_and_loss_passthrough():
     assert m["roc_auc_macro"] == pytest.approx(np.mean(list(m["roc_auc"].values())))
     assert m["loss"] == 0.123
     assert M.compute_metrics(y, p, CLASSES, n_boot=0)["loss"] == pytest.approx(
-        -np.mean(np.log(p[np.arange(200), y])))
+        -np.mean(np.log(p[np.arange(200), y]))
+    )
 
 
 def test_weighted_auc_equals_resampled_sklearn_with_ties():

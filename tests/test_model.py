@@ -109,8 +109,9 @@ def _source_checkpoint(tmp_path, in_chans=3):
 def test_transfer_takes_backbone_and_resets_head(tmp_path, keep_hidden):
     src = _source_checkpoint(tmp_path)
     torch.manual_seed(5)
-    m = create_model(None, ["NORMAL", "PNEUMONIA"], 3, init=str(tmp_path / "src.safetensors"),
-                     keep_hidden=keep_hidden)
+    m = create_model(
+        None, ["NORMAL", "PNEUMONIA"], 3, init=str(tmp_path / "src.safetensors"), keep_hidden=keep_hidden
+    )
     assert m.classes == ["NORMAL", "PNEUMONIA"] and m.backbone_name == TINY
     for k, v in m.backbone.state_dict().items():
         assert torch.equal(v, src.backbone.state_dict()[k]), k

@@ -18,14 +18,20 @@ from cxrtl.data.image_io import apply_mask, prepare_image
 from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.errors import CxrtlError
 from cxrtl.fsutil import write_json
-from cxrtl.model import create_model
 from cxrtl.inference.predict import Predictor, collect_inputs, find_masks, softmax
+from cxrtl.model import create_model
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
 
-def make_run(root: Path, pp: Preprocess, backbone: str = "test_resnet", classes=CLASSES, seed: int = 0,
-             temperature: float | None = None) -> Path:
+def make_run(
+    root: Path,
+    pp: Preprocess,
+    backbone: str = "test_resnet",
+    classes=CLASSES,
+    seed: int = 0,
+    temperature: float | None = None,
+) -> Path:
     """A run directory with best.safetensors/.json of an untrained tiny model (and optional calibration)."""
     torch.manual_seed(seed)
     model = create_model(backbone, classes=classes, in_chans=pp.channels, init="none")
@@ -48,8 +54,9 @@ def radiograph(h: int = 48, w: int = 56, seed: int = 0) -> np.ndarray:
 
 def lung_mask(h: int = 48, w: int = 56) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w]).reshape(2, 1, 1)
-    inside = (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) | \
-             (((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1)
+    inside = (((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1) | (
+        ((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+    )
     return (inside * 255).astype(np.uint8)
 
 
@@ -61,12 +68,17 @@ def save_png(path: Path, arr: np.ndarray) -> Path:
 
 def bomb_png(path: Path, side: int = 30000) -> Path:
     """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -165,8 +177,9 @@ def test_masked_model_needs_masks(tmp_path):
     save_png(tmp_path / "in" / "b.png", radiograph(seed=3))
     mdir = tmp_path / "masks"
     save_png(mdir / "a.png", mask)
-    rows = predictor.predict_files(collect_inputs([tmp_path / "in"]), find_masks(
-        collect_inputs([tmp_path / "in"]), mask_dir=mdir))
+    rows = predictor.predict_files(
+        collect_inputs([tmp_path / "in"]), find_masks(collect_inputs([tmp_path / "in"]), mask_dir=mdir)
+    )
     assert rows[0].path == str(img) and rows[0].error is None
     np.testing.assert_allclose(list(rows[0].probabilities.values()), probs[0], atol=1e-6)
     assert rows[1].probabilities is None and "mask" in rows[1].error
@@ -179,7 +192,7 @@ def test_dicom_and_png_of_the_same_image_agree(run3, tmp_path):
     png = save_png(tmp_path / "x.png", gray)
     dcm8 = write_dicom(tmp_path / "x8.dcm", gray)
     inv = write_dicom(tmp_path / "x_m1.dcm", 255 - gray, photometric="MONOCHROME1")
-    raw16 = (gray.astype(np.uint16) * 16 + 8)  # 12-bit, displayed through a window covering 0..4095
+    raw16 = gray.astype(np.uint16) * 16 + 8  # 12-bit, displayed through a window covering 0..4095
     dcm16 = write_dicom(tmp_path / "x16.dcm", raw16, bits_stored=12, WindowCenter=2048, WindowWidth=4096)
     predictor = Predictor.from_checkpoint(run3)
     probs = predictor.predict([png, dcm8, inv, dcm16])
@@ -200,13 +213,32 @@ def test_cli_json_error_rows_and_exit_code(run3, tmp_path, capsys):
     nopix = write_dicom(tmp_path / "report.dcm", None)
     text = tmp_path / "named.png"
     text.write_text("named explicitly, so it gets an error row")
-    rc = main(["predict", str(run3), str(tmp_path / "in"), str(bomb), nopix, str(text), "--format", "json",
-               "--batch-size", "2"])
+    rc = main(
+        [
+            "predict",
+            str(run3),
+            str(tmp_path / "in"),
+            str(bomb),
+            nopix,
+            str(text),
+            "--format",
+            "json",
+            "--batch-size",
+            "2",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 1
     by_name = {Path(r["path"]).name: r for r in out}
-    assert set(by_name) == {"ok0.png", "ok1.png", "truncated.png", "corrupt.jpg", "bomb.png", "report.dcm",
-                            "named.png"}
+    assert set(by_name) == {
+        "ok0.png",
+        "ok1.png",
+        "truncated.png",
+        "corrupt.jpg",
+        "bomb.png",
+        "report.dcm",
+        "named.png",
+    }
     for name in ("ok0.png", "ok1.png"):
         row = by_name[name]
         assert "error" not in row and row["label"] in CLASSES

@@ -28,10 +28,13 @@ def fake_metrics(classes, n=120, strength=2.0, seed=0):
 
 def test_figures_written_as_png_and_svg(tmp_path):
     y, p, m = fake_metrics(COVID)
-    for paths in (F.plot_roc(y, p, COVID, tmp_path / "roc"),
-                  F.plot_confusion(m["confusion_matrix"], COVID, tmp_path / "confusion"),
-                  F.plot_reliability(m["calibration"], tmp_path / "reliability",
-                                     calibrated={**m["calibration"], "temperature": 1.3})):
+    for paths in (
+        F.plot_roc(y, p, COVID, tmp_path / "roc"),
+        F.plot_confusion(m["confusion_matrix"], COVID, tmp_path / "confusion"),
+        F.plot_reliability(
+            m["calibration"], tmp_path / "reliability", calibrated={**m["calibration"], "temperature": 1.3}
+        ),
+    ):
         assert [q.suffix for q in paths] == [".png", ".svg"]
         assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert paths[1].read_text().lstrip().startswith("<?xml")
@@ -56,8 +59,10 @@ def test_roc_has_micro_macro_and_handles_absent_class(tmp_path):
 
 def test_history_plot(tmp_path):
     hist = tmp_path / "history.csv"
-    hist.write_text("epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
-                    "1,1.2,0.5,1.1,0.55,0.001,3.0\n2,0.8,0.7,0.9,0.65,0.001,3.1\n3,0.5,0.8,0.95,0.6,0.0001,3.0\n")
+    hist.write_text(
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds\n"
+        "1,1.2,0.5,1.1,0.55,0.001,3.0\n2,0.8,0.7,0.9,0.65,0.001,3.1\n3,0.5,0.8,0.95,0.6,0.0001,3.0\n"
+    )
     paths = F.plot_history(hist, tmp_path / "curves")
     assert "best val: epoch 2" in paths[1].read_text()
     with pytest.raises(CxrtlError):
@@ -81,30 +86,60 @@ def test_fmt_pct():
 def make_runs():
     runs = []
     for i, (inp, ch) in enumerate([("raw", 1), ("raw", 3), ("masked", 1), ("masked", 3)]):
-        runs.append({"name": f"covid-{inp}-{ch}", "experiment": [1, 2] if (inp, ch) == ("raw", 3) else 1,
-                     "dataset": "covid", "config": {"input": inp, "channels": ch, "loss": "wce-1cf",
-                                                    "init": "imagenet"},
-                     "best_epoch": 3 + i, "seconds": 100.0 + i, "test": fake_metrics(COVID, seed=i)[2]})
-    runs.append({"name": "covid-ce", "experiment": "exp2", "dataset": "covid",
-                 "config": {"input": "raw", "channels": 3, "loss": "ce", "init": "imagenet"},
-                 "best_epoch": 4, "seconds": 90.0, "test": fake_metrics(COVID, seed=9)[2]})
-    for pre, scheme, init in [("None", "finetune", "none"), ("ImageNet", "extractor", "imagenet"),
-                              (None, "finetune", "runs/covid/best.safetensors")]:
+        runs.append(
+            {
+                "name": f"covid-{inp}-{ch}",
+                "experiment": [1, 2] if (inp, ch) == ("raw", 3) else 1,
+                "dataset": "covid",
+                "config": {"input": inp, "channels": ch, "loss": "wce-1cf", "init": "imagenet"},
+                "best_epoch": 3 + i,
+                "seconds": 100.0 + i,
+                "test": fake_metrics(COVID, seed=i)[2],
+            }
+        )
+    runs.append(
+        {
+            "name": "covid-ce",
+            "experiment": "exp2",
+            "dataset": "covid",
+            "config": {"input": "raw", "channels": 3, "loss": "ce", "init": "imagenet"},
+            "best_epoch": 4,
+            "seconds": 90.0,
+            "test": fake_metrics(COVID, seed=9)[2],
+        }
+    )
+    for pre, scheme, init in [
+        ("None", "finetune", "none"),
+        ("ImageNet", "extractor", "imagenet"),
+        (None, "finetune", "runs/covid/best.safetensors"),
+    ]:
         cfg = {"input": "raw", "channels": 3, "loss": "wce-1cf", "init": init, "scheme": scheme}
         if pre:
             cfg["pretraining"] = pre
-        runs.append({"name": f"pneu-{init}-{scheme}", "experiment": 3, "dataset": "pneumonia",
-                     "protocol": "paper", "config": cfg, "best_epoch": 2, "seconds": 50.0,
-                     "test": fake_metrics(PNEU, n=80, seed=5)[2]})
+        runs.append(
+            {
+                "name": f"pneu-{init}-{scheme}",
+                "experiment": 3,
+                "dataset": "pneumonia",
+                "protocol": "paper",
+                "config": cfg,
+                "best_epoch": 2,
+                "seconds": 50.0,
+                "test": fake_metrics(PNEU, n=80, seed=5)[2],
+            }
+        )
     return runs
 
 
 def test_tables_rows_follow_config_and_show_paper_numbers():
     runs = make_runs()
     t2 = T.table_ii(runs)
-    assert [r[:3] for r in t2.rows] == [["Raw Images", "1", "covid-raw-1"], ["Raw Images", "3", "covid-raw-3"],
-                                         ["Masked Images", "1", "covid-masked-1"],
-                                         ["Masked Images", "3", "covid-masked-3"]]
+    assert [r[:3] for r in t2.rows] == [
+        ["Raw Images", "1", "covid-raw-1"],
+        ["Raw Images", "3", "covid-raw-3"],
+        ["Masked Images", "1", "covid-masked-1"],
+        ["Masked Images", "3", "covid-masked-3"],
+    ]
     covid = runs[1]["test"]["per_class"]["COVID"]
     assert t2.rows[1][3] == fmt_pct(covid["precision"], covid["precision_ci"])
     assert t2.rows[1][-3:] == ["98.66%", "97.36%", "98.01%"]
@@ -148,8 +183,12 @@ def test_write_tables_markdown_and_csv(tmp_path):
 def test_only_fitting_tables_and_experiment_inference():
     runs = [r for r in make_runs() if r["dataset"] == "pneumonia"]
     assert set(T.paper_tables(runs)) == {"V", "VI", "runs"}
-    r = {"name": "x", "dataset": "covid", "config": {"input": "raw", "channels": 3, "loss": "focal"},
-         "test": fake_metrics(COVID)[2]}
+    r = {
+        "name": "x",
+        "dataset": "covid",
+        "config": {"input": "raw", "channels": 3, "loss": "focal"},
+        "test": fake_metrics(COVID)[2],
+    }
     assert T.run_experiments(r) is None
     assert set(T.paper_tables([r])) == {"II", "III", "IV", "runs"}
     assert T.run_experiments({"experiment": "exp2"}) == {2}
@@ -175,11 +214,24 @@ def test_table_iv_with_protocol_only_when_it_has_runs():
 def test_published_numbers_keep_the_papers_rows_order_and_types():
     assert list(published_rows("II")) == [("raw", 1), ("raw", 3), ("masked", 1), ("masked", 3)]
     assert list(published_rows("IV")) == ["ce", "wce-1cf", "wce-icf", "focal"]
-    assert list(published_rows("V")) == list(published_rows("VI")) == [
-        ("None", "finetune"), ("ImageNet", "finetune"), ("ImageNet", "extractor"),
-        ("ImageNet & COVID", "finetune"), ("ImageNet & COVID", "extractor")]
-    assert published_rows("III")[("masked", 1)] == {"loss": 0.2269, "accuracy": 0.9192, "precision": 0.9172,
-                                                    "recall": 0.9138, "f1": 0.9151}
+    assert (
+        list(published_rows("V"))
+        == list(published_rows("VI"))
+        == [
+            ("None", "finetune"),
+            ("ImageNet", "finetune"),
+            ("ImageNet", "extractor"),
+            ("ImageNet & COVID", "finetune"),
+            ("ImageNet & COVID", "extractor"),
+        ]
+    )
+    assert published_rows("III")[("masked", 1)] == {
+        "loss": 0.2269,
+        "accuracy": 0.9192,
+        "precision": 0.9172,
+        "recall": 0.9138,
+        "f1": 0.9151,
+    }
     assert published_rows("IV")["focal"] == {"accuracy": 0.9451, "epochs": 19}
     assert isinstance(published_rows("V")[("None", "finetune")]["epoch"], int)
     published_rows("II")[("raw", 1)]["f1"] = 0.0  # callers get copies: the packaged numbers stay put

@@ -11,12 +11,33 @@ from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
 from cxrtl.paper.experiments import COVID_BEST, plan_runs
 
-TINY = ["--profile", "quick", "--backbone", "test_resnet", "--image-size", "32", "--epochs", "1",
-        "--max-per-class", "0", "--no-progress"]
+TINY = [
+    "--profile",
+    "quick",
+    "--backbone",
+    "test_resnet",
+    "--image-size",
+    "32",
+    "--epochs",
+    "1",
+    "--max-per-class",
+    "0",
+    "--no-progress",
+]
 
 
 def _args(covid, pneumonia, out, *extra):
-    return ["reproduce", "--covid", str(covid), "--pneumonia", str(pneumonia), "--out", str(out), *TINY, *extra]
+    return [
+        "reproduce",
+        "--covid",
+        str(covid),
+        "--pneumonia",
+        str(pneumonia),
+        "--out",
+        str(out),
+        *TINY,
+        *extra,
+    ]
 
 
 def test_plan_shares_identical_runs_and_orders_dependencies():
@@ -80,7 +101,7 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
     assert "NOT comparable" in md and "NOT comparable" in html
     for name in runs:
         assert name in md and name in html
-    assert "data:image/png;base64," in html and "src='/" not in html and "src=\"http" not in html
+    assert "data:image/png;base64," in html and "src='/" not in html and 'src="http' not in html
     assert "overlap" in md
 
 
@@ -122,12 +143,17 @@ def test_masked_experiment_needs_masks(tmp_path, pneumonia_root):
     plain = tmp_path / "COVID-19_Radiography_Dataset"
     images = sorted((pneumonia_root / "train").rglob("*.jpeg"))
     for k, cls in enumerate(("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")):
-        src = images[3 * k: 3 * k + 3]  # distinct images: copies would be skipped as duplicates
+        src = images[3 * k : 3 * k + 3]  # distinct images: copies would be skipped as duplicates
         (plain / cls / "images").mkdir(parents=True)
         for i, f in enumerate(src):
             (plain / cls / "images" / f"{cls}-{i}.jpeg").write_bytes(f.read_bytes())
-    opts = ReproduceOptions(covid=str(plain), pneumonia=str(pneumonia_root), out=str(tmp_path / "o"),
-                            experiments="1", allow_random_init=True)
+    opts = ReproduceOptions(
+        covid=str(plain),
+        pneumonia=str(pneumonia_root),
+        out=str(tmp_path / "o"),
+        experiments="1",
+        allow_random_init=True,
+    )
     with pytest.raises(CxrtlError, match="masked inputs"):
         reproduce(opts)
     assert not (tmp_path / "o").exists()
@@ -139,8 +165,15 @@ def test_a_reproduction_without_pneumonia_may_be_extended_but_not_changed(tmp_pa
 
     covid = {"layout": "covid-radiography", "classes": ["COVID"], "counts": {"COVID": 3}}
     pneu = {"layout": "kermany", "classes": ["NORMAL", "PNEUMONIA"], "counts": {"NORMAL": 1, "PNEUMONIA": 2}}
-    old = {"format": "cxrtl-reproduction", "profile": "quick", "seed": 1, "split_protocol": "paper",
-           "exclude_overlap": False, "covid": covid, "pneumonia": None}
+    old = {
+        "format": "cxrtl-reproduction",
+        "profile": "quick",
+        "seed": 1,
+        "split_protocol": "paper",
+        "exclude_overlap": False,
+        "covid": covid,
+        "pneumonia": None,
+    }
     write_json(tmp_path / MANIFEST, old)
     # Exp. 1-2 only before: Exp. 3 may be added with any pneumonia protocol.
     _check_out(tmp_path, {**old, "pneumonia": pneu, "split_protocol": "patient", "exclude_overlap": True})

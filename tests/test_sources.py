@@ -33,7 +33,9 @@ def test_covid_layout_from_dataset_folder_and_parent(covid_root, tmp_path):
         index = load_dataset(root)
         assert index.layout == "covid-radiography" and index.kind == "covid"
         assert index.classes == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
-        assert all(r.mask_path and r.mask_path.replace("/masks/", "/images/") == r.path for r in index.records)
+        assert all(
+            r.mask_path and r.mask_path.replace("/masks/", "/images/") == r.path for r in index.records
+        )
         assert index.missing_masks == []
     # The metadata spreadsheets beside the class folders are reported, not counted.
     assert _reasons(index)["COVID.metadata.xlsx"] == "not an image"
@@ -61,10 +63,16 @@ def test_kermany_layout_keeps_official_folder_and_patient(pneumonia_root, tmp_pa
     assert len(load_dataset(parent).records) == len(index.records)
 
 
-@pytest.mark.parametrize("name,pid", [
-    ("person1_bacteria_1.jpeg", "person1"), ("person1427_virus_2437.jpeg", "person1427"),
-    ("IM-0115-0001.jpeg", "IM-0115"), ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"), ("scan.jpeg", None),
-])
+@pytest.mark.parametrize(
+    "name,pid",
+    [
+        ("person1_bacteria_1.jpeg", "person1"),
+        ("person1427_virus_2437.jpeg", "person1427"),
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+        ("scan.jpeg", None),
+    ],
+)
 def test_kermany_patient_ids(name, pid):
     assert kermany_patient_id(name) == pid
 
@@ -96,7 +104,7 @@ def test_messy_kermany_download(pneumonia_copy):
     assert reasons["train/NORMAL/IM-9002-0001.jpeg"].startswith("truncated")
     copies = [p for p, why in reasons.items() if why.startswith("duplicate of ")]
     assert len(copies) == n and all(p.startswith("chest_xray/") for p in copies)
-    assert reasons[copies[0]] == f"duplicate of {copies[0][len('chest_xray/'):]}"
+    assert reasons[copies[0]] == f"duplicate of {copies[0][len('chest_xray/') :]}"
 
 
 def test_byte_identical_files_under_two_names_count_once(covid_copy):
@@ -140,13 +148,17 @@ def test_csv_manifest(tmp_path):
     _png(tmp_path / "img" / "c.png", 3)
     _png(tmp_path / "img" / "a_mask.png", 255)
     manifest = tmp_path / "list.csv"
-    manifest.write_text("path,label,mask_path,patient_id\nimg/a.png,sick,img/a_mask.png,p1\n"
-                        "img/b.png,well,,p1\nimg/c.png,well,,\nimg/gone.png,well,,\n")
+    manifest.write_text(
+        "path,label,mask_path,patient_id\nimg/a.png,sick,img/a_mask.png,p1\n"
+        "img/b.png,well,,p1\nimg/c.png,well,,\nimg/gone.png,well,,\n"
+    )
     index = load_dataset(manifest)
     assert index.layout == "csv" and index.classes == ["sick", "well"]
     assert [(r.path, r.label, r.mask_path, r.patient_id) for r in index.records] == [
-        ("img/a.png", "sick", "img/a_mask.png", "p1"), ("img/b.png", "well", None, "p1"),
-        ("img/c.png", "well", None, None)]
+        ("img/a.png", "sick", "img/a_mask.png", "p1"),
+        ("img/b.png", "well", None, "p1"),
+        ("img/c.png", "well", None, None),
+    ]
     assert _reasons(index)["img/gone.png"] == "missing file"
     assert index.missing_masks == ["img/b.png", "img/c.png"]
 
@@ -215,8 +227,12 @@ def test_decompression_bomb_is_skipped_at_index_time(covid_copy):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     bomb = covid_copy / "Normal" / "images" / "Normal-bomb.png"
-    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 200000, 200000, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 200000, 200000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
     reasons = _reasons(load_dataset(covid_copy))
     assert reasons["Normal/images/Normal-bomb.png"].startswith("decompression bomb (200000x200000")
     with pytest.raises(ImageReadError, match="decompression bomb"):

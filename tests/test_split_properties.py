@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from cxrtl.data.records import SPLITS, DatasetIndex, Record
 from cxrtl.data.splits import make_split
 
-RATIOS = st.sampled_from([(0.7, 0.15, 0.15), (0.7, 0.2, 0.1), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25),
-                          (0.6, 0.4, 0.0), (1.0, 0.0, 0.0)])
+RATIOS = st.sampled_from(
+    [(0.7, 0.15, 0.15), (0.7, 0.2, 0.1), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.6, 0.4, 0.0), (1.0, 0.0, 0.0)]
+)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -35,8 +36,9 @@ def indexes(draw, grouped: bool = False, min_per_class: int = 1):
                     patient += f"-c{c}"  # some patients stay in one class, others span classes
             records.append(Record(f"class{c}/img{i:03d}.png", f"class{c}", patient_id=patient))
     order = draw(st.permutations(range(len(records))))
-    return DatasetIndex(Path("/nonexistent"), "csv", [f"class{c}" for c in range(n_classes)],
-                        [records[k] for k in order])
+    return DatasetIndex(
+        Path("/nonexistent"), "csv", [f"class{c}" for c in range(n_classes)], [records[k] for k in order]
+    )
 
 
 def flat(split):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from cxrtl.data.records import SPLITS, DatasetIndex, Record
@@ -17,8 +16,9 @@ def _index(n_per_class=(50, 30, 20), patients=False) -> DatasetIndex:
         for i in range(n):
             pid = f"p{c}-{i // 3}" if patients else None  # three images per patient
             records.append(Record(f"c{c}/{i:03d}.png", f"c{c}", None, pid))
-    return DatasetIndex(root=None, layout="class-folders", classes=[f"c{c}" for c in range(len(n_per_class))],
-                        records=records)
+    return DatasetIndex(
+        root=None, layout="class-folders", classes=[f"c{c}" for c in range(len(n_per_class))], records=records
+    )
 
 
 def test_default_ratios_follow_the_paper_text():
@@ -54,7 +54,9 @@ def test_split_csv_round_trip(covid_root, tmp_path):
     path = write_split_csv(tmp_path / "split.csv", split)
     assert path.read_text().splitlines()[0] == "path,label,split,mask_path"
     back = read_split_csv(path, index)
-    assert {s: [r.path for r in v] for s, v in back.items()} == {s: [r.path for r in v] for s, v in split.items()}
+    assert {s: [r.path for r in v] for s, v in back.items()} == {
+        s: [r.path for r in v] for s, v in split.items()
+    }
     assert all(r.mask_path for v in back.values() for r in v)
 
 

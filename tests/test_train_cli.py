@@ -14,10 +14,32 @@ from cxrtl.config import TrainConfig, config_from_dict, load_config
 from cxrtl.errors import CxrtlError
 from cxrtl.training import resume
 
-FAST = ["--backbone", "test_resnet", "--init", "none", "--image-size", "32", "--epochs", "2",
-        "--batch-size", "8", "--no-progress", "--device", "cpu"]
-RUN_FILES = ["best.json", "best.safetensors", "config.yaml", "history.csv", "last.json", "last.safetensors",
-             "split.csv", "state.safetensors", "summary.json"]
+FAST = [
+    "--backbone",
+    "test_resnet",
+    "--init",
+    "none",
+    "--image-size",
+    "32",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
+RUN_FILES = [
+    "best.json",
+    "best.safetensors",
+    "config.yaml",
+    "history.csv",
+    "last.json",
+    "last.safetensors",
+    "split.csv",
+    "state.safetensors",
+    "summary.json",
+]
 
 
 def _train(*args):
@@ -60,7 +82,11 @@ def test_run_dir_layout_history_and_summary(finished_run):
     assert summary["finished"] and 1 <= summary["best_epoch"] <= 2
     assert summary["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
     cfg = yaml.safe_load((finished_run / "config.yaml").read_text())
-    assert cfg["backbone"] == "test_resnet" and cfg["lr"] == pytest.approx(8 / 1.6e4) and cfg["loss"] == "wce-1cf"
+    assert (
+        cfg["backbone"] == "test_resnet"
+        and cfg["lr"] == pytest.approx(8 / 1.6e4)
+        and cfg["loss"] == "wce-1cf"
+    )
     assert cfg["split"].endswith("split.csv")
     meta = json.loads((finished_run / "best.json").read_text())
     assert meta["classes"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -126,15 +152,25 @@ def test_yaml_config_and_cli_override(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 5\nbatch-size: 32\nloss: focal\nfocal_gamma: 1\nmilestones: [3, 4]\n")
     cfg = load_config(path)
-    assert (cfg.epochs, cfg.batch_size, cfg.loss, cfg.focal_gamma, cfg.milestones) == (5, 32, "focal", 1.0, [3, 4])
+    assert (cfg.epochs, cfg.batch_size, cfg.loss, cfg.focal_gamma, cfg.milestones) == (
+        5,
+        32,
+        "focal",
+        1.0,
+        [3, 4],
+    )
     from cxrtl.cli import build_parser
 
     args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "7", "--data", "x"])
     cfg, resume = build_config(args)
     assert cfg.epochs == 7 and cfg.batch_size == 32 and cfg.data == "x" and not resume
     assert cfg.init == "imagenet" and cfg.lr is None  # untouched defaults
-    for text, match in (("epochs: [1\n", "not valid YAML"), ("epochz: 3\n", "unknown config key"),
-                        ("- 1\n- 2\n", "mapping"), ("epochs: three\n", "wrong type")):
+    for text, match in (
+        ("epochs: [1\n", "not valid YAML"),
+        ("epochz: 3\n", "unknown config key"),
+        ("- 1\n- 2\n", "mapping"),
+        ("epochs: three\n", "wrong type"),
+    ):
         path.write_text(text)
         with pytest.raises(CxrtlError, match=match):
             load_config(path)
@@ -153,9 +189,27 @@ def test_cli_yaml_errors_exit_2(tmp_path, synth_roots, capsys):
 
 def test_transfer_keep_hidden_to_pneumonia(tmp_path, finished_run, synth_roots):
     out = tmp_path / "pneu"
-    assert _train("--data", synth_roots[1], "--out", out, "--init", finished_run, "--keep-hidden",
-                  "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--no-progress",
-                  "--scheme", "extractor") == 0
+    assert (
+        _train(
+            "--data",
+            synth_roots[1],
+            "--out",
+            out,
+            "--init",
+            finished_run,
+            "--keep-hidden",
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--scheme",
+            "extractor",
+        )
+        == 0
+    )
     meta = json.loads((out / "best.json").read_text())
     assert meta["classes"] == ["NORMAL", "PNEUMONIA"] and meta["backbone"] == "test_resnet"
     from safetensors.torch import load_file
@@ -193,14 +247,20 @@ def test_interrupted_cli_run_resumes_to_same_result(tmp_path, synth_roots, monke
     from safetensors.torch import load_file
 
     for name in ("best", "last"):  # same weights (metadata differs only by the run dir path)
-        a, b = load_file(tmp_path / "cut" / f"{name}.safetensors"), load_file(tmp_path / "full" / f"{name}.safetensors")
+        a, b = (
+            load_file(tmp_path / "cut" / f"{name}.safetensors"),
+            load_file(tmp_path / "full" / f"{name}.safetensors"),
+        )
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-        assert json.loads((tmp_path / "cut" / f"{name}.json").read_text())["epoch"] == \
-            json.loads((tmp_path / "full" / f"{name}.json").read_text())["epoch"]
+        assert (
+            json.loads((tmp_path / "cut" / f"{name}.json").read_text())["epoch"]
+            == json.loads((tmp_path / "full" / f"{name}.json").read_text())["epoch"]
+        )
 
 
-def test_run_killed_before_its_first_epoch_completed_restarts_on_resume(tmp_path, synth_roots, monkeypatch,
-                                                                        capsys):
+def test_run_killed_before_its_first_epoch_completed_restarts_on_resume(
+    tmp_path, synth_roots, monkeypatch, capsys
+):
     out = tmp_path / "run"
     args = ["--data", synth_roots[1], "--out", out, *FAST, "--epochs", "1"]
 
@@ -226,15 +286,35 @@ def test_resume_options_one_list_for_cli_and_loader(tmp_path):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(TrainConfig(data="old", epochs=2, workers=1).to_yaml())
     (run_dir / "split.csv").write_text("")
-    new = {"data": "new", "device": "cpu", "workers": 3, "progress": False, "tensorboard": True,
-           "compile": True, "cache_dir": "c"}
+    new = {
+        "data": "new",
+        "device": "cpu",
+        "workers": 3,
+        "progress": False,
+        "tensorboard": True,
+        "compile": True,
+        "cache_dir": "c",
+    }
     assert set(new) == set(RESUME_OPTIONS)
     cfg, payload = load_resume(run_dir, TrainConfig(epochs=99, **new))
     assert payload == RESTART and cfg.epochs == 2 and cfg.out == str(run_dir)
     assert all(getattr(cfg, k) == v for k, v in new.items())
-    assert load_resume(run_dir, TrainConfig())[0].data == "old"  # a resume naming no --data keeps the saved one
-    cli_args = ["--data", "new", "--device", "cpu", "--workers", "3", "--no-progress", "--tensorboard",
-                "--compile", "--cache-dir", "c"]
+    assert (
+        load_resume(run_dir, TrainConfig())[0].data == "old"
+    )  # a resume naming no --data keeps the saved one
+    cli_args = [
+        "--data",
+        "new",
+        "--device",
+        "cpu",
+        "--workers",
+        "3",
+        "--no-progress",
+        "--tensorboard",
+        "--compile",
+        "--cache-dir",
+        "c",
+    ]
     cfg, resumed = build_config(build_parser().parse_args(["train", "--resume", str(run_dir), *cli_args]))
     assert resumed and all(getattr(cfg, k) == v for k, v in new.items())
     with pytest.raises(CxrtlError, match="--epochs cannot change") as err:

@@ -34,8 +34,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if p.is_dir():
         best = p / "best.safetensors"
         if not best.is_file():
-            raise CxrtlError(f"{p} is not a cxrtl run directory (no best.safetensors); give a run dir or "
-                             "a .safetensors checkpoint")
+            raise CxrtlError(
+                f"{p} is not a cxrtl run directory (no best.safetensors); give a run dir or "
+                "a .safetensors checkpoint"
+            )
         return best
     if p.suffix == ".json" and not p.name.endswith(".calibration.json"):
         return p.with_suffix(".safetensors")
@@ -75,9 +77,15 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
     core = unwrap(model)
-    full = {"format": FORMAT, "version": VERSION, "backbone": core.backbone_name,
-            "classes": list(core.classes), "in_chans": core.in_chans, "hidden": core.head[0].out_features,
-            **meta}
+    full = {
+        "format": FORMAT,
+        "version": VERSION,
+        "backbone": core.backbone_name,
+        "classes": list(core.classes),
+        "in_chans": core.in_chans,
+        "hidden": core.head[0].out_features,
+        **meta,
+    }
     full["format"], full["version"] = FORMAT, VERSION
     weights = stem.parent / (stem.name + ".safetensors")
     full = json_safe(full)
@@ -92,28 +100,36 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a checkpoint (run dir, .json or .safetensors), checked to be a cxrtl checkpoint."""
     weights = resolve_checkpoint(path)
     header = read_safetensors_header(weights)
-    embedded = (header.get("__metadata__") or {})
+    embedded = header.get("__metadata__") or {}
     if embedded.get("format") != FORMAT or "cxrtl_meta" not in embedded:
-        raise CxrtlError(f"{weights} is a safetensors file but not a cxrtl checkpoint (no cxrtl metadata); "
-                         "use a file written by cxrtl train")
+        raise CxrtlError(
+            f"{weights} is a safetensors file but not a cxrtl checkpoint (no cxrtl metadata); "
+            "use a file written by cxrtl train"
+        )
     try:
         meta = json.loads(embedded["cxrtl_meta"])
     except json.JSONDecodeError:
         raise CxrtlError(f"{weights} has corrupt cxrtl metadata; use a file written by cxrtl train") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CxrtlError(f"{weights} is not a cxrtl checkpoint (its metadata names another format); "
-                         "use a file written by cxrtl train")
+        raise CxrtlError(
+            f"{weights} is not a cxrtl checkpoint (its metadata names another format); "
+            "use a file written by cxrtl train"
+        )
     version = meta.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= VERSION:
-        raise CxrtlError(f"{weights} is a cxrtl checkpoint of version {version!r}, but this cxrtl reads "
-                         f"versions 1..{VERSION}; upgrade cxrtl or use a checkpoint it wrote")
+        raise CxrtlError(
+            f"{weights} is a cxrtl checkpoint of version {version!r}, but this cxrtl reads "
+            f"versions 1..{VERSION}; upgrade cxrtl or use a checkpoint it wrote"
+        )
     sidecar = weights.with_suffix(".json")
     if sidecar.is_file():
         side = read_json(sidecar, "checkpoint metadata")
         want = side.get("weights_sha256") if isinstance(side, dict) else None
         if want and want != _sha256(weights):
-            raise CxrtlError(f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
-                             "after saving); restore the original files or retrain")
+            raise CxrtlError(
+                f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
+                "after saving); restore the original files or retrain"
+            )
     for key in ("backbone", "classes", "in_chans"):
         if key not in meta:
             raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
@@ -131,16 +147,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         tensors = load_file(str(weights), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise CxrtlError(f"checkpoint {weights} is damaged ({str(exc).splitlines()[0][:160]}); "
-                         "restore it or retrain") from None
+        raise CxrtlError(
+            f"checkpoint {weights} is damaged ({str(exc).splitlines()[0][:160]}); restore it or retrain"
+        ) from None
     net = build_backbone(meta["backbone"], int(meta["in_chans"]))
-    model = CxrModel(net, meta["classes"], int(meta["in_chans"]), meta["backbone"],
-                     hidden=int(meta.get("hidden", 64)))
+    model = CxrModel(
+        net, meta["classes"], int(meta["in_chans"]), meta["backbone"], hidden=int(meta.get("hidden", 64))
+    )
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
-        raise CxrtlError(f"checkpoint {weights} does not fit its declared model {meta['backbone']} "
-                         f"({str(exc).splitlines()[0][:160]}); it is damaged or was edited") from None
+        raise CxrtlError(
+            f"checkpoint {weights} does not fit its declared model {meta['backbone']} "
+            f"({str(exc).splitlines()[0][:160]}); it is damaged or was edited"
+        ) from None
     model.to(map_location).eval()
     return model, meta
 
@@ -149,14 +169,21 @@ def checkpoint_preprocess(model: CxrModel, meta: dict[str, Any], weights: Path) 
     """The preprocessing a loaded checkpoint was trained with, checked against its model's input channels."""
     pp = Preprocess.from_dict(meta.get("preprocess") or {"channels": model.in_chans})
     if pp.channels != model.in_chans:
-        raise CxrtlError(f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
-                         f"{model.in_chans}-channel model; it is damaged or was edited")
+        raise CxrtlError(
+            f"checkpoint {weights} declares {pp.channels}-channel preprocessing for a "
+            f"{model.in_chans}-channel model; it is damaged or was edited"
+        )
     return pp
 
 
-def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
-                 init: str = "imagenet", keep_hidden: bool = False,
-                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
+def create_model(
+    backbone: str | None = "densenet121",
+    classes: Sequence[str] = ("0", "1"),
+    in_chans: int = 3,
+    init: str = "imagenet",
+    keep_hidden: bool = False,
+    pretrained_file: str | os.PathLike | None = None,
+) -> CxrModel:
     """:func:`cxrtl.model.create_model`, where ``init`` may also be a checkpoint or run dir to transfer from.
 
     A transfer (eq. 4-5) reuses the checkpoint's backbone (``backbone`` None takes the checkpoint's) and,
@@ -167,22 +194,33 @@ def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = 
     return _transfer(init, backbone, check_classes(classes, in_chans), in_chans, keep_hidden)
 
 
-def _transfer(path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int,
-              keep_hidden: bool) -> CxrModel:
+def _transfer(
+    path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int, keep_hidden: bool
+) -> CxrModel:
     """Backbone (and optionally the hidden layer) from a checkpoint, fresh last layer for ``classes``."""
     source, _meta = load_checkpoint(path)
     if backbone and backbone != source.backbone_name:
-        raise CxrtlError(f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
-                         "leave --backbone out for a transfer")
+        raise CxrtlError(
+            f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
+            "leave --backbone out for a transfer"
+        )
     if source.in_chans != in_chans:
-        raise CxrtlError(f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
-                         f"use --channels {source.in_chans}")
-    model = CxrModel(source.backbone, classes, in_chans, source.backbone_name,
-                     hidden=source.head[0].out_features)
+        raise CxrtlError(
+            f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
+            f"use --channels {source.in_chans}"
+        )
+    model = CxrModel(
+        source.backbone, classes, in_chans, source.backbone_name, hidden=source.head[0].out_features
+    )
     if keep_hidden:
         model.head[0].load_state_dict(source.head[0].state_dict())
-    log.info("transfer from %s (%s, classes %s): %s", path, source.backbone_name, source.classes,
-             "kept hidden layer, new last layer" if keep_hidden else "new head")
+    log.info(
+        "transfer from %s (%s, classes %s): %s",
+        path,
+        source.backbone_name,
+        source.classes,
+        "kept hidden layer, new last layer" if keep_hidden else "new head",
+    )
     return model
 
 
@@ -198,8 +236,12 @@ def calibration_path(ckpt_path: str | os.PathLike) -> Path:
 
 def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
     """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    data = {"format": "cxrtl-calibration", "method": "temperature", "temperature": float(temperature),
-            **extra}
+    data = {
+        "format": "cxrtl-calibration",
+        "method": "temperature",
+        "temperature": float(temperature),
+        **extra,
+    }
     return write_json(calibration_path(ckpt_path), data)
 
 
@@ -211,6 +253,8 @@ def load_temperature(ckpt_path: str | os.PathLike) -> float | None:
     data = read_json(path, "calibration file")
     t = data.get("temperature") if isinstance(data, dict) else None
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < float("inf")):
-        raise CxrtlError(f"calibration file {path} has no valid positive 'temperature'; delete it or "
-                         "recalibrate with cxrtl evaluate")
+        raise CxrtlError(
+            f"calibration file {path} has no valid positive 'temperature'; delete it or "
+            "recalibrate with cxrtl evaluate"
+        )
     return float(t)

@@ -21,7 +21,8 @@ COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "reproduce"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrtl",
-        description="Transfer learning on chest radiographs (research tool, not a medical device).")
+        description="Transfer learning on chest radiographs (research tool, not a medical device).",
+    )
     parser.add_argument("--version", action="version", version=f"cxrtl {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -33,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

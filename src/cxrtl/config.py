@@ -31,7 +31,9 @@ class TrainConfig:
     split: str | None = None  # split CSV; None -> the dataset's default split, saved into the run dir
     backbone: str | None = None  # timm name; None -> densenet121, or the checkpoint's for a transfer
     init: str = "imagenet"  # imagenet | none | path of a cxrtl checkpoint (transfer)
-    pretrained_file: str | None = None  # local ImageNet weights (.safetensors); else env CXRTL_IMAGENET_WEIGHTS
+    pretrained_file: str | None = (
+        None  # local ImageNet weights (.safetensors); else env CXRTL_IMAGENET_WEIGHTS
+    )
     keep_hidden: bool = False  # transfer: keep the trained n->64 layer, replace only the last one
     scheme: str = "finetune"  # finetune | extractor (frozen backbone incl. BatchNorm statistics)
     loss: str = "ce"  # ce | wce-1cf | wce-icf | focal
@@ -65,11 +67,18 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check choices and ranges; raise a one-line CxrtlError naming the option."""
+
         def bad(key, value, want):
             raise CxrtlError(f"invalid {key.replace('_', '-')} {value!r}; expected {want}")
 
-        for key, choices in (("scheme", SCHEMES), ("loss", LOSSES), ("focal_alpha", FOCAL_ALPHAS),
-                             ("device", DEVICES), ("precision", PRECISIONS), ("input", ("raw", "masked"))):
+        for key, choices in (
+            ("scheme", SCHEMES),
+            ("loss", LOSSES),
+            ("focal_alpha", FOCAL_ALPHAS),
+            ("device", DEVICES),
+            ("precision", PRECISIONS),
+            ("input", ("raw", "masked")),
+        ):
             if getattr(self, key) not in choices:
                 bad(key, getattr(self, key), " | ".join(choices))
         if self.channels not in (1, 3):
@@ -87,11 +96,16 @@ class TrainConfig:
             bad("focal_gamma", self.focal_gamma, "a number >= 0")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             bad("milestones", self.milestones, "increasing positive epoch numbers")
-        if self.ratios is not None and (len(self.ratios) != 3 or any(r < 0 for r in self.ratios)
-                                        or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6)):
+        if self.ratios is not None and (
+            len(self.ratios) != 3
+            or any(r < 0 for r in self.ratios)
+            or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6)
+        ):
             bad("ratios", self.ratios, "three non-negative numbers summing to 1")
         if self.keep_hidden and self.init in ("imagenet", "none"):
-            raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint to keep the hidden layer from")
+            raise CxrtlError(
+                "keep-hidden needs --init PATH of a cxrtl checkpoint to keep the hidden layer from"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,19 +140,24 @@ def _coerce(key: str, value: Any) -> Any:
                 raise TypeError
             return float(value)
         if kind.startswith("list[int]"):
-            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            if not isinstance(value, list) or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in value
+            ):
                 raise TypeError
             return list(value)
         if kind.startswith("list[float]"):
-            if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                                  for v in value):
+            if not isinstance(value, list) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
+            ):
                 raise TypeError
             return [float(v) for v in value]
         if isinstance(value, (dict, list)):
             raise TypeError
         return str(value)
     except TypeError:
-        raise CxrtlError(f"config key {key!r} has value {value!r} of the wrong type; expected {kind}") from None
+        raise CxrtlError(
+            f"config key {key!r} has value {value!r} of the wrong type; expected {kind}"
+        ) from None
 
 
 def config_from_dict(d: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:

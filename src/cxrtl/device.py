@@ -33,8 +33,10 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if not torch.cuda.is_available():
         raise CxrtlError(f"--device {name} asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
     if index is not None and int(index) >= torch.cuda.device_count():
-        raise CxrtlError(f"--device {name} does not exist: PyTorch sees {torch.cuda.device_count()} GPU(s); "
-                         f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        raise CxrtlError(
+            f"--device {name} does not exist: PyTorch sees {torch.cuda.device_count()} GPU(s); "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return torch.device(name)
 
 
@@ -51,7 +53,9 @@ class Numerics:
         return torch.autocast(device_type=device.type, dtype=self.amp_dtype)
 
 
-def resolve_numerics(device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Numerics:
+def resolve_numerics(
+    device: torch.device, precision: str = "auto", channels_last: bool | None = None
+) -> Numerics:
     """bf16 autocast + channels_last by default on CUDA, plain fp32 NCHW on CPU (faster and exact there)."""
     cuda = device.type == "cuda"
     bf16 = precision == "bf16" or (precision == "auto" and cuda)

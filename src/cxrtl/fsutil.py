@@ -37,8 +37,9 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CxrtlError(f"cannot create output directory {path}: {exc.strerror or exc}; "
-                         "choose a writable location") from None
+        raise CxrtlError(
+            f"cannot create output directory {path}: {exc.strerror or exc}; choose a writable location"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise CxrtlError(f"output directory {path} is not writable; choose a writable location")
     return path
@@ -66,8 +67,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
-        raise CxrtlError(f"cannot write {path}: {exc.strerror or exc}; "
-                         "check free disk space and permissions") from None
+        raise CxrtlError(
+            f"cannot write {path}: {exc.strerror or exc}; check free disk space and permissions"
+        ) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -116,21 +118,27 @@ def read_safetensors_header(path: str | os.PathLike, what: str = "checkpoint") -
         with open(path, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CxrtlError(f"{what} {path} is too short to be a safetensors file; "
-                                 "give a cxrtl checkpoint (.safetensors + .json)")
+                raise CxrtlError(
+                    f"{what} {path} is too short to be a safetensors file; "
+                    "give a cxrtl checkpoint (.safetensors + .json)"
+                )
             (n,) = struct.unpack("<Q", head)
             if n < 2 or n > min(size - 8, _MAX_HEADER):
-                raise CxrtlError(f"{what} {path} is {_describe_foreign(path, head)}, which cxrtl never "
-                                 "loads (pickles can run code); give a cxrtl checkpoint (.safetensors + .json)")
+                raise CxrtlError(
+                    f"{what} {path} is {_describe_foreign(path, head)}, which cxrtl never "
+                    "loads (pickles can run code); give a cxrtl checkpoint (.safetensors + .json)"
+                )
             header = json.loads(fh.read(n).decode("utf-8"))
     except FileNotFoundError:
         raise CxrtlError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
-        raise CxrtlError(f"{what} {path} is a directory without best.safetensors; give a run dir or a "
-                         ".safetensors file") from None
+        raise CxrtlError(
+            f"{what} {path} is a directory without best.safetensors; give a run dir or a .safetensors file"
+        ) from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CxrtlError(f"{what} {path} has a corrupt safetensors header; it is damaged or not a "
-                         "safetensors file") from None
+        raise CxrtlError(
+            f"{what} {path} has a corrupt safetensors header; it is damaged or not a safetensors file"
+        ) from None
     except OSError as exc:
         raise CxrtlError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     if not isinstance(header, dict):

@@ -23,8 +23,14 @@ WEIGHTS_ENV = "CXRTL_IMAGENET_WEIGHTS"
 class CxrModel(nn.Module):
     """Backbone features -> MLP head -> logits; carries its class names and input channels."""
 
-    def __init__(self, backbone: nn.Module, classes: Sequence[str], in_chans: int, backbone_name: str,
-                 hidden: int = HIDDEN):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        classes: Sequence[str],
+        in_chans: int,
+        backbone_name: str,
+        hidden: int = HIDDEN,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = make_head(backbone.num_features, len(classes), hidden)
@@ -77,8 +83,10 @@ def _imagenet_file(pretrained_file: str | os.PathLike | None) -> Path | None:
         return None
     path = Path(pretrained_file).expanduser()
     if not path.is_file():
-        raise CxrtlError(f"pretrained weights file {path} (from {source}) does not exist; give the path of "
-                         "the backbone's model.safetensors")
+        raise CxrtlError(
+            f"pretrained weights file {path} (from {source}) does not exist; give the path of "
+            "the backbone's model.safetensors"
+        )
     read_safetensors_header(path, what="pretrained weights file")
     return path
 
@@ -114,10 +122,12 @@ def _hub_weights_offline(name: str) -> Path | None:
         cached = try_to_load_from_cache(repo, getattr(cfg, "hf_hub_filename", None) or "model.safetensors")
         if isinstance(cached, str):
             return Path(cached)
-    raise CxrtlError(f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable "
-                     f"(offline?) and they are not in its local cache; download {repo or name}'s "
-                     f"model.safetensors and pass --pretrained-file PATH or set {WEIGHTS_ENV}, "
-                     "or use --init none")
+    raise CxrtlError(
+        f"cannot get ImageNet weights for {name}: the Hugging Face Hub is unreachable "
+        f"(offline?) and they are not in its local cache; download {repo or name}'s "
+        f"model.safetensors and pass --pretrained-file PATH or set {WEIGHTS_ENV}, "
+        "or use --init none"
+    )
 
 
 def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Path | None = None) -> nn.Module:
@@ -135,11 +145,15 @@ def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Pat
         backbone = timm.create_model(name, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         if file is not None:
-            raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} "
-                             f"({str(exc).splitlines()[0][:200]}); give the weights of {name}") from None
-        raise CxrtlError(f"cannot get ImageNet weights for {name} from the Hugging Face Hub (offline?); "
-                         f"download its model.safetensors and pass --pretrained-file PATH or set "
-                         f"{WEIGHTS_ENV}, or use --init none") from None
+            raise CxrtlError(
+                f"pretrained weights file {file} does not fit backbone {name} "
+                f"({str(exc).splitlines()[0][:200]}); give the weights of {name}"
+            ) from None
+        raise CxrtlError(
+            f"cannot get ImageNet weights for {name} from the Hugging Face Hub (offline?); "
+            f"download its model.safetensors and pass --pretrained-file PATH or set "
+            f"{WEIGHTS_ENV}, or use --init none"
+        ) from None
     if file is not None:
         _check_all_loaded(backbone, file, name)
     return backbone
@@ -158,9 +172,11 @@ def _check_all_loaded(backbone: nn.Module, file: Path, name: str) -> None:
     extra = sorted(k for k in keys - own if not any(k.startswith(c + ".") for c in classifier))
     if missing or extra:
         example = (missing or extra)[0]
-        raise CxrtlError(f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} "
-                         f"tensors missing, {len(extra)} unexpected, e.g. {example}); "
-                         f"give the weights of {name}")
+        raise CxrtlError(
+            f"pretrained weights file {file} does not fit backbone {name} ({len(missing)} "
+            f"tensors missing, {len(extra)} unexpected, e.g. {example}); "
+            f"give the weights of {name}"
+        )
 
 
 def check_classes(classes: Sequence[str], in_chans: int) -> list[str]:
@@ -173,9 +189,14 @@ def check_classes(classes: Sequence[str], in_chans: int) -> list[str]:
     return classes
 
 
-def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = ("0", "1"), in_chans: int = 3,
-                 init: str = "imagenet", keep_hidden: bool = False,
-                 pretrained_file: str | os.PathLike | None = None) -> CxrModel:
+def create_model(
+    backbone: str | None = "densenet121",
+    classes: Sequence[str] = ("0", "1"),
+    in_chans: int = 3,
+    init: str = "imagenet",
+    keep_hidden: bool = False,
+    pretrained_file: str | os.PathLike | None = None,
+) -> CxrModel:
     """Build the model from ImageNet weights or random weights.
 
     A transfer from a checkpoint (``init`` a path) is :func:`cxrtl.checkpoint.create_model`, which takes
@@ -191,8 +212,10 @@ def create_model(backbone: str | None = "densenet121", classes: Sequence[str] = 
     """
     classes = check_classes(classes, in_chans)
     if init not in ("imagenet", "none"):
-        raise CxrtlError(f"cxrtl.model.create_model builds from 'imagenet' or 'none', not {init!r}; "
-                         "a checkpoint init is a transfer: use cxrtl.checkpoint.create_model")
+        raise CxrtlError(
+            f"cxrtl.model.create_model builds from 'imagenet' or 'none', not {init!r}; "
+            "a checkpoint init is a transfer: use cxrtl.checkpoint.create_model"
+        )
     if keep_hidden:
         raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint")
     name = backbone or "densenet121"

@@ -10,14 +10,21 @@ from .dedup import add_parser as add_dedup_parser
 
 
 def register(subparsers) -> None:
-    data = subparsers.add_parser("data", help="synthesise, check, split and cache datasets",
-                                 description="Dataset tools: synth, check, split, cache.")
+    data = subparsers.add_parser(
+        "data",
+        help="synthesise, check, split and cache datasets",
+        description="Dataset tools: synth, check, split, cache.",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
     p = sub.add_parser("synth", help="write deterministic synthetic COVID-19 Radiography + Kermany sets")
-    p.add_argument("out", metavar="OUT", help="output folder (gets COVID-19_Radiography_Dataset/ and chest_xray/)")
-    p.add_argument("--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it")
+    p.add_argument(
+        "out", metavar="OUT", help="output folder (gets COVID-19_Radiography_Dataset/ and chest_xray/)"
+    )
+    p.add_argument(
+        "--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=run_synth)
 
@@ -30,8 +37,11 @@ def register(subparsers) -> None:
     p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
-    p.add_argument("--ratios", metavar="A,B,C",
-                   help="train,val,test ratios (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)")
+    p.add_argument(
+        "--ratios",
+        metavar="A,B,C",
+        help="train,val,test ratios (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
+    )
     p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
     p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
     p.add_argument("--official", action="store_true", help="use Kermany's own train/val/test folders")
@@ -67,15 +77,22 @@ def summarize(index) -> dict:
     patients = {r.patient_id for r in index.records if r.patient_id}
     per_split = None
     if any(r.source_split for r in index.records):
-        per_split = {s: dict(sorted(Counter(r.label for r in index.records if r.source_split == s).items()))
-                     for s in ("train", "val", "test")}
-    return {"root": str(index.root), "layout": index.layout, "classes": list(index.classes),
-            "counts": {c: counts.get(c, 0) for c in index.classes}, "total": len(index.records),
-            "with_mask": sum(1 for r in index.records if r.mask_path),
-            "missing_masks": len(index.missing_masks),
-            "patients": len(patients) if patients else None,
-            "official_split": per_split,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in index.skipped]}
+        per_split = {
+            s: dict(sorted(Counter(r.label for r in index.records if r.source_split == s).items()))
+            for s in ("train", "val", "test")
+        }
+    return {
+        "root": str(index.root),
+        "layout": index.layout,
+        "classes": list(index.classes),
+        "counts": {c: counts.get(c, 0) for c in index.classes},
+        "total": len(index.records),
+        "with_mask": sum(1 for r in index.records if r.mask_path),
+        "missing_masks": len(index.missing_masks),
+        "patients": len(patients) if patients else None,
+        "official_split": per_split,
+        "skipped": [{"path": s.path, "reason": s.reason} for s in index.skipped],
+    }
 
 
 def run_check(args) -> int:
@@ -86,17 +103,21 @@ def run_check(args) -> int:
     report = summarize(index)
     if args.split:
         split = read_split_csv(args.split, index)
-        report["split"] = {name: dict(sorted(Counter(r.label for r in recs).items()))
-                           for name, recs in split.items()}
+        report["split"] = {
+            name: dict(sorted(Counter(r.label for r in recs).items())) for name, recs in split.items()
+        }
         from ..integrity.leakage import check_split
 
         report["leakage"] = check_split(index, split)
     if args.format == "json":
         from ..fsutil import json_safe
+
         print(json.dumps(json_safe(report), indent=2, default=str))
         return 0
-    print(f"{report['root']}: {report['layout']} layout, {report['total']} images in "
-          f"{len(report['classes'])} classes")
+    print(
+        f"{report['root']}: {report['layout']} layout, {report['total']} images in "
+        f"{len(report['classes'])} classes"
+    )
     width = max(len(c) for c in report["classes"])
     for c in report["classes"]:
         print(f"  {c:<{width}}  {report['counts'][c]}")
@@ -105,17 +126,26 @@ def run_check(args) -> int:
     if report["patients"] is not None:
         print(f"patients: {report['patients']}")
     if report["official_split"]:
-        print("official folders: " + "; ".join(
-            f"{s} " + ", ".join(f"{c} {n}" for c, n in d.items()) for s, d in report["official_split"].items()))
+        print(
+            "official folders: "
+            + "; ".join(
+                f"{s} " + ", ".join(f"{c} {n}" for c, n in d.items())
+                for s, d in report["official_split"].items()
+            )
+        )
     if "split" in report:
         print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
     if "leakage" in report:
         print("leakage: " + json.dumps(report["leakage"], default=str)[:2000])
     if report["skipped"]:
-        reasons = Counter(s["reason"].split(" of ")[0] if s["reason"].startswith("duplicate") else s["reason"]
-                          for s in report["skipped"])
-        print(f"skipped {len(report['skipped'])} file(s): " +
-              ", ".join(f"{r} {n}" for r, n in reasons.most_common()))
+        reasons = Counter(
+            s["reason"].split(" of ")[0] if s["reason"].startswith("duplicate") else s["reason"]
+            for s in report["skipped"]
+        )
+        print(
+            f"skipped {len(report['skipped'])} file(s): "
+            + ", ".join(f"{r} {n}" for r, n in reasons.most_common())
+        )
         for s in report["skipped"][:10]:
             print(f"  {s['path']}: {s['reason']}")
         if len(report["skipped"]) > 10:
@@ -157,7 +187,9 @@ def run_cache(args) -> int:
         check_masks(index, records)
     cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=True)
     state = "built" if cache.built else "reused"
-    print(f"{state} cache {cache.dir}: {len(cache)} images, {pp.input}, {pp.image_size}x{pp.image_size} uint8")
+    print(
+        f"{state} cache {cache.dir}: {len(cache)} images, {pp.input}, {pp.image_size}x{pp.image_size} uint8"
+    )
     if cache.converted:
         modes = Counter(cache.converted.values())
         print("converted to 8-bit grey: " + ", ".join(f"{m} {n}" for m, n in modes.most_common()))

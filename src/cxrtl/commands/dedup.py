@@ -14,20 +14,34 @@ from ..integrity.duplicates import DEFAULT_THRESHOLD
 def add_parser(data_subparsers) -> None:
     """Register ``cxrtl data dedup`` on the ``data`` command's subparsers."""
     p = data_subparsers.add_parser(
-        "dedup", help="find exact and near-duplicate images (within a dataset, across splits or datasets)",
+        "dedup",
+        help="find exact and near-duplicate images (within a dataset, across splits or datasets)",
         description="Find exact duplicates (same decoded pixels) and near duplicates (pHash within a Hamming "
-                    "threshold) within ROOT, across the splits of --split, or between ROOT and ROOT2.")
+        "threshold) within ROOT, across the splits of --split, or between ROOT and ROOT2.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset root")
     p.add_argument("root2", metavar="ROOT2", nargs="?", help="second dataset root (cross-dataset duplicates)")
-    p.add_argument("--split", metavar="SPLIT.csv", help="split CSV of the last root: report cross-split leakage")
+    p.add_argument(
+        "--split", metavar="SPLIT.csv", help="split CSV of the last root: report cross-split leakage"
+    )
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.add_argument("--out", metavar="REPORT.json", help="also write the JSON report here")
-    p.add_argument("--drop", metavar="OUT.csv", help="write a cleaned split CSV (needs --split): leaking "
-                   "val/test images removed, one image kept per duplicate group")
-    p.add_argument("--threshold", type=int, default=DEFAULT_THRESHOLD,
-                   help=f"near-duplicate Hamming distance on the 64-bit pHash (default {DEFAULT_THRESHOLD})")
+    p.add_argument(
+        "--drop",
+        metavar="OUT.csv",
+        help="write a cleaned split CSV (needs --split): leaking "
+        "val/test images removed, one image kept per duplicate group",
+    )
+    p.add_argument(
+        "--threshold",
+        type=int,
+        default=DEFAULT_THRESHOLD,
+        help=f"near-duplicate Hamming distance on the 64-bit pHash (default {DEFAULT_THRESHOLD})",
+    )
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: CPU count, max 4)")
-    p.add_argument("--cache-dir", default=None, help="hash cache (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
+    p.add_argument(
+        "--cache-dir", default=None, help="hash cache (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_cli)
 
@@ -40,9 +54,14 @@ def run_cli(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise CxrtlError("--workers must be at least 1")
     roots = [args.root] + ([args.root2] if args.root2 else [])
-    report, cleaned = dedup_dataset(roots, split_csv=args.split, threshold=args.threshold,
-                                    cache_dir=args.cache_dir, progress=not args.no_progress,
-                                    workers=args.workers)
+    report, cleaned = dedup_dataset(
+        roots,
+        split_csv=args.split,
+        threshold=args.threshold,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        workers=args.workers,
+    )
     if args.drop:
         write_split_csv(args.drop, cleaned)
     if args.out:
@@ -51,20 +70,28 @@ def run_cli(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         s = report["summary"]
-        print(f"{s['images']} images hashed ({report['scope']}, threshold {report['threshold']}): "
-              f"{s['exact_pairs']} exact pairs, {s['near_pairs']} near pairs, {s['groups']} groups, "
-              f"{s['unreadable']} unreadable")
+        print(
+            f"{s['images']} images hashed ({report['scope']}, threshold {report['threshold']}): "
+            f"{s['exact_pairs']} exact pairs, {s['near_pairs']} near pairs, {s['groups']} groups, "
+            f"{s['unreadable']} unreadable"
+        )
         for a, b in report["exact"][:20]:
             print(f"  exact  {a}  {b}")
         for a, b, d in report["near"][:20]:
             print(f"  near   {a}  {b}  (distance {d})")
-        more = len(report["exact"]) + len(report["near"]) - min(20, len(report["exact"])) \
+        more = (
+            len(report["exact"])
+            + len(report["near"])
+            - min(20, len(report["exact"]))
             - min(20, len(report["near"]))
+        )
         if more > 0:
             print(f"  ... {more} more (use --format json)")
         if "cross_split_counts" in report:
-            print("cross-split pairs: " + (", ".join(f"{k} {v}" for k, v in
-                                                      sorted(report["cross_split_counts"].items())) or "none"))
+            print(
+                "cross-split pairs: "
+                + (", ".join(f"{k} {v}" for k, v in sorted(report["cross_split_counts"].items())) or "none")
+            )
         if args.drop:
             print(f"wrote {args.drop}: {len(report['dropped'])} images dropped")
     return 0

@@ -7,30 +7,59 @@ import argparse
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "evaluate", help="score a run or checkpoint on a dataset subset: metrics, intervals, figures",
+        "evaluate",
+        help="score a run or checkpoint on a dataset subset: metrics, intervals, figures",
         description="Evaluate a run directory (its split.csv and best checkpoint) or a checkpoint on a subset "
-                    "of a dataset. Writes predictions.csv, metrics.json, report.md and ROC / confusion / "
-                    "reliability (and training-curve) figures as PNG and SVG.")
+        "of a dataset. Writes predictions.csv, metrics.json, report.md and ROC / confusion / "
+        "reliability (and training-curve) figures as PNG and SVG.",
+    )
     p.add_argument("model", metavar="RUN_DIR|CKPT", help="run directory or .safetensors/.json checkpoint")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
-    p.add_argument("--split", metavar="SPLIT.csv", help="split CSV (default: the run's split.csv, else the "
-                   "split remade with the checkpoint's training settings)")
-    p.add_argument("--subset", default="test", choices=("test", "val", "train", "all"),
-                   help="which part of the split to score; 'all' scores every image (default: test)")
+    p.add_argument(
+        "--split",
+        metavar="SPLIT.csv",
+        help="split CSV (default: the run's split.csv, else the "
+        "split remade with the checkpoint's training settings)",
+    )
+    p.add_argument(
+        "--subset",
+        default="test",
+        choices=("test", "val", "train", "all"),
+        help="which part of the split to score; 'all' scores every image (default: test)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--calibrate", action="store_true",
-                   help="fit a temperature on the validation subset and save it beside the checkpoint")
-    p.add_argument("--positive", metavar="CLASS",
-                   help="positive class for an operating point (e.g. COVID, PNEUMONIA)")
-    p.add_argument("--target-sensitivity", type=float, default=0.95, metavar="S",
-                   help="sensitivity the operating point must reach on validation (default 0.95)")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="fit a temperature on the validation subset and save it beside the checkpoint",
+    )
+    p.add_argument(
+        "--positive", metavar="CLASS", help="positive class for an operating point (e.g. COVID, PNEUMONIA)"
+    )
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=0.95,
+        metavar="S",
+        help="sensitivity the operating point must reach on validation (default 0.95)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
-    p.add_argument("--cam-in-lungs", action="store_true",
-                   help="also report the share of Grad-CAM inside the lung masks, per class")
-    p.add_argument("--cache-dir", metavar="DIR", help="image cache (default env CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for F1/AUC intervals (0: none; default 1000)")
+    p.add_argument(
+        "--cam-in-lungs",
+        action="store_true",
+        help="also report the share of Grad-CAM inside the lung masks, per class",
+    )
+    p.add_argument(
+        "--cache-dir", metavar="DIR", help="image cache (default env CXRTL_CACHE_DIR or ~/.cache/cxrtl)"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for F1/AUC intervals (0: none; default 1000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,32 +77,56 @@ def run(args: argparse.Namespace) -> int:
         raise CxrtlError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
     if not 0 < args.target_sensitivity <= 1:
         raise CxrtlError(f"--target-sensitivity must be in (0, 1], not {args.target_sensitivity}")
-    m = evaluate(args.model, args.data, split_csv=args.split, subset=args.subset, out=args.out,
-                 calibrate=args.calibrate, positive=args.positive, target_sensitivity=args.target_sensitivity,
-                 device=args.device, batch_size=args.batch_size, cam_in_lungs=args.cam_in_lungs,
-                 cache_dir=args.cache_dir, progress=not args.no_progress, seed=args.seed,
-                 n_boot=args.bootstrap, figures=not args.no_figures)
-    print(f"{args.subset}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
-          f"loss {m['loss']:.4f}  weighted F1 {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}  "
-          f"ECE {m['ece']:.4f}")
+    m = evaluate(
+        args.model,
+        args.data,
+        split_csv=args.split,
+        subset=args.subset,
+        out=args.out,
+        calibrate=args.calibrate,
+        positive=args.positive,
+        target_sensitivity=args.target_sensitivity,
+        device=args.device,
+        batch_size=args.batch_size,
+        cam_in_lungs=args.cam_in_lungs,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        seed=args.seed,
+        n_boot=args.bootstrap,
+        figures=not args.no_figures,
+    )
+    print(
+        f"{args.subset}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
+        f"loss {m['loss']:.4f}  weighted F1 {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}  "
+        f"ECE {m['ece']:.4f}"
+    )
     for c in m["classes"]:
         e = m["per_class"][c]
-        print(f"  {c}: precision {fmt_pct(e['precision'], e['precision_ci'])}  "
-              f"recall {fmt_pct(e['recall'], e['recall_ci'])}  F1 {fmt_pct(e['f1'])}  support {e['support']}")
+        print(
+            f"  {c}: precision {fmt_pct(e['precision'], e['precision_ci'])}  "
+            f"recall {fmt_pct(e['recall'], e['recall_ci'])}  F1 {fmt_pct(e['f1'])}  support {e['support']}"
+        )
     if m.get("calibrated"):
-        print(f"temperature {m['calibrated']['temperature']:.4f}: loss {m['calibrated']['loss']:.4f}, "
-              f"ECE {m['calibrated']['ece']:.4f}")
+        print(
+            f"temperature {m['calibrated']['temperature']:.4f}: loss {m['calibrated']['loss']:.4f}, "
+            f"ECE {m['calibrated']['ece']:.4f}"
+        )
     op = m.get("operating_point")
     if op:
         te = op["test"]
-        print(f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
-              f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
-              f"{fmt_pct(te['specificity'], te['specificity_ci'])}")
+        print(
+            f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
+            f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
+            f"{fmt_pct(te['specificity'], te['specificity_ci'])}"
+        )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
     elif m.get("cam_in_lungs"):
         cam = m["cam_in_lungs"]["overall"]
-        print(f"Grad-CAM inside lungs: {cam['mean']:.3f} (n={cam['n']})" if cam["mean"] is not None
-              else "Grad-CAM inside lungs: no masks")
+        print(
+            f"Grad-CAM inside lungs: {cam['mean']:.3f} (n={cam['n']})"
+            if cam["mean"] is not None
+            else "Grad-CAM inside lungs: no masks"
+        )
     print(f"wrote {args.out}/predictions.csv, metrics.json, report.md")
     return 0

@@ -18,9 +18,12 @@ Research tool, not a medical device.
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="predict classes of radiographs (PNG/JPEG/DICOM files or folders)",
-        description="Apply a trained cxrtl model to chest radiographs.", epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "predict",
+        help="predict classes of radiographs (PNG/JPEG/DICOM files or folders)",
+        description="Apply a trained cxrtl model to chest radiographs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a = p.add_argument
     a("model", metavar="MODEL", help="run dir, checkpoint (.safetensors/.json) or exported .onnx")
     a("paths", metavar="PATH", nargs="+", help="image file (PNG/JPEG/DICOM...) or folder of them")
@@ -31,8 +34,12 @@ def register(subparsers) -> None:
     m = p.add_mutually_exclusive_group()
     m.add_argument("--mask", metavar="PATH", help="lung mask of the (single) image")
     m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
-    a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models "
-      "(default auto: cuda if available)")
+    a(
+        "--device",
+        default="auto",
+        metavar="DEV",
+        help="auto, cpu, cuda or cuda:N for PyTorch models (default auto: cuda if available)",
+    )
     a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
     a("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
@@ -47,10 +54,18 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.model, device=args.device, threads=args.threads)
     images = collect_inputs(args.paths)
     if not images:
-        raise CxrtlError("no images found in " + ", ".join(args.paths) + "; give PNG/JPEG/DICOM files or folders")
+        raise CxrtlError(
+            "no images found in " + ", ".join(args.paths) + "; give PNG/JPEG/DICOM files or folders"
+        )
     masks = find_masks(images, args.mask, args.mask_dir)
-    rows = predictor.predict_files(images, masks, batch_size=args.batch_size, cam_dir=args.cam,
-                                   cam_class=args.cam_class, progress=args.progress and sys.stderr.isatty())
+    rows = predictor.predict_files(
+        images,
+        masks,
+        batch_size=args.batch_size,
+        cam_dir=args.cam,
+        cam_class=args.cam_class,
+        progress=args.progress and sys.stderr.isatty(),
+    )
     sys.stdout.write(render(rows, predictor.classes, args.format))
     failed = sum(r.error is not None for r in rows)
     if failed:

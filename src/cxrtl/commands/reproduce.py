@@ -8,29 +8,48 @@ from ..paper.experiments import PROFILES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="run the paper's experiments 1-3 and write one report",
-                       description="Train and evaluate the paper's experiments (1: raw vs masked x 1 vs 3 "
-                                   "channels; 2: four losses; 3: five pneumonia transfer schemes), then write "
-                                   "results.json, report.md and report.html into --out. Finished runs in --out "
-                                   "are skipped, so an interrupted reproduction continues where it stopped.")
+    p = sub.add_parser(
+        "reproduce",
+        help="run the paper's experiments 1-3 and write one report",
+        description="Train and evaluate the paper's experiments (1: raw vs masked x 1 vs 3 "
+        "channels; 2: four losses; 3: five pneumonia transfer schemes), then write "
+        "results.json, report.md and report.html into --out. Finished runs in --out "
+        "are skipped, so an interrupted reproduction continues where it stopped.",
+    )
     p.add_argument("--covid", required=True, metavar="ROOT", help="COVID-19 Radiography Database root")
     p.add_argument("--pneumonia", metavar="ROOT", help="Kermany chest_xray root (needed by experiment 3)")
     p.add_argument("--out", required=True, metavar="DIR", help="reproduction directory")
-    p.add_argument("--profile", default="paper", choices=list(PROFILES),
-                   help="paper: 224 px, 30 epochs, full data (GPU); quick: small images, few epochs, subsampled "
-                        "(2-core CPU) [paper]")
+    p.add_argument(
+        "--profile",
+        default="paper",
+        choices=list(PROFILES),
+        help="paper: 224 px, 30 epochs, full data (GPU); quick: small images, few epochs, subsampled "
+        "(2-core CPU) [paper]",
+    )
     p.add_argument("--experiments", default="1,2,3", help="comma-separated subset of 1,2,3 [1,2,3]")
-    p.add_argument("--split-protocol", default="paper", choices=["paper", "patient", "official"],
-                   help="pneumonia split: the paper's image-level 7:2:1 re-split, a patient-grouped re-split, "
-                        "or Kermany's own folders [paper]")
-    p.add_argument("--exclude-overlap", action="store_true",
-                   help="drop pneumonia test images whose content also appears in the COVID training data")
-    p.add_argument("--allow-random-init", action="store_true",
-                   help="when ImageNet weights cannot be had, start those runs from random weights "
-                        "(the report's first line says so)")
-    p.add_argument("--pretrained-file", metavar="PATH",
-                   help="local ImageNet weights (model.safetensors) for the backbone; "
-                        "or set CXRTL_IMAGENET_WEIGHTS")
+    p.add_argument(
+        "--split-protocol",
+        default="paper",
+        choices=["paper", "patient", "official"],
+        help="pneumonia split: the paper's image-level 7:2:1 re-split, a patient-grouped re-split, "
+        "or Kermany's own folders [paper]",
+    )
+    p.add_argument(
+        "--exclude-overlap",
+        action="store_true",
+        help="drop pneumonia test images whose content also appears in the COVID training data",
+    )
+    p.add_argument(
+        "--allow-random-init",
+        action="store_true",
+        help="when ImageNet weights cannot be had, start those runs from random weights "
+        "(the report's first line says so)",
+    )
+    p.add_argument(
+        "--pretrained-file",
+        metavar="PATH",
+        help="local ImageNet weights (model.safetensors) for the backbone; or set CXRTL_IMAGENET_WEIGHTS",
+    )
     p.add_argument("--backbone", help="timm backbone instead of the profile's densenet121")
     p.add_argument("--epochs", type=int, help="override the profile's epochs")
     p.add_argument("--image-size", type=int, help="override the profile's image size")
@@ -48,15 +67,32 @@ def run(args: argparse.Namespace) -> int:
     from ..paper.reproduce import ReproduceOptions, reproduce
 
     opts = ReproduceOptions(
-        covid=args.covid, pneumonia=args.pneumonia, out=args.out, profile=args.profile,
-        experiments=args.experiments, split_protocol=args.split_protocol, exclude_overlap=args.exclude_overlap,
-        seed=args.seed, backbone=args.backbone, epochs=args.epochs, image_size=args.image_size,
-        batch_size=args.batch_size, max_per_class=args.max_per_class, allow_random_init=args.allow_random_init,
-        pretrained_file=args.pretrained_file, device=args.device, workers=args.workers,
-        cache_dir=args.cache_dir, progress=not args.no_progress)
+        covid=args.covid,
+        pneumonia=args.pneumonia,
+        out=args.out,
+        profile=args.profile,
+        experiments=args.experiments,
+        split_protocol=args.split_protocol,
+        exclude_overlap=args.exclude_overlap,
+        seed=args.seed,
+        backbone=args.backbone,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        max_per_class=args.max_per_class,
+        allow_random_init=args.allow_random_init,
+        pretrained_file=args.pretrained_file,
+        device=args.device,
+        workers=args.workers,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+    )
     result = reproduce(opts)
-    best = max((r for r in result["runs"] if r["dataset"] == "covid"), key=lambda r: r["test"]["accuracy"],
-               default=None)
+    best = max(
+        (r for r in result["runs"] if r["dataset"] == "covid"),
+        key=lambda r: r["test"]["accuracy"],
+        default=None,
+    )
     for r in result["runs"]:
         print(f"{r['name']:32s} test accuracy {r['test']['accuracy']:.4f}  best epoch {r['best_epoch']}")
     if best is not None:

@@ -26,23 +26,46 @@ per process and the default lr follows the global batch).
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "train", help="train a model (fine-tune or frozen extractor) and keep the best-validation epoch",
+        "train",
+        help="train a model (fine-tune or frozen extractor) and keep the best-validation epoch",
         description="Train DenseNet-121 (or any timm backbone) + MLP head on a chest X-ray dataset.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS)
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     a = p.add_argument
     a("--data", metavar="ROOT", help="dataset root (COVID-19 Radiography, Kermany chest_xray, class folders)")
     a("--out", metavar="RUN_DIR", help="run directory to create")
     a("--split", metavar="SPLIT.csv", help="split CSV (default: make the dataset's default split)")
     a("--config", metavar="FILE.yaml", help="YAML with the same keys as these options; options override it")
     a("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
-    a("--backbone", metavar="NAME", help="timm model name (default densenet121; a transfer uses the checkpoint's)")
-    a("--init", metavar="imagenet|none|PATH", help="initialisation: ImageNet, random, or a cxrtl checkpoint "
-      "/ run dir to transfer from (default imagenet)")
-    a("--pretrained-file", metavar="FILE", help="local ImageNet weights (.safetensors) for --init imagenet "
-      "(default: env CXRTL_IMAGENET_WEIGHTS, else the Hugging Face Hub)")
-    a("--keep-hidden", action="store_true", help="transfer: keep the trained n->64 layer, replace only the last")
-    a("--scheme", choices=SCHEMES, help="finetune (all layers) or extractor (frozen backbone incl. BatchNorm)")
+    a(
+        "--backbone",
+        metavar="NAME",
+        help="timm model name (default densenet121; a transfer uses the checkpoint's)",
+    )
+    a(
+        "--init",
+        metavar="imagenet|none|PATH",
+        help="initialisation: ImageNet, random, or a cxrtl checkpoint "
+        "/ run dir to transfer from (default imagenet)",
+    )
+    a(
+        "--pretrained-file",
+        metavar="FILE",
+        help="local ImageNet weights (.safetensors) for --init imagenet "
+        "(default: env CXRTL_IMAGENET_WEIGHTS, else the Hugging Face Hub)",
+    )
+    a(
+        "--keep-hidden",
+        action="store_true",
+        help="transfer: keep the trained n->64 layer, replace only the last",
+    )
+    a(
+        "--scheme",
+        choices=SCHEMES,
+        help="finetune (all layers) or extractor (frozen backbone incl. BatchNorm)",
+    )
     a("--loss", choices=LOSSES, help="training loss (default ce); validation/test loss is always plain CE")
     a("--focal-gamma", type=float, metavar="G", help="focal loss gamma (default 2)")
     a("--focal-alpha", choices=FOCAL_ALPHAS, help="focal loss per-class alpha (default none)")
@@ -61,8 +84,11 @@ def register(subparsers) -> None:
     a("--device", choices=DEVICES, help="device (default auto)")
     a("--workers", type=int, metavar="N", help="DataLoader workers (default 0)")
     a("--precision", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    a("--channels-last", action=argparse.BooleanOptionalAction, help="channels_last memory format "
-      "(default: on with CUDA)")
+    a(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="channels_last memory format (default: on with CUDA)",
+    )
     a("--compile", action="store_true", help="torch.compile the model")
     a("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     a("--cache-dir", metavar="DIR", help="image cache (default env CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
@@ -75,15 +101,19 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     """YAML (if any) overlaid by the options actually given -> (config, resume?)."""
     from ..training.resume import RESUME_OPTIONS  # here, not at the top: `cxrtl --help` must not load torch
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "config", "resume")}
+    given = {
+        k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "config", "resume")
+    }
     resume = getattr(args, "resume", None)
     if resume is not None:
         extra = sorted(set(given) - set(RESUME_OPTIONS) - {"out"})
         if getattr(args, "config", None):
             extra.insert(0, "config")
         if extra:
-            raise CxrtlError(f"--{extra[0].replace('_', '-')} cannot change when resuming; a resumed run keeps "
-                             f"its saved settings (only --{', --'.join(sorted(o.replace('_', '-') for o in RESUME_OPTIONS))} may be given)")
+            raise CxrtlError(
+                f"--{extra[0].replace('_', '-')} cannot change when resuming; a resumed run keeps "
+                f"its saved settings (only --{', --'.join(sorted(o.replace('_', '-') for o in RESUME_OPTIONS))} may be given)"
+            )
         if "out" in given and given["out"] != resume:
             raise CxrtlError("give the run directory once, as --resume RUN_DIR (without --out)")
         given["out"] = resume
@@ -99,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=resume)
     if not env_info().is_main:
         return 0
-    print(f"best epoch {summary['best_epoch']}/{summary['epochs']}: val acc {summary['best_val_acc']:.4f}, "
-          f"val loss {summary['best_val_loss']:.4f}")
+    print(
+        f"best epoch {summary['best_epoch']}/{summary['epochs']}: val acc {summary['best_val_acc']:.4f}, "
+        f"val loss {summary['best_val_loss']:.4f}"
+    )
     print(f"run dir: {summary['run_dir']}")
     return 0

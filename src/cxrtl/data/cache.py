@@ -99,8 +99,17 @@ def cache_key(index: DatasetIndex, records: list[Record], pp: Preprocess) -> tup
     masked = pp.input == "masked"
     rows = sorted({r.path: r for r in records}.values(), key=lambda r: r.path)
     h = hashlib.sha256()
-    h.update(json.dumps({"version": CACHE_VERSION, "root": str(index.root), "input": pp.input,
-                         "image_size": pp.image_size, "resize_size": pp.resize_size}).encode())
+    h.update(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "root": str(index.root),
+                "input": pp.input,
+                "image_size": pp.image_size,
+                "resize_size": pp.resize_size,
+            }
+        ).encode()
+    )
     for r in rows:
         entry = [r.path, _stat(index.abspath(r.path))]
         if masked:
@@ -156,8 +165,11 @@ def _clean_stale(base: Path, slug: str, keep: Path, meta: dict) -> None:
             other = json.loads((d / INDEX_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if (other.get("root") == meta["root"] and other.get("preprocess") == meta["preprocess"]
-                and other.get("paths") == meta["paths"]):
+        if (
+            other.get("root") == meta["root"]
+            and other.get("preprocess") == meta["preprocess"]
+            and other.get("paths") == meta["paths"]
+        ):
             logger.info("removing outdated cache %s", d)
             shutil.rmtree(d, ignore_errors=True)
 
@@ -180,12 +192,20 @@ def check_masks(index: DatasetIndex, records: list[Record] | None = None) -> Non
         return
     if len(unmasked) == len(records):
         raise CxrtlError(f"masked input needs lung masks, but {index.root} has none; use --input raw")
-    raise CxrtlError(f"masked input needs a lung mask for every image, but {len(unmasked)} have none "
-                     f"(e.g. {unmasked[0]}); use --input raw or add the missing masks")
+    raise CxrtlError(
+        f"masked input needs a lung mask for every image, but {len(unmasked)} have none "
+        f"(e.g. {unmasked[0]}); use --input raw or add the missing masks"
+    )
 
 
-def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cache_dir=None,
-                progress: bool = True, workers: int | None = None) -> ImageCache:
+def build_cache(
+    index: DatasetIndex,
+    records: list[Record],
+    pp: Preprocess,
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> ImageCache:
     """Reuse or build the cache of ``records`` under ``pp``; the returned cache is complete and consistent."""
     if pp.input == "masked":
         check_masks(index, records)
@@ -201,8 +221,10 @@ def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cach
     need = n * s * s + (1 << 20)
     free = shutil.disk_usage(base).free
     if need > free:
-        raise CxrtlError(f"the cache needs {need / 2**30:.2f} GiB but {base} has {free / 2**30:.2f} GiB free; "
-                         "free space or pass --cache-dir")
+        raise CxrtlError(
+            f"the cache needs {need / 2**30:.2f} GiB but {base} has {free / 2**30:.2f} GiB free; "
+            "free space or pass --cache-dir"
+        )
     tmp = base / f".{slug}-{key[:20]}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     try:
         tmp.mkdir()
@@ -210,11 +232,20 @@ def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cach
         images = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(n, s, s))
         failed, converted = {}, {}
         workers = default_workers() if workers is None else max(1, int(workers))
-        bar = tqdm(total=n, desc=f"cache {slug} {pp.input} {s}px", unit="img", disable=not progress,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            total=n,
+            desc=f"cache {slug} {pp.input} {s}px",
+            unit="img",
+            disable=not progress,
+            dynamic_ncols=True,
+            leave=False,
+        )
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = pool.map(lambda r: _decode(index, r, pp), rows) if workers > 1 \
+            results = (
+                pool.map(lambda r: _decode(index, r, pp), rows)
+                if workers > 1
                 else (_decode(index, r, pp) for r in rows)
+            )
             for i, (r, (pixels, reason, mode)) in enumerate(zip(rows, results)):
                 if pixels is None:
                     failed[r.path] = reason
@@ -228,12 +259,19 @@ def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cach
         del images
         with open(tmp / IMAGES_FILE, "rb+") as fh:
             os.fsync(fh.fileno())
-        meta = {"format": "cxrtl-cache", "version": CACHE_VERSION, "key": key, "root": str(index.root),
-                "preprocess": {"input": pp.input, "image_size": pp.image_size,
-                               "resize_size": pp.resize_size},
-                "shape": [n, s, s], "paths": [r.path for r in rows], "failed": failed,
-                "converted": converted, "seconds": round(time.perf_counter() - t0, 3),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        meta = {
+            "format": "cxrtl-cache",
+            "version": CACHE_VERSION,
+            "key": key,
+            "root": str(index.root),
+            "preprocess": {"input": pp.input, "image_size": pp.image_size, "resize_size": pp.resize_size},
+            "shape": [n, s, s],
+            "paths": [r.path for r in rows],
+            "failed": failed,
+            "converted": converted,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         write_json(tmp / INDEX_FILE, meta)
         try:
             os.rename(tmp, final)
@@ -242,14 +280,19 @@ def build_cache(index: DatasetIndex, records: list[Record], pp: Preprocess, cach
                 shutil.rmtree(final, ignore_errors=True)
                 os.rename(tmp, final)
     except OSError as exc:
-        raise CxrtlError(f"cannot write the cache under {base}: {exc.strerror or exc}; "
-                         "check free space and permissions or pass --cache-dir") from None
+        raise CxrtlError(
+            f"cannot write the cache under {base}: {exc.strerror or exc}; "
+            "check free space and permissions or pass --cache-dir"
+        ) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     if failed:
-        logger.warning("%d image(s) could not be decoded and are excluded, e.g. %s: %s", len(failed),
-                       *next(iter(failed.items())))
+        logger.warning(
+            "%d image(s) could not be decoded and are excluded, e.g. %s: %s",
+            len(failed),
+            *next(iter(failed.items())),
+        )
     logger.info("built cache %s: %d images in %.1f s", final, n, meta["seconds"])
     _clean_stale(base, slug, final, meta)
     cache = _read_existing(final, key)

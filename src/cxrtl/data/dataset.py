@@ -30,11 +30,14 @@ class CachedDataset(Dataset):
         usable = [r for r in records if r.path in cache.row_of and r.path not in cache.failed]
         missing = [r.path for r in records if r.path not in cache.row_of]
         if missing:
-            raise CxrtlError(f"{len(missing)} record(s) are not in cache {cache.dir} (e.g. {missing[0]}); "
-                             "rebuild it with `cxrtl data cache`")
+            raise CxrtlError(
+                f"{len(missing)} record(s) are not in cache {cache.dir} (e.g. {missing[0]}); "
+                "rebuild it with `cxrtl data cache`"
+            )
         if len(usable) < len(records):
-            logger.warning("%d record(s) left out: their images could not be decoded",
-                           len(records) - len(usable))
+            logger.warning(
+                "%d record(s) left out: their images could not be decoded", len(records) - len(usable)
+            )
         unknown = sorted({r.label for r in usable} - set(class_to_idx))
         if unknown:
             raise CxrtlError(f"labels {unknown} are not among the classes {list(class_to_idx)}")
@@ -84,9 +87,18 @@ class PreparedData:
         return {c: i for i, c in enumerate(self.classes)}
 
 
-def prepare_data(root: str | os.PathLike, pp: Preprocess, split_csv=None, seed: int = 2022, ratios=None,
-                 group_by: str | None = None, official: bool = False, cache_dir=None,
-                 progress: bool = True, index: DatasetIndex | None = None) -> PreparedData:
+def prepare_data(
+    root: str | os.PathLike,
+    pp: Preprocess,
+    split_csv=None,
+    seed: int = 2022,
+    ratios=None,
+    group_by: str | None = None,
+    official: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    index: DatasetIndex | None = None,
+) -> PreparedData:
     """Index ``root``, split it (or read ``split_csv``), build/reuse the cache, and wrap each split.
 
     ``index``: an already loaded :func:`load_dataset` of ``root``, so a caller can check it before the
@@ -95,8 +107,11 @@ def prepare_data(root: str | os.PathLike, pp: Preprocess, split_csv=None, seed: 
     index = index if index is not None else load_dataset(root)
     if pp.input == "masked":
         check_masks(index)
-    split = read_split_csv(split_csv, index) if split_csv else \
-        make_split(index, ratios=ratios, seed=seed, group_by=group_by, official=official)
+    split = (
+        read_split_csv(split_csv, index)
+        if split_csv
+        else make_split(index, ratios=ratios, seed=seed, group_by=group_by, official=official)
+    )
     records = [r for name in SPLITS for r in split[name]]
     if pp.input == "masked":
         check_masks(index, records)
@@ -106,5 +121,4 @@ def prepare_data(root: str | os.PathLike, pp: Preprocess, split_csv=None, seed: 
         split = {name: [r for r in recs if r.path not in cache.failed] for name, recs in split.items()}
     class_to_idx = {c: i for i, c in enumerate(index.classes)}
     datasets = {name: CachedDataset(cache, split[name], class_to_idx) for name in SPLITS}
-    return PreparedData(index=index, classes=list(index.classes), split=split, datasets=datasets,
-                        cache=cache)
+    return PreparedData(index=index, classes=list(index.classes), split=split, datasets=datasets, cache=cache)

@@ -43,8 +43,9 @@ def _pydicom():
         import pydicom
         import pydicom.pixels
     except ImportError:
-        raise CxrtlError("reading DICOM files needs pydicom >= 3; install it with "
-                         "`pip install 'cxrtl[dicom]'`") from None
+        raise CxrtlError(
+            "reading DICOM files needs pydicom >= 3; install it with `pip install 'cxrtl[dicom]'`"
+        ) from None
     return pydicom
 
 
@@ -65,14 +66,18 @@ def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
         raise DicomReadError(f"{path}: not a readable DICOM file ({_short(exc)})") from None
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomReadError(f"{path}: DICOM file has no pixel data (not an image object); "
-                             "pass the image series, not a report or structured document")
+        raise DicomReadError(
+            f"{path}: DICOM file has no pixel data (not an image object); "
+            "pass the image series, not a report or structured document"
+        )
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows <= 0 or cols <= 0:
         raise DicomReadError(f"{path}: DICOM file has no valid Rows/Columns; the file is damaged")
     if rows * cols > MAX_PIXELS:
-        raise DicomReadError(f"{path}: DICOM image is {cols}x{rows} pixels, above the {MAX_PIXELS} pixel "
-                             "safety limit (decompression bomb?); downsample it first")
+        raise DicomReadError(
+            f"{path}: DICOM image is {cols}x{rows} pixels, above the {MAX_PIXELS} pixel "
+            "safety limit (decompression bomb?); downsample it first"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -81,8 +86,10 @@ def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
     except DicomReadError:
         raise
     except Exception as exc:  # noqa: BLE001  (decoders raise many types)
-        raise DicomReadError(f"{path}: cannot decode DICOM pixel data ({_short(exc)}); if it is compressed, "
-                             "install a decoder plugin (e.g. pylibjpeg) or convert it to PNG") from None
+        raise DicomReadError(
+            f"{path}: cannot decode DICOM pixel data ({_short(exc)}); if it is compressed, "
+            "install a decoder plugin (e.g. pylibjpeg) or convert it to PNG"
+        ) from None
     return gray
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 from ..errors import CxrtlError
+from .dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
@@ -28,8 +28,15 @@ _MAGIC = (
     (b"MM\x00*", "TIFF"),
 )
 # The file name extensions of each format cxrtl reads: the one list behind every folder walk.
-SUFFIXES_OF_FORMAT = {"PNG": (".png",), "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "BMP": (".bmp",),
-                      "TIFF": (".tif", ".tiff"), "GIF": (".gif",), "WEBP": (".webp",), "DICOM": (".dcm", ".dicom")}
+SUFFIXES_OF_FORMAT = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
+    "BMP": (".bmp",),
+    "TIFF": (".tif", ".tiff"),
+    "GIF": (".gif",),
+    "WEBP": (".webp",),
+    "DICOM": (".dcm", ".dicom"),
+}
 RASTER_SUFFIXES = tuple(s for fmt, suffixes in SUFFIXES_OF_FORMAT.items() if fmt != "DICOM" for s in suffixes)
 IMAGE_SUFFIXES = RASTER_SUFFIXES + SUFFIXES_OF_FORMAT["DICOM"]  # everything `predict` picks up in a folder
 # Pillow's default limit (about 89 Mpixel); a chest radiograph is at most ~10 Mpixel.
@@ -79,9 +86,9 @@ def header_size(fmt: str, head: bytes) -> tuple[int, int] | None:
             if marker == 0xFF:  # fill byte
                 i += 1
                 continue
-            length = int.from_bytes(head[i + 2:i + 4], "big")
+            length = int.from_bytes(head[i + 2 : i + 4], "big")
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                return int.from_bytes(head[i + 7:i + 9], "big"), int.from_bytes(head[i + 5:i + 7], "big")
+                return int.from_bytes(head[i + 7 : i + 9], "big"), int.from_bytes(head[i + 5 : i + 7], "big")
             i += 2 + length
     return None
 
@@ -97,8 +104,9 @@ def _load_dicom(path: Path) -> np.ndarray:
         from .dicom import load_dicom_gray  # owned by the inference area; optional extra
     except ModuleNotFoundError as exc:
         if exc.name in ("cxrtl.data.dicom", "pydicom"):
-            raise CxrtlError(f"{path} is a DICOM file and DICOM support is not installed; "
-                             "run `pip install cxrtl[dicom]`") from None
+            raise CxrtlError(
+                f"{path} is a DICOM file and DICOM support is not installed; run `pip install cxrtl[dicom]`"
+            ) from None
         raise
     return load_dicom_gray(path)
 
@@ -130,8 +138,9 @@ def _to_gray_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
-def load_gray(path: str | os.PathLike, target_short_side: int | None = None,
-              info: dict | None = None) -> np.ndarray:
+def load_gray(
+    path: str | os.PathLike, target_short_side: int | None = None, info: dict | None = None
+) -> np.ndarray:
     """Decode ``path`` to uint8 ``[H, W]`` grey, refusing decompression bombs and broken files.
 
     Args:
@@ -155,8 +164,9 @@ def load_gray(path: str | os.PathLike, target_short_side: int | None = None,
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels():
-                    raise ImageReadError(path, f"decompression bomb ({w}x{h} pixels exceeds the "
-                                               f"{max_pixels()} limit)")
+                    raise ImageReadError(
+                        path, f"decompression bomb ({w}x{h} pixels exceeds the {max_pixels()} limit)"
+                    )
                 if info is not None:
                     info["mode"] = im.mode
                     info["drafted"] = False
@@ -226,8 +236,9 @@ def prepare_image(gray_u8: np.ndarray, pp, mask_u8: np.ndarray | None = None) ->
     img = np.asarray(gray_u8, dtype=np.uint8)
     if pp.input == "masked":
         if mask_u8 is None:
-            raise CxrtlError("masked input needs a lung mask for every image; "
-                             "use --input raw or provide masks")
+            raise CxrtlError(
+                "masked input needs a lung mask for every image; use --input raw or provide masks"
+            )
         img = apply_mask(img, mask_u8)
     im = _resize_shorter(Image.fromarray(img), pp.resize_size, Image.BILINEAR)
     return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)

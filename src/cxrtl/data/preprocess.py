@@ -50,22 +50,34 @@ class Preprocess:
 
     def to_dict(self) -> dict:
         """The JSON form stored in checkpoints, with the derived values spelled out for other tools."""
-        return {**asdict(self), "resize_size": self.resize_size, "mean": list(self.mean),
-                "std": list(self.std)}
+        return {
+            **asdict(self),
+            "resize_size": self.resize_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
         """Settings a checkpoint, cache or ONNX file stored; one-line error for values cxrtl never writes."""
         try:
-            return cls(input=str(d.get("input", "raw")), channels=int(d.get("channels", 3)),
-                       image_size=int(d.get("image_size", 224)))
+            return cls(
+                input=str(d.get("input", "raw")),
+                channels=int(d.get("channels", 3)),
+                image_size=int(d.get("image_size", 224)),
+            )
         except (AttributeError, TypeError, ValueError):
-            raise CxrtlError(f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer "
-                             "cxrtl") from None
+            raise CxrtlError(
+                f"unsupported preprocessing {d}; the checkpoint is damaged or from a newer cxrtl"
+            ) from None
 
 
-def normalize_batch(images: torch.Tensor, pp: Preprocess, device: torch.device | str | None = None,
-                    memory_format: torch.memory_format | None = None) -> torch.Tensor:
+def normalize_batch(
+    images: torch.Tensor,
+    pp: Preprocess,
+    device: torch.device | str | None = None,
+    memory_format: torch.memory_format | None = None,
+) -> torch.Tensor:
     """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised."""
     import torch
 

@@ -27,9 +27,11 @@ COVID_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
 IGNORED_DIRS = {"__MACOSX": "macOS archive metadata folder", "$RECYCLE.BIN": "recycle bin"}
 _SNIFF_BYTES = 4096
-_EXPECTED = ("expected COVID-19_Radiography_Dataset/<class>/images/, chest_xray/{train,val,test}/"
-             "{NORMAL,PNEUMONIA}/, one folder per class, or a CSV manifest (path,label[,mask_path]"
-             "[,patient_id])")
+_EXPECTED = (
+    "expected COVID-19_Radiography_Dataset/<class>/images/, chest_xray/{train,val,test}/"
+    "{NORMAL,PNEUMONIA}/, one folder per class, or a CSV manifest (path,label[,mask_path]"
+    "[,patient_id])"
+)
 
 # Kermany file names carry the patient: person<ID>_bacteria_<n>, person<ID>_virus_<n>, IM-<ID>-<n>,
 # NORMAL2-IM-<ID>-<n>. IDs are not split-qualified: grouping over-merges rather than leaks.
@@ -64,8 +66,9 @@ def _is_hidden(name: str) -> bool:
 
 def _list_dirs(d: Path) -> list[Path]:
     try:
-        return sorted(p for p in d.iterdir() if p.is_dir() and not _is_hidden(p.name)
-                      and p.name not in IGNORED_DIRS)
+        return sorted(
+            p for p in d.iterdir() if p.is_dir() and not _is_hidden(p.name) and p.name not in IGNORED_DIRS
+        )
     except OSError:
         return []
 
@@ -73,10 +76,13 @@ def _list_dirs(d: Path) -> list[Path]:
 def _has_image_suffix_files(d: Path) -> bool:
     try:
         with os.scandir(d) as it:
-            return any(e.is_file() and not _is_hidden(e.name) and
-                       Path(e.name).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff",
-                                                       ".dcm", ".dicom", ".gif", ".webp")
-                       for e in it)
+            return any(
+                e.is_file()
+                and not _is_hidden(e.name)
+                and Path(e.name).suffix.lower()
+                in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".gif", ".webp")
+                for e in it
+            )
     except OSError:
         return False
 
@@ -88,8 +94,9 @@ def _detect_here(d: Path) -> str | None:
         return "covid-radiography"
     if any(s in subdirs and any((subdirs[s] / c).is_dir() for c in KERMANY_CLASSES) for s in SPLITS):
         return "kermany"
-    with_images = [p for p in subdirs.values()
-                   if _has_image_suffix_files(p) or _has_image_suffix_files(p / "images")]
+    with_images = [
+        p for p in subdirs.values() if _has_image_suffix_files(p) or _has_image_suffix_files(p / "images")
+    ]
     if len(with_images) >= 2:
         return "class-folders"
     return None
@@ -150,8 +157,9 @@ def _collect(layout: str, ds_root: Path, skipped: list[Skipped]):
                 candidates.append(_Candidate(rel, parts[-3], mask_rel=mask))
                 continue
         elif layout == "kermany" and n >= 3 and parts[-3] in SPLITS and parts[-2] in KERMANY_CLASSES:
-            candidates.append(_Candidate(rel, parts[-2], patient_id=kermany_patient_id(parts[-1]),
-                                         source_split=parts[-3]))
+            candidates.append(
+                _Candidate(rel, parts[-2], patient_id=kermany_patient_id(parts[-1]), source_split=parts[-3])
+            )
             continue
         elif layout == "class-folders" and n >= 2 and parts[0] in class_dirs:
             if "masks" in parts[1:-1]:
@@ -240,9 +248,14 @@ def _screen(ds_root: Path, candidates: list[_Candidate], skipped: list[Skipped])
     return [c for c in good if c.rel not in drop]
 
 
-
-def _finish(ds_root: Path, layout: str, classes: list[str], candidates: list[_Candidate],
-            masks: set[str] | None, skipped: list[Skipped]) -> DatasetIndex:
+def _finish(
+    ds_root: Path,
+    layout: str,
+    classes: list[str],
+    candidates: list[_Candidate],
+    masks: set[str] | None,
+    skipped: list[Skipped],
+) -> DatasetIndex:
     records, missing = [], []
     for c in sorted(candidates, key=lambda c: c.rel):
         mask = c.mask_rel if masks and c.mask_rel in masks else None
@@ -254,19 +267,39 @@ def _finish(ds_root: Path, layout: str, classes: list[str], candidates: list[_Ca
         counts[r.label] = counts.get(r.label, 0) + 1
     empty = [k for k, n in counts.items() if n == 0]
     if empty:
-        raise CxrtlError(f"class {', '.join(repr(k) for k in empty)} under {ds_root} has no usable images; "
-                         "add images or remove the class folder")
+        raise CxrtlError(
+            f"class {', '.join(repr(k) for k in empty)} under {ds_root} has no usable images; "
+            "add images or remove the class folder"
+        )
     if len(classes) < 2:
-        raise CxrtlError(f"only one class ({classes[0] if classes else 'none'}) under {ds_root}; "
-                         "a classifier needs at least two")
+        raise CxrtlError(
+            f"only one class ({classes[0] if classes else 'none'}) under {ds_root}; "
+            "a classifier needs at least two"
+        )
     skipped.sort(key=lambda s: s.path)
     if missing:
-        logger.info("%d of %d images under %s have no lung mask (masked input will refuse them)",
-                       len(missing), len(records), ds_root)
-    logger.debug("%s: %d images in %d classes (%s), %d files skipped", ds_root, len(records), len(classes),
-                layout, len(skipped))
-    return DatasetIndex(root=ds_root, layout=layout, classes=sorted(classes), records=records,
-                        skipped=skipped, missing_masks=missing)
+        logger.info(
+            "%d of %d images under %s have no lung mask (masked input will refuse them)",
+            len(missing),
+            len(records),
+            ds_root,
+        )
+    logger.debug(
+        "%s: %d images in %d classes (%s), %d files skipped",
+        ds_root,
+        len(records),
+        len(classes),
+        layout,
+        len(skipped),
+    )
+    return DatasetIndex(
+        root=ds_root,
+        layout=layout,
+        classes=sorted(classes),
+        records=records,
+        skipped=skipped,
+        missing_masks=missing,
+    )
 
 
 def _load_folder(root: Path) -> DatasetIndex:
@@ -298,8 +331,10 @@ def _load_manifest(csv_path: Path) -> DatasetIndex:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CxrtlError(f"cannot read manifest {csv_path}: {exc}; expected a UTF-8 CSV") from None
     if not rows or not {"path", "label"} <= fields:
-        raise CxrtlError(f"manifest {csv_path} needs a header with path,label[,mask_path][,patient_id] "
-                         "and at least one row")
+        raise CxrtlError(
+            f"manifest {csv_path} needs a header with path,label[,mask_path][,patient_id] "
+            "and at least one row"
+        )
     skipped: list[Skipped] = []
     candidates: list[_Candidate] = []
     mask_set: set[str] = set()
@@ -328,8 +363,11 @@ def _load_manifest(csv_path: Path) -> DatasetIndex:
         mask_rel = rel_of(mask) if mask else None
         if mask_rel and (ds_root / mask_rel).is_file():
             mask_set.add(mask_rel)
-        candidates.append(_Candidate(rel, label, mask_rel=mask_rel,
-                                     patient_id=(row.get("patient_id") or "").strip() or None))
+        candidates.append(
+            _Candidate(
+                rel, label, mask_rel=mask_rel, patient_id=(row.get("patient_id") or "").strip() or None
+            )
+        )
     classes = sorted({c.label for c in candidates} | {(r.get("label") or "").strip() for r in rows} - {""})
     candidates = _screen(ds_root, candidates, skipped)
     return _finish(ds_root, "csv", classes, candidates, mask_set, skipped)
@@ -339,7 +377,9 @@ def load_dataset(root: str | os.PathLike) -> DatasetIndex:
     """Index a dataset: the COVID-19 Radiography or Kermany folder (or a parent of it), class folders, or a CSV."""
     root = Path(root).expanduser()
     if not root.exists():
-        raise CxrtlError(f"dataset root {root} does not exist; pass the folder you downloaded or a CSV manifest")
+        raise CxrtlError(
+            f"dataset root {root} does not exist; pass the folder you downloaded or a CSV manifest"
+        )
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise CxrtlError(f"{root} is a file, not a dataset folder; pass a folder or a CSV manifest")

@@ -45,8 +45,9 @@ def validate_ratios(ratios) -> tuple[float, float, float]:
     if any(not math.isfinite(v) or v < 0 for v in values) or values[0] <= 0:
         raise CxrtlError(f"ratios {values} must be non-negative with a positive train share")
     if abs(sum(values) - 1.0) > 1e-6:
-        raise CxrtlError(f"ratios {','.join(f'{v:g}' for v in values)} sum to {sum(values):g}, not 1; "
-                         "e.g. 0.7,0.15,0.15")
+        raise CxrtlError(
+            f"ratios {','.join(f'{v:g}' for v in values)} sum to {sum(values):g}, not 1; e.g. 0.7,0.15,0.15"
+        )
     return values  # type: ignore[return-value]
 
 
@@ -71,16 +72,18 @@ def _rng(seed: int, label: str) -> np.random.Generator:
 
 def _official(index: DatasetIndex) -> Split:
     if not index.records or any(r.source_split not in SPLITS for r in index.records):
-        raise CxrtlError(f"--official needs Kermany's own train/val/test folders; {index.root} is a "
-                         f"{index.layout} dataset")
+        raise CxrtlError(
+            f"--official needs Kermany's own train/val/test folders; {index.root} is a {index.layout} dataset"
+        )
     out: Split = {s: [] for s in SPLITS}
     for r in index.records:
         out[r.source_split].append(r)
     return out
 
 
-def make_split(index: DatasetIndex, ratios=None, seed: int = 2022, group_by: str | None = None,
-               official: bool = False) -> Split:
+def make_split(
+    index: DatasetIndex, ratios=None, seed: int = 2022, group_by: str | None = None, official: bool = False
+) -> Split:
     """Seeded split stratified by class; ``group_by="patient"`` keeps each patient in one split."""
     if official:
         return _sorted(_official(index))
@@ -98,7 +101,7 @@ def make_split(index: DatasetIndex, ratios=None, seed: int = 2022, group_by: str
             counts = _targets(len(recs), ratios)
             start = 0
             for name, k in zip(SPLITS, counts):
-                out[name].extend(recs[i] for i in order[start:start + k])
+                out[name].extend(recs[i] for i in order[start : start + k])
                 start += k
         return _sorted(out)
     # Grouped: a patient goes to one split; patients are stratified by their majority class.
@@ -118,8 +121,9 @@ def make_split(index: DatasetIndex, ratios=None, seed: int = 2022, group_by: str
         target = _targets(total, ratios)
         have = [0, 0, 0]
         for g in gids:
-            deficit = [(target[i] - have[i]) / max(target[i], 1) if ratios[i] > 0 else -math.inf
-                       for i in range(3)]
+            deficit = [
+                (target[i] - have[i]) / max(target[i], 1) if ratios[i] > 0 else -math.inf for i in range(3)
+            ]
             i = max(range(3), key=lambda i: (deficit[i], -i))
             have[i] += len(groups[g])
             out[SPLITS[i]].extend(groups[g])
@@ -135,8 +139,11 @@ def write_split_csv(path: str | os.PathLike, split: Split) -> Path:
     records = [(name, r) for name in SPLITS for r in sorted(split.get(name, []), key=lambda r: r.path)]
     with_mask = any(r.mask_path for _, r in records)
     with_patient = any(r.patient_id for _, r in records)
-    header = ["path", "label", "split"] + (["mask_path"] if with_mask else []) + \
-        (["patient_id"] if with_patient else [])
+    header = (
+        ["path", "label", "split"]
+        + (["mask_path"] if with_mask else [])
+        + (["patient_id"] if with_patient else [])
+    )
     rows = []
     for name, r in records:
         row = [r.path, r.label, name]
@@ -148,8 +155,9 @@ def write_split_csv(path: str | os.PathLike, split: Split) -> Path:
     try:
         return write_csv(path, header, rows)
     except OSError as exc:  # e.g. a parent that is not a folder, or a read-only file system
-        raise CxrtlError(f"cannot write split CSV {path}: {exc.strerror or exc}; choose a writable path") \
-            from None
+        raise CxrtlError(
+            f"cannot write split CSV {path}: {exc.strerror or exc}; choose a writable path"
+        ) from None
 
 
 def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
@@ -172,11 +180,15 @@ def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
     for i, row in enumerate(rows, start=2):
         rel, label, name = row["path"], row["label"], row["split"]
         if name not in SPLITS:
-            raise CxrtlError(f"split CSV {path} line {i}: split {name!r} is not one of train/val/test; "
-                             "fix the file or regenerate it with `cxrtl data split`")
+            raise CxrtlError(
+                f"split CSV {path} line {i}: split {name!r} is not one of train/val/test; "
+                "fix the file or regenerate it with `cxrtl data split`"
+            )
         if label not in index.classes:
-            raise CxrtlError(f"split CSV {path} line {i}: label {label!r} is not a class of {index.root} "
-                             f"({', '.join(index.classes)}); pass the dataset the split was made from")
+            raise CxrtlError(
+                f"split CSV {path} line {i}: label {label!r} is not a class of {index.root} "
+                f"({', '.join(index.classes)}); pass the dataset the split was made from"
+            )
         if rel in seen:
             raise CxrtlError(f"split CSV {path} lists {rel} twice; regenerate it with `cxrtl data split`")
         seen.add(rel)
@@ -188,10 +200,13 @@ def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
             missing.append(mask)
             continue
         base = known.get(rel)
-        out[name].append(Record(rel, label, mask, row.get("patient_id") or None,
-                                base.source_split if base else None))
+        out[name].append(
+            Record(rel, label, mask, row.get("patient_id") or None, base.source_split if base else None)
+        )
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CxrtlError(f"split CSV {path} names {len(missing)} file(s) that no longer exist under "
-                         f"{index.root}: {shown}; regenerate it with `cxrtl data split`")
+        raise CxrtlError(
+            f"split CSV {path} names {len(missing)} file(s) that no longer exist under "
+            f"{index.root}: {shown}; regenerate it with `cxrtl data split`"
+        )
     return out

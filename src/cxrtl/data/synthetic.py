@@ -57,10 +57,18 @@ class _Anatomy:
         scale = rng.uniform(0.70, 0.84) if paediatric else rng.uniform(0.88, 1.0)
         a = rng.uniform(0.10, 0.13)
         b = rng.uniform(0.21, 0.28)
-        return cls(scale=scale, body_w=rng.uniform(0.36, 0.46), body_h=rng.uniform(0.55, 0.68),
-                   body_y=rng.uniform(0.58, 0.66), lung_sep=rng.uniform(0.15, 0.19),
-                   lung_a=(a, a * rng.uniform(0.9, 1.05)), lung_b=(b, b * rng.uniform(0.92, 1.05)),
-                   lung_y=rng.uniform(0.44, 0.50), heart=rng.uniform(0.10, 0.145), tilt=rng.uniform(-0.15, 0.15))
+        return cls(
+            scale=scale,
+            body_w=rng.uniform(0.36, 0.46),
+            body_h=rng.uniform(0.55, 0.68),
+            body_y=rng.uniform(0.58, 0.66),
+            lung_sep=rng.uniform(0.15, 0.19),
+            lung_a=(a, a * rng.uniform(0.9, 1.05)),
+            lung_b=(b, b * rng.uniform(0.92, 1.05)),
+            lung_y=rng.uniform(0.44, 0.50),
+            heart=rng.uniform(0.10, 0.145),
+            tilt=rng.uniform(-0.15, 0.15),
+        )
 
 
 def _ellipse(x, y, cx, cy, a, b, soft, power=2.0):
@@ -100,7 +108,7 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
         centres.append((lx, ly))
     heart = _ellipse(x, y, cx + 0.045 * s, centres[0][1] + 0.13 * s, anat.heart * s, 0.11 * s, 0.08)
     lungs = lungs * (1.0 - 0.85 * heart)
-    spine = np.exp(-((x - cx) / (0.025 * s)) ** 2) * body
+    spine = np.exp(-(((x - cx) / (0.025 * s)) ** 2)) * body
     img = img + 0.12 * spine + 0.10 * heart
     img = img * (1.0 - 0.62 * lungs)
     # Vessels: faint texture inside the lungs for every class.
@@ -128,7 +136,7 @@ def _render(rng: np.random.Generator, h: int, w: int, anat: _Anatomy, finding: s
                 dx, dy = math.cos(ang), math.sin(ang)
                 along = (x - hx) * dx + (y - hy) * dy
                 across = np.abs(-(x - hx) * dy + (y - hy) * dx)
-                pattern += np.exp(-(across / (0.008 * s)) ** 2) * (along > 0)
+                pattern += np.exp(-((across / (0.008 * s)) ** 2)) * (along > 0)
         pattern = np.clip(0.8 * pattern + 0.45, 0, 1) * 0.38
     img = img + pattern * lungs
     return img.astype(np.float32), (lungs > 0.5)
@@ -236,9 +244,18 @@ def _save(im: Image.Image, path: Path, **kw) -> None:
     im.save(path, **kw)
 
 
-def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_count: int | None = None,
-               image_size: int = 299, mask_size: int = 256, kermany_size: tuple[int, int] = (400, 1000),
-               cross_duplicates: int | None = None, workers: int = 2, progress: bool = True) -> tuple[Path, Path]:
+def synthesize(
+    out: str | os.PathLike,
+    count: int = 400,
+    seed: int = 0,
+    kermany_count: int | None = None,
+    image_size: int = 299,
+    mask_size: int = 256,
+    kermany_size: tuple[int, int] = (400, 1000),
+    cross_duplicates: int | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[Path, Path]:
     """Write ``OUT/COVID-19_Radiography_Dataset`` (``count`` images) and ``OUT/chest_xray``; return both roots.
 
     Deterministic for the same arguments. An OUT already holding the same synthetic set is reused; one
@@ -254,9 +271,16 @@ def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_
     if count < 8:
         raise CxrtlError(f"--count {count} is too small; give at least 8 (2 per class)")
     kermany_count = max(12, round(count * 5856 / 21165)) if kermany_count is None else int(kermany_count)
-    params = {"version": 1, "count": count, "seed": int(seed), "kermany_count": kermany_count,
-              "image_size": image_size, "mask_size": mask_size, "kermany_size": list(kermany_size),
-              "cross_duplicates": cross_duplicates}
+    params = {
+        "version": 1,
+        "count": count,
+        "seed": int(seed),
+        "kermany_count": kermany_count,
+        "image_size": image_size,
+        "mask_size": mask_size,
+        "kermany_size": list(kermany_size),
+        "cross_duplicates": cross_duplicates,
+    }
     out = ensure_dir(out)
     covid_root, kermany_root = out / COVID_DIR, out / KERMANY_DIR
     marker = out / _MARKER
@@ -268,26 +292,50 @@ def synthesize(out: str | os.PathLike, count: int = 400, seed: int = 0, kermany_
         if same and covid_root.is_dir() and kermany_root.is_dir():
             logger.info("reusing synthetic data in %s", out)
             return covid_root, kermany_root
-        raise CxrtlError(f"{out} already holds {COVID_DIR}/ or {KERMANY_DIR}/ from something else; "
-                         "choose an empty output folder or delete them")
+        raise CxrtlError(
+            f"{out} already holds {COVID_DIR}/ or {KERMANY_DIR}/ from something else; "
+            "choose an empty output folder or delete them"
+        )
     tmp = out / f".synth-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_sets(tmp, count, int(seed), kermany_count, image_size, mask_size, kermany_size,
-                    cross_duplicates, workers, progress)
+        _write_sets(
+            tmp,
+            count,
+            int(seed),
+            kermany_count,
+            image_size,
+            mask_size,
+            kermany_size,
+            cross_duplicates,
+            workers,
+            progress,
+        )
         os.rename(tmp / KERMANY_DIR, kermany_root)
         os.rename(tmp / COVID_DIR, covid_root)
         marker.write_text(json.dumps(params))
     except OSError as exc:
-        raise CxrtlError(f"cannot write synthetic data to {out}: {exc.strerror or exc}; "
-                         "choose a writable folder with free space") from None
+        raise CxrtlError(
+            f"cannot write synthetic data to {out}: {exc.strerror or exc}; "
+            "choose a writable folder with free space"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return covid_root, kermany_root
 
 
-def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, kermany_size,
-                cross_duplicates, workers, progress=True) -> None:
+def _write_sets(
+    tmp: Path,
+    count,
+    seed,
+    kermany_count,
+    image_size,
+    mask_size,
+    kermany_size,
+    cross_duplicates,
+    workers,
+    progress=True,
+) -> None:
     kc = _scaled_counts(kermany_count, KERMANY_COUNTS, 4)
     plan = _kermany_plan(kc["NORMAL"], kc["PNEUMONIA"], seed)
     anat_of: dict[str, _Anatomy] = {}
@@ -313,14 +361,24 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         return path, mask
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        kermany_images = list(tqdm(pool.map(kermany_one, range(len(plan))), total=len(plan),
-                                   desc=f"synth {KERMANY_DIR}", unit="img", disable=not progress, leave=False))
+        kermany_images = list(
+            tqdm(
+                pool.map(kermany_one, range(len(plan))),
+                total=len(plan),
+                desc=f"synth {KERMANY_DIR}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
+        )
 
     cc = _scaled_counts(count, COVID_COUNTS, 2)
     findings = {"COVID": "covid", "Lung_Opacity": "focal", "Normal": "none", "Viral Pneumonia": "diffuse"}
     # A few Kermany images reappear among COVID Normal / Viral Pneumonia (as the Kaggle sources say).
-    donors = {"Normal": [i for i, p in enumerate(plan) if p[4] == "normal"],
-              "Viral Pneumonia": [i for i, p in enumerate(plan) if p[4] == "virus"]}
+    donors = {
+        "Normal": [i for i, p in enumerate(plan) if p[4] == "normal"],
+        "Viral Pneumonia": [i for i, p in enumerate(plan) if p[4] == "virus"],
+    }
     jobs = []
     for c, (label, n) in enumerate(cc.items()):
         k = 0
@@ -351,9 +409,18 @@ def _write_sets(tmp: Path, count, seed, kermany_count, image_size, mask_size, ke
         _save(mask, tmp / COVID_DIR / label / "masks" / stem, compress_level=1)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(tqdm(pool.map(covid_one, range(len(jobs))), total=len(jobs), desc=f"synth {COVID_DIR}",
-                  unit="img", disable=not progress, leave=False))
+        list(
+            tqdm(
+                pool.map(covid_one, range(len(jobs))),
+                total=len(jobs),
+                desc=f"synth {COVID_DIR}",
+                unit="img",
+                disable=not progress,
+                leave=False,
+            )
+        )
     for label in cc:  # the real download keeps metadata spreadsheets beside the class folders
         (tmp / COVID_DIR / f"{label}.metadata.xlsx").write_bytes(
-            b"PK\x03\x04" + f"synthetic metadata for {label}\n".encode())
+            b"PK\x03\x04" + f"synthetic metadata for {label}\n".encode()
+        )
     (tmp / COVID_DIR / "README.md.txt").write_text("Synthetic COVID-19 Radiography-like data (cxrtl).\n")

@@ -33,13 +33,17 @@ def grad_cam(model, x, class_index: int | Sequence[int] | None = None) -> tuple[
     with torch.no_grad():
         feats = backbone.forward_features(x)
     if feats.dim() != 4:
-        raise CxrtlError(f"Grad-CAM needs a convolutional backbone with a spatial feature map; "
-                         f"{getattr(model, 'backbone_name', 'this backbone')} gives shape {tuple(feats.shape)}")
+        raise CxrtlError(
+            f"Grad-CAM needs a convolutional backbone with a spatial feature map; "
+            f"{getattr(model, 'backbone_name', 'this backbone')} gives shape {tuple(feats.shape)}"
+        )
     if feats.shape[-2] * feats.shape[-1] < 4:  # a 1x1 map upsamples to a flat CAM: no "where" at all
-        raise CxrtlError(f"Grad-CAM needs a feature map of at least 2x2, but "
-                         f"{getattr(model, 'backbone_name', 'this backbone')} gives "
-                         f"{feats.shape[-2]}x{feats.shape[-1]} at {x.shape[-1]} px; use a model trained at a "
-                         "larger --image-size (64 px or more for densenet121)")
+        raise CxrtlError(
+            f"Grad-CAM needs a feature map of at least 2x2, but "
+            f"{getattr(model, 'backbone_name', 'this backbone')} gives "
+            f"{feats.shape[-2]}x{feats.shape[-1]} at {x.shape[-1]} px; use a model trained at a "
+            "larger --image-size (64 px or more for densenet121)"
+        )
     feats = feats.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model.head(backbone.forward_head(feats))
@@ -115,8 +119,16 @@ def overlay_name(image_path: str | os.PathLike, used: set[str] | None = None) ->
     return name
 
 
-def lung_fractions(model, index, records, pp, device="cpu", class_index: int | None = None,
-                   batch_size: int = 16, progress: bool = False) -> list[float | None]:
+def lung_fractions(
+    model,
+    index,
+    records,
+    pp,
+    device="cpu",
+    class_index: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> list[float | None]:
     """CAM-energy fraction inside the lungs per record (None where a record has no mask or cannot be read).
 
     Args:
@@ -132,7 +144,9 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
 
     model.eval()
     probe = torch.zeros(1, 1, pp.image_size, pp.image_size, dtype=torch.uint8)
-    grad_cam(model, normalize_batch(probe, pp, device))  # a model without a usable map fails before any decoding
+    grad_cam(
+        model, normalize_batch(probe, pp, device)
+    )  # a model without a usable map fails before any decoding
     out: list[float | None] = [None] * len(records)
     todo: list[tuple[int, np.ndarray, np.ndarray]] = []
     for i, r in enumerate(records):
@@ -146,9 +160,14 @@ def lung_fractions(model, index, records, pp, device="cpu", class_index: int | N
         except CxrtlError as exc:
             log.warning("no lung fraction for %s: %s", r.path, exc)
     log.info("Grad-CAM lung fractions for %d of %d images (the others have no mask)", len(todo), len(records))
-    for start in tqdm(range(0, len(todo), max(1, batch_size)), desc="grad-cam", unit="batch",
-                      disable=not progress, leave=False):
-        chunk = todo[start:start + batch_size]
+    for start in tqdm(
+        range(0, len(todo), max(1, batch_size)),
+        desc="grad-cam",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
+        chunk = todo[start : start + batch_size]
         batch = torch.from_numpy(np.stack([c[1] for c in chunk])[:, None])
         cams, _ = grad_cam(model, normalize_batch(batch, pp, device), class_index)
         for (i, _, pmask), cam in zip(chunk, cams):

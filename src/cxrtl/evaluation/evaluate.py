@@ -34,8 +34,10 @@ def _resolve_inputs(model_path: str | os.PathLike, split_csv) -> tuple[Path, Pat
     history = None
     if path.is_dir():
         if not (path / "best.safetensors").is_file():
-            raise CxrtlError(f"run directory {path} has no best checkpoint (best.safetensors); let training "
-                             "finish at least one epoch, or pass a .safetensors checkpoint")
+            raise CxrtlError(
+                f"run directory {path} has no best checkpoint (best.safetensors); let training "
+                "finish at least one epoch, or pass a .safetensors checkpoint"
+            )
         if split_csv is None and (path / "split.csv").is_file():
             split_csv = path / "split.csv"
         if (path / "history.csv").is_file():
@@ -48,15 +50,21 @@ def _check_classes(ckpt_classes: list[str], data_classes: list[str], records, su
     """One-line errors for data the checkpoint cannot be scored on."""
     known = set(ckpt_classes)
     if not known & set(data_classes):
-        hint = ("; the names differ only in letter case, rename the folders"
-                if {c.lower() for c in ckpt_classes} == {c.lower() for c in data_classes} else
-                "; evaluate with a checkpoint trained on this kind of data")
-        raise CxrtlError(f"checkpoint classes {ckpt_classes} do not match the data's classes {data_classes}{hint}")
+        hint = (
+            "; the names differ only in letter case, rename the folders"
+            if {c.lower() for c in ckpt_classes} == {c.lower() for c in data_classes}
+            else "; evaluate with a checkpoint trained on this kind of data"
+        )
+        raise CxrtlError(
+            f"checkpoint classes {ckpt_classes} do not match the data's classes {data_classes}{hint}"
+        )
     unseen = sorted({r.label for r in records} - known)
     if unseen:
         count = sum(r.label in unseen for r in records)
-        raise CxrtlError(f"the {subset} subset has labels the checkpoint never saw: {unseen} ({count} images); "
-                         f"the checkpoint knows {ckpt_classes}, so remove those classes or retrain")
+        raise CxrtlError(
+            f"the {subset} subset has labels the checkpoint never saw: {unseen} ({count} images); "
+            f"the checkpoint knows {ckpt_classes}, so remove those classes or retrain"
+        )
     missing = [c for c in ckpt_classes if c not in data_classes]
     if missing:
         log.warning("the data has no images of %s; their recall and AUC are undefined", missing)
@@ -92,8 +100,10 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     try:
         from .cam import lung_fractions
     except ImportError:
-        raise CxrtlError("--cam-in-lungs needs cxrtl.evaluation.cam.lung_fractions, which this installation lacks; "
-                         "leave the flag out") from None
+        raise CxrtlError(
+            "--cam-in-lungs needs cxrtl.evaluation.cam.lung_fractions, which this installation lacks; "
+            "leave the flag out"
+        ) from None
     try:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
@@ -104,9 +114,12 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         vals = [f for f, y in zip(fractions, labels) if y == i and f is not None]
         per_class[c] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
     vals = [f for f in fractions if f is not None]
-    return {"by": "true class", "per_class": per_class,
-            "overall": {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)},
-            "without_mask": sum(f is None for f in fractions)}
+    return {
+        "by": "true class",
+        "per_class": per_class,
+        "overall": {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)},
+        "without_mask": sum(f is None for f in fractions),
+    }
 
 
 def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
@@ -123,14 +136,29 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
-    data = prepare_data(data_root, pp, index=index, split_csv=split_csv, seed=int(cfg.get("seed", 2022)),
-                        ratios=cfg.get("ratios"), group_by=cfg.get("group_by"),
-                        official=bool(cfg.get("official", False)), cache_dir=cache_dir, progress=progress)
-    records = [r for name in ("train", "val", "test") for r in data.split[name]] if subset == "all" \
+    data = prepare_data(
+        data_root,
+        pp,
+        index=index,
+        split_csv=split_csv,
+        seed=int(cfg.get("seed", 2022)),
+        ratios=cfg.get("ratios"),
+        group_by=cfg.get("group_by"),
+        official=bool(cfg.get("official", False)),
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+    records = (
+        [r for name in ("train", "val", "test") for r in data.split[name]]
+        if subset == "all"
         else list(data.split[subset])
+    )
     if not records:
-        raise CxrtlError(f"the {subset} subset of {data_root} is empty" + (f" in split {split_csv}" if split_csv
-                         else "") + "; choose another --subset or a split with images there")
+        raise CxrtlError(
+            f"the {subset} subset of {data_root} is empty"
+            + (f" in split {split_csv}" if split_csv else "")
+            + "; choose another --subset or a split with images there"
+        )
     _check_classes(classes, data.classes, records, subset)
     return data, records
 
@@ -139,8 +167,10 @@ def _validation(scored: tuple, predict, data, subset: str) -> tuple:
     """(logits, labels) of the validation subset: reused when it is the subset scored, else predicted."""
     val = scored if subset == "val" else predict(list(data.split["val"]))[:2]
     if len(val[1]) == 0:
-        raise CxrtlError("calibration and --positive need a non-empty validation subset; "
-                         "use a split with validation images")
+        raise CxrtlError(
+            "calibration and --positive need a non-empty validation subset; "
+            "use a split with validation images"
+        )
     return val
 
 
@@ -151,9 +181,14 @@ def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) ->
     if not calibrate:
         return load_temperature(ckpt)
     temperature = M.fit_temperature(*val)
-    path = save_temperature(ckpt, temperature, fitted_on="val", n=len(val[1]),
-                              val_nll_before=_ce_from_logits(*val),
-                              val_nll_after=_ce_from_logits(val[0], val[1], temperature))
+    path = save_temperature(
+        ckpt,
+        temperature,
+        fitted_on="val",
+        n=len(val[1]),
+        val_nll_before=_ce_from_logits(*val),
+        val_nll_after=_ce_from_logits(val[0], val[1], temperature),
+    )
     log.info("saved temperature %.4f to %s", temperature, path)
     if subset == "val":
         log.warning("the temperature was fitted on the subset it is evaluated on")
@@ -165,13 +200,22 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
         loss = _ce_from_logits(logits, labels, temperature)
-        result["calibrated"] = {"temperature": temperature, "loss": loss,
-                                **M.calibration_bins(labels, cal_probs)}
+        result["calibrated"] = {
+            "temperature": temperature,
+            "loss": loss,
+            **M.calibration_bins(labels, cal_probs),
+        }
     if positive:
         t = temperature or 1.0
         result["operating_point"] = M.operating_point(
-            val[1], M.softmax(val[0], t), labels, M.softmax(logits, t), result["classes"], positive,
-            target_sensitivity)
+            val[1],
+            M.softmax(val[0], t),
+            labels,
+            M.softmax(logits, t),
+            result["classes"],
+            positive,
+            target_sensitivity,
+        )
         result["operating_point"]["temperature"] = t
 
 
@@ -180,9 +224,14 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     from .markdown import evaluation_markdown
 
     classes = result["classes"]
-    write_csv(out / "predictions.csv", ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
-              ([r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
-               for r, y, p in zip(used, labels, probs)))
+    write_csv(
+        out / "predictions.csv",
+        ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
+        (
+            [r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
+            for r, y, p in zip(used, labels, probs)
+        ),
+    )
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
@@ -190,11 +239,24 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
-def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_csv=None, subset: str = "test",
-             out: str | os.PathLike | None = None, calibrate: bool = False, positive: str | None = None,
-             target_sensitivity: float = 0.95, device: str = "auto", batch_size: int = 64,
-             cam_in_lungs: bool = False, cache_dir=None, progress: bool = True, seed: int = 0,
-             n_boot: int = M.N_BOOT, figures: bool = True) -> dict:
+def evaluate(
+    model_path: str | os.PathLike,
+    data_root: str | os.PathLike,
+    split_csv=None,
+    subset: str = "test",
+    out: str | os.PathLike | None = None,
+    calibrate: bool = False,
+    positive: str | None = None,
+    target_sensitivity: float = 0.95,
+    device: str = "auto",
+    batch_size: int = 64,
+    cam_in_lungs: bool = False,
+    cache_dir=None,
+    progress: bool = True,
+    seed: int = 0,
+    n_boot: int = M.N_BOOT,
+    figures: bool = True,
+) -> dict:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
     A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
@@ -229,15 +291,24 @@ def evaluate(model_path: str | os.PathLike, data_root: str | os.PathLike, split_
 
     logits, labels, used = predict(records)
     if len(labels) == 0:
-        raise CxrtlError(f"none of the {len(records)} images of the {subset} subset could be decoded; "
-                         "check the files with `cxrtl data check`")
+        raise CxrtlError(
+            f"none of the {len(records)} images of the {subset} subset could be decoded; "
+            "check the files with `cxrtl data check`"
+        )
     probs = _written_probs(logits)
-    result = M.compute_metrics(labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed,
-                               n_boot=n_boot)
-    result["source"] = {"checkpoint": str(ckpt), "data": str(data_root),
-                        "split": str(split_csv) if split_csv else None, "subset": subset,
-                        "backbone": meta.get("backbone"), "epoch": meta.get("epoch"),
-                        "preprocess": pp.to_dict(), "device": str(dev)}
+    result = M.compute_metrics(
+        labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
+    )
+    result["source"] = {
+        "checkpoint": str(ckpt),
+        "data": str(data_root),
+        "split": str(split_csv) if split_csv else None,
+        "subset": subset,
+        "backbone": meta.get("backbone"),
+        "epoch": meta.get("epoch"),
+        "preprocess": pp.to_dict(),
+        "device": str(dev),
+    }
     val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
@@ -253,8 +324,12 @@ def _figures(result: dict, labels, probs, classes, out: Path, history: Path | No
 
     name = result["source"]["subset"]
     paths = F.plot_roc(labels, probs, classes, out / "roc", title=f"ROC on {name} (n = {len(labels)})")
-    paths += F.plot_confusion(result["confusion_matrix"], classes, out / "confusion",
-                                   title=f"Confusion matrix on {name} (n = {len(labels)})")
+    paths += F.plot_confusion(
+        result["confusion_matrix"],
+        classes,
+        out / "confusion",
+        title=f"Confusion matrix on {name} (n = {len(labels)})",
+    )
     paths += F.plot_reliability(result["calibration"], out / "reliability", result.get("calibrated"))
     if history is not None:
         try:

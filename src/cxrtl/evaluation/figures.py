@@ -18,6 +18,7 @@ from ..fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
+
 def _new_figure(width: float = 6.4, height: float = 4.8):
     """A Figure on an Agg canvas, independent of pyplot and of any display."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -43,8 +44,9 @@ def save_figure(fig, out_stem: str | Path) -> list[Path]:
     return paths
 
 
-def plot_roc(y_true, probs, classes: Sequence[str], out_stem: str | Path,
-             title: str | None = None) -> list[Path]:
+def plot_roc(
+    y_true, probs, classes: Sequence[str], out_stem: str | Path, title: str | None = None
+) -> list[Path]:
     """One-vs-rest ROC curve per class with its AUC, plus micro and macro averages (paper Fig. 6-7)."""
     from sklearn.metrics import auc, roc_curve
 
@@ -58,8 +60,9 @@ def plot_roc(y_true, probs, classes: Sequence[str], out_stem: str | Path,
     for i, c in enumerate(classes):
         pos = y == i
         if not 0 < pos.sum() < len(y):
-            log.info("no ROC curve for %s: the subset has %s of its images", c,
-                     "all" if pos.all() else "none")
+            log.info(
+                "no ROC curve for %s: the subset has %s of its images", c, "all" if pos.all() else "none"
+            )
             continue
         fpr, tpr, _ = roc_curve(pos, p[:, i])
         tprs.append(np.interp(grid, fpr, tpr))
@@ -70,17 +73,24 @@ def plot_roc(y_true, probs, classes: Sequence[str], out_stem: str | Path,
         ax.plot(fpr, tpr, ":", lw=2, color="deeppink", label=f"micro-average (AUC = {auc(fpr, tpr):.4f})")
         mean_tpr = np.mean(tprs, axis=0)
         mean_tpr[0] = 0.0
-        ax.plot(grid, mean_tpr, ":", lw=2, color="navy",
-                label=f"macro-average (AUC = {auc(grid, mean_tpr):.4f})")
+        ax.plot(
+            grid, mean_tpr, ":", lw=2, color="navy", label=f"macro-average (AUC = {auc(grid, mean_tpr):.4f})"
+        )
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="False positive rate (1 - specificity)",
-           ylabel="True positive rate (sensitivity)", title=title or f"ROC, one-vs-rest (n = {len(y)})")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="False positive rate (1 - specificity)",
+        ylabel="True positive rate (sensitivity)",
+        title=title or f"ROC, one-vs-rest (n = {len(y)})",
+    )
     ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, out_stem)
 
 
-def plot_confusion(confusion_matrix, classes: Sequence[str], out_stem: str | Path,
-                   title: str | None = None) -> list[Path]:
+def plot_confusion(
+    confusion_matrix, classes: Sequence[str], out_stem: str | Path, title: str | None = None
+) -> list[Path]:
     """Confusion matrix: rows True, columns Predicted; cells show the count and the row-normalised recall."""
     cm = np.asarray(confusion_matrix, dtype=np.int64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -94,8 +104,15 @@ def plot_confusion(confusion_matrix, classes: Sequence[str], out_stem: str | Pat
     fig.colorbar(im, ax=ax, label="fraction of the true class (recall on the diagonal)")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{cm[i, j]}\n{100 * frac[i, j]:.1f}%", ha="center", va="center", fontsize=9,
-                    color="white" if frac[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{100 * frac[i, j]:.1f}%",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if frac[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(k), labels=list(classes), rotation=30, ha="right")
     ax.set_yticks(range(k), labels=list(classes))
     ax.set_xlabel("Predicted")
@@ -111,8 +128,9 @@ def read_history(history_csv: str | Path) -> dict[str, list[float]]:
         with open(path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
-        raise CxrtlError(f"cannot read training history {path}: {exc.strerror or exc}; "
-                         "pass a run directory's history.csv") from None
+        raise CxrtlError(
+            f"cannot read training history {path}: {exc.strerror or exc}; pass a run directory's history.csv"
+        ) from None
     if not rows or "epoch" not in rows[0]:
         raise CxrtlError(f"training history {path} has no epochs; train the run first")
     cols: dict[str, list[float]] = {key: [] for key in rows[0]}
@@ -147,8 +165,14 @@ def plot_history(history_csv: str | Path, out_stem: str | Path, title: str | Non
         best = epochs[int(np.nanargmax(h["val_acc"]))]
         for ax in axes[:2]:
             ax.axvline(best, color="grey", ls="--", lw=1)
-        axes[1].annotate(f"best val: epoch {best:g}", xy=(best, np.nanmax(h["val_acc"])), fontsize=8,
-                         xytext=(-4, -14), textcoords="offset points", ha="right")
+        axes[1].annotate(
+            f"best val: epoch {best:g}",
+            xy=(best, np.nanmax(h["val_acc"])),
+            fontsize=8,
+            xytext=(-4, -14),
+            textcoords="offset points",
+            ha="right",
+        )
     if "lr" in h and np.isfinite(h["lr"]).any():
         axes[2].plot(epochs, h["lr"], "-o", ms=3)
         if np.nanmin(h["lr"]) > 0:
@@ -160,8 +184,9 @@ def plot_history(history_csv: str | Path, out_stem: str | Path, title: str | Non
     return save_figure(fig, out_stem)
 
 
-def plot_reliability(calibration: dict, out_stem: str | Path, calibrated: dict | None = None,
-                     title: str | None = None) -> list[Path]:
+def plot_reliability(
+    calibration: dict, out_stem: str | Path, calibrated: dict | None = None, title: str | None = None
+) -> list[Path]:
     """Reliability diagram from ``metrics["calibration"]`` (and optionally the temperature-scaled one)."""
     fig = _new_figure(5.6, 5.4)
     ax = fig.add_subplot()
@@ -175,11 +200,28 @@ def plot_reliability(calibration: dict, out_stem: str | Path, calibrated: dict |
         if not bins:
             continue
         width = bins[0]["hi"] - bins[0]["lo"]
-        ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge",
-               alpha=0.35 if calibrated else 0.6, color=color, edgecolor=color)
-        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color=color,
-                label=f"{name}, ECE = {cal['ece']:.4f}")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-class probability)", ylabel="accuracy",
-           title=title or "Reliability diagram")
+        ax.bar(
+            [b["lo"] for b in bins],
+            [b["accuracy"] for b in bins],
+            width=width,
+            align="edge",
+            alpha=0.35 if calibrated else 0.6,
+            color=color,
+            edgecolor=color,
+        )
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            "o-",
+            color=color,
+            label=f"{name}, ECE = {cal['ece']:.4f}",
+        )
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top-class probability)",
+        ylabel="accuracy",
+        title=title or "Reliability diagram",
+    )
     ax.legend(loc="upper left", fontsize=8)
     return save_figure(fig, out_stem)

@@ -17,14 +17,23 @@ def _headline(m: dict, title: str) -> list[str]:
     lo, hi = m["accuracy_ci"]
     return lines + [
         f"- images: {m['n']}",
-        (f"- accuracy: {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)} "
-         f"({m['correct']}/{m['n']}, counted over all images)"),
+        (
+            f"- accuracy: {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)} "
+            f"({m['correct']}/{m['n']}, counted over all images)"
+        ),
         f"- test loss (unweighted cross entropy): {m['loss']:.4f}",
-        (f"- weighted F1: {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}; "
-         f"macro F1: {fmt_pct(m['macro']['f1'], m['macro'].get('f1_ci'), 2)}"),
-        f"- expected calibration error: {m['ece']:.4f}", "",
-        (f"With {m['n']} images the 95% interval on accuracy is {100 * (hi - lo):.1f} points wide: "
-         "accuracies closer than about half that are not distinguishable on this subset."), ""]
+        (
+            f"- weighted F1: {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}; "
+            f"macro F1: {fmt_pct(m['macro']['f1'], m['macro'].get('f1_ci'), 2)}"
+        ),
+        f"- expected calibration error: {m['ece']:.4f}",
+        "",
+        (
+            f"With {m['n']} images the 95% interval on accuracy is {100 * (hi - lo):.1f} points wide: "
+            "accuracies closer than about half that are not distinguishable on this subset."
+        ),
+        "",
+    ]
 
 
 def _prf_cells(e: dict) -> str:
@@ -34,13 +43,16 @@ def _prf_cells(e: dict) -> str:
 
 def _class_table(m: dict) -> list[str]:
     """Per-class precision/recall/F1/AUC, then the weighted and macro averages."""
-    lines = ["| Class | Support | Precision | Recall (sensitivity) | F1 | ROC AUC |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| Class | Support | Precision | Recall (sensitivity) | F1 | ROC AUC |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for c in m["classes"]:
         e = m["per_class"][c]
         auc, auc_ci = m["roc_auc"].get(c), (m.get("roc_auc_ci") or {}).get(c)
-        auc_txt = DASH if auc is None else f"{auc:.4f}" + (
-            f" [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]" if auc_ci else "")
+        auc_txt = (
+            DASH if auc is None else f"{auc:.4f}" + (f" [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]" if auc_ci else "")
+        )
         lines.append(f"| {c} | {e['support']} | {_prf_cells(e)} | {auc_txt} |")
     for avg in ("weighted", "macro"):
         auc = m.get("roc_auc_macro" if avg == "macro" else "roc_auc_micro")
@@ -49,9 +61,13 @@ def _class_table(m: dict) -> list[str]:
 
 
 def _confusion(m: dict) -> list[str]:
-    lines = ["", "Confusion matrix (rows: true, columns: predicted):", "",
-             "| True \\ Predicted | " + " | ".join(m["classes"]) + " |",
-             "| --- |" + " --- |" * len(m["classes"])]
+    lines = [
+        "",
+        "Confusion matrix (rows: true, columns: predicted):",
+        "",
+        "| True \\ Predicted | " + " | ".join(m["classes"]) + " |",
+        "| --- |" + " --- |" * len(m["classes"]),
+    ]
     for c, row in zip(m["classes"], m["confusion_matrix"]):
         lines.append(f"| {c} | " + " | ".join(str(v) for v in row) + " |")
     return lines
@@ -59,21 +75,32 @@ def _confusion(m: dict) -> list[str]:
 
 def _operating_point(op: dict) -> list[str]:
     te, am = op["test"], op["test_argmax"]
-    return ["", (f"Operating point for {op['positive']}: threshold {op['threshold']:.4f} on "
-                 f"P({op['positive']}), chosen on validation for sensitivity "
-                 f">= {op['target_sensitivity']:.2f} "
-                 f"(validation sensitivity {fmt_pct(op['val']['sensitivity'])})."),
-            (f"On this subset: sensitivity {fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, "
-             f"specificity {fmt_pct(te['specificity'], te['specificity_ci'])} "
-             f"(argmax: {fmt_pct(am['sensitivity'])} / {fmt_pct(am['specificity'])}).")]
+    return [
+        "",
+        (
+            f"Operating point for {op['positive']}: threshold {op['threshold']:.4f} on "
+            f"P({op['positive']}), chosen on validation for sensitivity "
+            f">= {op['target_sensitivity']:.2f} "
+            f"(validation sensitivity {fmt_pct(op['val']['sensitivity'])})."
+        ),
+        (
+            f"On this subset: sensitivity {fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, "
+            f"specificity {fmt_pct(te['specificity'], te['specificity_ci'])} "
+            f"(argmax: {fmt_pct(am['sensitivity'])} / {fmt_pct(am['specificity'])})."
+        ),
+    ]
 
 
 def _cam(cam: dict) -> list[str]:
     if cam.get("skipped"):
         return ["", f"Grad-CAM mass inside the lung mask: not computed ({cam['skipped']})."]
-    return ["", "Grad-CAM mass inside the lung mask (mean per true class): "
-            + ", ".join(f"{c} {fmt_num(v.get('mean'), 3)} (n={v.get('n')})"
-                        for c, v in cam.get("per_class", {}).items())]
+    return [
+        "",
+        "Grad-CAM mass inside the lung mask (mean per true class): "
+        + ", ".join(
+            f"{c} {fmt_num(v.get('mean'), 3)} (n={v.get('n')})" for c, v in cam.get("per_class", {}).items()
+        ),
+    ]
 
 
 def _extras(m: dict) -> list[str]:
@@ -81,16 +108,24 @@ def _extras(m: dict) -> list[str]:
     lines = []
     cal = m.get("calibrated")
     if cal:
-        lines += ["", (f"Temperature scaling: T = {cal['temperature']:.4f}; loss {cal['loss']:.4f}, "
-                       f"ECE {cal['ece']:.4f} (uncalibrated: {m['loss']:.4f}, {m['ece']:.4f}).")]
+        lines += [
+            "",
+            (
+                f"Temperature scaling: T = {cal['temperature']:.4f}; loss {cal['loss']:.4f}, "
+                f"ECE {cal['ece']:.4f} (uncalibrated: {m['loss']:.4f}, {m['ece']:.4f})."
+            ),
+        ]
     if m.get("operating_point"):
         lines += _operating_point(m["operating_point"])
     if m.get("cam_in_lungs"):
         lines += _cam(m["cam_in_lungs"])
     figs = m.get("figures") or []
     if figs:
-        lines += ["", "Figures: " + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in figs
-                                             if str(f).endswith(".png"))]
+        lines += [
+            "",
+            "Figures: "
+            + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in figs if str(f).endswith(".png")),
+        ]
     return lines
 
 

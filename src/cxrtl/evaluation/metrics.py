@@ -70,8 +70,10 @@ def _check_inputs(y_true, probs, classes) -> tuple[np.ndarray, np.ndarray, list[
         raise ValueError("at least two classes are needed")
     bad = (y < 0) | (y >= len(classes))
     if bad.any():
-        raise CxrtlError(f"{int(bad.sum())} labels outside the {len(classes)} known classes "
-                         f"(e.g. {int(y[bad][0])}); evaluate with the checkpoint's classes")
+        raise CxrtlError(
+            f"{int(bad.sum())} labels outside the {len(classes)} known classes "
+            f"(e.g. {int(y[bad][0])}); evaluate with the checkpoint's classes"
+        )
     return y, p, classes
 
 
@@ -147,14 +149,28 @@ def calibration_bins(y_true, probs, n_bins: int = N_BINS) -> dict:
         mean_conf = float(conf[sel].mean()) if count else None
         if count:
             ece += count / len(y) * abs(acc - mean_conf)
-        bins.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": count,
-                     "confidence": mean_conf, "accuracy": acc})
+        bins.append(
+            {
+                "lo": float(edges[b]),
+                "hi": float(edges[b + 1]),
+                "count": count,
+                "confidence": mean_conf,
+                "accuracy": acc,
+            }
+        )
     return {"ece": float(ece), "n_bins": n_bins, "bins": bins}
 
 
-def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, classes: Sequence[str],
-                    loss: float | None = None, seed: int = 0, n_boot: int = N_BOOT,
-                    n_bins: int = N_BINS, confidence: float = CONFIDENCE) -> dict:
+def compute_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    loss: float | None = None,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+    n_bins: int = N_BINS,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """All metrics of one evaluation (the ``metrics.json`` schema), from labels and probabilities.
 
     Args:
@@ -176,16 +192,18 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
     prec, rec, f1, support = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
     averages = {}
     for avg in ("weighted", "macro"):
-        ap, ar, af, _ = precision_recall_fscore_support(y, pred, labels=labels, average=avg,
-                                                        zero_division=0)
+        ap, ar, af, _ = precision_recall_fscore_support(y, pred, labels=labels, average=avg, zero_division=0)
         averages[avg] = {"precision": float(ap), "recall": float(ar), "f1": float(af)}
 
     per_class = {}
     predicted = cm.sum(axis=0)
     for i, c in enumerate(classes):
         per_class[c] = {
-            "precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-            "support": int(support[i]), "predicted": int(predicted[i]),
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+            "predicted": int(predicted[i]),
             "precision_ci": wilson_interval(int(cm[i, i]), int(predicted[i]), confidence),
             "recall_ci": wilson_interval(int(cm[i, i]), int(support[i]), confidence),
             "f1_ci": None,
@@ -197,8 +215,11 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
         roc_auc[c] = float(roc_auc_score(pos, p[:, i])) if 0 < pos.sum() < n else None
     defined = [v for v in roc_auc.values() if v is not None]
     onehot = np.eye(k, dtype=np.int64)[y]
-    micro = (float(roc_auc_score(onehot.ravel(), p.ravel()))
-             if 0 < onehot.sum() < onehot.size and len(defined) else None)
+    micro = (
+        float(roc_auc_score(onehot.ravel(), p.ravel()))
+        if 0 < onehot.sum() < onehot.size and len(defined)
+        else None
+    )
 
     result = {
         "classes": classes,
@@ -218,10 +239,13 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
         "roc_auc_macro": float(np.mean(defined)) if defined else None,
         "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
         "calibration": calibration_bins(y, p, n_bins),
-        "intervals": {"confidence": confidence,
-                      "proportions": "wilson",
-                      "f1_averages_auc": f"percentile bootstrap over images, {n_boot} resamples, seed {seed}"
-                      if n_boot else "none"},
+        "intervals": {
+            "confidence": confidence,
+            "proportions": "wilson",
+            "f1_averages_auc": f"percentile bootstrap over images, {n_boot} resamples, seed {seed}"
+            if n_boot
+            else "none",
+        },
     }
     result["ece"] = result["calibration"]["ece"]
     if n_boot:
@@ -229,13 +253,25 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, probs: np.ndarray, class
     return result
 
 
-def _bootstrap(result: dict, y: np.ndarray, pred: np.ndarray, p: np.ndarray, k: int, seed: int,
-               n_boot: int, confidence: float) -> None:
+def _bootstrap(
+    result: dict,
+    y: np.ndarray,
+    pred: np.ndarray,
+    p: np.ndarray,
+    k: int,
+    seed: int,
+    n_boot: int,
+    confidence: float,
+) -> None:
     """Fill the bootstrap intervals (F1, weighted/macro averages, AUC) of ``result`` in place."""
     rng = np.random.default_rng(seed)
     n = len(y)
     codes = y * k + pred
-    f1s, avgs, aucs = [], {a: {m: [] for m in ("precision", "recall", "f1")} for a in ("weighted", "macro")}, []
+    f1s, avgs, aucs = (
+        [],
+        {a: {m: [] for m in ("precision", "recall", "f1")} for a in ("weighted", "macro")},
+        [],
+    )
     for start in range(0, n_boot, _BOOT_CHUNK):
         b = min(_BOOT_CHUNK, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
@@ -279,8 +315,9 @@ def fit_temperature(val_logits, val_labels, bounds: tuple[float, float] = (0.05,
         t = math.exp(log_t)
         return float(np.mean(logsumexp(z / t, axis=1) - true_logit / t))
 
-    res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
-                          options={"xatol": 1e-6})
+    res = minimize_scalar(
+        nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded", options={"xatol": 1e-6}
+    )
     t = float(math.exp(res.x))
     log.info("temperature %.4f: validation NLL %.4f -> %.4f", t, nll(0.0), nll(res.x))
     return t
@@ -295,8 +332,10 @@ def resolve_class(name: str, classes: Sequence[str]) -> int:
     folded = [c.lower() for c in classes]
     if folded.count(name.lower()) == 1:
         return folded.index(name.lower())
-    raise CxrtlError(f"positive class {name!r} is not one of the checkpoint's classes {classes}; "
-                     "pass one of those to --positive")
+    raise CxrtlError(
+        f"positive class {name!r} is not one of the checkpoint's classes {classes}; "
+        "pass one of those to --positive"
+    )
 
 
 def threshold_for_sensitivity(is_positive, scores, target: float) -> float:
@@ -322,15 +361,32 @@ def binary_rates(is_positive, scores, threshold: float, confidence: float = CONF
     def rate(a: int, b: int) -> float | None:
         return a / (a + b) if a + b else None
 
-    return {"tp": tp, "fn": fn, "fp": fp, "tn": tn,
-            "sensitivity": rate(tp, fn), "sensitivity_ci": wilson_interval(tp, tp + fn, confidence),
-            "specificity": rate(tn, fp), "specificity_ci": wilson_interval(tn, tn + fp, confidence),
-            "ppv": rate(tp, fp), "ppv_ci": wilson_interval(tp, tp + fp, confidence),
-            "npv": rate(tn, fn), "npv_ci": wilson_interval(tn, tn + fn, confidence)}
+    return {
+        "tp": tp,
+        "fn": fn,
+        "fp": fp,
+        "tn": tn,
+        "sensitivity": rate(tp, fn),
+        "sensitivity_ci": wilson_interval(tp, tp + fn, confidence),
+        "specificity": rate(tn, fp),
+        "specificity_ci": wilson_interval(tn, tn + fp, confidence),
+        "ppv": rate(tp, fp),
+        "ppv_ci": wilson_interval(tp, tp + fp, confidence),
+        "npv": rate(tn, fn),
+        "npv_ci": wilson_interval(tn, tn + fn, confidence),
+    }
 
 
-def operating_point(val_y, val_probs, test_y, test_probs, classes: Sequence[str], positive: str,
-                    target_sensitivity: float = 0.95, confidence: float = CONFIDENCE) -> dict:
+def operating_point(
+    val_y,
+    val_probs,
+    test_y,
+    test_probs,
+    classes: Sequence[str],
+    positive: str,
+    target_sensitivity: float = 0.95,
+    confidence: float = CONFIDENCE,
+) -> dict:
     """Pick the threshold on P(positive) reaching ``target_sensitivity`` on validation; report it on test.
 
     Also reports the argmax rule on test for comparison (the paper's only operating point).
@@ -342,8 +398,12 @@ def operating_point(val_y, val_probs, test_y, test_probs, classes: Sequence[str]
     test_scores = np.asarray(test_probs, dtype=np.float64)[:, i]
     t = threshold_for_sensitivity(val_pos, val_scores, target_sensitivity)
     argmax_hit = np.asarray(test_probs).argmax(axis=1) == i
-    return {"positive": list(classes)[i], "target_sensitivity": float(target_sensitivity),
-            "threshold": t, "rule": f"predict {list(classes)[i]} when P({list(classes)[i]}) >= threshold",
-            "val": binary_rates(val_pos, val_scores, t, confidence),
-            "test": binary_rates(test_pos, test_scores, t, confidence),
-            "test_argmax": binary_rates(test_pos, argmax_hit.astype(np.float64), 0.5, confidence)}
+    return {
+        "positive": list(classes)[i],
+        "target_sensitivity": float(target_sensitivity),
+        "threshold": t,
+        "rule": f"predict {list(classes)[i]} when P({list(classes)[i]}) >= threshold",
+        "val": binary_rates(val_pos, val_scores, t, confidence),
+        "test": binary_rates(test_pos, test_scores, t, confidence),
+        "test_argmax": binary_rates(test_pos, argmax_hit.astype(np.float64), 0.5, confidence),
+    }

@@ -58,8 +58,9 @@ def _onnxruntime():
     try:
         import onnxruntime
     except ImportError:
-        raise CxrtlError("running ONNX models needs onnxruntime; install it with "
-                         "`pip install 'cxrtl[onnx]'`") from None
+        raise CxrtlError(
+            "running ONNX models needs onnxruntime; install it with `pip install 'cxrtl[onnx]'`"
+        ) from None
     return onnxruntime
 
 
@@ -102,8 +103,10 @@ def read_onnx_meta(session, path: Path) -> dict[str, Any]:
     """The cxrtl metadata of an ONNX session; a one-line error for a file cxrtl did not write."""
     props = session.get_modelmeta().custom_metadata_map or {}
     if props.get(KEY_PREFIX + "format") != ONNX_FORMAT:
-        raise CxrtlError(f"{path} is an ONNX model that cxrtl did not write (no cxrtl metadata); "
-                         "export one with `cxrtl export MODEL --onnx OUT.onnx`")
+        raise CxrtlError(
+            f"{path} is an ONNX model that cxrtl did not write (no cxrtl metadata); "
+            "export one with `cxrtl export MODEL --onnx OUT.onnx`"
+        )
     try:
         meta = {
             "classes": [str(c) for c in json.loads(props[KEY_PREFIX + "classes"])],
@@ -115,8 +118,9 @@ def read_onnx_meta(session, path: Path) -> dict[str, Any]:
     except (KeyError, ValueError, TypeError) as exc:
         raise CxrtlError(f"{path} has damaged cxrtl metadata ({exc}); export it again") from None
     if meta["version"] > ONNX_VERSION:
-        raise CxrtlError(f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); "
-                         "upgrade cxrtl")
+        raise CxrtlError(
+            f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); upgrade cxrtl"
+        )
     names = [i.name for i in session.get_inputs()]
     if names != [INPUT_NAME]:
         raise CxrtlError(f"{path} has inputs {names}, not [{INPUT_NAME!r}]; export it again")
@@ -130,10 +134,12 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[Onnx
     if not path.is_file():
         raise CxrtlError(f"ONNX file {path} does not exist")
     try:
-        session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types for invalid files)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CxrtlError(f"{path} is not a loadable ONNX model ({first}); export it again with "
-                         "`cxrtl export`") from None
+        raise CxrtlError(
+            f"{path} is not a loadable ONNX model ({first}); export it again with `cxrtl export`"
+        ) from None
     return OnnxBackend(session), read_onnx_meta(session, path)

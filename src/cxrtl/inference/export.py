@@ -62,26 +62,45 @@ def _export_graph(module, example, path: Path, exporter: str, opset: int) -> Non
         if exporter == "dynamo":
             from torch.export import Dim
 
-            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
-                              output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=True,
-                              external_data=False, optimize=True,
-                              dynamic_shapes={"image": {0: Dim("batch", min=1, max=65536)}})
+            torch.onnx.export(
+                module,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                optimize=True,
+                dynamic_shapes={"image": {0: Dim("batch", min=1, max=65536)}},
+            )
         else:
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME],
-                                  output_names=list(OUTPUT_NAMES), opset_version=opset, dynamo=False,
-                                  do_constant_folding=True,
-                                  dynamic_axes={INPUT_NAME: {0: "batch"},
-                                                **{name: {0: "batch"} for name in OUTPUT_NAMES}})
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(path),
+                    input_names=[INPUT_NAME],
+                    output_names=list(OUTPUT_NAMES),
+                    opset_version=opset,
+                    dynamo=False,
+                    do_constant_folding=True,
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+                )
     if chatter.getvalue().strip():
         log.debug("torch.onnx.export (%s) said:\n%s", exporter, chatter.getvalue())
 
 
-def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter: str = "auto",
-                opset: int = DEFAULT_OPSET, verify: bool = True) -> Path:
+def export_onnx(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    exporter: str = "auto",
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+) -> Path:
     """Export a cxrtl checkpoint (run dir, .safetensors or .json) to a self-describing ONNX file.
 
     Args:
@@ -105,20 +124,34 @@ def export_onnx(model_path: str | os.PathLike, out: str | os.PathLike, exporter:
     pp = checkpoint_preprocess(model, meta, weights)
     temperature = load_temperature(weights)
     module = _wrap_for_export(model, pp, temperature)
-    example = torch.randint(0, 256, (2, 1, pp.image_size, pp.image_size), dtype=torch.uint8,
-                            generator=torch.Generator().manual_seed(0))
+    example = torch.randint(
+        0,
+        256,
+        (2, 1, pp.image_size, pp.image_size),
+        dtype=torch.uint8,
+        generator=torch.Generator().manual_seed(0),
+    )
     proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"])
     props = {
-        "format": ONNX_FORMAT, "version": str(ONNX_VERSION), "cxrtl_version": __version__,
-        "classes": json.dumps(list(model.classes)), "preprocess": json.dumps(pp.to_dict()),
-        "backbone": str(meta["backbone"]), "in_chans": str(model.in_chans),
-        "temperature": json.dumps(temperature), "exporter": used,
+        "format": ONNX_FORMAT,
+        "version": str(ONNX_VERSION),
+        "cxrtl_version": __version__,
+        "classes": json.dumps(list(model.classes)),
+        "preprocess": json.dumps(pp.to_dict()),
+        "backbone": str(meta["backbone"]),
+        "in_chans": str(model.in_chans),
+        "temperature": json.dumps(temperature),
+        "exporter": used,
         "input": f"{INPUT_NAME}: uint8 grey [N,1,{pp.image_size},{pp.image_size}] from prepare_image; "
-                 "scaling and normalisation are inside the graph",
+        "scaling and normalisation are inside the graph",
         "source_checkpoint": weights.name,
     }
-    _describe(proto, props, f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
-                            f"{', '.join(model.classes)}. Research tool, not a medical device.")
+    _describe(
+        proto,
+        props,
+        f"cxrtl {meta['backbone']} chest-radiograph classifier; classes "
+        f"{', '.join(model.classes)}. Research tool, not a medical device.",
+    )
     write_bytes(out, proto.SerializeToString())
     log.info("exported %s to %s with the %s exporter", weights, out, used)
     if verify:
@@ -139,12 +172,15 @@ def _export_with_fallback(module, example, exporter: str, opset: int, backbone: 
             except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 if i + 1 < len(tried):
-                    log.warning("dynamo ONNX export failed (%s); falling back to the TorchScript exporter",
-                                first)
+                    log.warning(
+                        "dynamo ONNX export failed (%s); falling back to the TorchScript exporter", first
+                    )
                     continue
-                raise CxrtlError(f"ONNX export of {backbone} failed with the {name} exporter "
-                                 f"({first}); try --exporter "
-                                 f"{'torchscript' if name == 'dynamo' else 'dynamo'}") from None
+                raise CxrtlError(
+                    f"ONNX export of {backbone} failed with the {name} exporter "
+                    f"({first}); try --exporter "
+                    f"{'torchscript' if name == 'dynamo' else 'dynamo'}"
+                ) from None
             return onnx.load(str(graph)), name
     raise AssertionError("unreachable: the last exporter either returns or raises")
 
@@ -173,6 +209,8 @@ def _verify(path: Path, module, pp) -> None:
         err = float(np.abs(got - want).max())
         if not np.isfinite(err) or err > 1e-3 * max(1.0, float(np.abs(want).max())):
             path.unlink(missing_ok=True)
-            raise CxrtlError(f"exported ONNX disagrees with PyTorch at batch {batch} (max logit error "
-                             f"{err:.2g}); try the other --exporter")
+            raise CxrtlError(
+                f"exported ONNX disagrees with PyTorch at batch {batch} (max logit error "
+                f"{err:.2g}); try the other --exporter"
+            )
     log.debug("verified %s against PyTorch at batch 1 and 3", path)

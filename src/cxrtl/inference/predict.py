@@ -59,8 +59,15 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 class Predictor:
     """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
 
-    def __init__(self, backend, classes: Sequence[str], spec: Preprocess, temperature: float | None = None,
-                 source: str | None = None, backbone: str | None = None):
+    def __init__(
+        self,
+        backend,
+        classes: Sequence[str],
+        spec: Preprocess,
+        temperature: float | None = None,
+        source: str | None = None,
+        backbone: str | None = None,
+    ):
         self.backend = backend
         self.classes = list(classes)
         self.spec = spec  # the checkpoint's preprocessing
@@ -70,8 +77,9 @@ class Predictor:
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str = "auto",
-                        threads: int | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None
+    ) -> Predictor:
         """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
         path = Path(path).expanduser()
         if path.suffix.lower() == ".onnx":
@@ -83,8 +91,14 @@ class Predictor:
         from .backends import load_onnx
 
         backend, meta = load_onnx(path, threads=threads)
-        return cls(backend, meta["classes"], Preprocess.from_dict(meta["preprocess"]),
-                   meta.get("temperature"), source=str(path), backbone=meta.get("backbone"))
+        return cls(
+            backend,
+            meta["classes"],
+            Preprocess.from_dict(meta["preprocess"]),
+            meta.get("temperature"),
+            source=str(path),
+            backbone=meta.get("backbone"),
+        )
 
     @classmethod
     def _from_torch(cls, path: Path, device: str) -> Predictor:
@@ -96,8 +110,14 @@ class Predictor:
         device = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=device)
         pp = checkpoint_preprocess(model, meta, weights)
-        return cls(TorchBackend(model, pp, device), model.classes, pp, load_temperature(weights),
-                   source=str(weights), backbone=meta.get("backbone"))
+        return cls(
+            TorchBackend(model, pp, device),
+            model.classes,
+            pp,
+            load_temperature(weights),
+            source=str(weights),
+            backbone=meta.get("backbone"),
+        )
 
     @property
     def needs_mask(self) -> bool:
@@ -129,8 +149,10 @@ class Predictor:
         mask_arr = None
         if self.needs_mask:
             if mask is None:
-                raise CxrtlError(f"this model was trained on lung-masked images; give the lung mask of "
-                                 f"{_name(image)} (--mask PATH or --mask-dir DIR)")
+                raise CxrtlError(
+                    f"this model was trained on lung-masked images; give the lung mask of "
+                    f"{_name(image)} (--mask PATH or --mask-dir DIR)"
+                )
             mask_arr = _as_gray(mask) if isinstance(mask, np.ndarray) else load_gray(mask)
         return prepare_image(gray, self.spec, mask_arr), gray.shape
 
@@ -139,8 +161,12 @@ class Predictor:
         """Prepared uint8 ``[B, S, S]`` -> probabilities ``[B, k]`` (temperature applied)."""
         return softmax(self.backend.logits(np.asarray(batch, dtype=np.uint8)), self.temperature)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike],
-                masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        masks: Sequence[ImageLike | None] | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
         """Probabilities ``[N, k]`` in :attr:`classes` order; raises on the first unreadable image.
 
         ``images``: one path or grey ``[H, W]`` array, a uint8 ``[N, H, W]`` stack, or a list of paths/arrays.
@@ -148,7 +174,8 @@ class Predictor:
         Use :meth:`predict_files` to get one error row per bad file instead.
         """
         if isinstance(images, (str, os.PathLike, np.ndarray)) and not (
-                isinstance(images, np.ndarray) and images.ndim == 3):
+            isinstance(images, np.ndarray) and images.ndim == 3
+        ):
             images = [images]
         images = list(images)
         masks = _check_masks(images, masks)
@@ -157,17 +184,27 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             chunk = range(start, min(start + batch_size, len(images)))
             prepared = np.stack([self.prepare(images[i], masks[i]) for i in chunk])
-            out[start:start + len(chunk)] = self.predict_prepared(prepared)
+            out[start : start + len(chunk)] = self.predict_prepared(prepared)
         return out
 
-    def predict_proba(self, images: ImageLike | Sequence[ImageLike],
-                      masks: Sequence[ImageLike | None] | None = None, batch_size: int = 16) -> np.ndarray:
+    def predict_proba(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        masks: Sequence[ImageLike | None] | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
         """scikit-learn's name for :meth:`predict`: probabilities ``[N, k]`` in :attr:`classes` order."""
         return self.predict(images, masks, batch_size)
 
-    def predict_files(self, paths: Sequence[str | os.PathLike], masks: Sequence[Any] | None = None,
-                      batch_size: int = 16, cam_dir: str | os.PathLike | None = None,
-                      cam_class: str | int | None = None, progress: bool = False) -> list[Prediction]:
+    def predict_files(
+        self,
+        paths: Sequence[str | os.PathLike],
+        masks: Sequence[Any] | None = None,
+        batch_size: int = 16,
+        cam_dir: str | os.PathLike | None = None,
+        cam_class: str | int | None = None,
+        progress: bool = False,
+    ) -> list[Prediction]:
         """One :class:`Prediction` per path; a file that fails gets its error and the rest continue."""
         paths = [str(p) for p in paths]
         masks = _check_masks(paths, masks)
@@ -207,8 +244,10 @@ class Predictor:
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
         if self.torch_model is None:
-            raise CxrtlError("Grad-CAM needs gradients, which an ONNX file does not have; use the PyTorch "
-                             "checkpoint (run dir or .safetensors) with --cam")
+            raise CxrtlError(
+                "Grad-CAM needs gradients, which an ONNX file does not have; use the PyTorch "
+                "checkpoint (run dir or .safetensors) with --cam"
+            )
         self.class_index(cam_class)
 
     def class_index(self, cam_class: str | int | None) -> int | None:
@@ -222,8 +261,9 @@ class Predictor:
         except (TypeError, ValueError):
             idx = -1
         if not 0 <= idx < len(self.classes):
-            raise CxrtlError(f"unknown class {cam_class!r} for Grad-CAM; choose one of "
-                             f"{', '.join(self.classes)}")
+            raise CxrtlError(
+                f"unknown class {cam_class!r} for Grad-CAM; choose one of {', '.join(self.classes)}"
+            )
         return idx
 
     def _write_cams(self, rows, ok, batch, shapes, masks, cam_dir: Path, cam_class, used: set) -> None:
@@ -246,6 +286,7 @@ class Predictor:
 
 # ---------------------------------------------------------------------------------------- inputs
 
+
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand folders (recursively) into their image files, sorted; explicit files are kept as given.
 
@@ -256,13 +297,20 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     paths = [Path(p).expanduser() for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise CxrtlError(f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
-                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path")
+        raise CxrtlError(
+            f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path"
+        )
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            found = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
             if not found:
                 log.warning("no PNG/JPEG/DICOM images under %s", p)
             out.extend(found)
@@ -271,8 +319,9 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def find_masks(images: Sequence[Path], mask: str | os.PathLike | None = None,
-               mask_dir: str | os.PathLike | None = None) -> list[Path | None]:
+def find_masks(
+    images: Sequence[Path], mask: str | os.PathLike | None = None, mask_dir: str | os.PathLike | None = None
+) -> list[Path | None]:
     """The lung mask of each image: one --mask for a single image, or the same file name in --mask-dir.
 
     In --mask-dir a mask is matched by file name, then by stem with any image suffix (the COVID-19
@@ -282,8 +331,10 @@ def find_masks(images: Sequence[Path], mask: str | os.PathLike | None = None,
         raise CxrtlError("give either --mask or --mask-dir, not both")
     if mask is not None:
         if len(images) != 1:
-            raise CxrtlError(f"--mask is for one image, but {len(images)} were given; use --mask-dir DIR "
-                             "with masks named like their images")
+            raise CxrtlError(
+                f"--mask is for one image, but {len(images)} were given; use --mask-dir DIR "
+                "with masks named like their images"
+            )
         return [Path(mask)]
     if mask_dir is None:
         return [None] * len(images)
@@ -306,8 +357,9 @@ def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any
         return [None] * len(images)
     masks = list(masks)
     if len(masks) != len(images):
-        raise CxrtlError(f"got {len(masks)} masks for {len(images)} images; "
-                         "give one mask (or None) per image")
+        raise CxrtlError(
+            f"got {len(masks)} masks for {len(images)} images; give one mask (or None) per image"
+        )
     return masks
 
 

@@ -67,9 +67,14 @@ def _load_index(root: str | os.PathLike) -> DatasetIndex:
     return load_dataset(root)
 
 
-def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLike | None = None,
-                  threshold: int = DEFAULT_THRESHOLD, cache_dir=None, progress: bool = True,
-                  workers: int | None = None) -> tuple[dict, dict | None]:
+def dedup_dataset(
+    roots: Sequence[str | os.PathLike],
+    split_csv: str | os.PathLike | None = None,
+    threshold: int = DEFAULT_THRESHOLD,
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> tuple[dict, dict | None]:
     """Find duplicates within one dataset, across splits of a split CSV, or across two datasets.
 
     Returns ``(report, cleaned_split)``; ``cleaned_split`` (split name -> records) is None without a split.
@@ -89,8 +94,16 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
     items = _items(indexes, split)
     abspaths = [os.path.abspath(os.fspath(indexes[it.root].abspath(it.path))) for it in items]
     hashes, bad = hash_images(abspaths, cache_dir=cache_dir, progress=progress, workers=workers)
-    found = _find(hashes, dict(zip(abspaths, items)), len(indexes) == 2, split is not None, threshold,
-                  cache_dir=cache_dir, progress=progress, workers=workers)
+    found = _find(
+        hashes,
+        dict(zip(abspaths, items)),
+        len(indexes) == 2,
+        split is not None,
+        threshold,
+        cache_dir=cache_dir,
+        progress=progress,
+        workers=workers,
+    )
     exact, near = found.pairs()
     shown = _shown(indexes, items, abspaths)
     report: dict = {
@@ -107,8 +120,13 @@ def dedup_dataset(roots: Sequence[str | os.PathLike], split_csv: str | os.PathLi
     if split is not None:
         leaks, cleaned = _split_leaks(found, split)
         report.update(leaks)
-    report["summary"] = {"images": len(hashes), "exact_pairs": len(exact), "near_pairs": len(near),
-                         "unreadable": len(bad), "groups": found.group_count()}
+    report["summary"] = {
+        "images": len(hashes),
+        "exact_pairs": len(exact),
+        "near_pairs": len(near),
+        "unreadable": len(bad),
+        "groups": found.group_count(),
+    }
     return report, cleaned
 
 
@@ -122,8 +140,14 @@ def _items(indexes: list[DatasetIndex], split: Mapping[str, Sequence[Record]] | 
     return items
 
 
-def _find(hashes: list[ImageHash], item_of: dict[str, Item], two_roots: bool, with_split: bool,
-          threshold: int, **options) -> _Found:
+def _find(
+    hashes: list[ImageHash],
+    item_of: dict[str, Item],
+    two_roots: bool,
+    with_split: bool,
+    threshold: int,
+    **options,
+) -> _Found:
     """Duplicates among ``hashes``; two roots without a split are only searched across the roots."""
     items = [item_of[h.path] for h in hashes]
     labels = [str(it.root) for it in items] if two_roots and not with_split else None
@@ -152,8 +176,11 @@ def _split_leaks(found: _Found, split: Mapping[str, Sequence[Record]]) -> tuple[
     drop = _drop_set(found)
     split_of = {it.path: it.split for it in found.items if it.split}
     cleaned = {s: [r for r in recs if r.path not in drop] for s, recs in split.items()}
-    return {"cross_split": sorted(cross), "cross_split_counts": counts,
-            "dropped": sorted([p, split_of[p]] for p in drop)}, cleaned
+    return {
+        "cross_split": sorted(cross),
+        "cross_split_counts": counts,
+        "dropped": sorted([p, split_of[p]] for p in drop),
+    }, cleaned
 
 
 def _drop_set(found: _Found) -> set[str]:

@@ -78,8 +78,9 @@ def _band_pairs(h: np.ndarray, shift: int, width: int, radius: int, labels: np.n
             yield lo.astype(np.int64) * n + hi.astype(np.int64)
 
 
-def search_pairs(phashes: Sequence[int] | np.ndarray, radius: int, labels: Sequence | None = None
-                 ) -> list[tuple[int, int, int]]:
+def search_pairs(
+    phashes: Sequence[int] | np.ndarray, radius: int, labels: Sequence | None = None
+) -> list[tuple[int, int, int]]:
     """Index pairs (i<j, distance) of 64-bit hashes within ``radius``; with ``labels``, only across labels.
 
     Multi-index hashing: a pair within ``radius`` agrees exactly on at least one of radius+1 bands, so only
@@ -132,9 +133,16 @@ class Duplicates:
         return sorted((sorted(c) for c in comps.values() if len(c) > 1), key=lambda c: c[0])
 
 
-def find_duplicates(hashes: list[ImageHash], threshold: int = DEFAULT_THRESHOLD, labels: Sequence | None = None,
-                    cache_dir=None, progress: bool = True, workers: int | None = None,
-                    use_cache: bool = True, confirm_bits: int = CONFIRM_BITS) -> Duplicates:
+def find_duplicates(
+    hashes: list[ImageHash],
+    threshold: int = DEFAULT_THRESHOLD,
+    labels: Sequence | None = None,
+    cache_dir=None,
+    progress: bool = True,
+    workers: int | None = None,
+    use_cache: bool = True,
+    confirm_bits: int = CONFIRM_BITS,
+) -> Duplicates:
     """Exact and near duplicates among ``hashes`` (only across different ``labels`` when given).
 
     Near: 64-bit pHash within ``threshold`` and 256-bit pHash within ``confirm_bits``.
@@ -143,15 +151,26 @@ def find_duplicates(hashes: list[ImageHash], threshold: int = DEFAULT_THRESHOLD,
     radius = max(threshold, EXACT_SEARCH_RADIUS)
     pairs = search_pairs([x.phash for x in hashes], radius, labels)
     # exact: identical file bytes, or the same size and identical full-resolution pixels
-    cand = [(i, j) for i, j, _ in pairs
-            if hashes[i].file_digest != hashes[j].file_digest
-            and (hashes[i].width, hashes[i].height) == (hashes[j].width, hashes[j].height)]
-    hashes = ensure_pixel_digests(hashes, [k for ij in cand for k in ij], cache_dir=cache_dir,
-                                  progress=progress, workers=workers, use_cache=use_cache)
+    cand = [
+        (i, j)
+        for i, j, _ in pairs
+        if hashes[i].file_digest != hashes[j].file_digest
+        and (hashes[i].width, hashes[i].height) == (hashes[j].width, hashes[j].height)
+    ]
+    hashes = ensure_pixel_digests(
+        hashes,
+        [k for ij in cand for k in ij],
+        cache_dir=cache_dir,
+        progress=progress,
+        workers=workers,
+        use_cache=use_cache,
+    )
     exact, near = [], []
     for i, j, d in pairs:
         a, b = hashes[i], hashes[j]
-        if a.file_digest == b.file_digest or (a.pixel_digest is not None and a.pixel_digest == b.pixel_digest):
+        if a.file_digest == b.file_digest or (
+            a.pixel_digest is not None and a.pixel_digest == b.pixel_digest
+        ):
             exact.append((i, j))
         elif d <= threshold and (a.phash256 ^ b.phash256).bit_count() <= confirm_bits:
             near.append((i, j, d))
@@ -161,13 +180,20 @@ def find_duplicates(hashes: list[ImageHash], threshold: int = DEFAULT_THRESHOLD,
 def check_threshold(threshold: int) -> int:
     """Validate a Hamming threshold (user input)."""
     if not isinstance(threshold, (int, np.integer)) or not 0 <= threshold <= MAX_THRESHOLD:
-        raise CxrtlError(f"--threshold must be an integer in 0..{MAX_THRESHOLD}, not {threshold!r}; "
-                         f"the default {DEFAULT_THRESHOLD} catches re-encoded and resized copies")
+        raise CxrtlError(
+            f"--threshold must be an integer in 0..{MAX_THRESHOLD}, not {threshold!r}; "
+            f"the default {DEFAULT_THRESHOLD} catches re-encoded and resized copies"
+        )
     return int(threshold)
 
 
-def overlap_with(paths_a: Sequence[str | os.PathLike], paths_b: Sequence[str | os.PathLike],
-                 threshold: int = DEFAULT_THRESHOLD, cache_dir=None, progress: bool = True) -> set[str]:
+def overlap_with(
+    paths_a: Sequence[str | os.PathLike],
+    paths_b: Sequence[str | os.PathLike],
+    threshold: int = DEFAULT_THRESHOLD,
+    cache_dir=None,
+    progress: bool = True,
+) -> set[str]:
     """Paths of ``paths_b`` (as given) whose content (exact or near duplicate) appears in ``paths_a``.
 
     Used to exclude stage-1 images from a stage-2 test set (``--exclude-overlap``).

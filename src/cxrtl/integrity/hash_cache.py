@@ -48,8 +48,12 @@ class HashCache:
             if self.root is not None:
                 try:
                     obj = json.loads(_shard_file(self.root, directory).read_text("utf-8"))
-                    if (isinstance(obj, dict) and obj.get("version") == HASH_VERSION
-                            and obj.get("directory") == directory and isinstance(obj.get("entries"), dict)):
+                    if (
+                        isinstance(obj, dict)
+                        and obj.get("version") == HASH_VERSION
+                        and obj.get("directory") == directory
+                        and isinstance(obj.get("entries"), dict)
+                    ):
                         entries = obj["entries"]
                 except (OSError, ValueError):
                     entries = {}  # missing or damaged cache: rebuilt, never trusted
@@ -82,8 +86,10 @@ class HashCache:
 
         for directory in sorted(self.dirty):
             try:
-                write_json(_shard_file(self.root, directory),
-                           {"version": HASH_VERSION, "directory": directory, "entries": self.shards[directory]})
+                write_json(
+                    _shard_file(self.root, directory),
+                    {"version": HASH_VERSION, "directory": directory, "entries": self.shards[directory]},
+                )
             except (CxrtlError, OSError) as exc:
                 log.warning("dedup hash cache not saved: %s", exc)
                 break

@@ -36,15 +36,30 @@ class ImageHash:
 
     def to_entry(self) -> dict:
         """The JSON fields of this hash in the hash cache (the path is the cache's key)."""
-        return {"w": self.width, "h": self.height, "p": f"{self.phash:016x}", "d": f"{self.dhash:016x}",
-                "f": self.file_digest, "x": self.pixel_digest, "q": f"{self.phash256:064x}"}
+        return {
+            "w": self.width,
+            "h": self.height,
+            "p": f"{self.phash:016x}",
+            "d": f"{self.dhash:016x}",
+            "f": self.file_digest,
+            "x": self.pixel_digest,
+            "q": f"{self.phash256:064x}",
+        }
 
     @classmethod
     def from_entry(cls, path: str, entry: dict) -> ImageHash | None:
         """The hash of ``path`` read back from a cache entry; None if the entry is damaged."""
         try:
-            return cls(path, int(entry["w"]), int(entry["h"]), int(entry["p"], 16), int(entry["d"], 16),
-                       str(entry["f"]), entry.get("x"), int(entry["q"], 16))
+            return cls(
+                path,
+                int(entry["w"]),
+                int(entry["h"]),
+                int(entry["p"], 16),
+                int(entry["d"], 16),
+                str(entry["f"]),
+                entry.get("x"),
+                int(entry["q"], 16),
+            )
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -77,8 +92,11 @@ def _perceptual(gray: np.ndarray) -> tuple[int, int, int]:
 
     big = Image.fromarray(gray).resize((64, 64), Image.BOX)  # area average: cheap, and size-independent
     small = big.resize((32, 32), Image.BOX)
-    return (_bits_to_int(imagehash.phash(small).hash), _bits_to_int(imagehash.dhash(small).hash),
-            _bits_to_int(imagehash.phash(big, hash_size=16).hash))
+    return (
+        _bits_to_int(imagehash.phash(small).hash),
+        _bits_to_int(imagehash.dhash(small).hash),
+        _bits_to_int(imagehash.phash(big, hash_size=16).hash),
+    )
 
 
 def _decode_reduced(path: str, info: dict) -> np.ndarray | str:
@@ -122,8 +140,16 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
         except (OSError, ValueError):
             pass
     ph, dh, p256 = _perceptual(gray)
-    return ImageHash(path, int(w), int(h), ph, dh, hashlib.sha1(data).hexdigest(),
-                     None if drafted else _pixel_digest(gray), p256)
+    return ImageHash(
+        path,
+        int(w),
+        int(h),
+        ph,
+        dh,
+        hashlib.sha1(data).hexdigest(),
+        None if drafted else _pixel_digest(gray),
+        p256,
+    )
 
 
 def _full_pixel_digest(path: str) -> str | None:
@@ -146,9 +172,13 @@ def _cached(cache: HashCache, path: str) -> ImageHash | None:
     return None if entry is None else ImageHash.from_entry(path, entry)
 
 
-def hash_images(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None = None,
-                progress: bool = True, workers: int | None = None, use_cache: bool = True
-                ) -> tuple[list[ImageHash], list[Unreadable]]:
+def hash_images(
+    paths: Sequence[str | os.PathLike],
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    use_cache: bool = True,
+) -> tuple[list[ImageHash], list[Unreadable]]:
     """Hash image files (cached on disk); unreadable files are returned separately, never raised."""
     from tqdm import tqdm
 
@@ -165,9 +195,16 @@ def hash_images(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike
     log.debug("dedup: %d hashes cached, %d to compute", len(found), len(todo))
     try:
         if todo:
-            with ThreadPoolExecutor(_workers(workers)) as pool, \
-                    tqdm(total=len(todo), desc="hashing images", unit="img", disable=None if progress else True,
-                         leave=False) as bar:
+            with (
+                ThreadPoolExecutor(_workers(workers)) as pool,
+                tqdm(
+                    total=len(todo),
+                    desc="hashing images",
+                    unit="img",
+                    disable=None if progress else True,
+                    leave=False,
+                ) as bar,
+            ):
                 for item in pool.map(_hash_one, todo, chunksize=16):
                     found[item.path] = item
                     if isinstance(item, ImageHash):
@@ -181,8 +218,14 @@ def hash_images(paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike
     return hashes, bad
 
 
-def ensure_pixel_digests(hashes: list[ImageHash], which: Iterable[int], cache_dir=None, progress=True,
-                         workers: int | None = None, use_cache: bool = True) -> list[ImageHash]:
+def ensure_pixel_digests(
+    hashes: list[ImageHash],
+    which: Iterable[int],
+    cache_dir=None,
+    progress=True,
+    workers: int | None = None,
+    use_cache: bool = True,
+) -> list[ImageHash]:
     """Fill in full-resolution pixel digests for the given indices (cached); returns the updated list."""
     from tqdm import tqdm
 
@@ -192,9 +235,16 @@ def ensure_pixel_digests(hashes: list[ImageHash], which: Iterable[int], cache_di
     out = list(hashes)
     cache = HashCache(cache_root(cache_dir) if use_cache else None)
     try:
-        with ThreadPoolExecutor(_workers(workers)) as pool, \
-                tqdm(total=len(need), desc="decoding candidates", unit="img",
-                     disable=None if progress else True, leave=False) as bar:
+        with (
+            ThreadPoolExecutor(_workers(workers)) as pool,
+            tqdm(
+                total=len(need),
+                desc="decoding candidates",
+                unit="img",
+                disable=None if progress else True,
+                leave=False,
+            ) as bar,
+        ):
             for i, digest in zip(need, pool.map(_full_pixel_digest, [out[i].path for i in need])):
                 if digest is not None:
                     out[i] = dataclasses.replace(out[i], pixel_digest=digest)

@@ -26,8 +26,11 @@ def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
         for r in records:
             if r.patient_id:
                 seen[r.patient_id][name] += 1
-    return [{"patient": pid, "splits": {s: counts[s] for s in SPLITS if s in counts}}
-            for pid, counts in sorted(seen.items()) if len(counts) > 1]
+    return [
+        {"patient": pid, "splits": {s: counts[s] for s in SPLITS if s in counts}}
+        for pid, counts in sorted(seen.items())
+        if len(counts) > 1
+    ]
 
 
 def _cross_split_pairs(dup: Duplicates, items: list[Item]) -> tuple[list, list, dict[str, int]]:
@@ -41,9 +44,14 @@ def _cross_split_pairs(dup: Duplicates, items: list[Item]) -> tuple[list, list, 
     return exact, near, counts
 
 
-def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
-                threshold: int = DEFAULT_THRESHOLD, cache_dir=None, progress: bool = False,
-                workers: int | None = None) -> dict:
+def check_split(
+    index: DatasetIndex,
+    split: Mapping[str, Sequence[Record]],
+    threshold: int = DEFAULT_THRESHOLD,
+    cache_dir=None,
+    progress: bool = False,
+    workers: int | None = None,
+) -> dict:
     """Cross-split duplicates (exact and near, paths relative to the root) and patients that straddle splits.
 
     Returns ``{"ok", "threshold", "exact": [[a, b, split_a, split_b]], "near": [[a, b, d, split_a, split_b]],
@@ -59,8 +67,14 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
             split_of[a] = name
             rel_of[a] = r.path
     hashes, bad = hash_images(list(split_of), cache_dir=cache_dir, progress=progress, workers=workers)
-    dup = find_duplicates(hashes, threshold, labels=[split_of[h.path] for h in hashes], cache_dir=cache_dir,
-                          progress=progress, workers=workers)
+    dup = find_duplicates(
+        hashes,
+        threshold,
+        labels=[split_of[h.path] for h in hashes],
+        cache_dir=cache_dir,
+        progress=progress,
+        workers=workers,
+    )
     exact, near, counts = _cross_split_pairs(dup, [Item(0, rel_of[h.path], split_of[h.path]) for h in hashes])
     patients = straddling_patients(split)
     known = any(r.patient_id for records in split.values() for r in records)
@@ -76,6 +90,10 @@ def check_split(index: DatasetIndex, split: Mapping[str, Sequence[Record]],
         "unreadable": [[rel_of[u.path], u.reason] for u in bad],
     }
     if exact or near or patients:
-        log.debug("leakage: %d exact, %d near cross-split pairs, %d patients straddle splits",
-                  len(exact), len(near), len(patients))
+        log.debug(
+            "leakage: %d exact, %d near cross-split pairs, %d patients straddle splits",
+            len(exact),
+            len(near),
+            len(patients),
+        )
     return result

@@ -30,11 +30,13 @@ class Profile:
 
 
 PROFILES = {
-    "paper": Profile("paper", image_size=224, epochs=30, batch_size=16, milestones=(8, 15, 25),
-                     max_per_class=None),
+    "paper": Profile(
+        "paper", image_size=224, epochs=30, batch_size=16, milestones=(8, 15, 25), max_per_class=None
+    ),
     # Small images, few epochs, a few hundred images: every stage runs, on a laptop, in minutes.
-    "quick": Profile("quick", image_size=48, epochs=4, batch_size=16, milestones=(3,),
-                     max_per_class=70, n_boot=200),
+    "quick": Profile(
+        "quick", image_size=48, epochs=4, batch_size=16, milestones=(3,), max_per_class=70, n_boot=200
+    ),
 }
 
 
@@ -101,10 +103,24 @@ def _pneumonia_runs() -> list[RunPlan]:
         RunPlan("pneumonia-none-finetune", "pneumonia", (3,), init="none", pretraining="None"),
         RunPlan("pneumonia-imagenet-finetune", "pneumonia", (3,)),
         RunPlan("pneumonia-imagenet-extractor", "pneumonia", (3,), scheme="extractor"),
-        RunPlan("pneumonia-covid-finetune", "pneumonia", (3,), init=COVID_BEST, keep_hidden=True,
-                pretraining="ImageNet & COVID", depends_on=dep),
-        RunPlan("pneumonia-covid-extractor", "pneumonia", (3,), init=COVID_BEST, scheme="extractor",
-                pretraining="ImageNet & COVID", depends_on=dep),
+        RunPlan(
+            "pneumonia-covid-finetune",
+            "pneumonia",
+            (3,),
+            init=COVID_BEST,
+            keep_hidden=True,
+            pretraining="ImageNet & COVID",
+            depends_on=dep,
+        ),
+        RunPlan(
+            "pneumonia-covid-extractor",
+            "pneumonia",
+            (3,),
+            init=COVID_BEST,
+            scheme="extractor",
+            pretraining="ImageNet & COVID",
+            depends_on=dep,
+        ),
     ]
 
 
@@ -132,8 +148,9 @@ def plan_runs(experiments: tuple[int, ...]) -> list[RunPlan]:
         key = _identity(run)
         if key in merged:  # same job: one run, listed under both experiments, keeps the first name
             first = merged[key]
-            merged[key] = RunPlan(**{**asdict(first),
-                                     "experiments": tuple(sorted(set(first.experiments + run.experiments)))})
+            merged[key] = RunPlan(
+                **{**asdict(first), "experiments": tuple(sorted(set(first.experiments + run.experiments)))}
+            )
         else:
             merged[key] = run
     return list(merged.values())

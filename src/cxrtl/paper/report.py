@@ -17,8 +17,10 @@ from ..formatting import fmt_num, fmt_pct, fmt_seconds
 from ..fsutil import write_text
 from .tables import Table, paper_tables, write_tables
 
-PAPER_CITATION = ("Sun, Guo, Teoh: \"A Transfer Learning Method for Covid-19 and Pneumonia Diagnosis Based on "
-                  "Chest Radiograph Classification\"")
+PAPER_CITATION = (
+    'Sun, Guo, Teoh: "A Transfer Learning Method for Covid-19 and Pneumonia Diagnosis Based on '
+    'Chest Radiograph Classification"'
+)
 
 
 @dataclass
@@ -39,40 +41,61 @@ def _warnings(payload: dict) -> list[str]:
     lines = []
     random_runs = [r["name"] for r in runs if r["config"].get("random_init")]
     if random_runs:
-        why = (" ImageNet weights were unavailable (--allow-random-init)." if meta.get("imagenet_unavailable")
-               else "")
+        why = (
+            " ImageNet weights were unavailable (--allow-random-init)."
+            if meta.get("imagenet_unavailable")
+            else ""
+        )
         lines.append(f"**Runs started from random weights:** {', '.join(random_runs)}.{why}")
     if meta.get("synthetic"):
-        lines.append("**Synthetic data:** these results come from cxrtl's generated images and are NOT "
-                     "comparable with the paper's numbers; they show that the pipeline runs and learns.")
+        lines.append(
+            "**Synthetic data:** these results come from cxrtl's generated images and are NOT "
+            "comparable with the paper's numbers; they show that the pipeline runs and learns."
+        )
     return lines
 
 
 def _protocol(payload: dict) -> list[str]:
     meta = payload.get("reproduction", {})
-    out = [f"Profile `{meta.get('profile')}`: {meta.get('image_size')} px, {meta.get('epochs')} epoch(s), "
-           f"batch {meta.get('batch_size')}, backbone `{meta.get('backbone')}`, seed {meta.get('seed')}"
-           + (f", at most {meta['max_per_class']} images per class" if meta.get("max_per_class") else
-              ", full data") + ".",
-           (f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; training time "
+    out = [
+        f"Profile `{meta.get('profile')}`: {meta.get('image_size')} px, {meta.get('epochs')} epoch(s), "
+        f"batch {meta.get('batch_size')}, backbone `{meta.get('backbone')}`, seed {meta.get('seed')}"
+        + (
+            f", at most {meta['max_per_class']} images per class"
+            if meta.get("max_per_class")
+            else ", full data"
+        )
+        + ".",
+        (
+            f"Experiments {', '.join(map(str, meta.get('experiments', [])))}; training time "
             f"{fmt_seconds(sum(r.get('seconds') or 0 for r in payload['runs']))} over "
-            f"{len(payload['runs'])} runs (this call: {fmt_seconds(meta.get('seconds'))}).")]
+            f"{len(payload['runs'])} runs (this call: {fmt_seconds(meta.get('seconds'))})."
+        ),
+    ]
     if meta.get("covid_best"):
-        out.append(f"Exp. 3's COVID model is `{meta['covid_best']}`, the Exp. 2 run with the highest "
-                   "**validation** accuracy (the authors compared configurations on the test set).")
+        out.append(
+            f"Exp. 3's COVID model is `{meta['covid_best']}`, the Exp. 2 run with the highest "
+            "**validation** accuracy (the authors compared configurations on the test set)."
+        )
     if meta.get("pneumonia"):
         proto = meta.get("split_protocol")
-        text = {"paper": "the paper's image-level 7:2:1 re-split of all Kermany images (patients may "
-                         "straddle splits, which inflates results)",
-                "patient": "a patient-grouped 7:2:1 re-split (no patient in two splits)",
-                "official": "Kermany's official train/val/test folders"}.get(proto, proto)
+        text = {
+            "paper": "the paper's image-level 7:2:1 re-split of all Kermany images (patients may "
+            "straddle splits, which inflates results)",
+            "patient": "a patient-grouped 7:2:1 re-split (no patient in two splits)",
+            "official": "Kermany's official train/val/test folders",
+        }.get(proto, proto)
         out.append(f"Pneumonia split protocol `{proto}`: {text}.")
     dropped = (meta.get("splits") or {}).get("overlap_dropped")
     if meta.get("exclude_overlap"):
-        out.append(f"`--exclude-overlap`: {len(dropped or [])} pneumonia test image(s) whose content also "
-                   "appears in the COVID training or validation data were dropped from the pneumonia test set.")
-    out.append("COVID split 0.7/0.15/0.15 as in the paper's text (the authors' notebook used 0.7/0.2/0.1), "
-               "stratified by class; validation picks the best epoch, the test split is touched once.")
+        out.append(
+            f"`--exclude-overlap`: {len(dropped or [])} pneumonia test image(s) whose content also "
+            "appears in the COVID training or validation data were dropped from the pneumonia test set."
+        )
+    out.append(
+        "COVID split 0.7/0.15/0.15 as in the paper's text (the authors' notebook used 0.7/0.2/0.1), "
+        "stratified by class; validation picks the best epoch, the test split is touched once."
+    )
     return out
 
 
@@ -91,25 +114,40 @@ def _run_figure(run: dict, stem: str) -> Path | None:
 def _shortcut_table(runs: list[dict]) -> Table | None:
     """Grad-CAM mass inside the lung mask per COVID run: low values flag shortcut learning."""
     rows = [r for r in runs if (r["test"].get("cam_in_lungs") or {}).get("overall")]
-    skipped = sorted({r["test"]["cam_in_lungs"]["skipped"] for r in runs
-                      if (r["test"].get("cam_in_lungs") or {}).get("skipped")})
+    skipped = sorted(
+        {
+            r["test"]["cam_in_lungs"]["skipped"]
+            for r in runs
+            if (r["test"].get("cam_in_lungs") or {}).get("skipped")
+        }
+    )
     if not rows:
         if not skipped:
             return None
         t = Table("cam", "Grad-CAM energy inside the lungs (test set)", ["Why it is missing"])
         t.rows += [[reason] for reason in skipped]
         return t
-    t = Table("cam", "Grad-CAM energy inside the lungs (test set)",
-                     ["Run", "Input", "Channels", "Overall"] + list(rows[0]["test"]["classes"]))
+    t = Table(
+        "cam",
+        "Grad-CAM energy inside the lungs (test set)",
+        ["Run", "Input", "Channels", "Overall"] + list(rows[0]["test"]["classes"]),
+    )
     for r in rows:
         cam = r["test"]["cam_in_lungs"]
-        t.rows.append([r["name"], r["config"].get("input", ""), str(r["config"].get("channels", "")),
-                       fmt_num(cam["overall"].get("mean"), 3)]
-                      + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3)
-                         for c in r["test"]["classes"]])
-    t.notes.append("Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
-                   "class. A model reading the lungs scores near 1; one reading markers, borders or body "
-                   "habitus scores low (DeGrave et al. 2021).")
+        t.rows.append(
+            [
+                r["name"],
+                r["config"].get("input", ""),
+                str(r["config"].get("channels", "")),
+                fmt_num(cam["overall"].get("mean"), 3),
+            ]
+            + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3) for c in r["test"]["classes"]]
+        )
+    t.notes.append(
+        "Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
+        "class. A model reading the lungs scores near 1; one reading markers, borders or body "
+        "habitus scores low (DeGrave et al. 2021)."
+    )
     return t
 
 
@@ -117,16 +155,33 @@ def _operating_table(runs: list[dict]) -> Table | None:
     rows = [r for r in runs if r["test"].get("operating_point")]
     if not rows:
         return None
-    t = Table("op", "Operating points chosen on validation (target sensitivity 0.95)",
-                     ["Run", "Positive class", "Threshold", "Test sensitivity", "Test specificity",
-                      "Argmax sensitivity", "Argmax specificity"])
+    t = Table(
+        "op",
+        "Operating points chosen on validation (target sensitivity 0.95)",
+        [
+            "Run",
+            "Positive class",
+            "Threshold",
+            "Test sensitivity",
+            "Test specificity",
+            "Argmax sensitivity",
+            "Argmax specificity",
+        ],
+    )
     for r in rows:
         op = r["test"]["operating_point"]
         te, am = op["test"], op["test_argmax"]
-        t.rows.append([r["name"], op["positive"], f"{op['threshold']:.3f}",
-                       fmt_pct(te["sensitivity"], te.get("sensitivity_ci")),
-                       fmt_pct(te["specificity"], te.get("specificity_ci")),
-                       fmt_pct(am["sensitivity"]), fmt_pct(am["specificity"])])
+        t.rows.append(
+            [
+                r["name"],
+                op["positive"],
+                f"{op['threshold']:.3f}",
+                fmt_pct(te["sensitivity"], te.get("sensitivity_ci")),
+                fmt_pct(te["specificity"], te.get("specificity_ci")),
+                fmt_pct(am["sensitivity"]),
+                fmt_pct(am["specificity"]),
+            ]
+        )
     return t
 
 
@@ -139,13 +194,20 @@ def build_sections(payload: dict) -> list[Section]:
     paper_keys = [k for k in ("II", "III", "IV", "V", "VI") if k in tables]
     if paper_keys:
         widest = max(r["test"]["accuracy_ci"][1] - r["test"]["accuracy_ci"][0] for r in runs)
-        sections.append(Section(
-            "Results beside the paper's",
-            [("Each cell is this reproduction's value with its 95% interval in brackets; the paper's published "
-             "value stands beside it. Accuracy is counted over all test images (the authors averaged it over "
-             f"batches). The widest accuracy interval here spans {100 * widest:.1f} points: differences smaller "
-             "than an interval are not evidence that one configuration is better.")],
-            [tables[k] for k in paper_keys]))
+        sections.append(
+            Section(
+                "Results beside the paper's",
+                [
+                    (
+                        "Each cell is this reproduction's value with its 95% interval in brackets; the paper's published "
+                        "value stands beside it. Accuracy is counted over all test images (the authors averaged it over "
+                        f"batches). The widest accuracy interval here spans {100 * widest:.1f} points: differences smaller "
+                        "than an interval are not evidence that one configuration is better."
+                    )
+                ],
+                [tables[k] for k in paper_keys],
+            )
+        )
     figures = []
     covid_best = _best(runs, "covid", meta.get("covid_best"))
     pneu_best = _best(runs, "pneumonia")
@@ -155,15 +217,31 @@ def build_sections(payload: dict) -> list[Section]:
         for stem, what in (("roc", "ROC curves"), ("confusion", "confusion matrix")):
             fig = _run_figure(run, stem)
             if fig:
-                figures.append(((f"Best {label} model (`{run['name']}`, chosen on validation): {what} on the "
-                                "test set"), fig))
+                figures.append(
+                    (
+                        (
+                            f"Best {label} model (`{run['name']}`, chosen on validation): {what} on the "
+                            "test set"
+                        ),
+                        fig,
+                    )
+                )
     if figures:
         sections.append(Section("Best models (paper Fig. 6-8)", figures=figures))
     extra = [t for t in (_operating_table(runs), _shortcut_table(runs)) if t]
     if extra:
-        sections.append(Section("Beyond the paper", [
-            ("The paper scores argmax predictions; a screening user needs a threshold with known sensitivity. "
-            "Grad-CAM mass inside the lungs shows whether a model looks where a radiologist would.")], extra))
+        sections.append(
+            Section(
+                "Beyond the paper",
+                [
+                    (
+                        "The paper scores argmax predictions; a screening user needs a threshold with known sensitivity. "
+                        "Grad-CAM mass inside the lungs shows whether a model looks where a radiologist would."
+                    )
+                ],
+                extra,
+            )
+        )
     sections.append(Section("All runs", tables=[tables["runs"]]))
     curves = [(f"`{r['name']}`", fig) for r in runs if (fig := _run_figure(r, "history"))]
     if curves:
@@ -178,8 +256,12 @@ def _md(payload: dict, sections: list[Section], out: Path) -> str:
     lines = [f"> {w}" for w in _warnings(payload)]
     if lines:
         lines.append("")
-    lines += [f"# cxrtl reproduction of {PAPER_CITATION}", "",
-              "_A research tool's output, not a medical device's._", ""]
+    lines += [
+        f"# cxrtl reproduction of {PAPER_CITATION}",
+        "",
+        "_A research tool's output, not a medical device's._",
+        "",
+    ]
     for s in sections:
         lines += [f"## {s.title}", ""]
         for p in s.paragraphs:
@@ -187,8 +269,12 @@ def _md(payload: dict, sections: list[Section], out: Path) -> str:
         for t in s.tables:
             lines += [t.to_markdown(), ""]
         for caption, fig in s.figures:
-            lines += [f"![{caption}]({fig.relative_to(out) if fig.is_relative_to(out) else fig})", "",
-                      f"_{caption}_", ""]
+            lines += [
+                f"![{caption}]({fig.relative_to(out) if fig.is_relative_to(out) else fig})",
+                "",
+                f"_{caption}_",
+                "",
+            ]
         for summary, text in s.details:
             lines += [f"<details><summary>{summary}</summary>", "", "```json", text, "```", "</details>", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -205,7 +291,9 @@ def _inline(text: str) -> str:
 
 def _html_table(t: Table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in t.rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in t.rows
+    )
     notes = "".join(f"<p class='note'>{_inline(n)}</p>" for n in t.notes if n)
     return f"<h3>{html.escape(t.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}"
 
@@ -224,18 +312,27 @@ overflow:auto}code{background:#f3f3f3;padding:0 .2em}"""
 
 def _html(payload: dict, sections: list[Section]) -> str:
     parts = [f"<div class='warn'>{_inline(w)}</div>" for w in _warnings(payload)]
-    parts += [f"<h1>cxrtl reproduction of {html.escape(PAPER_CITATION)}</h1>",
-              "<p><em>A research tool's output, not a medical device's.</em></p>"]
+    parts += [
+        f"<h1>cxrtl reproduction of {html.escape(PAPER_CITATION)}</h1>",
+        "<p><em>A research tool's output, not a medical device's.</em></p>",
+    ]
     for s in sections:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         parts += [f"<p>{_inline(p)}</p>" for p in s.paragraphs]
         parts += [_html_table(t) for t in s.tables]
-        parts += [f"<figure><img alt='{html.escape(c)}' src='{_data_uri(f)}'><figcaption>{_inline(c)}"
-                  "</figcaption></figure>" for c, f in s.figures]
-        parts += [f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
-                  for summary, text in s.details]
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cxrtl reproduction</title>"
-            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
+        parts += [
+            f"<figure><img alt='{html.escape(c)}' src='{_data_uri(f)}'><figcaption>{_inline(c)}"
+            "</figcaption></figure>"
+            for c, f in s.figures
+        ]
+        parts += [
+            f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
+            for summary, text in s.details
+        ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cxrtl reproduction</title>"
+        f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n"
+    )
 
 
 def write_report(out: str | Path, payload: dict) -> dict[str, Path]:
@@ -243,5 +340,7 @@ def write_report(out: str | Path, payload: dict) -> dict[str, Path]:
     out = Path(out).resolve()
     sections = build_sections(payload)
     write_tables(payload["runs"], out / "tables")
-    return {"markdown": write_text(out / "report.md", _md(payload, sections, out)),
-            "html": write_text(out / "report.html", _html(payload, sections))}
+    return {
+        "markdown": write_text(out / "report.md", _md(payload, sections, out)),
+        "html": write_text(out / "report.html", _html(payload, sections)),
+    }

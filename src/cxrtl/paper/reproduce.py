@@ -25,6 +25,7 @@ import numpy as np
 
 from ..data.records import DatasetIndex, Record
 from ..errors import CxrtlError
+from ..fsutil import ensure_dir, read_json, write_json
 from .experiments import (
     COVID_BEST,
     Profile,
@@ -34,7 +35,6 @@ from .experiments import (
     parse_experiments,
     plan_runs,
 )
-from ..fsutil import ensure_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,14 @@ def _load(root: str, want_kind: str, flag: str) -> DatasetIndex:
 
     index = load_dataset(root)
     if index.kind != want_kind:
-        expect = {"covid": "the COVID-19 Radiography Database (COVID-19_Radiography_Dataset/)",
-                  "pneumonia": "the Kermany chest_xray/ set"}[want_kind]
-        raise CxrtlError(f"{flag} {root} holds a {index.layout} dataset, not {expect}; check which root "
-                         f"goes to --covid and which to --pneumonia")
+        expect = {
+            "covid": "the COVID-19 Radiography Database (COVID-19_Radiography_Dataset/)",
+            "pneumonia": "the Kermany chest_xray/ set",
+        }[want_kind]
+        raise CxrtlError(
+            f"{flag} {root} holds a {index.layout} dataset, not {expect}; check which root "
+            f"goes to --covid and which to --pneumonia"
+        )
     return index
 
 
@@ -99,18 +103,27 @@ def _imagenet_available(backbone: str, pretrained_file: str | None) -> str | Non
 
 def _identity(opts: ReproduceOptions, prof: Profile, covid: DatasetIndex, pneu: DatasetIndex | None) -> dict:
     """What makes two reproductions the same: a directory never mixes runs of different ones."""
+
     def fingerprint(index):
         if index is None:
             return None
         counts = {c: sum(r.label == c for r in index.records) for c in index.classes}
         return {"layout": index.layout, "classes": index.classes, "counts": counts}
 
-    return {"format": "cxrtl-reproduction", "profile": prof.name, "seed": opts.seed,
-            "split_protocol": opts.split_protocol, "exclude_overlap": opts.exclude_overlap,
-            "backbone": opts.backbone or prof.backbone, "epochs": opts.epochs or prof.epochs,
-            "image_size": opts.image_size or prof.image_size, "batch_size": opts.batch_size or prof.batch_size,
-            "max_per_class": opts.max_per_class if opts.max_per_class is not None else prof.max_per_class,
-            "covid": fingerprint(covid), "pneumonia": fingerprint(pneu)}
+    return {
+        "format": "cxrtl-reproduction",
+        "profile": prof.name,
+        "seed": opts.seed,
+        "split_protocol": opts.split_protocol,
+        "exclude_overlap": opts.exclude_overlap,
+        "backbone": opts.backbone or prof.backbone,
+        "epochs": opts.epochs or prof.epochs,
+        "image_size": opts.image_size or prof.image_size,
+        "batch_size": opts.batch_size or prof.batch_size,
+        "max_per_class": opts.max_per_class if opts.max_per_class is not None else prof.max_per_class,
+        "covid": fingerprint(covid),
+        "pneumonia": fingerprint(pneu),
+    }
 
 
 def _check_out(out: Path, identity: dict) -> None:
@@ -124,8 +137,10 @@ def _check_out(out: Path, identity: dict) -> None:
                 old_id[key] = identity[key]
         diff = [k for k in identity if old_id.get(k) != identity[k]]
         if diff:
-            raise CxrtlError(f"{out} holds a different reproduction ({', '.join(diff)} differ); "
-                             "choose another --out, or repeat that reproduction's options")
+            raise CxrtlError(
+                f"{out} holds a different reproduction ({', '.join(diff)} differ); "
+                "choose another --out, or repeat that reproduction's options"
+            )
     elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")):
         raise CxrtlError(f"{out} is not empty and holds no {MANIFEST}; choose an empty or new --out")
 
@@ -145,8 +160,11 @@ def _subsample(records: list[Record], max_per_class: int | None, seed: int) -> l
     keep = set()
     for key in sorted(groups, key=lambda k: (k[0], k[1] or "")):
         recs = sorted(groups[key], key=lambda r: r.path)
-        n = max(1, round(max_per_class * len(recs) / per_class[key[0]])) if per_class[key[0]] > max_per_class \
+        n = (
+            max(1, round(max_per_class * len(recs) / per_class[key[0]]))
+            if per_class[key[0]] > max_per_class
             else len(recs)
+        )
         keep.update(recs[i].path for i in rng.choice(len(recs), size=min(n, len(recs)), replace=False))
     return [r for r in records if r.path in keep]
 
@@ -154,13 +172,17 @@ def _subsample(records: list[Record], max_per_class: int | None, seed: int) -> l
 def _make_split(index: DatasetIndex, protocol: str, max_per_class: int | None, seed: int) -> dict:
     from ..data import make_split
 
-    sub = DatasetIndex(index.root, index.layout, index.classes, _subsample(index.records, max_per_class, seed))
-    return make_split(sub, seed=seed, group_by="patient" if protocol == "patient" else None,
-                      official=protocol == "official")
+    sub = DatasetIndex(
+        index.root, index.layout, index.classes, _subsample(index.records, max_per_class, seed)
+    )
+    return make_split(
+        sub, seed=seed, group_by="patient" if protocol == "patient" else None, official=protocol == "official"
+    )
 
 
-def _exclude_overlap(covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex, pneu_split: dict,
-                     cache_dir, progress: bool) -> list[str]:
+def _exclude_overlap(
+    covid: DatasetIndex, covid_split: dict, pneu: DatasetIndex, pneu_split: dict, cache_dir, progress: bool
+) -> list[str]:
     """Drop pneumonia test images whose content is in the COVID model's training or validation data."""
     from ..integrity.duplicates import overlap_with
 
@@ -188,7 +210,9 @@ def _write_splits(opts, covid, pneu, out: Path, max_per_class) -> dict:
         else:
             pneu_split = _make_split(pneu, opts.split_protocol, max_per_class, opts.seed)
             if opts.exclude_overlap:
-                dropped = _exclude_overlap(covid, covid_split, pneu, pneu_split, opts.cache_dir, opts.progress)
+                dropped = _exclude_overlap(
+                    covid, covid_split, pneu, pneu_split, opts.cache_dir, opts.progress
+                )
                 write_json(overlap_file, {"dropped": dropped})
             write_split_csv(paths["pneumonia"], pneu_split)
         if opts.exclude_overlap:
@@ -198,28 +222,61 @@ def _write_splits(opts, covid, pneu, out: Path, max_per_class) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def _train_config(run: RunPlan, opts: ReproduceOptions, prof: Profile, root: str, split_csv: Path,
-                  run_dir: Path, init: str, backbone: str | None):
+def _train_config(
+    run: RunPlan,
+    opts: ReproduceOptions,
+    prof: Profile,
+    root: str,
+    split_csv: Path,
+    run_dir: Path,
+    init: str,
+    backbone: str | None,
+):
     from ..config import TrainConfig
 
     epochs = opts.epochs or prof.epochs
     milestones = [m for m in prof.milestones if m < epochs]
     return TrainConfig(
-        data=root, out=str(run_dir), split=str(split_csv), backbone=backbone, init=init,
-        pretrained_file=opts.pretrained_file if init == "imagenet" else None, keep_hidden=run.keep_hidden,
-        scheme=run.scheme, loss=run.loss, channels=run.channels, input=run.input,
-        image_size=opts.image_size or prof.image_size, epochs=epochs,
-        batch_size=opts.batch_size or prof.batch_size, milestones=milestones, seed=opts.seed,
-        device=opts.device, workers=opts.workers, cache_dir=opts.cache_dir, progress=opts.progress)
+        data=root,
+        out=str(run_dir),
+        split=str(split_csv),
+        backbone=backbone,
+        init=init,
+        pretrained_file=opts.pretrained_file if init == "imagenet" else None,
+        keep_hidden=run.keep_hidden,
+        scheme=run.scheme,
+        loss=run.loss,
+        channels=run.channels,
+        input=run.input,
+        image_size=opts.image_size or prof.image_size,
+        epochs=epochs,
+        batch_size=opts.batch_size or prof.batch_size,
+        milestones=milestones,
+        seed=opts.seed,
+        device=opts.device,
+        workers=opts.workers,
+        cache_dir=opts.cache_dir,
+        progress=opts.progress,
+    )
 
 
 def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> dict:
     from ..evaluation.evaluate import evaluate
 
-    return evaluate(run_dir, root, split_csv=run_dir / "split.csv", subset="test", out=run_dir / "test",
-                    positive=POSITIVE[dataset], target_sensitivity=0.95, device=opts.device,
-                    cam_in_lungs=dataset == "covid", cache_dir=opts.cache_dir, progress=opts.progress,
-                    n_boot=prof.n_boot)
+    return evaluate(
+        run_dir,
+        root,
+        split_csv=run_dir / "split.csv",
+        subset="test",
+        out=run_dir / "test",
+        positive=POSITIVE[dataset],
+        target_sensitivity=0.95,
+        device=opts.device,
+        cam_in_lungs=dataset == "covid",
+        cache_dir=opts.cache_dir,
+        progress=opts.progress,
+        n_boot=prof.n_boot,
+    )
 
 
 def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
@@ -237,8 +294,9 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
         metrics = read_json(metrics_file, "metrics")
     else:
         backbone = None if init not in ("imagenet", "none") else (opts.backbone or prof.backbone)
-        cfg = _train_config(run, opts, prof, roots[run.dataset], split_paths[run.dataset], run_dir, init,
-                            backbone)
+        cfg = _train_config(
+            run, opts, prof, roots[run.dataset], split_paths[run.dataset], run_dir, init, backbone
+        )
         if status == "unfinished" and (run_dir / STATE_FILE).is_file():
             log.info("%s: resuming an interrupted run", run.name)
             summary = run_training(cfg, resume=True)
@@ -246,17 +304,33 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
             summary = read_json(run_dir / "summary.json", "run summary")
         else:
             cfg.overwrite = status == "unfinished"  # a run killed before its first epoch: start again
-            log.info("%s: training (%s)", run.name, ", ".join(f"{k}={v}" for k, v in run.to_config().items()
-                                                               if k not in ("name", "depends_on")))
+            log.info(
+                "%s: training (%s)",
+                run.name,
+                ", ".join(f"{k}={v}" for k, v in run.to_config().items() if k not in ("name", "depends_on")),
+            )
             summary = run_training(cfg)
         metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts, prof)
     history = _history_seconds(run_dir / "history.csv")
-    config = {**summary.get("config", {}), **{k: v for k, v in run.to_config().items() if k != "name"},
-              "init_source": init, "random_init": random_init}
-    return {"name": run.name, "experiment": list(run.experiments), "dataset": run.dataset,
-            "pretraining": run.pretraining, "protocol": opts.split_protocol if run.dataset == "pneumonia" else None,
-            "config": config, "best_epoch": summary.get("best_epoch"), "best_val_acc": summary.get("best_val_acc"),
-            "seconds": history, "run_dir": str(run_dir), "test": metrics}
+    config = {
+        **summary.get("config", {}),
+        **{k: v for k, v in run.to_config().items() if k != "name"},
+        "init_source": init,
+        "random_init": random_init,
+    }
+    return {
+        "name": run.name,
+        "experiment": list(run.experiments),
+        "dataset": run.dataset,
+        "pretraining": run.pretraining,
+        "protocol": opts.split_protocol if run.dataset == "pneumonia" else None,
+        "config": config,
+        "best_epoch": summary.get("best_epoch"),
+        "best_val_acc": summary.get("best_val_acc"),
+        "seconds": history,
+        "run_dir": str(run_dir),
+        "test": metrics,
+    }
 
 
 def _history_seconds(path: Path) -> float | None:
@@ -282,7 +356,9 @@ def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
     """The COVID and pneumonia indexes and why ImageNet weights are missing (or None); refuses bad input."""
     need_pneumonia = any(r.dataset == "pneumonia" for r in runs)
     if need_pneumonia and not opts.pneumonia:
-        raise CxrtlError("experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2")
+        raise CxrtlError(
+            "experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2"
+        )
     covid = _load(opts.covid, "covid", "--covid")
     pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia else None
     if any(r.input == "masked" for r in runs):
@@ -291,7 +367,9 @@ def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
         try:
             check_masks(covid)
         except CxrtlError as exc:
-            raise CxrtlError(f"experiment 1 compares masked inputs: {exc}; or run --experiments 2,3") from None
+            raise CxrtlError(
+                f"experiment 1 compares masked inputs: {exc}; or run --experiments 2,3"
+            ) from None
     backbone = opts.backbone or prof.backbone
     from ..model import check_backbone
 
@@ -300,13 +378,22 @@ def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
     if any(r.init in ("imagenet", COVID_BEST) for r in runs):
         no_weights = _imagenet_available(backbone, opts.pretrained_file)
         if no_weights and not opts.allow_random_init:
-            raise CxrtlError(f"{no_weights.rstrip('.')}; or pass --allow-random-init to run from random weights "
-                             "(the report will say so)")
+            raise CxrtlError(
+                f"{no_weights.rstrip('.')}; or pass --allow-random-init to run from random weights "
+                "(the report will say so)"
+            )
     return covid, pneu, no_weights
 
 
-def _run_all(runs: list[RunPlan], opts: ReproduceOptions, prof, roots: dict, split_paths: dict, out: Path,
-             no_weights: str | None) -> tuple[dict[str, dict], dict | None]:
+def _run_all(
+    runs: list[RunPlan],
+    opts: ReproduceOptions,
+    prof,
+    roots: dict,
+    split_paths: dict,
+    out: Path,
+    no_weights: str | None,
+) -> tuple[dict[str, dict], dict | None]:
     """Every run's result by name, in plan order, and the COVID run Exp. 3 started from (or None).
 
     Exp. 3's COVID init is the best Exp. 2 model by validation accuracy.
@@ -336,7 +423,9 @@ def reproduce(opts: ReproduceOptions) -> dict:
     experiments = parse_experiments(opts.experiments)
     prof = get_profile(opts.profile)
     if opts.split_protocol not in PROTOCOLS:
-        raise CxrtlError(f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise CxrtlError(
+            f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}"
+        )
     runs = plan_runs(experiments)
 
     # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
@@ -358,11 +447,18 @@ def reproduce(opts: ReproduceOptions) -> dict:
 
     # 4. Results and report.
     run_list = list(results.values())
-    payload = {"runs": run_list,
-               "reproduction": {**identity, "experiments": list(experiments), "seconds": time.time() - started,
-                                "covid_best": covid_best["name"] if covid_best else None,
-                                "synthetic": _is_synthetic(covid) or bool(pneu and _is_synthetic(pneu)),
-                                "imagenet_unavailable": no_weights, "splits": notes}}
+    payload = {
+        "runs": run_list,
+        "reproduction": {
+            **identity,
+            "experiments": list(experiments),
+            "seconds": time.time() - started,
+            "covid_best": covid_best["name"] if covid_best else None,
+            "synthetic": _is_synthetic(covid) or bool(pneu and _is_synthetic(pneu)),
+            "imagenet_unavailable": no_weights,
+            "splits": notes,
+        },
+    }
     write_json(out / "results.json", payload)
     paths = write_report(out, payload)
     payload["report"] = {k: str(v) for k, v in paths.items()}

@@ -30,8 +30,12 @@ from ..formatting import DASH, csv_num, fmt_num, fmt_pct, fmt_seconds
 from ..fsutil import write_csv, write_text
 from .published import published_rows
 
-LOSS_NAMES = {"ce": "Cross Entropy Loss", "wce-1cf": "WCE using 1-CF", "wce-icf": "WCE using inverse CF",
-              "focal": "Focal Loss"}
+LOSS_NAMES = {
+    "ce": "Cross Entropy Loss",
+    "wce-1cf": "WCE using 1-CF",
+    "wce-icf": "WCE using inverse CF",
+    "focal": "Focal Loss",
+}
 SCHEME_NAMES = {"finetune": "Fine-tune", "extractor": "Feature Extractor"}
 INPUT_NAMES = {"raw": "Raw Images", "masked": "Masked Images"}
 
@@ -55,11 +59,16 @@ class Table:
 
     def to_markdown(self) -> str:
         """The table as GitHub Markdown with its title and notes."""
+
         def esc(cell) -> str:
             return str(cell).replace("|", "\\|")
 
-        lines = [f"### {self.title}", "", "| " + " | ".join(map(esc, self.columns)) + " |",
-                 "|" + "|".join(" --- " for _ in self.columns) + "|"]
+        lines = [
+            f"### {self.title}",
+            "",
+            "| " + " | ".join(map(esc, self.columns)) + " |",
+            "|" + "|".join(" --- " for _ in self.columns) + "|",
+        ]
         lines += ["| " + " | ".join(map(esc, row)) + " |" for row in self.rows]
         if not self.rows:
             lines.append("| " + " | ".join([DASH] * len(self.columns)) + " |")
@@ -70,8 +79,10 @@ class Table:
         """Write ``<stem>.md`` and ``<stem>.csv`` into ``out_dir``."""
         out_dir = Path(out_dir)
         stem = stem or f"table_{self.key.lower()}"
-        return [write_text(out_dir / f"{stem}.md", self.to_markdown()),
-                write_csv(out_dir / f"{stem}.csv", self.csv_columns, self.csv_rows)]
+        return [
+            write_text(out_dir / f"{stem}.md", self.to_markdown()),
+            write_csv(out_dir / f"{stem}.csv", self.csv_columns, self.csv_rows),
+        ]
 
 
 # ------------------------------------------------------------------------------------------ run dicts
@@ -97,10 +108,19 @@ def run_row_keys(run: dict) -> dict:
     if not pretraining:
         pretraining = {"none": "None", "imagenet": "ImageNet"}.get(init.lower(), "ImageNet & COVID")
     scheme = str(cfg.get("scheme") or ("extractor" if cfg.get("freeze_backbone") else "finetune")).lower()
-    scheme = {"fine-tune": "finetune", "feature-extractor": "extractor", "feature_extractor": "extractor",
-              "frozen": "extractor"}.get(scheme, scheme)
-    return {"input": str(cfg.get("input", "raw")), "channels": int(cfg.get("channels", 3)),
-            "loss": str(cfg.get("loss", "wce-1cf")), "pretraining": str(pretraining), "scheme": scheme}
+    scheme = {
+        "fine-tune": "finetune",
+        "feature-extractor": "extractor",
+        "feature_extractor": "extractor",
+        "frozen": "extractor",
+    }.get(scheme, scheme)
+    return {
+        "input": str(cfg.get("input", "raw")),
+        "channels": int(cfg.get("channels", 3)),
+        "loss": str(cfg.get("loss", "wce-1cf")),
+        "pretraining": str(pretraining),
+        "scheme": scheme,
+    }
 
 
 def _fits(run: dict, dataset: str, experiment: int) -> bool:
@@ -127,15 +147,19 @@ def _resolution_note(runs: Sequence[dict]) -> str:
         ci, n = (r.get("test") or {}).get("accuracy_ci"), (r.get("test") or {}).get("n")
         if ci and n:
             widths.append((n, 50 * (ci[1] - ci[0])))
-    base = ("Brackets: 95% intervals (Wilson for accuracy, precision and recall; percentile bootstrap over "
-            "test images for F1 and averages). Ours: the checkpoint with the best validation accuracy.")
+    base = (
+        "Brackets: 95% intervals (Wilson for accuracy, precision and recall; percentile bootstrap over "
+        "test images for F1 and averages). Ours: the checkpoint with the best validation accuracy."
+    )
     if not widths:
         return base
     ns = sorted({n for n, _ in widths})
     lo, hi = min(w for _, w in widths), max(w for _, w in widths)
-    return (base + f" With {', '.join(map(str, ns))} test images the accuracy intervals are "
-            f"±{lo:.1f} to ±{hi:.1f} points wide: differences smaller than that between rows, or between "
-            "ours and the paper's, are not resolved by this test set.")
+    return (
+        base + f" With {', '.join(map(str, ns))} test images the accuracy intervals are "
+        f"±{lo:.1f} to ±{hi:.1f} points wide: differences smaller than that between rows, or between "
+        "ours and the paper's, are not resolved by this test set."
+    )
 
 
 def _ordered(runs: Iterable[dict], key_of, paper_keys: Sequence) -> list[tuple[object, dict | None]]:
@@ -167,25 +191,46 @@ def _csv_metric_columns(prefix: str, keys: Sequence[str]) -> list[str]:
 def _run_cells(run: dict | None, with_protocol: bool) -> tuple[list[str], list[str]]:
     name = run.get("name", "") if run else DASH
     md = [name] + ([run.get("protocol") or "" if run else ""] if with_protocol else [])
-    cs = [run.get("name", "") if run else ""] + ([run.get("protocol") or "" if run else ""]
-                                                  if with_protocol else [])
+    cs = [run.get("name", "") if run else ""] + (
+        [run.get("protocol") or "" if run else ""] if with_protocol else []
+    )
     return md, cs
 
 
 # ------------------------------------------------------------------------------------------ tables
-def _class_table(key: str, title: str, runs: Sequence[dict], positive: str, key_columns: tuple[str, str],
-                 csv_key_columns: tuple[str, str], row_key, key_labels) -> Table:
+def _class_table(
+    key: str,
+    title: str,
+    runs: Sequence[dict],
+    positive: str,
+    key_columns: tuple[str, str],
+    csv_key_columns: tuple[str, str],
+    row_key,
+    key_labels,
+) -> Table:
     """A paper table of one class's precision/recall/F1 per row key (Tables II and VI)."""
     proto = _protocol_columns(runs)
     paper = published_rows(key)
     keys = ("precision", "recall", "f1")
     name = positive.title() if key == "VI" else positive
-    t = Table(key, title,
-              [*key_columns, "Run"] + (["Protocol"] if proto else [])
-              + [f"Test {name} precision", f"Test {name} sensitivity (recall)", f"Test {name} F1",
-                 "Paper P", "Paper R", "Paper F1"],
-              csv_columns=[*csv_key_columns, "run"] + (["protocol"] if proto else [])
-              + _csv_metric_columns(f"{positive.lower()}_", keys) + [f"paper_{k}" for k in keys])
+    t = Table(
+        key,
+        title,
+        [*key_columns, "Run"]
+        + (["Protocol"] if proto else [])
+        + [
+            f"Test {name} precision",
+            f"Test {name} sensitivity (recall)",
+            f"Test {name} F1",
+            "Paper P",
+            "Paper R",
+            "Paper F1",
+        ],
+        csv_columns=[*csv_key_columns, "run"]
+        + (["protocol"] if proto else [])
+        + _csv_metric_columns(f"{positive.lower()}_", keys)
+        + [f"paper_{k}" for k in keys],
+    )
     for row, run in _ordered(runs, row_key, paper):
         entry = _class_metrics(run["test"], positive) if run else None
         md, cs = _metric_cells(entry, keys)
@@ -205,27 +250,53 @@ def _covid_key(run: dict) -> tuple[str, int]:
 
 def table_ii(runs: Sequence[dict], positive: str = "COVID") -> Table:
     """Table II: COVID-class precision/recall/F1 per input scheme (raw/masked x 1/3 channels)."""
-    return _class_table("II", f"Table II. Performance on the {positive} class by input and pre-processing",
-                        [r for r in runs if _fits(r, "covid", 1)], positive, ("Scheme", "Channels"),
-                        ("input", "channels"), _covid_key, lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])])
+    return _class_table(
+        "II",
+        f"Table II. Performance on the {positive} class by input and pre-processing",
+        [r for r in runs if _fits(r, "covid", 1)],
+        positive,
+        ("Scheme", "Channels"),
+        ("input", "channels"),
+        _covid_key,
+        lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])],
+    )
 
 
-def _weighted_table(key: str, title: str, runs: Sequence[dict], columns: list[str],
-                    key_columns: tuple[str, str], csv_key_columns: tuple[str, str], row_key, key_labels,
-                    with_epoch: bool) -> Table:
+def _weighted_table(
+    key: str,
+    title: str,
+    runs: Sequence[dict],
+    columns: list[str],
+    key_columns: tuple[str, str],
+    csv_key_columns: tuple[str, str],
+    row_key,
+    key_labels,
+    with_epoch: bool,
+) -> Table:
     """A paper table of test loss, accuracy and weighted P/R/F1 per row key (Tables III and V)."""
     proto = _protocol_columns(runs)
     paper = published_rows(key)
     keys = ("precision", "recall", "f1")
     epoch_cols = ["Epoch"] if with_epoch else []
-    t = Table(key, title,
-              [*key_columns, "Run"] + (["Protocol"] if proto else []) + columns + epoch_cols
-              + ["Paper loss", "Paper accuracy", "Paper P", "Paper R", "Paper F1"]
-              + (["Paper epoch"] if with_epoch else []),
-              csv_columns=[*csv_key_columns, "run"] + (["protocol"] if proto else [])
-              + ["loss"] + _csv_metric_columns("", ("accuracy",)) + _csv_metric_columns("weighted_", keys)
-              + (["best_epoch"] if with_epoch else []) + ["paper_loss", "paper_accuracy"]
-              + [f"paper_{k}" for k in keys] + (["paper_epoch"] if with_epoch else []))
+    t = Table(
+        key,
+        title,
+        [*key_columns, "Run"]
+        + (["Protocol"] if proto else [])
+        + columns
+        + epoch_cols
+        + ["Paper loss", "Paper accuracy", "Paper P", "Paper R", "Paper F1"]
+        + (["Paper epoch"] if with_epoch else []),
+        csv_columns=[*csv_key_columns, "run"]
+        + (["protocol"] if proto else [])
+        + ["loss"]
+        + _csv_metric_columns("", ("accuracy",))
+        + _csv_metric_columns("weighted_", keys)
+        + (["best_epoch"] if with_epoch else [])
+        + ["paper_loss", "paper_accuracy"]
+        + [f"paper_{k}" for k in keys]
+        + (["paper_epoch"] if with_epoch else []),
+    )
     for row, run in _ordered(runs, row_key, paper):
         m = run["test"] if run else None
         amd, acs = _metric_cells(m, ("accuracy",))
@@ -234,14 +305,26 @@ def _weighted_table(key: str, title: str, runs: Sequence[dict], columns: list[st
         ref = paper.get(row, {})
         loss = m.get("loss") if m else None
         epoch = run.get("best_epoch") if run else None
-        t.rows.append(key_labels(row) + rmd + [fmt_num(loss)] + amd + wmd
-                      + ([fmt_num(epoch)] if with_epoch else []) + [fmt_num(ref.get("loss"))]
-                      + [_fmt_paper(ref.get(k)) for k in ("accuracy",) + keys]
-                      + ([fmt_num(ref.get("epoch"))] if with_epoch else []))
-        t.csv_rows.append([row[0], row[1]] + rcs + [csv_num(loss)] + acs + wcs
-                          + ([csv_num(epoch)] if with_epoch else [])
-                          + [csv_num(ref.get(k)) for k in ("loss", "accuracy") + keys
-                             + (("epoch",) if with_epoch else ())])
+        t.rows.append(
+            key_labels(row)
+            + rmd
+            + [fmt_num(loss)]
+            + amd
+            + wmd
+            + ([fmt_num(epoch)] if with_epoch else [])
+            + [fmt_num(ref.get("loss"))]
+            + [_fmt_paper(ref.get(k)) for k in ("accuracy",) + keys]
+            + ([fmt_num(ref.get("epoch"))] if with_epoch else [])
+        )
+        t.csv_rows.append(
+            [row[0], row[1]]
+            + rcs
+            + [csv_num(loss)]
+            + acs
+            + wcs
+            + ([csv_num(epoch)] if with_epoch else [])
+            + [csv_num(ref.get(k)) for k in ("loss", "accuracy") + keys + (("epoch",) if with_epoch else ())]
+        )
     t.notes.append(_resolution_note(runs))
     t.n_runs = len(runs)
     return t
@@ -249,13 +332,21 @@ def _weighted_table(key: str, title: str, runs: Sequence[dict], columns: list[st
 
 def table_iii(runs: Sequence[dict]) -> Table:
     """Table III: weighted-average precision/recall/F1, test loss and accuracy per input scheme."""
-    t = _weighted_table("III", "Table III. Weighted-average performance by input and pre-processing",
-                        [r for r in runs if _fits(r, "covid", 1)],
-                        ["Test loss", "Test accuracy", "Test precision", "Test sensitivity (recall)",
-                         "Test F1"], ("Scheme", "Channels"), ("input", "channels"), _covid_key,
-                        lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])], with_epoch=False)
-    t.notes.append("Weighted recall equals accuracy when both are counted over the same images, as here; "
-                   "the paper's differ because it averaged accuracy over batches.")
+    t = _weighted_table(
+        "III",
+        "Table III. Weighted-average performance by input and pre-processing",
+        [r for r in runs if _fits(r, "covid", 1)],
+        ["Test loss", "Test accuracy", "Test precision", "Test sensitivity (recall)", "Test F1"],
+        ("Scheme", "Channels"),
+        ("input", "channels"),
+        _covid_key,
+        lambda k: [INPUT_NAMES.get(k[0], k[0]), str(k[1])],
+        with_epoch=False,
+    )
+    t.notes.append(
+        "Weighted recall equals accuracy when both are counted over the same images, as here; "
+        "the paper's differ because it averaged accuracy over batches."
+    )
     return t
 
 
@@ -267,13 +358,17 @@ def table_iv(runs: Sequence[dict]) -> Table:
     runs = [r for r in runs if _fits(r, "covid", 2) and _covid_key(r) == ("raw", 3)]
     proto = _protocol_columns(runs)
     paper = published_rows("IV")
-    t = Table("IV", "Table IV. Performance using different (weighted) losses",
-              ["Loss", "Run"] + (["Protocol"] if proto else [])
-              + ["Test accuracy", "Epochs needed", "Training time", "Paper best test accuracy",
-                 "Paper epochs"],
-              csv_columns=["loss", "run"] + (["protocol"] if proto else [])
-              + _csv_metric_columns("", ("accuracy",))
-              + ["best_epoch", "seconds", "paper_accuracy", "paper_epochs"])
+    t = Table(
+        "IV",
+        "Table IV. Performance using different (weighted) losses",
+        ["Loss", "Run"]
+        + (["Protocol"] if proto else [])
+        + ["Test accuracy", "Epochs needed", "Training time", "Paper best test accuracy", "Paper epochs"],
+        csv_columns=["loss", "run"]
+        + (["protocol"] if proto else [])
+        + _csv_metric_columns("", ("accuracy",))
+        + ["best_epoch", "seconds", "paper_accuracy", "paper_epochs"],
+    )
     for key, run in _ordered(runs, lambda r: run_row_keys(r)["loss"], paper):
         m = run["test"] if run else None
         amd, acs = _metric_cells(m, ("accuracy",))
@@ -281,14 +376,29 @@ def table_iv(runs: Sequence[dict]) -> Table:
         ref = paper.get(key, {})
         epoch = run.get("best_epoch") if run else None
         seconds = run.get("seconds") if run else None
-        t.rows.append([LOSS_NAMES.get(key, key)] + rmd + amd + [fmt_num(epoch), fmt_seconds(seconds),
-                      _fmt_paper(ref.get("accuracy")), fmt_num(ref.get("epochs"))])
-        t.csv_rows.append([key] + rcs + acs + [csv_num(epoch), csv_num(seconds),
-                          csv_num(ref.get("accuracy")), csv_num(ref.get("epochs"))])
+        t.rows.append(
+            [LOSS_NAMES.get(key, key)]
+            + rmd
+            + amd
+            + [
+                fmt_num(epoch),
+                fmt_seconds(seconds),
+                _fmt_paper(ref.get("accuracy")),
+                fmt_num(ref.get("epochs")),
+            ]
+        )
+        t.csv_rows.append(
+            [key]
+            + rcs
+            + acs
+            + [csv_num(epoch), csv_num(seconds), csv_num(ref.get("accuracy")), csv_num(ref.get("epochs"))]
+        )
     t.notes.append(_resolution_note(runs))
     t.n_runs = len(runs)
-    t.notes.append("Epochs needed: the epoch whose weights were kept (best validation accuracy). The paper "
-                   "compared configurations on the test set; ours are chosen on validation.")
+    t.notes.append(
+        "Epochs needed: the epoch whose weights were kept (best validation accuracy). The paper "
+        "compared configurations on the test set; ours are chosen on validation."
+    )
     return t
 
 
@@ -299,48 +409,127 @@ def _pneumonia_key(run: dict) -> tuple[str, str]:
 
 def table_v(runs: Sequence[dict]) -> Table:
     """Table V: pneumonia dataset, weighted averages with test loss, accuracy and epoch per scheme."""
-    return _weighted_table("V", "Table V. Weighted-average performance on the pneumonia dataset",
-                           [r for r in runs if _fits(r, "pneumonia", 3)],
-                           ["Test loss", "Test accuracy", "Test WA precision", "Test WA recall",
-                            "Test WA F1"],
-                           ("Pre-trained dataset", "Scheme"), ("pretraining", "scheme"), _pneumonia_key,
-                           lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])], with_epoch=True)
+    return _weighted_table(
+        "V",
+        "Table V. Weighted-average performance on the pneumonia dataset",
+        [r for r in runs if _fits(r, "pneumonia", 3)],
+        ["Test loss", "Test accuracy", "Test WA precision", "Test WA recall", "Test WA F1"],
+        ("Pre-trained dataset", "Scheme"),
+        ("pretraining", "scheme"),
+        _pneumonia_key,
+        lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])],
+        with_epoch=True,
+    )
 
 
 def table_vi(runs: Sequence[dict], positive: str = "PNEUMONIA") -> Table:
     """Table VI: PNEUMONIA-class precision/recall/F1 on the pneumonia dataset per scheme."""
-    return _class_table("VI", f"Table VI. Performance on the {positive} class of the pneumonia dataset",
-                        [r for r in runs if _fits(r, "pneumonia", 3)], positive,
-                        ("Pre-trained dataset", "Scheme"), ("pretraining", "scheme"), _pneumonia_key,
-                        lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])])
+    return _class_table(
+        "VI",
+        f"Table VI. Performance on the {positive} class of the pneumonia dataset",
+        [r for r in runs if _fits(r, "pneumonia", 3)],
+        positive,
+        ("Pre-trained dataset", "Scheme"),
+        ("pretraining", "scheme"),
+        _pneumonia_key,
+        lambda k: [k[0], SCHEME_NAMES.get(k[1], k[1])],
+    )
 
 
 def runs_table(runs: Sequence[dict]) -> Table:
     """Every run on one table: its configuration, headline test metrics with intervals, time."""
-    t = Table("runs", "All runs",
-              ["Run", "Dataset", "Protocol", "Input", "Ch", "Loss", "Pre-training", "Scheme", "n",
-               "Accuracy", "Weighted F1", "Macro F1", "Loss", "ECE", "Best epoch", "Training time"],
-              csv_columns=["run", "dataset", "protocol", "input", "channels", "loss_fn", "pretraining",
-                           "scheme", "n", "accuracy", "accuracy_lo", "accuracy_hi", "weighted_f1",
-                           "weighted_f1_lo", "weighted_f1_hi", "macro_f1", "test_loss", "ece", "best_epoch",
-                           "seconds"])
+    t = Table(
+        "runs",
+        "All runs",
+        [
+            "Run",
+            "Dataset",
+            "Protocol",
+            "Input",
+            "Ch",
+            "Loss",
+            "Pre-training",
+            "Scheme",
+            "n",
+            "Accuracy",
+            "Weighted F1",
+            "Macro F1",
+            "Loss",
+            "ECE",
+            "Best epoch",
+            "Training time",
+        ],
+        csv_columns=[
+            "run",
+            "dataset",
+            "protocol",
+            "input",
+            "channels",
+            "loss_fn",
+            "pretraining",
+            "scheme",
+            "n",
+            "accuracy",
+            "accuracy_lo",
+            "accuracy_hi",
+            "weighted_f1",
+            "weighted_f1_lo",
+            "weighted_f1_hi",
+            "macro_f1",
+            "test_loss",
+            "ece",
+            "best_epoch",
+            "seconds",
+        ],
+    )
     for r in runs:
         k, m = run_row_keys(r), r.get("test") or {}
         w = m.get("weighted") or {}
         acc_ci, f1_ci = m.get("accuracy_ci"), w.get("f1_ci")
-        t.rows.append([r.get("name", ""), r.get("dataset", ""), r.get("protocol") or "", k["input"],
-                       str(k["channels"]), k["loss"], k["pretraining"],
-                       SCHEME_NAMES.get(k["scheme"], k["scheme"]),
-                       fmt_num(m.get("n")), fmt_pct(m.get("accuracy"), acc_ci), fmt_pct(w.get("f1"), f1_ci),
-                       fmt_pct((m.get("macro") or {}).get("f1")), fmt_num(m.get("loss")),
-                       fmt_num(m.get("ece")), fmt_num(r.get("best_epoch")), fmt_seconds(r.get("seconds"))])
-        t.csv_rows.append([r.get("name", ""), r.get("dataset", ""), r.get("protocol") or "", k["input"],
-                           k["channels"], k["loss"], k["pretraining"], k["scheme"], csv_num(m.get("n")),
-                           csv_num(m.get("accuracy")), csv_num(acc_ci[0]) if acc_ci else "",
-                           csv_num(acc_ci[1]) if acc_ci else "", csv_num(w.get("f1")),
-                           csv_num(f1_ci[0]) if f1_ci else "", csv_num(f1_ci[1]) if f1_ci else "",
-                           csv_num((m.get("macro") or {}).get("f1")), csv_num(m.get("loss")),
-                           csv_num(m.get("ece")), csv_num(r.get("best_epoch")), csv_num(r.get("seconds"))])
+        t.rows.append(
+            [
+                r.get("name", ""),
+                r.get("dataset", ""),
+                r.get("protocol") or "",
+                k["input"],
+                str(k["channels"]),
+                k["loss"],
+                k["pretraining"],
+                SCHEME_NAMES.get(k["scheme"], k["scheme"]),
+                fmt_num(m.get("n")),
+                fmt_pct(m.get("accuracy"), acc_ci),
+                fmt_pct(w.get("f1"), f1_ci),
+                fmt_pct((m.get("macro") or {}).get("f1")),
+                fmt_num(m.get("loss")),
+                fmt_num(m.get("ece")),
+                fmt_num(r.get("best_epoch")),
+                fmt_seconds(r.get("seconds")),
+            ]
+        )
+        t.csv_rows.append(
+            [
+                r.get("name", ""),
+                r.get("dataset", ""),
+                r.get("protocol") or "",
+                k["input"],
+                k["channels"],
+                k["loss"],
+                k["pretraining"],
+                k["scheme"],
+                csv_num(m.get("n")),
+                csv_num(m.get("accuracy")),
+                csv_num(acc_ci[0]) if acc_ci else "",
+                csv_num(acc_ci[1]) if acc_ci else "",
+                csv_num(w.get("f1")),
+                csv_num(f1_ci[0]) if f1_ci else "",
+                csv_num(f1_ci[1]) if f1_ci else "",
+                csv_num((m.get("macro") or {}).get("f1")),
+                csv_num(m.get("loss")),
+                csv_num(m.get("ece")),
+                csv_num(r.get("best_epoch")),
+                csv_num(r.get("seconds")),
+            ]
+        )
     t.notes.append(_resolution_note(runs))
     t.n_runs = len(runs)
     return t
@@ -364,11 +553,12 @@ def write_tables(runs: Sequence[dict], out_dir: str | Path) -> dict[str, list[Pa
     """Write each table as ``table_<key>.md`` / ``.csv`` and all of them in ``tables.md``."""
     for r in runs:
         if not isinstance(r, dict) or not isinstance(r.get("test"), dict):
-            raise CxrtlError(f"run {r.get('name', '?') if isinstance(r, dict) else r!r} has no test metrics; "
-                             "evaluate it before building tables")
+            raise CxrtlError(
+                f"run {r.get('name', '?') if isinstance(r, dict) else r!r} has no test metrics; "
+                "evaluate it before building tables"
+            )
     tables = paper_tables(runs)
     out = {key: table.write(out_dir) for key, table in tables.items()}
     text = "\n".join(t.to_markdown() for t in tables.values())
     out["all"] = [write_text(Path(out_dir) / "tables.md", "# Results beside the paper's\n\n" + text)]
     return out
-

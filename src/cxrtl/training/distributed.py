@@ -38,8 +38,11 @@ class DistInfo:
 def env_info() -> DistInfo:
     """Read torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK)."""
     try:
-        return DistInfo(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                        int(os.environ.get("LOCAL_RANK", "0")))
+        return DistInfo(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
     except ValueError:
         raise CxrtlError("RANK/WORLD_SIZE/LOCAL_RANK are not integers; launch with torchrun") from None
 
@@ -122,8 +125,9 @@ class ShardSampler(Sampler[int]):
 
 def train_sampler(dataset, info: DistInfo, seed: int) -> DistributedSampler:
     """This rank's part of a seeded shuffle, reshuffled by ``set_epoch`` (also the sampler of one process)."""
-    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed,
-                              drop_last=False)
+    return DistributedSampler(
+        dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=False
+    )
 
 
 def eval_sampler(dataset, info: DistInfo) -> ShardSampler:
@@ -131,8 +135,9 @@ def eval_sampler(dataset, info: DistInfo) -> ShardSampler:
     return ShardSampler(len(dataset), info.rank, info.world_size)
 
 
-def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device,
-               compile: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
+def wrap_model(
+    model: torch.nn.Module, info: DistInfo, device: torch.device, compile: bool = False
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """-> (module to train, module to evaluate): DDP-wrapped with several processes, compiled if asked."""
     net: torch.nn.Module = model
     if info.enabled:

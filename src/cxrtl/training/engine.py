@@ -44,9 +44,17 @@ def _batches(loader, desc: str | None, show: bool):
     return bar, bar
 
 
-def train_one_epoch(model: torch.nn.Module, loader, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    pp: Preprocess, device: torch.device, numerics: Numerics = Numerics(),
-                    desc: str | None = None, progress: bool = False) -> tuple[float, float, int]:
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader,
+    loss_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pp: Preprocess,
+    device: torch.device,
+    numerics: Numerics = Numerics(),
+    desc: str | None = None,
+    progress: bool = False,
+) -> tuple[float, float, int]:
     """One training pass -> (mean training loss per image, accuracy, images seen), summed over processes."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -69,7 +77,9 @@ def train_one_epoch(model: torch.nn.Module, loader, loss_fn: torch.nn.Module, op
         seen += len(y)
         if bar is not None and (step % 10 == 0 or step == len(loader)):
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}")
-    total_loss, total_correct, total_seen = ddp.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
+    total_loss, total_correct, total_seen = ddp.all_reduce_sum(
+        [loss_sum.item(), correct.item(), seen], device
+    )
     if total_seen == 0:
         return float("nan"), float("nan"), 0
     return total_loss / total_seen, total_correct / total_seen, int(total_seen)
@@ -89,8 +99,9 @@ def _logits_pass(model, loader, pp: Preprocess, device: torch.device, numerics: 
         yield logits.float(), labels.to(device, non_blocking=True)
 
 
-def evaluate_loader(model: torch.nn.Module, loader, pp: Preprocess, device: torch.device,
-                    numerics: Numerics = Numerics()) -> tuple[float, float, int]:
+def evaluate_loader(
+    model: torch.nn.Module, loader, pp: Preprocess, device: torch.device, numerics: Numerics = Numerics()
+) -> tuple[float, float, int]:
     """-> (plain unweighted CE per image, accuracy, images), summed over processes: val/test never weight."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -99,19 +110,30 @@ def evaluate_loader(model: torch.nn.Module, loader, pp: Preprocess, device: torc
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    total_loss, total_correct, total_seen = ddp.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
+    total_loss, total_correct, total_seen = ddp.all_reduce_sum(
+        [loss_sum.item(), correct.item(), seen], device
+    )
     if total_seen == 0:
         return float("nan"), float("nan"), 0
     return total_loss / total_seen, total_correct / total_seen, int(total_seen)
 
 
-def predict_logits(model: torch.nn.Module, dataset_or_loader, pp: Preprocess, device: str | torch.device = "cpu",
-                   batch_size: int = 64, numerics: Numerics | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(
+    model: torch.nn.Module,
+    dataset_or_loader,
+    pp: Preprocess,
+    device: str | torch.device = "cpu",
+    batch_size: int = 64,
+    numerics: Numerics | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits (np.float32 [N, k]) and labels (np.int64 [N], -1 when the data has none), in data order."""
     device = resolve_device(device) if isinstance(device, str) else device
     numerics = numerics or resolve_numerics(device, "auto", None)
-    loader = dataset_or_loader if isinstance(dataset_or_loader, DataLoader) else \
-        DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = (
+        dataset_or_loader
+        if isinstance(dataset_or_loader, DataLoader)
+        else DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False, num_workers=0)
+    )
     model = model.to(device)
     if numerics.memory_format == torch.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -126,8 +148,16 @@ def predict_logits(model: torch.nn.Module, dataset_or_loader, pp: Preprocess, de
 
 
 # ----------------------------------------------------------------------------- loaders
-def make_loader(dataset, batch_size: int, *, train: bool, seed: int, info: ddp.DistInfo, workers: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int,
+    info: ddp.DistInfo,
+    workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """Training: seeded shuffle per epoch (DistributedSampler, also in one process); eval: in-order shards."""
     if train:
         sampler = ddp.train_sampler(dataset, info, seed)
@@ -136,8 +166,15 @@ def make_loader(dataset, batch_size: int, *, train: bool, seed: int, info: ddp.D
     else:
         sampler = ddp.eval_sampler(dataset, info)
         drop_last = False
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      pin_memory=pin_memory, persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
 
 
 # ----------------------------------------------------------------------------- the epoch loop
@@ -158,10 +195,20 @@ class _Parts:
     numerics: Numerics
 
 
-def fit(model: CxrModel, datasets: dict, cfg: TrainConfig, run_dir: Path | None, meta: dict | None = None,
-        resume: tuple[dict, dict] | None = None, info: ddp.DistInfo | None = None,
-        device: torch.device | None = None, *, loss_fn: torch.nn.Module | None = None,
-        optimizer: torch.optim.Optimizer | None = None, scheduler=None) -> dict:
+def fit(
+    model: CxrModel,
+    datasets: dict,
+    cfg: TrainConfig,
+    run_dir: Path | None,
+    meta: dict | None = None,
+    resume: tuple[dict, dict] | None = None,
+    info: ddp.DistInfo | None = None,
+    device: torch.device | None = None,
+    *,
+    loss_fn: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+) -> dict:
     """Train ``model`` on datasets["train"], keep the best epoch by datasets["val"] accuracy -> summary dict.
 
     ``loss_fn``, ``optimizer`` and ``scheduler`` default to the paper's, built from ``cfg``
@@ -183,31 +230,62 @@ def fit(model: CxrModel, datasets: dict, cfg: TrainConfig, run_dir: Path | None,
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             row, seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
             improved = _record(state, row, seconds)
-            log.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs%s",
-                     epoch, cfg.epochs, row["train_loss"], row["train_acc"], row["val_loss"], row["val_acc"],
-                     row["lr"], seconds, " (best)" if improved else "")
+            log.info(
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs%s",
+                epoch,
+                cfg.epochs,
+                row["train_loss"],
+                row["train_acc"],
+                row["val_loss"],
+                row["val_acc"],
+                row["lr"],
+                seconds,
+                " (best)" if improved else "",
+            )
             if writes:
                 write_epoch_files(run_dir, model, state.history, improved, meta)
                 # The state file is the commit point: written last, it makes the epoch resumable.
-                resume_state.write_state(run_dir / STATE_FILE, model, parts.optimizer, parts.scheduler,
-                                         state.to_info(cfg, model.classes))
+                resume_state.write_state(
+                    run_dir / STATE_FILE,
+                    model,
+                    parts.optimizer,
+                    parts.scheduler,
+                    state.to_info(cfg, model.classes),
+                )
             if tb is not None:
                 _log_tensorboard(tb, row)
     finally:
         if tb is not None:
             tb.close()
-    return {"best_epoch": state.best_epoch, "best_val_acc": state.best_val_acc,
-            "best_val_loss": state.best_val_loss, "epochs_completed": state.epoch, "epochs": cfg.epochs,
-            "seconds": round(state.seconds, 3), "history": state.history}
+    return {
+        "best_epoch": state.best_epoch,
+        "best_val_acc": state.best_val_acc,
+        "best_val_loss": state.best_val_loss,
+        "epochs_completed": state.epoch,
+        "epochs": cfg.epochs,
+        "seconds": round(state.seconds, 3),
+        "history": state.history,
+    }
 
 
-def _set_up(model: CxrModel, datasets: dict, cfg: TrainConfig, info: ddp.DistInfo, device: torch.device,
-            resume, loss_fn, optimizer, scheduler) -> tuple[_Parts, FitState]:
+def _set_up(
+    model: CxrModel,
+    datasets: dict,
+    cfg: TrainConfig,
+    info: ddp.DistInfo,
+    device: torch.device,
+    resume,
+    loss_fn,
+    optimizer,
+    scheduler,
+) -> tuple[_Parts, FitState]:
     """Check the splits, place the model, build what is not given, restore a resume -> (parts, state)."""
     train_ds, val_ds = datasets["train"], datasets["val"]
     if len(train_ds) == 0 or len(val_ds) == 0:
-        raise CxrtlError(f"the split has {len(train_ds)} training and {len(val_ds)} validation images; "
-                         "both must be non-empty (use more data or other --ratios)")
+        raise CxrtlError(
+            f"the split has {len(train_ds)} training and {len(val_ds)} validation images; "
+            "both must be non-empty (use more data or other --ratios)"
+        )
     numerics = resolve_numerics(device, cfg.precision, cfg.channels_last)
     if loss_fn is None:
         loss_fn = training_loss(cfg, train_ds, list(model.classes))
@@ -227,12 +305,25 @@ def _set_up(model: CxrModel, datasets: dict, cfg: TrainConfig, info: ddp.DistInf
         state = resume_state.restore_state(resume, model, optimizer, scheduler)
     net, eval_net = ddp.wrap_model(model, info, device, cfg.compile)
     pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, cfg.batch_size, train=True, seed=cfg.seed, info=info,
-                               workers=cfg.workers, pin_memory=pin)
-    val_loader = make_loader(val_ds, cfg.batch_size, train=False, seed=cfg.seed, info=info,
-                             workers=cfg.workers, pin_memory=pin)
-    parts = _Parts(model, net, eval_net, train_loader, val_loader, loss_fn, optimizer, scheduler,
-                   Preprocess(cfg.input, cfg.channels, cfg.image_size), device, numerics)
+    train_loader = make_loader(
+        train_ds, cfg.batch_size, train=True, seed=cfg.seed, info=info, workers=cfg.workers, pin_memory=pin
+    )
+    val_loader = make_loader(
+        val_ds, cfg.batch_size, train=False, seed=cfg.seed, info=info, workers=cfg.workers, pin_memory=pin
+    )
+    parts = _Parts(
+        model,
+        net,
+        eval_net,
+        train_loader,
+        val_loader,
+        loss_fn,
+        optimizer,
+        scheduler,
+        Preprocess(cfg.input, cfg.channels, cfg.image_size),
+        device,
+        numerics,
+    )
     return parts, state
 
 
@@ -242,16 +333,32 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
     p.train_loader.sampler.set_epoch(epoch)
     lr_now = p.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
-    tr_loss, tr_acc, _ = train_one_epoch(p.net, p.train_loader, p.loss_fn, p.optimizer, p.pp, p.device,
-                                         p.numerics, desc=f"epoch {epoch}/{cfg.epochs}", progress=show)
+    tr_loss, tr_acc, _ = train_one_epoch(
+        p.net,
+        p.train_loader,
+        p.loss_fn,
+        p.optimizer,
+        p.pp,
+        p.device,
+        p.numerics,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        progress=show,
+    )
     ddp.broadcast_buffers(p.model)
     va_loss, va_acc, _ = evaluate_loader(p.eval_net, p.val_loader, p.pp, p.device, p.numerics)
     p.scheduler.step()
     seconds = time.perf_counter() - t0
     if not math.isfinite(tr_loss):
         raise CxrtlError(f"training loss became {tr_loss} at epoch {epoch}; lower --lr")
-    row = {"epoch": epoch, "train_loss": tr_loss, "train_acc": tr_acc, "val_loss": va_loss,
-           "val_acc": va_acc, "lr": lr_now, "seconds": round(seconds, 3)}
+    row = {
+        "epoch": epoch,
+        "train_loss": tr_loss,
+        "train_acc": tr_acc,
+        "val_loss": va_loss,
+        "val_acc": va_acc,
+        "lr": lr_now,
+        "seconds": round(seconds, 3),
+    }
     return row, seconds
 
 
@@ -261,8 +368,11 @@ def _record(state: FitState, row: dict, seconds: float) -> bool:
     state.epoch, state.seconds = row["epoch"], state.seconds + seconds
     improved = row["val_acc"] > state.best_val_acc  # strict: a tie keeps the earlier epoch
     if improved:
-        state.best_epoch, state.best_val_acc, state.best_val_loss = \
-            row["epoch"], row["val_acc"], row["val_loss"]
+        state.best_epoch, state.best_val_acc, state.best_val_loss = (
+            row["epoch"],
+            row["val_acc"],
+            row["val_loss"],
+        )
     return improved
 
 

@@ -27,15 +27,18 @@ def class_counts(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.nda
     return np.bincount(labels, minlength=num_classes).astype(np.int64)
 
 
-def class_weights(counts: Sequence[int] | np.ndarray, kind: str = "1cf",
-                  classes: Sequence[str] | None = None) -> torch.Tensor:
+def class_weights(
+    counts: Sequence[int] | np.ndarray, kind: str = "1cf", classes: Sequence[str] | None = None
+) -> torch.Tensor:
     """Per-class weights: ``1cf`` w_i = 1 - N_i/M, ``icf`` w_i = M/N_i (M = all training images)."""
     counts = np.asarray(counts, dtype=np.float64)
     names = list(classes) if classes is not None else [str(i) for i in range(len(counts))]
     empty = [names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise CxrtlError(f"class {empty[0]!r} has no training images, so class weights are undefined; "
-                         "use more data or a different split")
+        raise CxrtlError(
+            f"class {empty[0]!r} has no training images, so class weights are undefined; "
+            "use more data or a different split"
+        )
     m = counts.sum()
     if kind == "1cf":
         w = 1.0 - counts / m
@@ -74,8 +77,13 @@ class FocalLoss(nn.Module):
         return loss.mean()
 
 
-def create_loss(name: str, train_labels: Sequence[int] | np.ndarray, classes: Sequence[str],
-                focal_gamma: float = 2.0, focal_alpha: str = "none") -> nn.Module:
+def create_loss(
+    name: str,
+    train_labels: Sequence[int] | np.ndarray,
+    classes: Sequence[str],
+    focal_gamma: float = 2.0,
+    focal_alpha: str = "none",
+) -> nn.Module:
     """The training loss by name (ce | wce-1cf | wce-icf | focal), weights from the training labels."""
     k = len(classes)
     if name == "ce":

@@ -40,16 +40,29 @@ class FitState:
 
     def to_info(self, cfg: TrainConfig, classes: list[str]) -> dict:
         """The JSON part of the state file (keys in the order runs have always been written)."""
-        return {"epoch": self.epoch, "history": self.history, "best_epoch": self.best_epoch,
-                "best_val_acc": self.best_val_acc, "best_val_loss": self.best_val_loss,
-                "seconds": self.seconds, "config": cfg.to_dict(), "classes": list(classes)}
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_val_loss": self.best_val_loss,
+            "seconds": self.seconds,
+            "config": cfg.to_dict(),
+            "classes": list(classes),
+        }
 
     @classmethod
     def from_info(cls, saved: dict) -> FitState:
         # JSON has no NaN: a run whose best val loss was NaN saved null.
         best_loss = saved["best_val_loss"] if saved["best_val_loss"] is not None else float("nan")
-        return cls(saved["epoch"], saved["history"], saved["best_epoch"], saved["best_val_acc"], best_loss,
-                   saved["seconds"])
+        return cls(
+            saved["epoch"],
+            saved["history"],
+            saved["best_epoch"],
+            saved["best_val_acc"],
+            best_loss,
+            saved["seconds"],
+        )
 
 
 # ----------------------------------------------------------------------------- optimizer, scheduler, RNG
@@ -104,15 +117,22 @@ def _restore_rng(tensors: dict, info: dict) -> None:
 # ----------------------------------------------------------------------------- the state file
 def write_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     """The resume point (model, optimizer, scheduler, RNG, history, best) in one atomic safetensors file."""
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone()
-               for k, v in unwrap(model).state_dict().items()}
+    tensors = {
+        f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in unwrap(model).state_dict().items()
+    }
     opt_tensors, opt_info = _optimizer_to_safe(optimizer)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     np_state = np.random.get_state()
-    payload = {**info, "optimizer": opt_info, "scheduler": _scheduler_to_json(scheduler),
-               "rng": {"python": json_safe(random.getstate()),
-                       "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}}
+    payload = {
+        **info,
+        "optimizer": opt_info,
+        "scheduler": _scheduler_to_json(scheduler),
+        "rng": {
+            "python": json_safe(random.getstate()),
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        },
+    }
     write_safetensors(path, tensors, {"format": STATE_FORMAT, "state": json.dumps(json_safe(payload))})
 
 
@@ -130,7 +150,9 @@ def read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         return load_file(str(path)), json.loads(meta["state"])
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise CxrtlError(f"training state {path} is damaged ({exc}); start the run again with --overwrite") from None
+        raise CxrtlError(
+            f"training state {path} is damaged ({exc}); start the run again with --overwrite"
+        ) from None
 
 
 def restore_state(payload: tuple[dict, dict], model, optimizer, scheduler) -> FitState:
@@ -150,19 +172,26 @@ def load_resume(run_dir: Path, overrides: TrainConfig):
 
     status = run_status(run_dir)
     if status == "finished":
-        raise CxrtlError(f"{run_dir} holds a finished run; nothing to resume (train a new run with another --out)")
+        raise CxrtlError(
+            f"{run_dir} holds a finished run; nothing to resume (train a new run with another --out)"
+        )
     has_state = (run_dir / STATE_FILE).is_file()
     can_restart = (run_dir / "config.yaml").is_file() and (run_dir / "split.csv").is_file()
     if status != "unfinished" or not (has_state or can_restart):
-        raise CxrtlError(f"{run_dir} is not an unfinished cxrtl run (no {STATE_FILE} or config.yaml); --resume "
-                         "takes the --out of an interrupted cxrtl train")
+        raise CxrtlError(
+            f"{run_dir} is not an unfinished cxrtl run (no {STATE_FILE} or config.yaml); --resume "
+            "takes the --out of an interrupted cxrtl train"
+        )
     check_writable(run_dir)
     if has_state:
         tensors, saved = read_state(run_dir / STATE_FILE)
         cfg, payload = config_from_dict(saved["config"]), (tensors, saved)
     else:
-        log.warning("%s stopped before its first epoch completed; starting it again from its config.yaml and "
-                    "split.csv", run_dir)
+        log.warning(
+            "%s stopped before its first epoch completed; starting it again from its config.yaml and "
+            "split.csv",
+            run_dir,
+        )
         cfg, payload = load_config(run_dir / "config.yaml"), RESTART
     for key in RESUME_OPTIONS:
         # The data root may move, but a resume that names none keeps the saved one.

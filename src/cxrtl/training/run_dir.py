@@ -15,8 +15,19 @@ from .resume import STATE_FILE
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Files a run writes; --overwrite removes exactly these (never anything else in the directory).
-RUN_FILES = ("config.yaml", "split.csv", "history.csv", "summary.json", STATE_FILE, "best.safetensors",
-             "best.json", "best.calibration.json", "last.safetensors", "last.json", "last.calibration.json")
+RUN_FILES = (
+    "config.yaml",
+    "split.csv",
+    "history.csv",
+    "summary.json",
+    STATE_FILE,
+    "best.safetensors",
+    "best.json",
+    "best.calibration.json",
+    "last.safetensors",
+    "last.json",
+    "last.calibration.json",
+)
 
 
 def run_status(run_dir: Path) -> str:
@@ -47,21 +58,30 @@ def check_writable(path: Path) -> None:
             break
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise CxrtlError(f"output directory {path} cannot be written ({probe} is not a writable directory); "
-                         "choose a writable location with --out")
+        raise CxrtlError(
+            f"output directory {path} cannot be written ({probe} is not a writable directory); "
+            "choose a writable location with --out"
+        )
 
 
 def check_out_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to train into a directory holding a run (unless --overwrite) or unrelated files."""
     status = run_status(run_dir)
     if status in ("finished", "unfinished") and not overwrite:
-        hint = "pass --overwrite to replace it" if status == "finished" else \
-            f"continue it with `cxrtl train --resume {run_dir}` or pass --overwrite to replace it"
-        raise CxrtlError(f"{run_dir} already holds {'an unfinished' if status == 'unfinished' else 'a finished'} "
-                         f"run; {hint}")
+        hint = (
+            "pass --overwrite to replace it"
+            if status == "finished"
+            else f"continue it with `cxrtl train --resume {run_dir}` or pass --overwrite to replace it"
+        )
+        raise CxrtlError(
+            f"{run_dir} already holds {'an unfinished' if status == 'unfinished' else 'a finished'} "
+            f"run; {hint}"
+        )
     if status == "foreign":
-        raise CxrtlError(f"output directory {run_dir} exists and is not an empty directory or a cxrtl run; "
-                         "choose a new or empty directory for --out")
+        raise CxrtlError(
+            f"output directory {run_dir} exists and is not an empty directory or a cxrtl run; "
+            "choose a new or empty directory for --out"
+        )
     check_writable(run_dir)
 
 
@@ -88,8 +108,11 @@ def write_epoch_files(run_dir: Path, model, history: list[dict], improved: bool,
     """history.csv, then the last (and, when ``improved``, the best) checkpoint of the epoch just done."""
     row = history[-1]
     write_csv(run_dir / "history.csv", HISTORY_COLUMNS, [[h[c] for c in HISTORY_COLUMNS] for h in history])
-    ck_meta = {**meta, "epoch": row["epoch"],
-               "metrics": {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")}}
+    ck_meta = {
+        **meta,
+        "epoch": row["epoch"],
+        "metrics": {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc")},
+    }
     save_checkpoint(run_dir / "last", model, ck_meta)
     if improved:
         save_checkpoint(run_dir / "best", model, ck_meta)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import create_model
 from ..config import DEFAULT_BACKBONE, TrainConfig
 from ..data.preprocess import Preprocess
 from ..device import resolve_device, seed_everything
 from ..errors import CxrtlError
-from ..checkpoint import create_model
 from ..model import CxrModel, set_scheme
 from . import distributed as ddp
 from . import resume as resume_state
@@ -54,16 +54,25 @@ def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_c
     from ..data import prepare_data
 
     pp = Preprocess(cfg.input, cfg.channels, cfg.image_size)
-    kwargs = {"split_csv": split_csv, "seed": cfg.seed, "ratios": cfg.ratios, "group_by": cfg.group_by,
-              "official": cfg.official, "cache_dir": cfg.cache_dir, "progress": cfg.progress and info.is_main}
+    kwargs = {
+        "split_csv": split_csv,
+        "seed": cfg.seed,
+        "ratios": cfg.ratios,
+        "group_by": cfg.group_by,
+        "official": cfg.official,
+        "cache_dir": cfg.cache_dir,
+        "progress": cfg.progress and info.is_main,
+    }
     prepared = ddp.main_first(lambda: prepare_data(cfg.data, pp, **kwargs), info, device, "prepare the data")
     return pp, prepared
 
 
 def _check_classes(model_classes: list[str], data_classes: list[str], what: str) -> None:
     if list(model_classes) != list(data_classes):
-        raise CxrtlError(f"{what} has classes {list(model_classes)} but the data has {list(data_classes)}; "
-                         "use matching data, or start a new run (--init PATH for a transfer)")
+        raise CxrtlError(
+            f"{what} has classes {list(model_classes)} but the data has {list(data_classes)}; "
+            "use matching data, or start a new run (--init PATH for a transfer)"
+        )
 
 
 def _build_model(cfg: TrainConfig, classes: list[str], resume_payload, run_dir: Path) -> CxrModel:
@@ -75,8 +84,14 @@ def _build_model(cfg: TrainConfig, classes: list[str], resume_payload, run_dir: 
         _check_classes(resume_payload[1]["classes"], classes, f"the run in {run_dir}")
         model = create_model(backbone or DEFAULT_BACKBONE, classes, cfg.channels, init="none")
     else:
-        model = create_model(backbone, classes, cfg.channels, init=cfg.init, keep_hidden=cfg.keep_hidden,
-                             pretrained_file=cfg.pretrained_file)
+        model = create_model(
+            backbone,
+            classes,
+            cfg.channels,
+            init=cfg.init,
+            keep_hidden=cfg.keep_hidden,
+            pretrained_file=cfg.pretrained_file,
+        )
     set_scheme(model, cfg.scheme)
     return model
 
@@ -101,22 +116,44 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart)
     ddp.barrier()
     n = {name: len(ds) for name, ds in prepared.datasets.items()}
-    log.info("%s: %s, classes %s, split %s, %s on %s x%d, lr %.3g", run_dir, model.backbone_name, classes, n,
-             cfg.scheme, device, info.world_size, cfg.lr)
-    meta = {"preprocess": pp.to_dict(), "image_size": cfg.image_size, "init": cfg.init, "scheme": cfg.scheme,
-            "config": cfg.to_dict()}
+    log.info(
+        "%s: %s, classes %s, split %s, %s on %s x%d, lr %.3g",
+        run_dir,
+        model.backbone_name,
+        classes,
+        n,
+        cfg.scheme,
+        device,
+        info.world_size,
+        cfg.lr,
+    )
+    meta = {
+        "preprocess": pp.to_dict(),
+        "image_size": cfg.image_size,
+        "init": cfg.init,
+        "scheme": cfg.scheme,
+        "config": cfg.to_dict(),
+    }
     try:
-        result = fit(model, prepared.datasets, cfg, run_dir, meta=meta, resume=resume_payload, info=info,
-                     device=device)
+        result = fit(
+            model, prepared.datasets, cfg, run_dir, meta=meta, resume=resume_payload, info=info, device=device
+        )
     except KeyboardInterrupt:
         if info.is_main:
             log.warning("interrupted; continue with `cxrtl train --resume %s`", run_dir)
         raise
-    summary = {"run_dir": str(run_dir.resolve()), "finished": True, **{k: v for k, v in result.items()
-                                                                         if k != "history"},
-               "best_checkpoint": str((run_dir / "best.safetensors").resolve()), "classes": classes,
-               "backbone": model.backbone_name, "split_sizes": n, "world_size": info.world_size,
-               "device": str(device), "config": cfg.to_dict()}
+    summary = {
+        "run_dir": str(run_dir.resolve()),
+        "finished": True,
+        **{k: v for k, v in result.items() if k != "history"},
+        "best_checkpoint": str((run_dir / "best.safetensors").resolve()),
+        "classes": classes,
+        "backbone": model.backbone_name,
+        "split_sizes": n,
+        "world_size": info.world_size,
+        "device": str(device),
+        "config": cfg.to_dict(),
+    }
     if info.is_main:
         write_summary(run_dir, summary)
     ddp.barrier()
