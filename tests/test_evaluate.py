@@ -32,7 +32,8 @@ def make_folder_dataset(root, classes, per_class=12, seed=0):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, covid_root):
-    """A tiny run dir (resnet18 at 64 px, the smallest with a 2x2 map for Grad-CAM, random init) on the synthetic COVID set, evaluated once via the CLI."""
+    """A tiny run dir (resnet18 at 64 px, the smallest with a 2x2 map for Grad-CAM, random init) on the
+    synthetic COVID set, evaluated once via the CLI."""
     import torch
 
     from cxrtl.checkpoint import save_checkpoint

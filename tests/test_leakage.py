@@ -51,7 +51,7 @@ def test_image_level_split_straddles_patients(tmp_path):
     index = kermany(tmp_path)
     recs = by_path(index)
     split = {"train": [], "val": [], "test": []}
-    for i, (p, r) in enumerate(sorted(recs.items())):
+    for i, (_path, r) in enumerate(sorted(recs.items())):
         split[("train", "val", "test")[i % 3]].append(r)  # round robin: every patient lands in 3 splits
     result = leakage.check_split(index, split)
     assert result["ok"] is False

@@ -110,9 +110,10 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         if getattr(args, "config", None):
             extra.insert(0, "config")
         if extra:
+            allowed = ", --".join(sorted(o.replace("_", "-") for o in RESUME_OPTIONS))
             raise CxrtlError(
                 f"--{extra[0].replace('_', '-')} cannot change when resuming; a resumed run keeps "
-                f"its saved settings (only --{', --'.join(sorted(o.replace('_', '-') for o in RESUME_OPTIONS))} may be given)"
+                f"its saved settings (only --{allowed} may be given)"
             )
         if "out" in given and given["out"] != resume:
             raise CxrtlError("give the run directory once, as --resume RUN_DIR (without --out)")

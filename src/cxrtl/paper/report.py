@@ -199,10 +199,11 @@ def build_sections(payload: dict) -> list[Section]:
                 "Results beside the paper's",
                 [
                     (
-                        "Each cell is this reproduction's value with its 95% interval in brackets; the paper's published "
-                        "value stands beside it. Accuracy is counted over all test images (the authors averaged it over "
-                        f"batches). The widest accuracy interval here spans {100 * widest:.1f} points: differences smaller "
-                        "than an interval are not evidence that one configuration is better."
+                        "Each cell is this reproduction's value with its 95% interval in brackets; the paper's "
+                        "published value stands beside it. Accuracy is counted over all test images (the authors "
+                        f"averaged it over batches). The widest accuracy interval here spans {100 * widest:.1f} "
+                        "points: differences smaller than an interval are not evidence that one configuration is "
+                        "better."
                     )
                 ],
                 [tables[k] for k in paper_keys],
@@ -235,8 +236,9 @@ def build_sections(payload: dict) -> list[Section]:
                 "Beyond the paper",
                 [
                     (
-                        "The paper scores argmax predictions; a screening user needs a threshold with known sensitivity. "
-                        "Grad-CAM mass inside the lungs shows whether a model looks where a radiologist would."
+                        "The paper scores argmax predictions; a screening user needs a threshold with known "
+                        "sensitivity. Grad-CAM mass inside the lungs shows whether a model looks where a "
+                        "radiologist would."
                     )
                 ],
                 extra,

@@ -27,6 +27,7 @@ from .resume import STATE_FILE, FitState
 from .run_dir import write_epoch_files
 
 log = logging.getLogger(__name__)
+FP32 = Numerics()  # plain fp32, NCHW: the default of every pass (Numerics is frozen, so sharing it is safe)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -51,7 +52,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     pp: Preprocess,
     device: torch.device,
-    numerics: Numerics = Numerics(),
+    numerics: Numerics = FP32,
     desc: str | None = None,
     progress: bool = False,
 ) -> tuple[float, float, int]:
@@ -100,7 +101,7 @@ def _logits_pass(model, loader, pp: Preprocess, device: torch.device, numerics: 
 
 
 def evaluate_loader(
-    model: torch.nn.Module, loader, pp: Preprocess, device: torch.device, numerics: Numerics = Numerics()
+    model: torch.nn.Module, loader, pp: Preprocess, device: torch.device, numerics: Numerics = FP32
 ) -> tuple[float, float, int]:
     """-> (plain unweighted CE per image, accuracy, images), summed over processes: val/test never weight."""
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
