@@ -10,7 +10,6 @@ import errno
 import json
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 
 from cxrtl import cli, fsutil
 from cxrtl.errors import CxrtlError
+from helpers import bomb_png, make_root
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -66,31 +66,6 @@ def gray(seed: int, size: int = 32) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 120 + 60 * np.sin(xx * (3 + 4 * rng.random()) * np.pi) - 50 * ((yy - rng.random()) ** 2)
     return np.clip(img + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
-
-
-def make_root(root: Path, classes=("NORMAL", "PNEUMONIA"), per_class: int = 6, size: int = 32) -> Path:
-    """A tiny class-folder dataset of PNGs."""
-    for c, label in enumerate(classes):
-        d = root / label
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.fromarray(gray(100 * c + i, size)).save(d / f"{label.lower()}-{i}.png")
-    return root
-
-
-def bomb_png(path: Path, side: int = 200_000) -> None:
-    """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def add_junk(root: Path, label: str = "NORMAL") -> dict[str, str]:

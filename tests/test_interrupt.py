@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import make_root
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")]
 
@@ -53,20 +54,6 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
     proc.kill()
     proc.communicate()
     pytest.fail("the process never reached the point to interrupt")
-
-
-def make_root(root: Path, per_class: int, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    for c, label in enumerate(("NORMAL", "PNEUMONIA")):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            f = 2 + 3 * rng.random() + 2 * c
-            img = 128 + 60 * np.sin(xx * f * np.pi + rng.random()) * np.cos(yy * (f + c) * np.pi)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
-                root / label / f"{label}-{i}.png", compress_level=1
-            )
-    return root
 
 
 @pytest.fixture

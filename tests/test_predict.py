@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from cxrtl.errors import CxrtlError
 from cxrtl.fsutil import write_json
 from cxrtl.inference.predict import Predictor, collect_inputs, find_masks, softmax
 from cxrtl.model import create_model
+from helpers import bomb_png
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -63,22 +62,6 @@ def lung_mask(h: int = 48, w: int = 56) -> np.ndarray:
 def save_png(path: Path, arr: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
-    return path
-
-
-def bomb_png(path: Path, side: int = 30000) -> Path:
-    """A tiny PNG whose header claims side x side pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
     return path
 
 
