@@ -217,68 +217,15 @@ def build_cache(
     if existing is not None:
         logger.info("reusing cache %s (%d images)", final, len(existing))
         return existing
-    n, s = len(rows), pp.image_size
-    need = n * s * s + (1 << 20)
-    free = shutil.disk_usage(base).free
-    if need > free:
-        raise CxrtlError(
-            f"the cache needs {need / 2**30:.2f} GiB but {base} has {free / 2**30:.2f} GiB free; "
-            "free space or pass --cache-dir"
-        )
+    _check_space(base, len(rows) * pp.image_size**2 + (1 << 20))
     tmp = base / f".{slug}-{key[:20]}.tmp-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     try:
         tmp.mkdir()
-        t0 = time.perf_counter()
-        images = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(n, s, s))
-        failed, converted = {}, {}
         workers = default_workers() if workers is None else max(1, int(workers))
-        bar = tqdm(
-            total=n,
-            desc=f"cache {slug} {pp.input} {s}px",
-            unit="img",
-            disable=not progress,
-            dynamic_ncols=True,
-            leave=False,
+        meta = _write_folder(
+            tmp, index, rows, pp, key, workers, progress, f"cache {slug} {pp.input} {pp.image_size}px"
         )
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = (
-                pool.map(lambda r: _decode(index, r, pp), rows)
-                if workers > 1
-                else (_decode(index, r, pp) for r in rows)
-            )
-            for i, (r, (pixels, reason, mode)) in enumerate(zip(rows, results)):
-                if pixels is None:
-                    failed[r.path] = reason
-                else:
-                    images[i] = pixels
-                    if mode not in (None, "L"):
-                        converted[r.path] = f"{mode} -> L"
-                bar.update(1)
-        bar.close()
-        images.flush()
-        del images
-        with open(tmp / IMAGES_FILE, "rb+") as fh:
-            os.fsync(fh.fileno())
-        meta = {
-            "format": "cxrtl-cache",
-            "version": CACHE_VERSION,
-            "key": key,
-            "root": str(index.root),
-            "preprocess": {"input": pp.input, "image_size": pp.image_size, "resize_size": pp.resize_size},
-            "shape": [n, s, s],
-            "paths": [r.path for r in rows],
-            "failed": failed,
-            "converted": converted,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json(tmp / INDEX_FILE, meta)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same cache first, or a stale one is in the way
-            if _read_existing(final, key) is None:
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
+        _publish(tmp, final, key)
     except OSError as exc:
         raise CxrtlError(
             f"cannot write the cache under {base}: {exc.strerror or exc}; "
@@ -287,16 +234,96 @@ def build_cache(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    if failed:
+    if meta["failed"]:
         logger.warning(
             "%d image(s) could not be decoded and are excluded, e.g. %s: %s",
-            len(failed),
-            *next(iter(failed.items())),
+            len(meta["failed"]),
+            *next(iter(meta["failed"].items())),
         )
-    logger.info("built cache %s: %d images in %.1f s", final, n, meta["seconds"])
+    logger.info("built cache %s: %d images in %.1f s", final, len(rows), meta["seconds"])
     _clean_stale(base, slug, final, meta)
     cache = _read_existing(final, key)
     if cache is None:  # pragma: no cover - only if the folder vanished under us
         raise CxrtlError(f"cache {final} disappeared while it was being built; run again")
     cache.built = True
     return cache
+
+
+def _check_space(base: Path, need: int) -> None:
+    free = shutil.disk_usage(base).free
+    if need > free:
+        raise CxrtlError(
+            f"the cache needs {need / 2**30:.2f} GiB but {base} has {free / 2**30:.2f} GiB free; "
+            "free space or pass --cache-dir"
+        )
+
+
+def _write_folder(
+    tmp: Path,
+    index: DatasetIndex,
+    rows: list[Record],
+    pp: Preprocess,
+    key: str,
+    workers: int,
+    progress: bool,
+    desc: str,
+) -> dict:
+    """Decode ``rows`` into ``tmp``'s memmap (fsynced) and write its JSON index; return that index."""
+    t0 = time.perf_counter()
+    n, s = len(rows), pp.image_size
+    images = np.lib.format.open_memmap(tmp / IMAGES_FILE, mode="w+", dtype=np.uint8, shape=(n, s, s))
+    failed, converted = _decode_into(images, index, rows, pp, workers, progress, desc)
+    images.flush()
+    del images
+    with open(tmp / IMAGES_FILE, "rb+") as fh:
+        os.fsync(fh.fileno())
+    meta = {
+        "format": "cxrtl-cache",
+        "version": CACHE_VERSION,
+        "key": key,
+        "root": str(index.root),
+        "preprocess": {"input": pp.input, "image_size": pp.image_size, "resize_size": pp.resize_size},
+        "shape": [n, s, s],
+        "paths": [r.path for r in rows],
+        "failed": failed,
+        "converted": converted,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json(tmp / INDEX_FILE, meta)
+    return meta
+
+
+def _decode_into(
+    images, index: DatasetIndex, rows: list[Record], pp: Preprocess, workers: int, progress: bool, desc: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Fill ``images[i]`` with row i, threads decoding; -> (failed path -> reason, converted path -> mode)."""
+    failed: dict[str, str] = {}
+    converted: dict[str, str] = {}
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, dynamic_ncols=True, leave=False)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = (
+            pool.map(lambda r: _decode(index, r, pp), rows)
+            if workers > 1
+            else (_decode(index, r, pp) for r in rows)
+        )
+        for i, (r, (pixels, reason, mode)) in enumerate(zip(rows, results)):
+            if pixels is None:
+                failed[r.path] = reason
+            else:
+                images[i] = pixels
+                if mode not in (None, "L"):
+                    converted[r.path] = f"{mode} -> L"
+            bar.update(1)
+    bar.close()
+    return failed, converted
+
+
+def _publish(tmp: Path, final: Path, key: str) -> None:
+    """Rename the finished folder into place (atomic); a concurrent identical build may have won the race."""
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process finished the same cache first, or a stale one is in the way
+        if _read_existing(final, key) is None:
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
