@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -66,7 +66,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
         if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
         elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = model._orig_mod  # type: ignore[assignment]  # torch.compile wraps a Module
         else:
             return model
 
@@ -76,7 +76,7 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     stem = Path(path_stem)
     if stem.suffix in (".safetensors", ".json"):
         stem = stem.with_suffix("")
-    core = unwrap(model)
+    core = cast(CxrModel, unwrap(model))
     full = {
         "format": FORMAT,
         "version": VERSION,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -120,9 +119,6 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 def _coerce(key: str, value: Any) -> Any:
     """Turn a YAML value into the field's type, or raise a one-line error."""
-    default = _FIELDS[key].default
-    if default is dataclasses.MISSING:
-        default = _FIELDS[key].default_factory()
     if value is None:
         return None
     kind = _FIELDS[key].type

@@ -14,7 +14,7 @@ def _missing(value) -> bool:
 
 def fmt_pct(value: float | None, ci: Sequence[float] | None = None, digits: int = 1) -> str:
     """``95.8% [94.9, 96.6]``; a dash when undefined."""
-    if _missing(value):
+    if value is None or _missing(value):
         return DASH
     text = f"{100 * value:.{digits}f}%"
     if ci:

@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class CxrModel(nn.Module):
     ):
         super().__init__()
         self.backbone = backbone
-        self.head = make_head(backbone.num_features, len(classes), hidden)
+        self.head = make_head(backbone.num_features, len(classes), hidden)  # type: ignore[arg-type]  # timm: int
         self.classes = list(classes)
         self.in_chans = int(in_chans)
         self.backbone_name = backbone_name
@@ -134,7 +135,7 @@ def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Pat
     """The timm backbone without classifier; ``pretrained``: ImageNet weights from ``file`` or the Hub."""
     import timm
 
-    kwargs = {"num_classes": 0, "in_chans": in_chans}
+    kwargs: dict[str, Any] = {"num_classes": 0, "in_chans": in_chans}
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if file is None:

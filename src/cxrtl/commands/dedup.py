@@ -63,6 +63,7 @@ def run_cli(args) -> int:
         workers=args.workers,
     )
     if args.drop:
+        assert cleaned is not None  # --drop needs --split (checked above), and a split gives a cleaned one
         write_split_csv(args.drop, cleaned)
     if args.out:
         write_json(args.out, report)

@@ -65,7 +65,7 @@ class ImageCache:
         self.failed: dict[str, str] = dict(meta.get("failed", {}))
         self.converted: dict[str, str] = dict(meta.get("converted", {}))
         self.pp = Preprocess.from_dict(meta["preprocess"])
-        self._images = None
+        self._images: np.ndarray | None = None
 
     @property
     def images(self) -> np.ndarray:
@@ -111,7 +111,7 @@ def cache_key(index: DatasetIndex, records: list[Record], pp: Preprocess) -> tup
         ).encode()
     )
     for r in rows:
-        entry = [r.path, _stat(index.abspath(r.path))]
+        entry: list = [r.path, _stat(index.abspath(r.path))]
         if masked:
             entry += [r.mask_path, _stat(index.abspath(r.mask_path)) if r.mask_path else None]
         h.update(json.dumps(entry).encode())

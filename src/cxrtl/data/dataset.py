@@ -44,7 +44,7 @@ class CachedDataset(Dataset):
         self.cache = cache
         self.records = usable
         self.class_to_idx = dict(class_to_idx)
-        self.classes = sorted(self.class_to_idx, key=self.class_to_idx.get)
+        self.classes = sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
         self.rows = np.asarray([cache.row_of[r.path] for r in usable], dtype=np.int64)
         self.labels = np.asarray([class_to_idx[r.label] for r in usable], dtype=np.int64)
 

@@ -204,7 +204,7 @@ def apply_mask(img_u8: np.ndarray, mask_u8: np.ndarray) -> np.ndarray:
         mask = mask[..., 0]
     if mask.shape != img.shape:
         m = np.clip(mask, 0, 255).astype(np.uint8)
-        mask = np.asarray(Image.fromarray(m).resize((img.shape[1], img.shape[0]), Image.NEAREST))
+        mask = np.asarray(Image.fromarray(m).resize((img.shape[1], img.shape[0]), Image.Resampling.NEAREST))
     b = np.clip(mask.astype(np.int32), 0, 255)
     return ((img.astype(np.int32) * b + 127) // 255).astype(np.uint8)
 
@@ -240,7 +240,7 @@ def prepare_image(gray_u8: np.ndarray, pp, mask_u8: np.ndarray | None = None) ->
                 "masked input needs a lung mask for every image; use --input raw or provide masks"
             )
         img = apply_mask(img, mask_u8)
-    im = _resize_shorter(Image.fromarray(img), pp.resize_size, Image.BILINEAR)
+    im = _resize_shorter(Image.fromarray(img), pp.resize_size, Image.Resampling.BILINEAR)
     return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)
 
 
@@ -252,6 +252,6 @@ def prepare_mask(mask_u8: np.ndarray, image_shape: tuple[int, int], pp) -> np.nd
     im = Image.fromarray(np.clip(mask, 0, 255).astype(np.uint8))
     h, w = image_shape[:2]
     if im.size != (w, h):
-        im = im.resize((w, h), Image.NEAREST)
-    im = _resize_shorter(im, pp.resize_size, Image.NEAREST)
+        im = im.resize((w, h), Image.Resampling.NEAREST)
+    im = _resize_shorter(im, pp.resize_size, Image.Resampling.NEAREST)
     return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)

@@ -132,11 +132,11 @@ def _walk(ds_root: Path, skipped: list[Skipped]):
         dirnames[:] = keep
         for name in sorted(filenames):
             p = here / name
-            rel = p.relative_to(ds_root)
+            rel_path = p.relative_to(ds_root)
             if _is_hidden(name):
-                skipped.append(Skipped(rel.as_posix(), "hidden file"))
+                skipped.append(Skipped(rel_path.as_posix(), "hidden file"))
             else:
-                yield rel.parts, p
+                yield rel_path.parts, p
 
 
 def _collect(layout: str, ds_root: Path, skipped: list[Skipped]):

@@ -48,7 +48,7 @@ def validate_ratios(ratios) -> tuple[float, float, float]:
         raise CxrtlError(
             f"ratios {','.join(f'{v:g}' for v in values)} sum to {sum(values):g}, not 1; e.g. 0.7,0.15,0.15"
         )
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _targets(n: int, ratios) -> list[int]:
@@ -77,6 +77,7 @@ def _official(index: DatasetIndex) -> Split:
         )
     out: Split = {s: [] for s in SPLITS}
     for r in index.records:
+        assert r.source_split is not None  # checked above: every source_split is in SPLITS
         out[r.source_split].append(r)
     return out
 

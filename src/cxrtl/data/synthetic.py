@@ -168,7 +168,7 @@ def _affine(im: Image.Image, angle: float, zoom: float, shift, resample, fill) -
     cx, cy = w / 2 + shift[0] * w, h / 2 + shift[1] * h
     # inverse map: output (x, y) -> input (a x + b y + c0, d x + e y + f0)
     coeffs = (c, s, w / 2 - c * cx - s * cy, -s, c, h / 2 + s * cx - c * cy)
-    return im.transform((w, h), Image.AFFINE, coeffs, resample=resample, fillcolor=fill)
+    return im.transform((w, h), Image.Transform.AFFINE, coeffs, resample=resample, fillcolor=fill)
 
 
 def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw):
@@ -179,8 +179,10 @@ def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw)
     angle, zoom = rng.uniform(-6, 6), rng.uniform(0.9, 1.12)
     shift = (rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05))
     fill = float(np.median(img[:, :3]))
-    im = _affine(Image.fromarray(img), angle, zoom, shift, Image.BILINEAR, fill)
-    mk = _affine(Image.fromarray(mask.astype(np.uint8) * 255), angle, zoom, shift, Image.NEAREST, 0)
+    im = _affine(Image.fromarray(img), angle, zoom, shift, Image.Resampling.BILINEAR, fill)
+    mk = _affine(
+        Image.fromarray(mask.astype(np.uint8) * 255), angle, zoom, shift, Image.Resampling.NEAREST, 0
+    )
     a = np.asarray(im, dtype=np.float32)
     ih, iw = a.shape
     gx = np.linspace(-0.5, 0.5, iw, dtype=np.float32)[None, :]
@@ -189,7 +191,7 @@ def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw)
     gain, offset, gamma = rng.uniform(0.8, 1.2), rng.uniform(-0.07, 0.07), rng.uniform(0.8, 1.25)
     a = (np.clip(a * heel * gain + offset, 0, 1) ** gamma) * np.float32(255.0)
     h, w = out_hw
-    a = np.array(Image.fromarray(a).resize((w, h), Image.BILINEAR))
+    a = np.array(Image.fromarray(a).resize((w, h), Image.Resampling.BILINEAR))
     a += rng.standard_normal(a.shape, dtype=np.float32) * np.float32(255.0 * rng.uniform(0.008, 0.025))
     out = Image.fromarray(np.clip(a + 0.5, 0, 255).astype(np.uint8))
     _draw_marker(out, rng)

@@ -60,8 +60,8 @@ def grad_cam(model, x, class_index: int | Sequence[int] | None = None) -> tuple[
     cam = torch.relu((weights * feats.detach()).sum(dim=1, keepdim=True))
     cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
     peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
-    cam = (cam / peak).float().cpu().numpy()
-    return cam, [int(t) for t in targets.tolist()]
+    heat = (cam / peak).float().cpu().numpy()
+    return heat, [int(t) for t in targets.tolist()]
 
 
 def lung_fraction(cam: np.ndarray, mask_u8: np.ndarray) -> float | None:

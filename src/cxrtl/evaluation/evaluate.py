@@ -180,6 +180,7 @@ def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) ->
 
     if not calibrate:
         return load_temperature(ckpt)
+    assert val is not None  # the caller passes validation scores whenever it calibrates
     temperature = M.fit_temperature(*val)
     path = save_temperature(
         ckpt,

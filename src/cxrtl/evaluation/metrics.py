@@ -147,7 +147,7 @@ def calibration_bins(y_true, probs, n_bins: int = N_BINS) -> dict:
         count = int(sel.sum())
         acc = float(correct[sel].mean()) if count else None
         mean_conf = float(conf[sel].mean()) if count else None
-        if count:
+        if acc is not None and mean_conf is not None:  # i.e. count > 0
             ece += count / len(y) * abs(acc - mean_conf)
         bins.append(
             {
@@ -267,11 +267,11 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     n = len(y)
     codes = y * k + pred
-    f1s, avgs, aucs = (
-        [],
-        {a: {m: [] for m in ("precision", "recall", "f1")} for a in ("weighted", "macro")},
-        [],
-    )
+    f1s: list[np.ndarray] = []
+    aucs: list[np.ndarray] = []
+    avgs: dict[str, dict[str, list[np.ndarray]]] = {
+        a: {m: [] for m in ("precision", "recall", "f1")} for a in ("weighted", "macro")
+    }
     for start in range(0, n_boot, _BOOT_CHUNK):
         b = min(_BOOT_CHUNK, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
@@ -286,11 +286,11 @@ def _bootstrap(
             avgs["macro"][m].append(prf[m].mean(axis=1))
         mult = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n)
         aucs.append(np.stack([_weighted_auc(y == i, p[:, i], mult) for i in range(k)], axis=1))
-    f1s, aucs = np.concatenate(f1s), np.concatenate(aucs)
+    f1_all, auc_all = np.concatenate(f1s), np.concatenate(aucs)
     for i, c in enumerate(result["classes"]):
-        result["per_class"][c]["f1_ci"] = _percentile_ci(f1s[:, i], confidence)
+        result["per_class"][c]["f1_ci"] = _percentile_ci(f1_all[:, i], confidence)
         if result["roc_auc"][c] is not None:
-            result["roc_auc_ci"][c] = _percentile_ci(aucs[:, i], confidence)
+            result["roc_auc_ci"][c] = _percentile_ci(auc_all[:, i], confidence)
     for a in ("weighted", "macro"):
         for m in ("precision", "recall", "f1"):
             result[a][f"{m}_ci"] = _percentile_ci(np.concatenate(avgs[a][m]), confidence)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import CxrtlError
+
+if TYPE_CHECKING:
+    import torch
 
 # The cxrtl ONNX format: what export writes and the runtime checks.
 ONNX_FORMAT = "cxrtl-onnx"
@@ -28,7 +31,7 @@ class TorchBackend:
 
     name = "pytorch"
 
-    def __init__(self, model, pp, device: str = "cpu"):
+    def __init__(self, model, pp, device: str | torch.device = "cpu"):
         self.model = model.eval()
         self.pp = pp  # cxrtl.data.preprocess.Preprocess
         self.device = device

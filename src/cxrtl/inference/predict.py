@@ -107,11 +107,11 @@ class Predictor:
         from .backends import TorchBackend
 
         weights = resolve_checkpoint(path)
-        device = resolve_device(device)
-        model, meta = load_checkpoint(weights, map_location=device)
+        dev = resolve_device(device)
+        model, meta = load_checkpoint(weights, map_location=dev)
         pp = checkpoint_preprocess(model, meta, weights)
         return cls(
-            TorchBackend(model, pp, device),
+            TorchBackend(model, pp, dev),
             model.classes,
             pp,
             load_temperature(weights),
@@ -210,7 +210,7 @@ class Predictor:
         masks = _check_masks(paths, masks)
         if cam_dir is not None:
             self._check_cam(cam_class)
-        rows = [Prediction(path=p) for p in paths]
+        rows = [Prediction(path=str(p)) for p in paths]  # already str; says so to mypy
         used_names: set[str] = set()
         bar = _progress(len(paths), progress)
         batch_size = max(1, int(batch_size))
@@ -294,15 +294,15 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     so a wrong file gives an error row rather than vanishing. A path that does not exist is a usage
     error (a typo), raised before any work.
     """
-    paths = [Path(p).expanduser() for p in paths]
-    missing = [str(p) for p in paths if not p.exists()]
+    inputs = [Path(p).expanduser() for p in paths]
+    missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise CxrtlError(
             f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
             f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path"
         )
     out: list[Path] = []
-    for p in paths:
+    for p in inputs:
         if p.is_dir():
             found = sorted(
                 f

@@ -90,8 +90,9 @@ def _perceptual(gray: np.ndarray) -> tuple[int, int, int]:
     import imagehash
     from PIL import Image
 
-    big = Image.fromarray(gray).resize((64, 64), Image.BOX)  # area average: cheap, and size-independent
-    small = big.resize((32, 32), Image.BOX)
+    # BOX is an area average: cheap, and size-independent
+    big = Image.fromarray(gray).resize((64, 64), Image.Resampling.BOX)
+    small = big.resize((32, 32), Image.Resampling.BOX)
     return (
         _bits_to_int(imagehash.phash(small).hash),
         _bits_to_int(imagehash.dhash(small).hash),
@@ -212,9 +213,14 @@ def hash_images(
                     bar.update(1)
     finally:
         cache.save()  # keep what was done, even when interrupted
-    hashes, bad = [], []
+    hashes: list[ImageHash] = []
+    bad: list[Unreadable] = []
     for p in dict.fromkeys(abspaths):
-        (hashes if isinstance(found[p], ImageHash) else bad).append(found[p])
+        item = found[p]
+        if isinstance(item, ImageHash):
+            hashes.append(item)
+        else:
+            bad.append(item)
     return hashes, bad
 
 

@@ -35,7 +35,8 @@ def straddling_patients(split: Mapping[str, Sequence[Record]]) -> list[dict]:
 
 def _cross_split_pairs(dup: Duplicates, items: list[Item]) -> tuple[list, list, dict[str, int]]:
     """Exact and near pair rows, earlier split first, and the number of pairs per ``"split_a-split_b"``."""
-    exact, near = [], []
+    exact: list[list] = []
+    near: list[list] = []
     counts: dict[str, int] = defaultdict(int)
     for i, j, *d in [*dup.exact, *dup.near]:
         a, b = sorted((items[i], items[j]), key=Item.sort_key)  # stable: a tie keeps (i, j)

@@ -153,11 +153,11 @@ def _subsample(records: list[Record], max_per_class: int | None, seed: int) -> l
     groups: dict[tuple, list[Record]] = {}
     for r in records:
         groups.setdefault((r.label, r.source_split), []).append(r)
-    per_class = {}
+    per_class: dict[str, int] = {}
     for (label, _), recs in groups.items():
         per_class[label] = per_class.get(label, 0) + len(recs)
     rng = np.random.default_rng(seed)
-    keep = set()
+    keep: set[str] = set()
     for key in sorted(groups, key=lambda k: (k[0], k[1] or "")):
         recs = sorted(groups[key], key=lambda r: r.path)
         n = (
@@ -360,7 +360,7 @@ def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
             "experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2"
         )
     covid = _load(opts.covid, "covid", "--covid")
-    pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia else None
+    pneu = _load(opts.pneumonia, "pneumonia", "--pneumonia") if need_pneumonia and opts.pneumonia else None
     if any(r.input == "masked" for r in runs):
         from ..data.dataset import check_masks
 

@@ -21,9 +21,10 @@ Tables V/VI by (pretraining, scheme).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import CxrtlError
 from ..formatting import DASH, csv_num, fmt_num, fmt_pct, fmt_seconds
@@ -162,10 +163,10 @@ def _resolution_note(runs: Sequence[dict]) -> str:
     )
 
 
-def _ordered(runs: Iterable[dict], key_of, paper_keys: Sequence) -> list[tuple[object, dict | None]]:
+def _ordered(runs: Iterable[dict], key_of, paper_keys: Collection) -> list[tuple[Any, dict | None]]:
     """Pair paper rows with runs, in the paper's order; unmatched runs after; empty paper rows kept."""
     runs = list(runs)
-    out: list[tuple[object, dict | None]] = []
+    out: list[tuple[Any, dict | None]] = []
     for key in paper_keys:
         matched = [r for r in runs if key_of(r) == key]
         out += [(key, r) for r in matched] or [(key, None)]

@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -147,8 +147,8 @@ def wrap_model(
     # Evaluation bypasses DDP (shards may differ in batch count, and DDP forwards are collective).
     eval_net: torch.nn.Module = model
     if compile:
-        net = torch.compile(net)
-        eval_net = torch.compile(model) if info.enabled else net
+        net = torch.compile(net)  # type: ignore[assignment]  # compile(Module) returns a Module
+        eval_net = torch.compile(model) if info.enabled else net  # type: ignore[assignment]  # as above
     return net, eval_net
 
 
@@ -167,4 +167,4 @@ def main_first(fn: Callable[[], T], info: DistInfo, device: torch.device | str, 
         if error is not None:
             raise error
         raise CxrtlError(f"rank 0 could not {what}; see its error")
-    return result if info.is_main else fn()
+    return cast(T, result) if info.is_main else fn()  # on rank 0, fn() returned (no error raised)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from ..checkpoint import unwrap
 from ..config import TrainConfig
@@ -160,6 +160,7 @@ def make_loader(
     pin_memory: bool = False,
 ) -> DataLoader:
     """Training: seeded shuffle per epoch (DistributedSampler, also in one process); eval: in-order shards."""
+    sampler: Sampler
     if train:
         sampler = ddp.train_sampler(dataset, info, seed)
         # A last batch of one image breaks BatchNorm on 1x1 feature maps: drop that one image per epoch.
@@ -222,7 +223,7 @@ def fit(
     parts, state = _set_up(model, datasets, cfg, info, device, resume, loss_fn, optimizer, scheduler)
     writes = run_dir is not None and info.is_main
     show = cfg.progress and info.is_main
-    tb = _open_tensorboard(run_dir, cfg.tensorboard) if writes else None
+    tb = _open_tensorboard(run_dir, cfg.tensorboard) if writes and run_dir is not None else None
     meta = dict(meta or {})
     meta.setdefault("preprocess", parts.pp.to_dict())
     meta.setdefault("image_size", cfg.image_size)
@@ -244,6 +245,7 @@ def fit(
                 " (best)" if improved else "",
             )
             if writes:
+                assert run_dir is not None  # writes implies a run_dir
                 write_epoch_files(run_dir, model, state.history, improved, meta)
                 # The state file is the commit point: written last, it makes the epoch resumable.
                 resume_state.write_state(
@@ -331,7 +333,7 @@ def _set_up(
 def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool) -> tuple[dict, float]:
     """Train one epoch, evaluate on the validation split, step the schedule -> (history row, seconds)."""
     torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))
-    p.train_loader.sampler.set_epoch(epoch)
+    p.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # a DistributedSampler
     lr_now = p.optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     tr_loss, tr_acc, _ = train_one_epoch(

@@ -52,6 +52,8 @@ def class_weights(
 class WeightedCrossEntropy(nn.Module):
     """Cross-entropy with optional class weights (PyTorch's weighted mean: sum w_y l / sum w_y)."""
 
+    weight: torch.Tensor | None  # a registered buffer
+
     def __init__(self, weight: torch.Tensor | None = None):
         super().__init__()
         self.register_buffer("weight", None if weight is None else weight.detach().float().clone())
@@ -63,6 +65,8 @@ class WeightedCrossEntropy(nn.Module):
 
 class FocalLoss(nn.Module):
     """Focal loss, batch mean of ``-alpha_y (1 - p_y)^gamma log p_y`` (alpha None = 1 for every class)."""
+
+    alpha: torch.Tensor | None  # a registered buffer
 
     def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None):
         super().__init__()

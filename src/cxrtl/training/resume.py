@@ -6,9 +6,9 @@ import json
 import logging
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ class FitState:
     """What the loop carries from epoch to epoch (and what a resume restores)."""
 
     epoch: int = 0
-    history: list | None = None
+    history: list = field(default_factory=list)
     best_epoch: int = 0
     best_val_acc: float = -1.0
     best_val_loss: float = float("nan")
@@ -123,7 +123,7 @@ def write_state(path: Path, model, optimizer, scheduler, info: dict) -> None:
     opt_tensors, opt_info = _optimizer_to_safe(optimizer)
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # legacy (default) MT19937 state: a tuple
     payload = {
         **info,
         "optimizer": opt_info,
@@ -183,6 +183,7 @@ def load_resume(run_dir: Path, overrides: TrainConfig):
             "takes the --out of an interrupted cxrtl train"
         )
     check_writable(run_dir)
+    payload: tuple[dict[str, torch.Tensor], dict] | str
     if has_state:
         tensors, saved = read_state(run_dir / STATE_FILE)
         cfg, payload = config_from_dict(saved["config"]), (tensors, saved)
@@ -198,6 +199,6 @@ def load_resume(run_dir: Path, overrides: TrainConfig):
         if key != "data" or overrides.data:
             setattr(cfg, key, getattr(overrides, key))
     cfg.out = str(run_dir)
-    if has_state and payload[1]["epoch"] >= cfg.epochs:
+    if isinstance(payload, tuple) and payload[1]["epoch"] >= cfg.epochs:  # i.e. has_state
         raise CxrtlError(f"{run_dir} already completed all {cfg.epochs} epochs; nothing to resume")
     return cfg, payload
