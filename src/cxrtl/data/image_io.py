@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CxrtlError
-from .dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
@@ -46,10 +45,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 class ImageReadError(CxrtlError):
     """An image file that cannot be decoded; ``reason`` is a short phrase such as ``"truncated"``."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "replace or remove the file"):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot read image {path}: {reason}; replace or remove the file")
+        super().__init__(f"cannot read image {path}: {reason}; {fix}")
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -100,14 +99,8 @@ def max_pixels() -> int:
 
 
 def _load_dicom(path: Path) -> np.ndarray:
-    try:
-        from .dicom import load_dicom_gray  # owned by the inference area; optional extra
-    except ModuleNotFoundError as exc:
-        if exc.name in ("cxrtl.data.dicom", "pydicom"):
-            raise CxrtlError(
-                f"{path} is a DICOM file and DICOM support is not installed; run `pip install cxrtl[dicom]`"
-            ) from None
-        raise
+    from .dicom import load_dicom_gray  # imports pydicom only now; names the `dicom` extra if it is missing
+
     return load_dicom_gray(path)
 
 
@@ -152,6 +145,8 @@ def load_gray(
     Raises:
         ImageReadError: truncated, corrupt, not an image, or too many pixels.
     """
+    from .dicom import is_dicom  # here, not at the top: dicom.py builds on this module's ImageReadError
+
     path = Path(path)
     if is_dicom(path):
         arr = _load_dicom(path)
