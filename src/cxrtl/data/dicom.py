@@ -72,6 +72,17 @@ def read_header(path: str | os.PathLike):
     return _read(Path(path), pixels=False)
 
 
+def header_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot give an image, judged from its header alone (for ``data check``), or None."""
+    try:
+        read_header(path)
+    except ImageReadError as exc:
+        return exc.reason
+    except CxrtlError as exc:  # pydicom itself is missing
+        return str(exc)
+    return None
+
+
 def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
     """Decode a DICOM radiograph to uint8 ``[H, W]`` the way a viewer would display it."""
     path = Path(path)
