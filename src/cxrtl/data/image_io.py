@@ -98,9 +98,26 @@ def max_pixels() -> int:
     return int(limit) if limit else DEFAULT_MAX_PIXELS
 
 
-def _load_dicom(path: Path) -> np.ndarray:
-    from .dicom import load_dicom_gray  # imports pydicom only now; names the `dicom` extra if it is missing
+def _looks_dicom(path: Path) -> bool:
+    """A .dcm/.dicom name, or the DICM magic at byte 128 (checked here: dicom.py may not be importable)."""
+    if path.suffix.lower() in SUFFIXES_OF_FORMAT["DICOM"]:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(132)) == "DICOM"
+    except OSError:
+        return False
 
+
+def _load_dicom(path: Path) -> np.ndarray:
+    try:
+        from .dicom import load_dicom_gray  # imports pydicom only when it reads; names the extra if missing
+    except ModuleNotFoundError as exc:
+        if exc.name in ("cxrtl.data.dicom", "pydicom"):
+            raise CxrtlError(
+                f"{path} is a DICOM file and DICOM support is not installed; run `pip install cxrtl[dicom]`"
+            ) from None
+        raise
     return load_dicom_gray(path)
 
 
@@ -145,10 +162,8 @@ def load_gray(
     Raises:
         ImageReadError: truncated, corrupt, not an image, or too many pixels.
     """
-    from .dicom import is_dicom  # here, not at the top: dicom.py builds on this module's ImageReadError
-
     path = Path(path)
-    if is_dicom(path):
+    if _looks_dicom(path):
         arr = _load_dicom(path)
         if info is not None:
             info.update(mode="DICOM", drafted=False)
