@@ -174,7 +174,8 @@ def _decode_error(path: Path, ds, exc: Exception) -> DicomReadError:
     """One line for a pixel-data failure; pydicom's multi-line 'all plugins failed' text joined up."""
     prefix = "Unable to decode as exceptions were raised by all available plugins:"
     parts = [p.strip() for p in str(exc).removeprefix(prefix).split("\n") if p.strip()] or [repr(exc)]
-    text = "; ".join(" ".join(p.split()) for p in parts)[:240]
+    text = "; ".join(" ".join(p.split()) for p in parts)
+    text = text if len(text) <= 240 else text[:237].rsplit(" ", 1)[0] + " ..."
     uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     what = f"{uid.name} pixel data" if uid is not None and uid.is_compressed else "pixel data"
     if all("decompression bomb" in p for p in parts):  # a plugin's own safety limit, e.g. Pillow's
