@@ -202,7 +202,11 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
             rgb = rgb * (255.0 / rgb.max())
         return rgb_to_gray(rgb)
     if arr.ndim != 2:
-        raise DicomReadError(f"unexpected DICOM pixel array shape {arr.shape}; expected a 2-D image")
+        raise DicomReadError(
+            str(ds.get("filename", "") or "DICOM"),
+            f"unsupported (pixel array of shape {arr.shape}; expected a 2-D image)",
+            "convert it to PNG",
+        )
 
     values = apply_modality_lut(arr, ds)
     bounds = _voi_bounds(ds)
