@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from . import __version__
 from .errors import CxrtlError
+from .logs import configure_logging
 
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
 COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "reproduce")
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning on chest radiographs (research tool, not a medical device).",
     )
     parser.add_argument("--version", action="version", version=f"cxrtl {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages, and decoder libraries' details"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"cxrtl.commands.{name}").register(sub)
@@ -34,9 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)  # decoder libraries' tracebacks only with -v
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

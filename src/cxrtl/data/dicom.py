@@ -1,28 +1,44 @@
 """DICOM radiographs to the 8-bit grey images the models see: modality LUT, VOI LUT/window, MONOCHROME1.
 
-pydicom is optional (``pip install 'cxrtl[dicom]'``) and imported only when a DICOM is actually read.
+pydicom and the decoder plugins for compressed pixel data (pylibjpeg with its libjpeg and openjpeg
+plugins: JPEG Baseline/Extended 12-bit/Lossless, JPEG-LS, JPEG 2000, HTJ2K) are the optional ``dicom``
+extra, imported only when a DICOM is actually read. Every failure is a :class:`DicomReadError` whose
+``reason`` starts with one of :data:`REASONS`, so a folder of hospital files can be summarised by cause.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CxrtlError
+from .image_io import ImageReadError
 
 log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 # Same ceiling as Pillow's decompression-bomb error (2 x MAX_IMAGE_PIXELS, about 179 million pixels).
 MAX_PIXELS = 2 * 89_478_485
+EXTRA = "pip install 'cxrtl[dicom]'"
+# The first words of every refusal, one per cause (tests and summaries group by them).
+REASONS = (
+    "not a DICOM file",
+    "not an image object",
+    "damaged or truncated",
+    "no decoder installed",
+    "unsupported",
+    "decompression bomb",
+)
 
 
-class DicomReadError(CxrtlError):
-    """A DICOM file that cannot be turned into a grey image (no pixel data, unsupported, corrupt)."""
+class DicomReadError(ImageReadError):
+    """A DICOM file that cannot be turned into a grey image; ``reason`` starts with one of :data:`REASONS`."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "replace or remove the file"):
+        super().__init__(path, reason, fix)
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -43,54 +59,130 @@ def _pydicom():
         import pydicom
         import pydicom.pixels
     except ImportError:
-        raise CxrtlError(
-            "reading DICOM files needs pydicom >= 3; install it with `pip install 'cxrtl[dicom]'`"
-        ) from None
+        raise CxrtlError(f"reading DICOM files needs pydicom >= 3; install it with `{EXTRA}`") from None
     return pydicom
+
+
+def read_header(path: str | os.PathLike):
+    """The dataset of ``path`` without its pixel data, refusing files that are no image (header-only, cheap).
+
+    Raises:
+        DicomReadError: not DICOM, no pixel data, damaged header, bomb dimensions, or no decoder.
+    """
+    return _read(Path(path), pixels=False)
+
+
+def header_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot give an image, judged from its header alone (for ``data check``), or None."""
+    try:
+        read_header(path)
+    except ImageReadError as exc:
+        return exc.reason
+    except CxrtlError as exc:  # pydicom itself is missing
+        return str(exc)
+    return None
 
 
 def load_dicom_gray(path: str | os.PathLike) -> np.ndarray:
     """Decode a DICOM radiograph to uint8 ``[H, W]`` the way a viewer would display it."""
-    pydicom = _pydicom()
-    from pydicom.errors import InvalidDicomError
-
     path = Path(path)
+    ds = _read(path, pixels=True)
     try:
-        try:
-            ds = pydicom.dcmread(path)
-        except InvalidDicomError:
-            ds = pydicom.dcmread(path, force=True)  # no preamble/DICM magic: still try
-    except FileNotFoundError:
-        raise DicomReadError(f"{path}: file does not exist") from None
-    except Exception as exc:  # noqa: BLE001  (pydicom raises many types on malformed files)
-        raise DicomReadError(f"{path}: not a readable DICOM file ({_short(exc)})") from None
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1:  # decode only the frame used
+            from pydicom.pixels import pixel_array
 
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomReadError(
-            f"{path}: DICOM file has no pixel data (not an image object); "
-            "pass the image series, not a report or structured document"
-        )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows <= 0 or cols <= 0:
-        raise DicomReadError(f"{path}: DICOM file has no valid Rows/Columns; the file is damaged")
-    if rows * cols > MAX_PIXELS:
-        raise DicomReadError(
-            f"{path}: DICOM image is {cols}x{rows} pixels, above the {MAX_PIXELS} pixel "
-            "safety limit (decompression bomb?); downsample it first"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            log.warning("%s: multi-frame DICOM (%d frames), using the first frame", path, frames)
+            arr = pixel_array(ds, index=0)
+        else:
             arr = ds.pixel_array
-            gray = _to_gray_u8(arr, ds)
+        gray = _to_gray_u8(arr, ds)
     except DicomReadError:
         raise
     except Exception as exc:  # noqa: BLE001  (decoders raise many types)
-        raise DicomReadError(
-            f"{path}: cannot decode DICOM pixel data ({_short(exc)}); if it is compressed, "
-            "install a decoder plugin (e.g. pylibjpeg) or convert it to PNG"
-        ) from None
+        raise _decode_error(path, ds, exc) from None
     return gray
+
+
+def _read(path: Path, pixels: bool):
+    """dcmread with the header checks shared by decoding and ``data check``."""
+    pydicom = _pydicom()
+    from pydicom.errors import InvalidDicomError
+
+    def read(force: bool):  # header only: large values (the pixel data) are located, not loaded
+        return pydicom.dcmread(path, force=force, defer_size=None if pixels else 4096)
+
+    forced = False
+    try:
+        try:
+            ds = read(force=False)
+        except InvalidDicomError:
+            ds, forced = read(force=True), True  # no preamble/DICM magic: still try
+    except FileNotFoundError:
+        raise DicomReadError(path, "file not found", "check the path") from None
+    except Exception as exc:  # noqa: BLE001  (pydicom raises many types on malformed files)
+        raise DicomReadError(path, f"not a DICOM file ({_short(exc)})") from None
+    if forced and "PixelData" not in ds and "SOPClassUID" not in ds:
+        raise DicomReadError(path, "not a DICOM file (no DICM header, no DICOM elements)")
+    _check_header(path, ds)
+    return ds
+
+
+def _check_header(path: Path, ds) -> None:
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise DicomReadError(
+            path,
+            "not an image object (no pixel data: a report, plan, waveform or index)",
+            "pass the image series, not a report or structured document",
+        )
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise DicomReadError(path, f"damaged or truncated (bad Rows/Columns: {_short(exc)})") from None
+    if rows <= 0 or cols <= 0:
+        raise DicomReadError(path, "damaged or truncated (no valid Rows/Columns in the header)")
+    if rows * cols > MAX_PIXELS:
+        raise DicomReadError(
+            path,
+            f"decompression bomb ({cols}x{rows} pixels is above the {MAX_PIXELS} pixel safety limit)",
+            "downsample it first",
+        )
+    _check_decoder(path, ds)
+
+
+def _check_decoder(path: Path, ds) -> None:
+    """Refuse a transfer syntax that no installed plugin can decode, naming the extra that adds one."""
+    from pydicom.pixels.decoders.base import get_decoder
+
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid is None or not uid.is_compressed:
+        return
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DicomReadError(
+            path,
+            f"unsupported transfer syntax ({uid.name}: no decoder exists for it in pydicom)",
+            "convert it to an uncompressed DICOM or PNG",
+        ) from None
+    if not decoder.is_available:
+        raise DicomReadError(path, f"no decoder installed for {uid.name} pixel data", EXTRA)
+
+
+def _decode_error(path: Path, ds, exc: Exception) -> DicomReadError:
+    """One line for a pixel-data failure; pydicom's multi-line 'all plugins failed' text joined up."""
+    prefix = "Unable to decode as exceptions were raised by all available plugins:"
+    parts = [p.strip() for p in str(exc).removeprefix(prefix).split("\n") if p.strip()] or [repr(exc)]
+    text = "; ".join(" ".join(p.split()) for p in parts)
+    text = text if len(text) <= 240 else text[:237].rsplit(" ", 1)[0] + " ..."
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    what = f"{uid.name} pixel data" if uid is not None and uid.is_compressed else "pixel data"
+    if all("decompression bomb" in p for p in parts):  # a plugin's own safety limit, e.g. Pillow's
+        return DicomReadError(path, f"decompression bomb ({what}: {text})", "downsample it first")
+    if "photometric" in text.lower() or isinstance(exc, NotImplementedError):
+        return DicomReadError(path, f"unsupported ({what}: {text})", "convert it to PNG")
+    return DicomReadError(path, f"damaged or truncated ({what}: {text})")
 
 
 def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
@@ -99,11 +191,6 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
 
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper().strip()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        log.warning("multi-frame DICOM (%d frames): using the first frame", frames)
-        arr = arr[0]
-
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
         samples = 3
@@ -115,7 +202,11 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
             rgb = rgb * (255.0 / rgb.max())
         return rgb_to_gray(rgb)
     if arr.ndim != 2:
-        raise DicomReadError(f"unexpected DICOM pixel array shape {arr.shape}; expected a 2-D image")
+        raise DicomReadError(
+            str(ds.get("filename", "") or "DICOM"),
+            f"unsupported (pixel array of shape {arr.shape}; expected a 2-D image)",
+            "convert it to PNG",
+        )
 
     values = apply_modality_lut(arr, ds)
     bounds = _voi_bounds(ds)

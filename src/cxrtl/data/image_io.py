@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CxrtlError
-from .dicom import is_dicom  # numpy-only module; pydicom itself is imported when a DICOM is read
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
@@ -46,10 +45,10 @@ DEFAULT_MAX_PIXELS = 89_478_485
 class ImageReadError(CxrtlError):
     """An image file that cannot be decoded; ``reason`` is a short phrase such as ``"truncated"``."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "replace or remove the file"):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"cannot read image {path}: {reason}; replace or remove the file")
+        super().__init__(f"cannot read image {path}: {reason}; {fix}")
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -99,9 +98,20 @@ def max_pixels() -> int:
     return int(limit) if limit else DEFAULT_MAX_PIXELS
 
 
+def _looks_dicom(path: Path) -> bool:
+    """A .dcm/.dicom name, or the DICM magic at byte 128 (checked here: dicom.py may not be importable)."""
+    if path.suffix.lower() in SUFFIXES_OF_FORMAT["DICOM"]:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return sniff_format(fh.read(132)) == "DICOM"
+    except OSError:
+        return False
+
+
 def _load_dicom(path: Path) -> np.ndarray:
     try:
-        from .dicom import load_dicom_gray  # owned by the inference area; optional extra
+        from .dicom import load_dicom_gray  # imports pydicom only when it reads; names the extra if missing
     except ModuleNotFoundError as exc:
         if exc.name in ("cxrtl.data.dicom", "pydicom"):
             raise CxrtlError(
@@ -153,7 +163,7 @@ def load_gray(
         ImageReadError: truncated, corrupt, not an image, or too many pixels.
     """
     path = Path(path)
-    if is_dicom(path):
+    if _looks_dicom(path):
         arr = _load_dicom(path)
         if info is not None:
             info.update(mode="DICOM", drafted=False)

@@ -186,6 +186,10 @@ def _fingerprint(path: Path) -> tuple[str | None, int, bytes, str | None]:
             tail = head
     fmt = sniff_format(head)
     problem = None
+    if fmt == "DICOM" or (fmt is None and path.suffix.lower() in SUFFIXES_OF_FORMAT["DICOM"]):
+        from .dicom import header_problem  # pydicom reads the header: no pixel data, no decoder...
+
+        return "DICOM", size, hashlib.blake2b(head + tail, digest_size=16).digest(), header_problem(path)
     if fmt:
         dims = header_size(fmt, head)
         if dims and dims[0] * dims[1] > max_pixels():
