@@ -123,10 +123,12 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import resolve_model_arg
     from ..training.distributed import env_info
     from ..training.train import train
 
     cfg, resume = build_config(args)
+    cfg.init = resolve_model_arg(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
     summary = train(cfg, resume=resume)
     if not env_info().is_main:
         return 0
