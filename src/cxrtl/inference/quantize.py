@@ -9,6 +9,7 @@ imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -86,12 +87,26 @@ class _Reader:
         return next(self._it, None)
 
 
+@contextlib.contextmanager
+def _quiet_root_log():
+    """onnxruntime's quantizer warns on the root logger for every BatchNorm scale it leaves in float
+    (per-channel axis 1 does not exist on a 1-D tensor): expected for DenseNet's pre-activation BatchNorm,
+    so they are silenced while quantizing rather than printed once per layer."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
 def quantize_onnx(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
     """Static QDQ int8 (per-channel int8 weights, uint8 activations) of ``fp32`` into ``out``, metadata kept."""
     import onnx
 
     q = _quantization()
-    with tempfile.TemporaryDirectory(prefix="cxrtl-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cxrtl-int8-") as tmp, _quiet_root_log():
         pre, raw = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         q.quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         q.quantize_static(
