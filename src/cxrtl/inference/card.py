@@ -126,7 +126,9 @@ def front_matter(f: dict) -> str:
     if f["data"].get("synthetic"):
         head["tags"].append("synthetic-data")
     if m is not None:
-        values = [("accuracy", "Test accuracy", m.get("accuracy"), None)]
+        values: list[tuple[str, str, Any, dict | None]] = [
+            ("accuracy", "Test accuracy", m.get("accuracy"), None)
+        ]
         for avg in ("macro", "weighted"):
             values += [
                 (k, f"{avg.title()} {k} (test)", (m.get(avg) or {}).get(k), {"average": avg})
