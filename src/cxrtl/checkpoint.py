@@ -31,6 +31,10 @@ VERSION = 1
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Path of the weights: run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
     p = Path(path).expanduser()
+    if p.is_dir() and (p / "bundle.json").is_file():  # a bundle: its checksums are verified before use
+        from .inference.bundle import bundle_checkpoint
+
+        return bundle_checkpoint(p)
     if p.is_dir():
         best = p / "best.safetensors"
         if not best.is_file():

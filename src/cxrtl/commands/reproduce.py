@@ -60,11 +60,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers [0]")
     p.add_argument("--cache-dir", help="image cache (default: $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--track",
+        choices=["mlflow"],
+        help="log the reproduction to MLflow, one parent run with a child per training run "
+        "($MLFLOW_TRACKING_URI, else OUT/mlruns); needs cxrtl[mlflow]",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..paper.reproduce import ReproduceOptions, reproduce
+    from ..tracking import check_tracker, track_reproduction
+
+    check_tracker(args.track)
 
     opts = ReproduceOptions(
         covid=args.covid,
@@ -98,4 +107,6 @@ def run(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"best COVID test accuracy: {best['test']['accuracy']:.4f} ({best['name']})")
     print(f"report: {result['report']['html']}")
+    if args.track:
+        print(f"tracked in {track_reproduction(args.out, result, args.track)}")
     return 0

@@ -91,6 +91,11 @@ def register(subparsers) -> None:
     )
     a("--compile", action="store_true", help="torch.compile the model")
     a("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
+    a(
+        "--track",
+        choices=("mlflow",),
+        help="log the finished run to MLflow ($MLFLOW_TRACKING_URI, else RUN_DIR/mlruns); cxrtl[mlflow]",
+    )
     a("--cache-dir", metavar="DIR", help="image cache (default env CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
     a("--overwrite", action="store_true", help="replace a run already in --out")
     a("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -102,7 +107,9 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     from ..training.resume import RESUME_OPTIONS  # here, not at the top: `cxrtl --help` must not load torch
 
     given = {
-        k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "config", "resume")
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("func", "command", "verbose", "config", "resume", "track")
     }
     resume = getattr(args, "resume", None)
     if resume is not None:
@@ -123,10 +130,15 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..hub import resolve_model_arg
+    from ..tracking import check_tracker, track_train
     from ..training.distributed import env_info
     from ..training.train import train
 
+    track = getattr(args, "track", None)
+    check_tracker(track)
     cfg, resume = build_config(args)
+    cfg.init = resolve_model_arg(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
     summary = train(cfg, resume=resume)
     if not env_info().is_main:
         return 0
@@ -135,4 +147,6 @@ def run(args: argparse.Namespace) -> int:
         f"val loss {summary['best_val_loss']:.4f}"
     )
     print(f"run dir: {summary['run_dir']}")
+    if track:
+        print(f"tracked in {track_train(summary['run_dir'], track)}")
     return 0

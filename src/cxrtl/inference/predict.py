@@ -80,8 +80,11 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None
     ) -> Predictor:
-        """Load a run directory, a ``.safetensors``/``.json`` checkpoint, or a cxrtl ``.onnx`` export."""
-        path = Path(path).expanduser()
+        """Load a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx`` export,
+        or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache)."""
+        from ..hub import resolve_model
+
+        path = resolve_model(path)
         if path.suffix.lower() == ".onnx":
             return cls._from_onnx(path, threads)
         return cls._from_torch(path, device)
@@ -89,7 +92,10 @@ class Predictor:
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
         from .backends import load_onnx
+        from .bundle import is_bundle, verify_bundle
 
+        if is_bundle(path.parent):  # an ONNX file inside a bundle is checked against its checksum
+            verify_bundle(path.parent, only=path.name)
         backend, meta = load_onnx(path, threads=threads)
         return cls(
             backend,

@@ -1,0 +1,277 @@
+"""Model bundles: one folder that carries a trained model, its ONNX export, its config, metrics and card.
+
+A bundle holds the run's best checkpoint (``best.safetensors``/``best.json``, and ``best.calibration.json``
+when calibrated), ``model.onnx`` (and ``model.int8.onnx`` with ``--int8``), ``config.yaml``,
+``metrics.json`` when the run was evaluated, the generated model card ``README.md`` and ``bundle.json``,
+which records the SHA-256 and size of every other file. Because the checkpoint keeps its run-directory
+names, everything that takes a run directory (predict, evaluate, ``train --init``) takes a bundle; they
+verify the checksums first, so a truncated download or an edited file is refused, not silently used.
+
+The checksums guard integrity (a truncated or damaged file, an accidental edit), not authenticity: whoever
+can rewrite a file can rewrite ``bundle.json`` too. This module never imports torch; building a bundle
+(:func:`make_bundle`) does, through the export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import CxrtlError
+from ..fsutil import _UMASK, read_json, write_bytes, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "cxrtl-bundle"
+BUNDLE_VERSION = 1
+META_FILE = "bundle.json"
+CHECKPOINT_FILES = ("best.safetensors", "best.json", "best.calibration.json")
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """True for a folder holding a ``bundle.json`` (checked, with its files, by :func:`verify_bundle`)."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_bundle_meta(folder: str | os.PathLike) -> dict[str, Any]:
+    """``bundle.json`` of ``folder``, checked to be a cxrtl bundle this version can read."""
+    folder = Path(folder)
+    if not is_bundle(folder):
+        raise CxrtlError(
+            f"{folder} is not a cxrtl bundle (no {META_FILE}); make one with `cxrtl export RUN --bundle DIR`"
+        )
+    meta = read_json(folder / META_FILE, "bundle metadata")
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != BUNDLE_FORMAT
+        or not isinstance(meta.get("files"), dict)
+    ):
+        raise CxrtlError(
+            f"{folder / META_FILE} is not cxrtl bundle metadata; export the bundle again with `cxrtl export`"
+        )
+    version = meta.get("version")
+    if not isinstance(version, int) or version > BUNDLE_VERSION:
+        raise CxrtlError(f"{folder} is a cxrtl bundle of version {version!r}; upgrade cxrtl to read it")
+    return meta
+
+
+def verify_bundle(folder: str | os.PathLike, only: str | None = None) -> dict[str, Any]:
+    """Check every file listed in ``bundle.json`` (or just ``only``) against its size and SHA-256.
+
+    Raises a one-line CxrtlError naming the first file that is missing, truncated or changed.
+    """
+    folder = Path(folder)
+    meta = read_bundle_meta(folder)
+    for name, want in sorted(meta["files"].items()):
+        if only is not None and name != only:
+            continue
+        path = folder / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
+            raise CxrtlError(
+                f"bundle {folder} lacks {name}, which its {META_FILE} lists (incomplete copy or download); "
+                "download or export the bundle again"
+            )
+        if path.stat().st_size != want.get("bytes") or sha256_file(path) != want.get("sha256"):
+            raise CxrtlError(
+                f"bundle {folder}: {name} does not match the SHA-256 in {META_FILE} (tampered with or "
+                "truncated); download or export the bundle again"
+            )
+    return meta
+
+
+def check_bundle_target(out: Path) -> None:
+    """An absent or empty folder, or an existing bundle (replaced), may receive a bundle; nothing else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CxrtlError(f"--bundle {out} is a file; give a new or empty folder")
+    if any(out.iterdir()) and not is_bundle(out):
+        raise CxrtlError(
+            f"--bundle {out} is a non-empty folder that is not a cxrtl bundle; give a new or empty folder "
+            "(an existing bundle is replaced)"
+        )
+
+
+def _copy(src: Path, dst: Path) -> None:
+    write_bytes(dst, src.read_bytes())
+
+
+def _checkpoint_files(run: Path, stage: Path) -> None:
+    """The best checkpoint (and its calibration) into the staging folder, verified on the way."""
+    from ..checkpoint import read_meta
+
+    read_meta(run / "best.safetensors")  # a cxrtl checkpoint whose weights match best.json
+    for name in CHECKPOINT_FILES:
+        if (run / name).is_file():
+            _copy(run / name, stage / name)
+
+
+def _config_yaml(run: Path, stage: Path) -> None:
+    """config.yaml from the run, or rebuilt from the checkpoint's own record of its config."""
+    import yaml
+
+    if (run / "config.yaml").is_file():
+        _copy(run / "config.yaml", stage / "config.yaml")
+        return
+    config = (read_json(run / "best.json", "checkpoint metadata") or {}).get("config") or {}
+    write_text(stage / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def find_metrics(run: Path) -> Path | None:
+    """The run's test metrics: ``RUN/test/metrics.json`` (where reproduce puts them) or ``RUN/metrics.json``."""
+    for candidate in (run / "test" / "metrics.json", run / "metrics.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_source_run(run: str | os.PathLike) -> Path:
+    """A run directory (or bundle) with a best checkpoint, or a one-line error."""
+    path = Path(run).expanduser()
+    if not path.is_dir():
+        raise CxrtlError(
+            f"{path} is not a run directory; give the folder `cxrtl train --out` wrote (a bundle needs "
+            "the run's config, split and metrics, not only its checkpoint)"
+        )
+    if not (path / "best.safetensors").is_file():
+        raise CxrtlError(
+            f"run {path} has no best checkpoint (best.safetensors), so there is no model to describe; "
+            "let training finish at least one epoch"
+        )
+    if is_bundle(path):
+        verify_bundle(path)
+    return path
+
+
+def make_bundle(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    metrics: str | os.PathLike | None = None,
+    int8: bool = False,
+    calibration_data: str | os.PathLike | None = None,
+    calibration_images: int = 200,
+    leakage_check: bool = True,
+    license_id: str = "other",
+    exporter: str = "auto",
+    opset: int | None = None,
+    verify: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the bundle of ``run`` into ``out`` (built in a hidden sibling folder, then renamed into place).
+
+    Returns the bundle's metadata (``bundle.json``). ``metrics`` overrides where the test metrics are read
+    (default :func:`find_metrics`); ``int8`` adds ``model.int8.onnx`` calibrated on ``calibration_data``
+    (see :mod:`cxrtl.inference.quantize`); ``leakage_check`` hashes the run's split for the card.
+    """
+    src = check_source_run(run)
+    out = Path(out).expanduser()
+    check_bundle_target(out)
+    if int8 and calibration_data is None:
+        raise CxrtlError("--int8 needs --calibration-data ROOT (the dataset the run was trained on)")
+    metrics_path = Path(metrics) if metrics is not None else find_metrics(src)
+    if metrics_path is not None and not metrics_path.is_file():
+        raise CxrtlError(
+            f"metrics file {metrics_path} does not exist; give the metrics.json of `cxrtl evaluate`"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a bundle gets the user's usual permissions
+    try:
+        _build(src, stage, metrics_path, exporter, opset, verify)
+        quant = None
+        if int8:
+            from .quantize import quantize_run
+
+            quant = quantize_run(
+                stage,
+                stage / "model.onnx",
+                stage / "model.int8.onnx",
+                calibration_data,
+                calibration_images,
+                src / "split.csv",
+                progress,
+            )
+        meta = _finish(src, stage, quant, leakage_check, license_id, progress)
+        _swap_into_place(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    log.info("wrote bundle %s", out)
+    return meta
+
+
+def _build(
+    src: Path, stage: Path, metrics_path: Path | None, exporter: str, opset: int | None, verify: bool
+) -> None:
+    """The checkpoint, config, metrics and fp32 ONNX export into ``stage``."""
+    from .export import DEFAULT_OPSET, export_onnx
+
+    _checkpoint_files(src, stage)
+    _config_yaml(src, stage)
+    if metrics_path is not None:
+        _copy(metrics_path, stage / "metrics.json")
+    export_onnx(stage, stage / "model.onnx", exporter=exporter, opset=opset or DEFAULT_OPSET, verify=verify)
+
+
+def _finish(src: Path, stage: Path, quant: dict | None, leakage_check: bool, license_id: str, progress: bool):
+    """The model card and bundle.json (checksums of every other file); returns bundle.json's content."""
+    from .card import gather_facts, render_card
+
+    facts = gather_facts(src, stage, int8=quant, leakage_check=leakage_check, progress=progress)
+    facts["license"] = license_id
+    write_text(stage / "README.md", render_card(facts))
+    meta = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "cxrtl_version": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "name": facts["name"],
+        "source_run": str(src.resolve()),
+        "classes": facts["classes"],
+        "backbone": facts["backbone"],
+        "preprocess": facts["preprocess"],
+        "evaluated": facts["metrics"] is not None,
+        "int8": quant,
+        "files": {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(stage.iterdir())
+            if p.is_file() and not p.name.startswith(".") and p.name != META_FILE
+        },
+    }
+    write_json(stage / META_FILE, meta)
+    return meta
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    """Rename the finished staging folder to ``out``; an existing bundle there is replaced as a whole."""
+    old = None
+    if out.exists():
+        if any(out.iterdir()):
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        else:
+            out.rmdir()
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def bundle_checkpoint(folder: str | os.PathLike) -> Path:
+    """The verified ``best.safetensors`` of a bundle (what a run directory would give)."""
+    verify_bundle(folder)
+    return Path(folder) / "best.safetensors"

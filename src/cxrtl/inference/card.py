@@ -1,0 +1,447 @@
+"""The model card of a bundle: generated from what cxrtl recorded about a run, never written by hand.
+
+:func:`gather_facts` collects the run's summary, config, split, metrics, calibration, Grad-CAM lung share,
+leakage check and int8 comparison into one dict; :func:`render_card` turns it into a Hugging Face model
+card (YAML front matter with ``model-index``, then Markdown). What was never measured is said to be
+unmeasured, never shown as an empty table; synthetic data and random initial weights are stated first.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..data.records import SPLITS
+from ..fsutil import read_json
+
+log = logging.getLogger(__name__)
+
+SYNTH_MARKER = ".cxrtl-synth.json"  # written by `cxrtl data synth` beside the dataset folders
+LAYOUT_NAMES = {
+    "covid-radiography": "COVID-19 Radiography Database layout (`<class>/images`, `<class>/masks`)",
+    "kermany": "Kermany chest_xray layout (`{train,val,test}/{NORMAL,PNEUMONIA}`)",
+    "class-folders": "class-per-folder layout",
+    "csv": "CSV manifest",
+}
+
+
+# ------------------------------------------------------------------------------------------ facts
+def _read(path: Path, what: str) -> Any:
+    return read_json(path, what) if path.is_file() else None
+
+
+def split_counts(split_csv: Path) -> dict[str, dict[str, int]] | None:
+    """``{split: {label: n}}`` from a split CSV, read as text (no data needed)."""
+    if not split_csv.is_file():
+        return None
+    counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    with open(split_csv, newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            counts.setdefault(row["split"], Counter())[row["label"]] += 1
+    return {s: dict(sorted(c.items())) for s, c in counts.items()}
+
+
+def _init_facts(config: dict) -> dict[str, Any]:
+    """Where the weights started: ImageNet, random, or another checkpoint (and where that one started)."""
+    init = str(config.get("init") or "imagenet")
+    if init in ("imagenet", "none"):
+        return {"init": init, "random": init == "none", "source_random": False}
+    source = Path(init)
+    meta = _read(source / "best.json" if source.is_dir() else source.with_suffix(".json"), "checkpoint")
+    source_init = ((meta or {}).get("config") or {}).get("init")
+    return {"init": init, "random": False, "source_random": source_init == "none", "source_init": source_init}
+
+
+def _data_facts(config: dict, split: Path, leakage_check: bool, progress: bool) -> dict[str, Any]:
+    """Layout, synthetic marker and (optionally) the split's leakage check, when the data folder exists."""
+    root = Path(str(config.get("data") or ""))
+    facts: dict[str, Any] = {"root": str(root), "available": bool(config.get("data")) and root.exists()}
+    if not facts["available"]:
+        return facts
+    from ..data import load_dataset
+
+    index = load_dataset(root)
+    facts["layout"] = index.layout
+    facts["synthetic"] = any((p / SYNTH_MARKER).is_file() for p in (index.root, index.root.parent))
+    if leakage_check and split.is_file():
+        from ..data.splits import read_split_csv
+        from ..integrity.leakage import check_split
+
+        facts["leakage"] = check_split(index, read_split_csv(split, index), progress=progress)
+    return facts
+
+
+def gather_facts(
+    run: Path, bundle: Path, int8: dict | None = None, leakage_check: bool = True, progress: bool = False
+) -> dict[str, Any]:
+    """Everything the card states, read from the run directory and the (staged) bundle folder."""
+    meta = read_json(bundle / "best.json", "checkpoint metadata")
+    summary = _read(run / "summary.json", "run summary") or {}
+    config = meta.get("config") or summary.get("config") or {}
+    metrics = _read(bundle / "metrics.json", "metrics")
+    return {
+        "name": run.resolve().name,
+        "classes": list(meta["classes"]),
+        "backbone": meta["backbone"],
+        "preprocess": meta.get("preprocess") or {},
+        "epoch": meta.get("epoch"),
+        "summary": summary,
+        "config": config,
+        "split": split_counts(run / "split.csv"),
+        "data": _data_facts(config, run / "split.csv", leakage_check, progress),
+        "init": _init_facts(config),
+        "metrics": metrics,
+        "calibration": _read(bundle / "best.calibration.json", "calibration file"),
+        "int8": int8,
+    }
+
+
+# ------------------------------------------------------------------------------------------ rendering
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def front_matter(f: dict) -> str:
+    """Hugging Face model card metadata: license, tags, library, pipeline and ``model-index``."""
+    import yaml
+
+    m = f["metrics"]
+    head: dict[str, Any] = {
+        "license": f.get("license", "other"),
+        "library_name": "cxrtl",
+        "pipeline_tag": "image-classification",
+        "tags": ["cxrtl", "chest-x-ray", "radiography", "medical-imaging", "research-only", f["backbone"]],
+    }
+    if f["data"].get("synthetic"):
+        head["tags"].append("synthetic-data")
+    if m is not None:
+        values: list[tuple[str, str, Any, dict | None]] = [
+            ("accuracy", "Test accuracy", m.get("accuracy"), None)
+        ]
+        for avg in ("macro", "weighted"):
+            values += [
+                (k, f"{avg.title()} {k} (test)", (m.get(avg) or {}).get(k), {"average": avg})
+                for k in ("precision", "recall", "f1")
+            ]
+        values.append(("roc_auc", "Macro ROC AUC (test)", m.get("roc_auc_macro"), {"average": "macro"}))
+        metrics = [
+            {"type": t, "name": n, "value": round(float(v), 6), **({"args": a} if a else {})}
+            for t, n, v, a in values
+            if isinstance(v, (int, float))
+        ]
+        dataset = {"name": Path(f["data"]["root"]).name or "unknown", "type": "image-folder", "split": "test"}
+        head["model-index"] = [
+            {
+                "name": f["name"],
+                "results": [
+                    {
+                        "task": {"type": "image-classification", "name": "Image Classification"},
+                        "dataset": dataset,
+                        "metrics": metrics,
+                    }
+                ],
+            }
+        ]
+    return "---\n" + yaml.safe_dump(head, sort_keys=False, allow_unicode=True) + "---\n"
+
+
+def _warnings(f: dict) -> list[str]:
+    """The lines that must be read first."""
+    out = []
+    synthetic = f["data"].get("synthetic")
+    if synthetic:
+        out.append(
+            "> **Trained on synthetic data.** This model learned cxrtl's generated images, not radiographs. "
+            "Its numbers show that the pipeline runs; they say nothing about real chest X-rays."
+        )
+    elif not f["data"].get("available"):
+        out.append(
+            f"> **Training data not checked:** the data folder `{Path(f['data']['root']).name}` was not available when "
+            "this card was made, so whether it was synthetic, and its leakage, are unknown."
+        )
+    init = f["init"]
+    if init["random"]:
+        out.append(
+            "> **Started from random weights**, not ImageNet: expect far lower accuracy than a pretrained model."
+        )
+    elif init.get("source_random"):
+        out.append(
+            f"> **Transferred from `{init['init']}`, which itself started from random weights** (not ImageNet)."
+        )
+    if f["metrics"] is None:
+        out.append(
+            "> **Never evaluated:** this run has no test metrics (`metrics.json`), so nothing below says how "
+            "well it works. Evaluate it with `cxrtl evaluate RUN --data ROOT --out RUN/test` and export again."
+        )
+    return out
+
+
+def _intended_use(f: dict) -> list[str]:
+    return [
+        "## Intended use",
+        "",
+        "Research on transfer learning for chest-radiograph classification: reproducing, comparing and "
+        f"probing models. It outputs probabilities over {', '.join(f'`{c}`' for c in f['classes'])}.",
+        "",
+        "**Out of scope:** this is not a medical device and not for diagnosis, triage or any decision about "
+        "a patient. It has not been validated on a clinical population, on other scanners or hospitals, or "
+        "prospectively. Public COVID-19 datasets carry documented shortcuts (text markers, borders, "
+        "adult vs pediatric sources), which a model can learn instead of disease.",
+        "",
+    ]
+
+
+def _training_data(f: dict) -> list[str]:
+    d, cfg = f["data"], f["config"]
+    lines = ["## Training data", ""]
+    layout = LAYOUT_NAMES.get(d.get("layout", ""), d.get("layout") or "unknown (data folder not available)")
+    synthetic = "yes" if d.get("synthetic") else "no" if d.get("available") else "unknown"
+    lines += [f"- Dataset folder: `{Path(d['root']).name}` ({layout}).", f"- Synthetic: {synthetic}."]
+    lines.append(f"- Split protocol: {_protocol(cfg, d.get('layout'))}, seed {cfg.get('seed', 'n/a')}.")
+    if f["split"]:
+        lines += ["", "| class | " + " | ".join(SPLITS) + " |", "| --- |" + " ---: |" * len(SPLITS)]
+        for c in f["classes"]:
+            lines.append(
+                f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in SPLITS) + " |"
+            )
+        totals = [str(sum(f["split"].get(s, {}).values())) for s in SPLITS]
+        lines.append("| **all** | " + " | ".join(totals) + " |")
+    lines += ["", *_leakage(d), ""]
+    return lines
+
+
+def _protocol(cfg: dict, layout: str | None) -> str:
+    if cfg.get("official"):
+        return "the dataset's official folders"
+    ratios = cfg.get("ratios") or {
+        "covid-radiography": "ratios 0.7/0.15/0.15",
+        None: "the default ratios (COVID database 0.7/0.15/0.15, others 0.7/0.2/0.1)",
+    }.get(layout, "ratios 0.7/0.2/0.1")
+    grouped = (
+        "grouped by patient" if cfg.get("group_by") == "patient" else "image-level (not grouped by patient)"
+    )
+    return f"stratified random split, {ratios}, {grouped}"
+
+
+def _leakage(d: dict) -> list[str]:
+    leak = d.get("leakage")
+    if leak is None:
+        return ["- Leakage check: not run (no data folder at export, or `--no-leakage-check`)."]
+    pairs = ", ".join(f"{k}: {v}" for k, v in leak["pairs_by_splits"].items()) or "none"
+    patients = (
+        f"{len(leak['patients_straddling'])} patients have images in more than one split"
+        if leak["patients_known"]
+        else "patient ids unknown for this layout, so patient leakage could not be checked"
+    )
+    verdict = "no leakage found" if leak["ok"] else "**leakage found: test numbers may be inflated**"
+    return [
+        f"- Leakage check of this split over {leak['images']} images ({verdict}): "
+        f"{len(leak['exact'])} exact and {len(leak['near'])} near-duplicate pairs across splits "
+        f"(pHash distance <= {leak['threshold']}; by splits: {pairs}); {patients}."
+    ]
+
+
+def _preprocessing(f: dict) -> list[str]:
+    pp = f["preprocess"]
+    lines = [
+        "## Preprocessing",
+        "",
+        f"- Input: {pp.get('input', 'raw')} images, {pp.get('channels')} channel(s), resized (shorter side "
+        f"{pp.get('resize_size')}) and centre-cropped to {pp.get('image_size')} px, normalised with mean "
+        f"{pp.get('mean')} and std {pp.get('std')}. cxrtl applies all of this itself (the ONNX graph too).",
+    ]
+    if pp.get("input") == "masked":
+        lines.append(
+            "- **Lung masks are needed at prediction time:** this model was trained on lung-masked images; "
+            "give each image's mask (`--mask` / `--mask-dir`)."
+        )
+    return [*lines, ""]
+
+
+def _training(f: dict) -> list[str]:
+    import yaml
+
+    s, cfg = f["summary"], f["config"]
+    init = f["init"]["init"]
+    start = {"imagenet": "ImageNet weights", "none": "random weights"}.get(init, f"the checkpoint `{init}`")
+    keep = {"data", "out", "split", "device", "workers", "cache_dir", "overwrite", "progress"}
+    shown = {k: v for k, v in cfg.items() if k not in keep}
+    return [
+        "## Training",
+        "",
+        f"- Backbone `{f['backbone']}` with the paper's head (Linear -> Mish -> Linear), started from {start}.",
+        f"- Best epoch {s.get('best_epoch', f['epoch'])} of {s.get('epochs_completed', 'n/a')} "
+        f"(validation accuracy {_pct(s.get('best_val_acc'))}); {s.get('seconds', 'n/a')} s on "
+        f"{s.get('device', 'n/a')}.",
+        "",
+        "```yaml",
+        yaml.safe_dump(shown, sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+
+
+def _metrics(f: dict) -> list[str]:
+    m = f["metrics"]
+    if m is None:
+        return ["## Test metrics", "", "Not evaluated: there are no test metrics for this model.", ""]
+    lines = [
+        "## Test metrics",
+        "",
+        f"On the run's test split ({m.get('n')} images), with 95% intervals "
+        f"({(m.get('intervals') or {}).get('proportions', 'Wilson')} for proportions, bootstrap for F1 "
+        "and AUC).",
+        "",
+        f"- Accuracy: {_pct(m.get('accuracy'))}{_ci(m.get('accuracy_ci'))} ({m.get('correct')}/{m.get('n')})",
+        f"- Macro ROC AUC: {_num(m.get('roc_auc_macro'))}",
+        "",
+        "| class | precision | recall | F1 | AUC | support |",
+        "| --- | --- | --- | --- | --- | ---: |",
+    ]
+    auc, auc_ci = m.get("roc_auc") or {}, m.get("roc_auc_ci") or {}
+    for c, r in (m.get("per_class") or {}).items():
+        a = auc.get(c)
+        lines.append(
+            f"| {c} | {_pct(r.get('precision'))}{_ci(r.get('precision_ci'))} | {_pct(r.get('recall'))}"
+            f"{_ci(r.get('recall_ci'))} | {_pct(r.get('f1'))}{_ci(r.get('f1_ci'))} | {_num(a)}"
+            f"{'' if not auc_ci.get(c) else ' [' + ', '.join(f'{x:.3f}' for x in auc_ci[c]) + ']'} "
+            f"| {r.get('support')} |"
+        )
+    for avg in ("macro", "weighted"):
+        r = m.get(avg) or {}
+        lines.append(
+            f"| *{avg}* | {_pct(r.get('precision'))}{_ci(r.get('precision_ci'))} | {_pct(r.get('recall'))}"
+            f"{_ci(r.get('recall_ci'))} | {_pct(r.get('f1'))}{_ci(r.get('f1_ci'))} | | |"
+        )
+    return [*lines, ""]
+
+
+def _calibration(f: dict) -> list[str]:
+    m, cal = f["metrics"] or {}, f["calibration"]
+    lines = ["## Calibration and explanations", ""]
+    ece = m.get("ece", (m.get("calibration") or {}).get("ece"))
+    lines.append(f"- Expected calibration error on test: {_num(ece, '.4f')} (temperature 1).")
+    if cal:
+        after = (m.get("calibrated") or {}).get("ece")
+        lines.append(
+            f"- Temperature scaling: T = {cal['temperature']:.4f}, fitted on the {cal.get('fitted_on', 'val')} "
+            f"split ({cal.get('n', '?')} images); test ECE after: {_num(after, '.4f')}. Prediction applies T."
+        )
+    else:
+        lines.append("- Not temperature-calibrated (`cxrtl evaluate --calibrate` fits it).")
+    conformal = m.get("conformal")
+    if isinstance(conformal, dict):
+        shown = ", ".join(f"{k} {v}" for k, v in conformal.items() if isinstance(v, (int, float, str)))
+        lines.append(f"- Conformal prediction sets: {shown}.")
+    else:
+        lines.append("- Conformal prediction sets: not fitted.")
+    cam = m.get("cam_in_lungs")
+    if isinstance(cam, dict) and cam.get("overall"):
+        lines.append(
+            f"- Grad-CAM share inside the lung masks (test, mean): {_pct(cam['overall'].get('mean'))} over "
+            f"{cam['overall'].get('n')} images; a low share suggests the model looks outside the lungs."
+        )
+    elif isinstance(cam, dict) and cam.get("skipped"):
+        lines.append(f"- Grad-CAM lung share: not measured ({cam['skipped']}).")
+    else:
+        lines.append("- Grad-CAM lung share: not measured.")
+    return [*lines, ""]
+
+
+def _int8(f: dict) -> list[str]:
+    q = f["int8"]
+    if not q:
+        return []
+    lines = [
+        "## int8 model (`model.int8.onnx`)",
+        "",
+        f"Static int8 quantization (onnxruntime, {q['format']}, per-channel weights), calibrated on "
+        f"{q['calibration_images']} validation images; compared with the fp32 ONNX model on "
+        f"{q['test_images']} test images:",
+        "",
+        f"- Accuracy: fp32 {_pct(q['accuracy_fp32'])}, int8 {_pct(q['accuracy_int8'])} "
+        f"(difference {100 * q['accuracy_diff']:+.1f} points).",
+        f"- Largest probability difference: {q['max_prob_diff']:.4f}; predicted labels agree on "
+        f"{_pct(q['label_agreement'])} of images.",
+    ]
+    if q.get("warning"):
+        lines.append(f"- **Warning:** {q['warning']}")
+    return [*lines, ""]
+
+
+def _limitations(f: dict) -> list[str]:
+    lines = ["## Limitations", ""]
+    if f["data"].get("synthetic"):
+        lines.append("- **Trained and tested on synthetic images**: not a model of real radiographs.")
+    if f["init"]["random"] or f["init"].get("source_random"):
+        lines.append("- **Started from random weights** (no ImageNet pretraining reached this model).")
+    m = f["metrics"]
+    if m is not None and (m.get("n") or 0) < 500:
+        lines.append(
+            f"- The test set has {m.get('n')} images: the intervals above are wide, and small differences "
+            "between models are not meaningful."
+        )
+    lines += [
+        "- Test images come from the same sources as the training images: expect lower performance elsewhere.",
+        "- Probabilities are calibrated only as well as the Calibration section says.",
+        "",
+    ]
+    return lines
+
+
+def _usage(f: dict) -> list[str]:
+    mask = " --mask-dir MASKS/" if f["preprocess"].get("input") == "masked" else ""
+    return [
+        "## How to use",
+        "",
+        "```sh",
+        "pip install 'cxrtl[onnx]'",
+        f"cxrtl predict BUNDLE_DIR scans/{mask} --format json   # the PyTorch checkpoint",
+        f"cxrtl predict BUNDLE_DIR/model.onnx scans/{mask}      # onnxruntime only, no torch",
+        f"cxrtl predict hf://OWNER/NAME scans/{mask}            # from the Hugging Face Hub",
+        "```",
+        "",
+        "```python",
+        "from cxrtl.predict import Predictor",
+        'p = Predictor.from_checkpoint("BUNDLE_DIR")   # checksums are verified first',
+        'probs = p.predict(["a.png"])                  # [N, k] in p.classes order',
+        "```",
+        "",
+        "Every file of this folder is listed with its SHA-256 in `bundle.json`; cxrtl refuses a bundle whose "
+        "files do not match.",
+        "",
+    ]
+
+
+def render_card(f: dict) -> str:
+    """The model card (README.md) of a bundle from :func:`gather_facts`' dict."""
+    title = f"# {f['name']}: {f['backbone']} chest-radiograph classifier ({', '.join(f['classes'])})"
+    parts = [title, "", *[w + "\n" for w in _warnings(f)]]
+    parts.append(
+        "Generated by cxrtl from the run's own records (summary, config, split, metrics, calibration). "
+        "**Research tool, not a medical device; not for diagnosis.**\n"
+    )
+    for section in (
+        _intended_use,
+        _training_data,
+        _preprocessing,
+        _training,
+        _metrics,
+        _calibration,
+        _int8,
+        _limitations,
+        _usage,
+    ):
+        parts += section(f)
+    return front_matter(f) + "\n" + "\n".join(parts).rstrip() + "\n"

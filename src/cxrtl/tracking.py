@@ -1,0 +1,183 @@
+"""Experiment tracking (``--track mlflow``): a finished run, or a whole reproduction, logged to MLflow.
+
+Logged from the files a run leaves, after it finishes, so training itself is untouched and a tracked run is
+bit-identical to an untracked one: parameters (the resolved config), per-epoch metrics (the ``history.csv``
+columns, step = epoch), test metrics, tags (experiment, dataset, seed, synthetic, init) and artifacts
+(``history.csv``, ``metrics.json``, figures, the generated model card). A reproduction is one parent run
+with a child per training run, and ``report.html`` on the parent.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else a local file store ``<out>/mlruns`` that needs no
+server and no network. MLflow 3 keeps that file store in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``;
+cxrtl sets it for its own local default only.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import CxrtlError
+from .fsutil import read_json
+
+log = logging.getLogger(__name__)
+
+TRACKERS = ("mlflow",)
+EXPERIMENT = "cxrtl"
+
+
+def _mlflow():
+    try:
+        import mlflow
+    except ImportError:
+        raise CxrtlError(
+            "--track mlflow needs MLflow; install it with `pip install 'cxrtl[mlflow]'`"
+        ) from None
+    return mlflow
+
+
+def tracking_uri(out: str | os.PathLike) -> str:
+    """``MLFLOW_TRACKING_URI``, or the local file store ``<out>/mlruns``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (Path(out).resolve() / "mlruns").as_uri()
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:6000]
+    return out
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
+def _tags(run_dir: Path, config: dict, extra: dict[str, str]) -> dict[str, str]:
+    """Tags: dataset folder name, seed, synthetic (marker beside the data), init (random/imagenet/transfer)."""
+    from .inference.card import SYNTH_MARKER
+
+    data = Path(str(config.get("data") or ""))
+    synthetic = any((p / SYNTH_MARKER).is_file() for p in (data, data.parent)) if config.get("data") else None
+    init = str(config.get("init") or "imagenet")
+    return {
+        "dataset": data.name or "unknown",
+        "seed": str(config.get("seed")),
+        "synthetic": "unknown" if synthetic is None else str(synthetic).lower(),
+        "init": {"none": "random", "imagenet": "imagenet"}.get(init, "transfer"),
+        "run_dir": str(run_dir),
+        **extra,
+    }
+
+
+def _test_metrics(m: dict) -> dict[str, float]:
+    values = {
+        "test_accuracy": m.get("accuracy"),
+        "test_macro_f1": (m.get("macro") or {}).get("f1"),
+        "test_weighted_f1": (m.get("weighted") or {}).get("f1"),
+        "test_macro_auc": m.get("roc_auc_macro"),
+        "test_ece": m.get("ece"),
+    }
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+
+
+def _card(run_dir: Path, tmp: Path) -> Path | None:
+    """The run's model card (as a bundle would carry it), or None when it cannot be made."""
+    from .inference.card import gather_facts, render_card
+
+    if not (run_dir / "best.json").is_file():
+        return None
+    stage = tmp / "card"
+    stage.mkdir(exist_ok=True)
+    for name in ("best.json", "best.calibration.json"):
+        if (run_dir / name).is_file():
+            (stage / name).write_bytes((run_dir / name).read_bytes())
+    metrics = run_dir / "test" / "metrics.json"
+    if metrics.is_file():
+        (stage / "metrics.json").write_bytes(metrics.read_bytes())
+    card = tmp / "MODEL_CARD.md"
+    card.write_text(render_card(gather_facts(run_dir, stage, leakage_check=False)))
+    return card
+
+
+def log_run(
+    mlflow, run_dir: Path, name: str, extra_tags: dict[str, str] | None = None, nested: bool = False
+) -> str:
+    """One training run (config, history, test metrics, artifacts) as an MLflow run; returns its id."""
+    summary = (
+        read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").is_file() else {}
+    )
+    config = summary.get("config") or {}
+    with mlflow.start_run(run_name=name, nested=nested) as active:
+        mlflow.set_tags(_tags(run_dir, config, extra_tags or {}))
+        mlflow.log_params(_flatten(config))
+        for row in _history(run_dir / "history.csv"):
+            step = int(row.pop("epoch", 0))
+            mlflow.log_metrics(row, step=step)
+        metrics_file = run_dir / "test" / "metrics.json"
+        if metrics_file.is_file():
+            mlflow.log_metrics(_test_metrics(read_json(metrics_file, "metrics")))
+        _log_files(mlflow, [run_dir / "history.csv", run_dir / "summary.json", metrics_file])
+        _log_files(mlflow, sorted((run_dir / "test").glob("*.png")), "figures")
+        with tempfile.TemporaryDirectory(prefix="cxrtl-track-") as tmp:
+            card = _card(run_dir, Path(tmp))
+            _log_files(mlflow, [card] if card else [])
+        return active.info.run_id
+
+
+def _log_files(mlflow, paths: Iterable[Path], folder: str | None = None) -> None:
+    for p in paths:
+        if p.is_file():
+            mlflow.log_artifact(str(p), artifact_path=folder)
+
+
+def track_train(run_dir: str | os.PathLike, kind: str = "mlflow") -> str:
+    """Log one finished ``cxrtl train`` run; returns the tracking URI."""
+    mlflow = _mlflow()
+    run_dir = Path(run_dir)
+    uri = tracking_uri(run_dir)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(EXPERIMENT)
+    log_run(mlflow, run_dir, run_dir.name)
+    return uri
+
+
+def track_reproduction(out: str | os.PathLike, result: dict[str, Any], kind: str = "mlflow") -> str:
+    """Log a reproduction: a parent run (its identity and report.html) with one child per training run."""
+    mlflow = _mlflow()
+    out = Path(out)
+    uri = tracking_uri(out)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(EXPERIMENT)
+    meta = result.get("reproduction") or {}
+    with mlflow.start_run(run_name=f"reproduce {out.name}"):
+        mlflow.set_tags({"kind": "reproduction", "synthetic": str(bool(meta.get("synthetic"))).lower()})
+        mlflow.log_params(_flatten({k: v for k, v in meta.items() if not isinstance(v, (list, dict))}))
+        for r in result.get("runs", []):
+            tags = {"experiment": ",".join(map(str, r.get("experiment") or [])), "kind": "training"}
+            log_run(mlflow, Path(r["run_dir"]), r["name"], tags, nested=True)
+        report = (result.get("report") or {}).get("html")
+        _log_files(mlflow, [Path(report)] if report else [])
+    return uri
+
+
+def check_tracker(kind: str | None) -> None:
+    """Fail before training, not after, when the tracker is unknown or not installed."""
+    if kind is None:
+        return
+    if kind not in TRACKERS:
+        raise CxrtlError(f"unknown tracker {kind!r}; use --track mlflow")
+    _mlflow()
