@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .errors import CxrtlError
 
@@ -86,6 +86,10 @@ def resolve_model(ref: str | os.PathLike, cache_dir: str | os.PathLike | None = 
     return Path(ref).expanduser()
 
 
+@overload
+def resolve_model_arg(ref: str) -> str: ...
+@overload
+def resolve_model_arg(ref: None) -> None: ...
 def resolve_model_arg(ref: str | None) -> str | None:
     """For CLI options that keep a string (``train --init``): an ``hf://`` reference becomes a local path."""
     return str(resolve_model(ref)) if ref is not None and is_hub_ref(ref) else ref
