@@ -137,6 +137,8 @@ def serve(
     config = uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=5)
     try:
         uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl-C it caught
+        pass
     finally:
         sock.close()
     print("cxrtl serve: stopped", flush=True)
