@@ -81,7 +81,7 @@ def _training(source: Path | None, meta: dict[str, Any]) -> dict[str, Any] | Non
             "best_val_acc": summary.get("best_val_acc"),
             "epochs_completed": summary.get("epochs_completed"),
         }
-    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    metrics: dict[str, Any] = meta["metrics"] if isinstance(meta.get("metrics"), dict) else {}
     epoch = meta.get("best_epoch", meta.get("epoch"))
     acc = meta.get("best_val_acc", metrics.get("val_acc"))
     if epoch is None and acc is None:

@@ -34,7 +34,8 @@ def check_content_type(content_type: str | None) -> None:
     if kind != "multipart/form-data":
         raise UploadError(
             415,
-            f"content type {kind or 'none'!r} is not supported; send multipart/form-data with the "
+            f"{f'content type {kind!r} is' if kind else 'a request without a content type is'} not supported; "
+            "send multipart/form-data with the "
             "images in the field 'files' (curl -F files=@image.png)",
         )
     if "boundary=" not in (content_type or ""):
@@ -104,7 +105,7 @@ async def read_uploads(
             400,
             "no files in the request; send one or more images in the form field 'files' (-F files=@x.png)",
         )
-    out = []
+    out: list[Upload] = []
     for f in files:
         fh = f.file_object
         fh.seek(0)
