@@ -41,6 +41,7 @@ def browser():
             b.close()
 
 
+@pytest.mark.slow
 def test_page_uploads_shows_results_errors_and_cam(tmp_path, browser):
     run = make_run(
         tmp_path / "run", Preprocess(input="raw", channels=3, image_size=64), seed=2, temperature=1.2
