@@ -34,6 +34,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/inference.py
 	$(PY) benchmarks/dedup.py
+	$(PY) benchmarks/dicom.py
+	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/serve.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -15,7 +15,7 @@ from .errors import CxrtlError
 from .logs import configure_logging
 
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
-COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "push", "reproduce")
+COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "push", "reproduce", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,59 @@
+"""``cxrtl serve``: a trained model behind a REST API and a web page (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+MODEL is a run directory, a checkpoint (.safetensors/.json) or an .onnx file written by `cxrtl export`.
+The API: GET /healthz, GET /v1/model, POST /v1/predict (multipart field `files`; ?cam=true adds Grad-CAM
+overlays); OpenAPI docs at /docs; the web page at /. Uploads stay in memory and are never written to disk.
+Binding a non-loopback --host needs the environment variable CXRTL_SERVE_TOKEN (clients send
+`Authorization: Bearer TOKEN`), or --insecure. Research tool, not a medical device.
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve a model over HTTP: REST API and web page",
+        description="Serve a trained cxrtl model to programs (REST API) and to people (a web page).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("model", metavar="MODEL", help="run dir, checkpoint (.safetensors/.json) or exported .onnx")
+    a("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    a("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    a(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default="auto",
+        help="auto (by MODEL: .onnx -> onnx), torch or onnx (default auto)",
+    )
+    a("--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default 32)")
+    a("--workers", type=int, default=1, metavar="N", help="inference threads sharing the model (default 1)")
+    a("--max-queue", type=int, default=64, metavar="N", help="requests admitted at once; more get 503 (64)")
+    a("--max-files", type=int, default=64, metavar="N", help="files per request (default 64)")
+    a("--insecure", action="store_true", help="allow a non-loopback --host without a token (warns)")
+    a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models")
+    a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..serve.server import serve
+
+    return serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        backend=args.backend,
+        max_upload_mb=args.max_upload_mb,
+        workers=args.workers,
+        max_queue=args.max_queue,
+        max_files=args.max_files,
+        insecure=args.insecure,
+        device=args.device,
+        threads=args.threads,
+    )
