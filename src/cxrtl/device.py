@@ -37,6 +37,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         name = os.environ.get(DEVICE_ENV) or "auto"
         if name == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+            raise CxrtlError(f"{DEVICE_ENV}={name!r} is not a device; set it to {DEVICE_CHOICES}, or unset it")
     if name == "cpu":
         return torch.device("cpu")
     index = name[5:] if name.startswith("cuda:") else None
