@@ -276,10 +276,10 @@ def fit(
     meta.setdefault("config", cfg.to_dict())
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            row, seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
+            row, seconds, val_seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
             improved = _record(state, row, seconds)
             log.info(
-                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs%s",
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs (val %.1fs)%s",
                 epoch,
                 cfg.epochs,
                 row["train_loss"],
@@ -288,6 +288,7 @@ def fit(
                 row["val_acc"],
                 row["lr"],
                 seconds,
+                val_seconds,
                 " (best)" if improved else "",
             )
             if writes:
@@ -386,8 +387,9 @@ def _set_up(
     return parts, state
 
 
-def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool) -> tuple[dict, float]:
-    """Train one epoch, evaluate on the validation split, step the schedule -> (history row, seconds)."""
+def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool) -> tuple[dict, float, float]:
+    """Train one epoch, evaluate on the validation split, step the schedule -> (history row, seconds, of
+    which validation seconds)."""
     torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))
     p.train_loader.sampler.set_epoch(epoch)
     lr_now = p.optimizer.param_groups[0]["lr"]
@@ -406,6 +408,7 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
         first_step=(epoch - 1) * len(p.train_loader),
     )
     ddp.broadcast_buffers(p.model)
+    t_val = time.perf_counter()
     va_loss, va_acc, _ = evaluate_loader(p.eval_net, p.val_loader, p.pp, p.device, p.numerics)
     p.scheduler.step()
     seconds = time.perf_counter() - t0
@@ -420,7 +423,7 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
         "lr": lr_now,
         "seconds": round(seconds, 3),
     }
-    return row, seconds
+    return row, seconds, time.perf_counter() - t_val
 
 
 def _record(state: FitState, row: dict, seconds: float) -> bool:
