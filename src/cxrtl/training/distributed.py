@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -22,7 +22,7 @@ TIMEOUT_ENV = "CXRTL_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 4 * 3600
 # BatchNorm buffers are broadcast explicitly before each evaluation (broadcast_buffers below), so DDP need
 # not re-send them on every forward; gradients as views of the buckets save a copy and memory.
-DDP_OPTIONS = {"broadcast_buffers": False, "gradient_as_bucket_view": True}
+DDP_OPTIONS: dict[str, Any] = {"broadcast_buffers": False, "gradient_as_bucket_view": True}
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ def wrap_model(
         device_ids = [device.index] if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=device_ids, **DDP_OPTIONS)
     if compile:
-        net = torch.compile(net)
+        net = cast(torch.nn.Module, torch.compile(net))
     return net, model
 
 

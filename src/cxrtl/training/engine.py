@@ -185,7 +185,7 @@ def _placed(model: torch.nn.Module, device: torch.device, memory_format) -> torc
     here = all(p.device == device for p in params) and all(
         p.dim() != 4 or p.is_contiguous(memory_format=memory_format) for p in params
     )
-    return model if here else copy.deepcopy(model).to(device, memory_format=memory_format)
+    return model if here else copy.deepcopy(model).to(device).to(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------- loaders
