@@ -28,11 +28,31 @@ SYNTH_KW = {
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` are skipped on a machine without CUDA."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_tests:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
 @pytest.fixture(autouse=True)
-def _isolated_env(tmp_path, monkeypatch):
-    """Every test gets its own cache folder and never touches the network or ~/.cache."""
+def _isolated_env(tmp_path, monkeypatch, request):
+    """Every test gets its own cache folder and never touches the network or ~/.cache.
+
+    ``--device auto`` means the CPU (CXRTL_DEVICE=cpu) except in tests marked ``gpu``: on a GPU machine
+    tests comparing numbers at 1e-6 would otherwise run in TF32/bf16.
+    """
     monkeypatch.setenv("CXRTL_CACHE_DIR", str(tmp_path / "cxrtl-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if request.node.get_closest_marker("gpu") is None:
+        monkeypatch.setenv("CXRTL_DEVICE", "cpu")
+    else:
+        monkeypatch.delenv("CXRTL_DEVICE", raising=False)
 
 
 @pytest.fixture(autouse=True)

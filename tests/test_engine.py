@@ -191,7 +191,7 @@ def test_state_file_is_safetensors_not_pickle(tmp_path):
     assert saved["scheduler"]["milestones"] == {"2": 1}
 
 
-def test_empty_validation_split_and_cuda_request_are_user_errors():
+def test_empty_validation_split_and_cuda_request_are_user_errors(monkeypatch):
     cfg = _cfg(epochs=1)
     with pytest.raises(CxrtlError, match="validation"):
         fit(_model(cfg), {"train": ToyData(10, 0), "val": ToyData(0, 1)}, cfg, None)
@@ -205,6 +205,7 @@ def test_empty_validation_split_and_cuda_request_are_user_errors():
         resolve_device("cuda:x")
     cpu = resolve_numerics(torch.device("cpu"))
     assert cpu.amp_dtype is None and cpu.memory_format == torch.contiguous_format
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
     gpu = resolve_numerics(torch.device("cuda"))
     assert gpu.amp_dtype == torch.bfloat16 and gpu.memory_format == torch.channels_last
 

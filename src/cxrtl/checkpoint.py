@@ -149,7 +149,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     meta = read_meta(weights)
     check_backbone(meta["backbone"])
     try:
-        tensors = load_file(str(weights), device=str(map_location))
+        # Read to host memory: the model is built on the CPU, so loading to a GPU here would copy the
+        # weights GPU -> CPU in load_state_dict and back again in .to(map_location). Now: one upload.
+        tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
         raise CxrtlError(
             f"checkpoint {weights} is damaged ({str(exc).splitlines()[0][:160]}); restore it or retrain"

@@ -46,13 +46,14 @@ class TrainConfig:
     lr: float | None = None  # None -> global batch / 1.6e4
     milestones: list[int] = field(default_factory=lambda: [8, 15, 25])
     gamma: float = 0.1
+    warmup_steps: int | None = None  # linear lr warm-up; None -> none alone, min(200, an epoch) with DDP
     seed: int = 2022
     group_by: str | None = None  # None | patient: patient-grouped split when the split is made here
     official: bool = False  # Kermany: use the official train/val/test folders
     ratios: list[float] | None = None  # train/val/test ratios; None -> the dataset kind's default
     device: str = "auto"  # auto | cpu | cuda
     workers: int = 0  # DataLoader worker processes (the cache makes 0 fast enough on most machines)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"  # auto (bf16 on CUDA with native bf16, else fp32) | fp32 | bf16
     channels_last: bool | None = None  # None -> on with CUDA, off on CPU
     compile: bool = False  # torch.compile the model
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard when tensorboard is installed
@@ -87,6 +88,8 @@ class TrainConfig:
         for key, low in (("image_size", 8), ("epochs", 1), ("batch_size", 1), ("workers", 0)):
             if getattr(self, key) < low:
                 bad(key, getattr(self, key), f"an integer >= {low}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            bad("warmup_steps", self.warmup_steps, "an integer >= 0")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             bad("lr", self.lr, "a positive number")
         if not (math.isfinite(self.gamma) and 0 < self.gamma <= 1):

@@ -7,6 +7,8 @@ One home for both training and inference: ``--device`` means the same thing to `
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import random
 from dataclasses import dataclass
 
@@ -16,15 +18,29 @@ import torch
 from .errors import CxrtlError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+DEVICE_ENV = "CXRTL_DEVICE"
+# bf16 runs natively from compute capability 8.0 (A100, RTX 30xx, H100); a T4 (7.5) or V100 (7.0) emulates it.
+NATIVE_BF16_CAPABILITY = (8, 0)
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` checked to exist."""
+    """``auto`` -> cuda when available, else cpu; ``cpu``/``cuda``/``cuda:N`` checked to exist.
+
+    ``CXRTL_DEVICE`` (same choices) says what ``auto`` means: ``CXRTL_DEVICE=cpu`` keeps a GPU machine's
+    runs on the CPU (the test suite sets it, so numerics compared at 1e-6 never run in TF32 or bf16).
+    """
     if isinstance(name, torch.device):
         return name
     name = str(name or "auto")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = os.environ.get(DEVICE_ENV) or "auto"
+        if name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+            raise CxrtlError(
+                f"{DEVICE_ENV}={name!r} is not a device; set it to {DEVICE_CHOICES}, or unset it"
+            )
     if name == "cpu":
         return torch.device("cpu")
     index = name[5:] if name.startswith("cuda:") else None
@@ -56,11 +72,26 @@ class Numerics:
 def resolve_numerics(
     device: torch.device, precision: str = "auto", channels_last: bool | None = None
 ) -> Numerics:
-    """bf16 autocast + channels_last by default on CUDA, plain fp32 NCHW on CPU (faster and exact there)."""
+    """How a step runs on ``device`` for ``--precision`` and ``--channels-last`` (None: on with CUDA).
+
+    ``auto``: bf16 autocast on a CUDA GPU with native bf16, plain fp32 everywhere else. On a GPU that only
+    emulates bf16 (compute capability < 8: T4, V100) auto picks fp32, not fp16 + GradScaler: emulated bf16
+    is slower than fp32 there, and fp16 needs a loss scaler whose skipped steps make the history depend on
+    the scaler's state (one more thing to save, resume and explain) for a speed-up the paper's
+    batch-16 runs do not need. CPU stays fp32: exact, deterministic and faster than CPU bf16.
+    """
     cuda = device.type == "cuda"
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
+    native = cuda and _native_bf16(device)
+    if precision == "bf16" and cuda and not native:
+        log.warning("%s emulates bf16 (compute capability < 8); --precision fp32 is faster there", device)
+    bf16 = precision == "bf16" or (precision == "auto" and native)
     cl = cuda if channels_last is None else channels_last
     return Numerics(torch.bfloat16 if bf16 else None, torch.channels_last if cl else torch.contiguous_format)
+
+
+def _native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA ``device`` computes bf16 in hardware (compute capability 8.0 or later)."""
+    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16_CAPABILITY
 
 
 def seed_everything(seed: int) -> None:

@@ -41,7 +41,11 @@ class CxrModel(nn.Module):
         self.backbone_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        features = self.backbone(x)
+        # The head runs in fp32 even under autocast: bf16 logits (8 mantissa bits) tie in AUC and threshold
+        # choice and skew a fitted temperature, and .float() afterwards cannot bring the bits back.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features.float())
 
     def freeze_backbone(self) -> CxrModel:
         """Feature-extractor scheme: no gradients AND no BatchNorm statistics updates in the backbone."""

@@ -77,19 +77,29 @@ def register(subparsers) -> None:
     a("--lr", type=float, metavar="X", help="learning rate (default global batch / 1.6e4)")
     a("--milestones", type=int, nargs="+", metavar="E", help="MultiStepLR milestones (default 8 15 25)")
     a("--gamma", type=float, metavar="X", help="MultiStepLR factor (default 0.1)")
+    a(
+        "--warmup-steps",
+        type=int,
+        metavar="N",
+        help="linear lr warm-up steps (default 0 in one process; min(200, one epoch) under torchrun)",
+    )
     a("--seed", type=int, metavar="N", help="seed of split, initialisation and shuffling (default 2022)")
     a("--group-by", choices=("patient",), help="patient-grouped split when the split is made here")
     a("--official", action="store_true", help="Kermany: use the official train/val/test folders")
     a("--ratios", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="split ratios")
     a("--device", choices=DEVICES, help="device (default auto)")
     a("--workers", type=int, metavar="N", help="DataLoader workers (default 0)")
-    a("--precision", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    a(
+        "--precision",
+        choices=PRECISIONS,
+        help="auto: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8+), else fp32",
+    )
     a(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         help="channels_last memory format (default: on with CUDA)",
     )
-    a("--compile", action="store_true", help="torch.compile the model")
+    a("--compile", action="store_true", help="torch.compile the training step (pays off from a few epochs)")
     a("--tensorboard", action="store_true", help="also log to RUN_DIR/tensorboard")
     a(
         "--track",

@@ -87,6 +87,22 @@ def normalize_batch(
     x = images.to(device if device is not None else images.device, non_blocking=True).float().div_(255.0)
     if pp.channels == 3 and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    mean = torch.tensor(pp.mean, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(pp.std, device=x.device).view(1, -1, 1, 1)
+    mean, std = _mean_std(x.device, pp.channels)
     return ((x - mean) / std).contiguous(memory_format=memory_format)
+
+
+_STATS: dict = {}  # (device, channels) -> (mean, std) as [1, C, 1, 1] float32 tensors on that device
+
+
+def _mean_std(device: torch.device, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ImageNet mean/std made once per (device, channels): a tensor built from a Python list on a GPU
+    is a blocking host-to-device copy, two per batch before this cache."""
+    import torch
+
+    key = (str(device), channels)
+    if key not in _STATS:
+        _STATS[key] = tuple(
+            torch.tensor(v[:channels], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            for v in (IMAGENET_MEAN, IMAGENET_STD)
+        )
+    return _STATS[key]

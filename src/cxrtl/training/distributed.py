@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -16,6 +16,13 @@ from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How long a collective may wait, e.g. for another node's first process to build a cold image cache
+# (hours on a network filesystem); NCCL's own default, 10 minutes, killed such runs before training.
+TIMEOUT_ENV = "CXRTL_DIST_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 4 * 3600
+# BatchNorm buffers are broadcast explicitly before each evaluation (broadcast_buffers below), so DDP need
+# not re-send them on every forward; gradients as views of the buckets save a copy and memory.
+DDP_OPTIONS: dict[str, Any] = {"broadcast_buffers": False, "gradient_as_bucket_view": True}
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,23 @@ def setup(device_type: str) -> DistInfo:
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=timeout())
     log.info("joined process group: rank %d of %d (%s)", info.rank, info.world_size, backend)
     return info
+
+
+def timeout():
+    """The process group's collective timeout: ``CXRTL_DIST_TIMEOUT_S`` seconds, default 4 hours."""
+    from datetime import timedelta
+
+    raw = os.environ.get(TIMEOUT_ENV) or str(DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise CxrtlError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds; unset it or fix it")
+    return timedelta(seconds=seconds)
 
 
 def start(device: torch.device) -> tuple[DistInfo, torch.device]:
@@ -90,6 +111,15 @@ def all_reduce_sum(values: list[float], device: torch.device | str = "cpu") -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_true(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` holds on every process (``flag`` itself in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def broadcast_flag(flag: bool, device: torch.device | str = "cpu") -> bool:
@@ -138,33 +168,38 @@ def eval_sampler(dataset, info: DistInfo) -> ShardSampler:
 def wrap_model(
     model: torch.nn.Module, info: DistInfo, device: torch.device, compile: bool = False
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """-> (module to train, module to evaluate): DDP-wrapped with several processes, compiled if asked."""
+    """-> (module to train, module to evaluate): DDP-wrapped with several processes, compiled if asked.
+
+    Only the training module is compiled: evaluation runs the plain model (under DDP too, as shards may
+    differ in batch count and DDP forwards are collective), so ``--compile`` builds one graph, not three.
+    """
     net: torch.nn.Module = model
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    # Evaluation bypasses DDP (shards may differ in batch count, and DDP forwards are collective).
-    eval_net: torch.nn.Module = model
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids, **DDP_OPTIONS)
     if compile:
-        net = torch.compile(net)  # type: ignore[assignment]  # compile(Module) returns a Module
-        eval_net = torch.compile(model) if info.enabled else net  # type: ignore[assignment]  # as above
-    return net, eval_net
+        net = cast(torch.nn.Module, torch.compile(net))
+    return net, model
 
 
-def main_first(fn: Callable[[], T], info: DistInfo, device: torch.device | str, what: str) -> T:
-    """``fn()`` on rank 0, then on the other ranks (rank 0 may build what they share, e.g. a cache).
+def node_first(fn: Callable[[], T], info: DistInfo, device: torch.device | str, what: str) -> T:
+    """``fn()`` on each node's first process (local rank 0), then on the node's other processes.
 
-    A CxrtlError on rank 0 stops every rank: rank 0 raises it, the others say ``rank 0 could not {what}``.
+    What ``fn`` builds on a node-local disk (the image cache) is built once per node while the other
+    processes wait in a collective, which the process group's long :func:`timeout` lets last. An error on
+    any first process stops every process: that one raises it, the others say ``could not {what}``.
     """
+    first = info.local_rank == 0
     result, error = None, None
-    if info.is_main:
+    if first:
         try:
             result = fn()
-        except CxrtlError as exc:
+        except Exception as exc:  # any failure: the other processes must not wait for hours
             error = exc
-    if not broadcast_flag(error is None, device):
+    if not all_true(error is None, device):
         if error is not None:
             raise error
-        raise CxrtlError(f"rank 0 could not {what}; see its error")
-    return cast(T, result) if info.is_main else fn()  # on rank 0, fn() returned (no error raised)
+        raise CxrtlError(f"another process could not {what}; see the error of local rank 0")
+    return result if first else fn()  # type: ignore[return-value]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,7 +23,7 @@ from ..model import CxrModel
 from . import distributed as ddp
 from . import resume as resume_state
 from .losses import training_loss
-from .optim import create_optimizer, create_scheduler
+from .optim import Warmup, create_optimizer, create_scheduler, resolve_warmup
 from .resume import STATE_FILE, FitState
 from .run_dir import write_epoch_files
 
@@ -31,7 +32,9 @@ FP32 = Numerics()  # plain fp32, NCHW: the default of every pass (Numerics is fr
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    # Each epoch's random stream depends only on (seed, epoch, rank): a resumed run replays it exactly.
+    # Each epoch's random stream depends only on (seed, epoch, rank): a resumed run replays it exactly on
+    # CPU. On CUDA it replays the same batches and augmentation draws, but cuDNN's autotuned kernels and
+    # atomics make the arithmetic, and so the history, differ in the last bits.
     return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
 
 
@@ -55,8 +58,15 @@ def train_one_epoch(
     numerics: Numerics = FP32,
     desc: str | None = None,
     progress: bool = False,
+    *,
+    warmup: Warmup | None = None,
+    first_step: int = 0,
 ) -> tuple[float, float, int]:
-    """One training pass -> (mean training loss per image, accuracy, images seen), summed over processes."""
+    """One training pass -> (mean training loss per image, accuracy, images seen), summed over processes.
+
+    ``warmup`` scales the learning rate of the optimizer steps numbered from ``first_step`` (0-based over
+    the whole run), leaving the scheduler's own learning rate as it was.
+    """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -70,7 +80,7 @@ def train_one_epoch(
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         loss.backward()
-        optimizer.step()
+        _step(optimizer, warmup.factor(first_step + step - 1) if warmup is not None else 1.0)
         # Sums weighted by batch size: a smaller last batch counts for what it holds (the authors'
         # printout averaged per-batch accuracies instead).
         loss_sum += loss.detach().double() * len(y)
@@ -84,6 +94,19 @@ def train_one_epoch(
     if total_seen == 0:
         return float("nan"), float("nan"), 0
     return total_loss / total_seen, total_correct / total_seen, int(total_seen)
+
+
+def _step(optimizer: torch.optim.Optimizer, scale: float) -> None:
+    """``optimizer.step()`` at ``scale`` times each group's learning rate (warm-up), then put it back."""
+    if scale >= 1.0:
+        optimizer.step()
+        return
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr * scale
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
 
 
 @torch.inference_mode()
@@ -127,25 +150,42 @@ def predict_logits(
     batch_size: int = 64,
     numerics: Numerics | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (np.float32 [N, k]) and labels (np.int64 [N], -1 when the data has none), in data order."""
+    """Logits (np.float32 [N, k]) and labels (np.int64 [N], -1 when the data has none), in data order.
+
+    The caller's model is left where it was, in its memory format and train/eval mode: when it must move,
+    a copy runs.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     numerics = numerics or resolve_numerics(device, "auto", None)
     loader = (
         dataset_or_loader
         if isinstance(dataset_or_loader, DataLoader)
         else DataLoader(dataset_or_loader, batch_size=batch_size, shuffle=False, num_workers=0)
     )
-    model = model.to(device)
-    if numerics.memory_format == torch.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    was_training = model.training
+    net = _placed(model, device, numerics.memory_format)
     outs, labels = [], []
-    for logits, y in _logits_pass(model, loader, pp, device, numerics):
-        outs.append(logits.cpu())
-        labels.append(y.cpu())
+    try:
+        for logits, y in _logits_pass(net, loader, pp, device, numerics):
+            outs.append(logits.cpu())
+            labels.append(y.cpu())
+    finally:
+        model.train(was_training)
     k = len(getattr(unwrap(model), "classes", [])) or 0
     if not outs:
         return np.zeros((0, k), np.float32), np.zeros((0,), np.int64)
     return torch.cat(outs).numpy().astype(np.float32), torch.cat(labels).numpy().astype(np.int64)
+
+
+def _placed(model: torch.nn.Module, device: torch.device, memory_format) -> torch.nn.Module:
+    """``model`` when already on ``device`` in ``memory_format``, else a copy placed there."""
+    params = list(model.parameters())
+    here = all(p.device == device for p in params) and all(
+        p.dim() != 4 or p.is_contiguous(memory_format=memory_format) for p in params
+    )
+    return model if here else copy.deepcopy(model).to(device).to(memory_format=memory_format)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -158,13 +198,19 @@ def make_loader(
     info: ddp.DistInfo,
     workers: int = 0,
     pin_memory: bool = False,
+    full_batches: bool = False,
 ) -> DataLoader:
-    """Training: seeded shuffle per epoch (DistributedSampler, also in one process); eval: in-order shards."""
+    """Training: seeded shuffle per epoch (DistributedSampler, also in one process); eval: in-order shards.
+
+    ``full_batches`` (training under ``--compile``): drop each epoch's short last batch, whose other shape
+    would cost a second compiled graph; the shuffle changes which images miss out from epoch to epoch.
+    """
     sampler: Sampler
     if train:
         sampler = ddp.train_sampler(dataset, info, seed)
         # A last batch of one image breaks BatchNorm on 1x1 feature maps: drop that one image per epoch.
         drop_last = len(sampler) % batch_size == 1 and len(sampler) > 1
+        drop_last = drop_last or (full_batches and len(sampler) >= batch_size)
     else:
         sampler = ddp.eval_sampler(dataset, info)
         drop_last = False
@@ -195,6 +241,7 @@ class _Parts:
     pp: Preprocess
     device: torch.device
     numerics: Numerics
+    warmup: Warmup
 
 
 def fit(
@@ -230,10 +277,10 @@ def fit(
     meta.setdefault("config", cfg.to_dict())
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
-            row, seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
+            row, seconds, val_seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
             improved = _record(state, row, seconds)
             log.info(
-                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs%s",
+                "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs (val %.1fs)%s",
                 epoch,
                 cfg.epochs,
                 row["train_loss"],
@@ -242,6 +289,7 @@ def fit(
                 row["val_acc"],
                 row["lr"],
                 seconds,
+                val_seconds,
                 " (best)" if improved else "",
             )
             if writes:
@@ -309,8 +357,18 @@ def _set_up(
     net, eval_net = ddp.wrap_model(model, info, device, cfg.compile)
     pin = device.type == "cuda"
     train_loader = make_loader(
-        train_ds, cfg.batch_size, train=True, seed=cfg.seed, info=info, workers=cfg.workers, pin_memory=pin
+        train_ds,
+        cfg.batch_size,
+        train=True,
+        seed=cfg.seed,
+        info=info,
+        workers=cfg.workers,
+        pin_memory=pin,
+        full_batches=cfg.compile,
     )
+    warmup = resolve_warmup(cfg, info.world_size, len(train_loader))
+    if warmup.steps:
+        log.info("learning rate warm-up over the first %d steps (--warmup-steps)", warmup.steps)
     val_loader = make_loader(
         val_ds, cfg.batch_size, train=False, seed=cfg.seed, info=info, workers=cfg.workers, pin_memory=pin
     )
@@ -326,12 +384,14 @@ def _set_up(
         Preprocess(cfg.input, cfg.channels, cfg.image_size),
         device,
         numerics,
+        warmup,
     )
     return parts, state
 
 
-def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool) -> tuple[dict, float]:
-    """Train one epoch, evaluate on the validation split, step the schedule -> (history row, seconds)."""
+def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool) -> tuple[dict, float, float]:
+    """Train one epoch, evaluate on the validation split, step the schedule -> (history row, seconds, of
+    which validation seconds)."""
     torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))
     p.train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]  # a DistributedSampler
     lr_now = p.optimizer.param_groups[0]["lr"]
@@ -346,8 +406,11 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
         p.numerics,
         desc=f"epoch {epoch}/{cfg.epochs}",
         progress=show,
+        warmup=p.warmup,
+        first_step=(epoch - 1) * len(p.train_loader),
     )
     ddp.broadcast_buffers(p.model)
+    t_val = time.perf_counter()
     va_loss, va_acc, _ = evaluate_loader(p.eval_net, p.val_loader, p.pp, p.device, p.numerics)
     p.scheduler.step()
     seconds = time.perf_counter() - t0
@@ -362,7 +425,7 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
         "lr": lr_now,
         "seconds": round(seconds, 3),
     }
-    return row, seconds
+    return row, seconds, time.perf_counter() - t_val
 
 
 def _record(state: FitState, row: dict, seconds: float) -> bool:

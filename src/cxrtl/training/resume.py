@@ -160,9 +160,23 @@ def restore_state(payload: tuple[dict, dict], model, optimizer, scheduler) -> Fi
     tensors, saved = payload
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optimizer.load_state_dict(_optimizer_from_safe(tensors, saved["optimizer"]))
+    match_parameter_layout(optimizer)
     scheduler.load_state_dict(_scheduler_from_json(saved["scheduler"]))
     _restore_rng(tensors, saved)
     return FitState.from_info(saved)
+
+
+def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (exp_avg, exp_avg_sq) its parameter's strides.
+
+    The state file stores tensors contiguous (NCHW); restored as they are, they no longer match their
+    channels_last parameters and the foreach/fused NAdam kernels fall back to slow per-tensor launches.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 # ----------------------------------------------------------------------------- --resume RUN_DIR

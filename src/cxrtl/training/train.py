@@ -50,7 +50,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 
 def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_csv: str | None):
-    """-> (preprocess, prepared data); rank 0 prepares first, as it builds the cache the others read."""
+    """-> (preprocess, prepared data); each node's first process prepares first: it builds the cache its node reads."""
     from ..data import prepare_data
 
     pp = Preprocess(cfg.input, cfg.channels, cfg.image_size)
@@ -63,7 +63,7 @@ def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_c
         "cache_dir": cfg.cache_dir,
         "progress": cfg.progress and info.is_main,
     }
-    prepared = ddp.main_first(lambda: prepare_data(cfg.data, pp, **kwargs), info, device, "prepare the data")
+    prepared = ddp.node_first(lambda: prepare_data(cfg.data, pp, **kwargs), info, device, "prepare the data")
     return pp, prepared
 
 
