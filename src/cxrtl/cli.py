@@ -15,7 +15,7 @@ from . import __version__
 from .errors import CxrtlError
 
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
-COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "reproduce")
+COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "reproduce", "segment")
 
 
 def build_parser() -> argparse.ArgumentParser:
