@@ -20,6 +20,11 @@ def _error_line(capsys) -> str:
     return err[0]
 
 
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 @pytest.fixture
 def random_seg(tmp_path):
     """A segmenter run dir with untrained weights (fast): enough for shapes, files and refusals."""
@@ -104,7 +109,7 @@ def test_train_evaluate_masks_split_end_to_end(covid_root, pneumonia_root, tmp_p
     metrics = json.loads((ev / "metrics.json").read_text())
     assert (ev / "overlays.png").is_file() and len(metrics["worst"]) == min(5, metrics["n_images"])
     # Independent Dice: predict the test images' masks, compare with the true masks as sklearn's pixel F1.
-    test = [r for r in csv.DictReader(open(run / "split.csv")) if r["split"] == "test"]
+    test = [r for r in _rows(run / "split.csv") if r["split"] == "test"]
     pred_dir = tmp_path / "pred"
     assert (
         main(
@@ -135,5 +140,46 @@ def test_train_evaluate_masks_split_end_to_end(covid_root, pneumonia_root, tmp_p
     assert main(["data", "masks", str(pneumonia_root), "--segmenter", str(run), "--out", str(masks)]) == 0
     split = tmp_path / "k.csv"
     assert main(["data", "split", str(pneumonia_root), "--masks", str(masks), "--out", str(split)]) == 0
-    rows = list(csv.DictReader(open(split)))
+    rows = _rows(split)
     assert rows and all(r["mask_path"].startswith(str(masks)) for r in rows)
+
+
+def test_masked_model_predicts_with_segmenter_and_user_mask_wins(
+    random_seg, pneumonia_root, tmp_path, capsys
+):
+    from cxrtl.checkpoint import save_checkpoint
+    from cxrtl.data.preprocess import Preprocess
+    from cxrtl.model import create_model
+
+    clf = tmp_path / "masked"
+    clf.mkdir()
+    model = create_model("test_resnet", ["NORMAL", "PNEUMONIA"], 3, init="none")
+    save_checkpoint(clf / "best", model, {"preprocess": Preprocess("masked", 3, 32).to_dict()})
+    images = sorted((pneumonia_root / "test").rglob("*.jpeg"))[:2]
+    assert main(["predict", str(clf), str(images[0]), "--format", "json"]) == 1
+    assert "--segmenter SEG_RUN" in json.loads(capsys.readouterr().out)[0]["error"]
+
+    saved = tmp_path / "used"
+    argv = [
+        "predict",
+        str(clf),
+        *map(str, images),
+        "--segmenter",
+        str(random_seg),
+        "--save-masks",
+        str(saved),
+    ]
+    assert main([*argv, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r.get("error") for r in rows] == [None, None]
+    assert sorted(p.name for p in saved.iterdir()) == sorted(i.stem + ".png" for i in images)
+
+    own = tmp_path / "own"
+    user_mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(user_mask)
+    argv = ["predict", str(clf), str(images[0]), "--mask", str(user_mask), "--segmenter", str(random_seg)]
+    assert main([*argv, "--save-masks", str(own)]) == 0
+    assert not own.exists()  # the user's mask was used, no mask was predicted
+
+    assert main(["predict", str(clf), str(images[0]), "--segmenter", str(clf)]) == 2
+    assert "is a classifier run, not a segmenter" in _error_line(capsys)
