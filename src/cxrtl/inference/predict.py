@@ -74,7 +74,7 @@ class Predictor:
         self.temperature = temperature
         self.source = source
         self.backbone = backbone
-        self.segmenter = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
+        self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
 
     # ------------------------------------------------------------------------------ construction
