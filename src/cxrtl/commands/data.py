@@ -45,7 +45,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
     p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
     p.add_argument("--official", action="store_true", help="use Kermany's own train/val/test folders")
+    p.add_argument("--masks", metavar="MASK_DIR", help="fill mask_path from `cxrtl data masks` output")
     p.set_defaults(func=run_split)
+    _register_masks(sub)
 
     p = sub.add_parser("cache", help="decode, mask, resize and crop once into the uint8 cache")
     p.add_argument("root", metavar="ROOT")
@@ -162,6 +164,8 @@ def run_split(args) -> int:
         raise CxrtlError("--official uses Kermany's own folders; drop --ratios/--group-by")
     index = load_dataset(args.root)
     split = make_split(index, ratios=ratios, seed=args.seed, group_by=args.group_by, official=args.official)
+    if args.masks:
+        split = _with_masks(index, split, args.masks)
     path = write_split_csv(args.out, split)
     print(f"wrote {path}")
     for name, recs in split.items():
@@ -198,3 +202,34 @@ def run_cache(args) -> int:
         for path, reason in sorted(cache.failed.items())[:10]:
             print(f"  {path}: {reason}")
     return 0
+
+
+# ----------------------------------------------------------------------------- masks from a segmenter
+def _register_masks(sub) -> None:
+    p = sub.add_parser("masks", help="predict lung masks for a whole dataset into a separate folder")
+    p.add_argument("root", metavar="ROOT", help="dataset folder (e.g. Kermany's chest_xray)")
+    p.add_argument("--segmenter", required=True, metavar="SEG_RUN", help="run dir of `cxrtl segment train`")
+    p.add_argument("--out", required=True, metavar="MASK_DIR", help="folder for the masks (outside ROOT)")
+    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=run_masks)
+
+
+def run_masks(args) -> int:
+    from ..segmentation.masks import write_dataset_masks
+
+    written, failed = write_dataset_masks(
+        args.root, args.segmenter, args.out, args.device, progress=args.progress
+    )
+    for path, why in failed:
+        print(f"failed: {path}: {why}")
+    print(
+        f"wrote {written} mask(s) to {args.out}; use them with `cxrtl data split {args.root} --masks {args.out}`"
+    )
+    return 1 if failed else 0
+
+
+def _with_masks(index, split, mask_dir):
+    from ..segmentation.masks import attach_masks
+
+    return attach_masks(index, split, mask_dir)

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
     m = p.add_mutually_exclusive_group()
     m.add_argument("--mask", metavar="PATH", help="lung mask of the (single) image")
     m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
+    a("--segmenter", metavar="SEG_RUN", help="predict lung masks for a masked model (--mask still wins)")
+    a("--save-masks", metavar="DIR", help="with --segmenter: write the masks used, as <image stem>.png")
     a(
         "--device",
         default="auto",
@@ -51,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.save_masks and not args.segmenter:
+        raise CxrtlError("--save-masks writes the masks of --segmenter; add --segmenter SEG_RUN")
     predictor = Predictor.from_checkpoint(args.model, device=args.device, threads=args.threads)
+    if args.segmenter:
+        predictor.use_segmenter(args.segmenter, save_masks=args.save_masks)
     images = collect_inputs(args.paths)
     if not images:
         raise CxrtlError(

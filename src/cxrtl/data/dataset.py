@@ -105,7 +105,7 @@ def prepare_data(
     cache is built (minutes on the full datasets) without indexing twice.
     """
     index = index if index is not None else load_dataset(root)
-    if pp.input == "masked":
+    if pp.input == "masked" and not split_csv:  # a split CSV may bring masks (``data split --masks``)
         check_masks(index)
     split = (
         read_split_csv(split_csv, index)

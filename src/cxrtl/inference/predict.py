@@ -74,20 +74,30 @@ class Predictor:
         self.temperature = temperature
         self.source = source
         self.backbone = backbone
+        self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
+        self.save_masks: Path | None = None
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str = "auto", threads: int | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        threads: int | None = None,
+        segmenter: str | os.PathLike | None = None,
     ) -> Predictor:
         """Load a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx`` export,
-        or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache)."""
+        or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache).
+
+        ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a masked model needs.
+        """
         from ..hub import resolve_model
 
         path = resolve_model(path)
-        if path.suffix.lower() == ".onnx":
-            return cls._from_onnx(path, threads)
-        return cls._from_torch(path, device)
+        predictor = (
+            cls._from_onnx(path, threads) if path.suffix.lower() == ".onnx" else cls._from_torch(path, device)
+        )
+        return predictor.use_segmenter(segmenter) if segmenter else predictor
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
@@ -125,6 +135,33 @@ class Predictor:
             backbone=meta.get("backbone"),
         )
 
+    def use_segmenter(
+        self, seg_run: str | os.PathLike, save_masks: str | os.PathLike | None = None
+    ) -> Predictor:
+        """Predict the lung mask of every image given without one (a user's own mask still wins).
+
+        ``save_masks``: also write each predicted mask there as ``<image stem>.png``, for inspection.
+        """
+        from ..segmentation.predict import Segmenter
+
+        self.segmenter = Segmenter.load(
+            seg_run, "cpu" if self.torch_model is None else str(self.backend.device)
+        )
+        self.save_masks = Path(save_masks) if save_masks else None
+        return self
+
+    def _auto_mask(self, gray: np.ndarray, image: ImageLike) -> np.ndarray:
+        assert self.segmenter is not None
+        mask = self.segmenter.predict(gray)
+        if self.save_masks is not None and not isinstance(image, np.ndarray):
+            from PIL import Image
+
+            from ..fsutil import atomic_path
+
+            with atomic_path(self.save_masks / (Path(_name(image)).stem + ".png"), suffix=".png") as tmp:
+                Image.fromarray(mask, mode="L").save(tmp, format="PNG")
+        return mask
+
     @property
     def needs_mask(self) -> bool:
         """True for a model trained on lung-masked images: every input needs its mask."""
@@ -154,10 +191,12 @@ class Predictor:
         gray = self.load(image)
         mask_arr = None
         if self.needs_mask:
+            if mask is None and self.segmenter is not None:
+                mask = self._auto_mask(gray, image)
             if mask is None:
                 raise CxrtlError(
                     f"this model was trained on lung-masked images; give the lung mask of "
-                    f"{_name(image)} (--mask PATH or --mask-dir DIR)"
+                    f"{_name(image)} (--mask PATH or --mask-dir DIR), or predict it with --segmenter SEG_RUN"
                 )
             mask_arr = _as_gray(mask) if isinstance(mask, np.ndarray) else load_gray(mask)
         return prepare_image(gray, self.spec, mask_arr), gray.shape

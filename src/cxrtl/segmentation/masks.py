@@ -1,0 +1,54 @@
+"""Masks for a whole dataset kept outside it: ``MASK_DIR/<image's path in the dataset>.png``, and the
+split's ``mask_path`` column filled from such a folder (``cxrtl data masks``, ``cxrtl data split --masks``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..data.records import DatasetIndex, Record
+from ..errors import CxrtlError
+
+
+def mask_file(mask_dir: Path, record: Record) -> Path:
+    """Where the mask of ``record`` lives in a mask folder: its dataset path with a .png suffix."""
+    return mask_dir / Path(record.path).with_suffix(".png")
+
+
+def write_dataset_masks(
+    root: str | os.PathLike, seg_run: str | os.PathLike, out: str | os.PathLike, device: str = "auto", **kw
+) -> tuple[int, list[tuple[str, str]]]:
+    """Predict a mask for every image of the dataset at ``root`` into ``out`` -> (written, failures)."""
+    from ..data.sources import load_dataset
+    from .predict import Segmenter, segment_files
+
+    index = load_dataset(root)
+    out_dir = Path(out).expanduser().resolve()
+    if out_dir == index.root.resolve() or index.root.resolve() in out_dir.parents:
+        raise CxrtlError(
+            f"--out {out_dir} is inside the dataset {index.root}; write the masks to another folder"
+        )
+    seg = Segmenter.load(seg_run, device)
+    plan = [(index.abspath(r.path), Path(r.path).with_suffix(".png")) for r in index.records]
+    return segment_files(seg, plan, out_dir, **kw)
+
+
+def attach_masks(index: DatasetIndex, split: dict[str, list[Record]], mask_dir: str | os.PathLike) -> dict:
+    """The split with each record's ``mask_path`` set to its (absolute) mask file in ``mask_dir``.
+
+    Raises a one-line error counting the images without a mask, so a stale or foreign folder is caught.
+    """
+    folder = Path(mask_dir).expanduser().resolve()
+    if not folder.is_dir():
+        raise CxrtlError(f"mask folder {mask_dir} does not exist; write it with `cxrtl data masks`")
+    records = [r for recs in split.values() for r in recs]
+    unmatched = [r.path for r in records if not mask_file(folder, r).is_file()]
+    if unmatched:
+        raise CxrtlError(
+            f"{len(unmatched)} of {len(records)} images have no mask in {folder} (e.g. {unmatched[0]}); "
+            f"write them with `cxrtl data masks {index.root} --segmenter SEG_RUN --out {folder}`"
+        )
+    return {
+        name: [replace(r, mask_path=str(mask_file(folder, r))) for r in recs] for name, recs in split.items()
+    }
