@@ -155,9 +155,10 @@ def _resolution_note(runs: Sequence[dict]) -> str:
         return base
     ns = sorted({n for n, _ in widths})
     lo, hi = min(w for _, w in widths), max(w for _, w in widths)
+    span = f"±{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"±{lo:.1f} to ±{hi:.1f}"
     return (
         base + f" With {', '.join(map(str, ns))} test images the accuracy intervals are "
-        f"±{lo:.1f} to ±{hi:.1f} points wide: differences smaller than that between rows, or between "
+        f"{span} points wide: differences smaller than that between rows, or between "
         "ours and the paper's, are not resolved by this test set."
     )
 
