@@ -146,6 +146,8 @@ def _coerce(key: str, value: Any) -> Any:
                 raise TypeError
             return list(value)
         if kind.startswith("list[float]"):
+            if isinstance(value, str):  # "0.7,0.2,0.1" (the comma form, as `data split --ratios` takes)
+                value = _comma_floats(key, value)
             if not isinstance(value, list) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
             ):
@@ -157,6 +159,16 @@ def _coerce(key: str, value: Any) -> Any:
     except TypeError:
         raise CxrtlError(
             f"config key {key!r} has value {value!r} of the wrong type; expected {kind}"
+        ) from None
+
+
+def _comma_floats(key: str, text: str) -> list[float]:
+    """``"0.7,0.2,0.1"`` (commas and/or spaces) -> floats, or a one-line error naming the option."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise CxrtlError(
+            f"{key.replace('_', '-')} {text!r} are not numbers; give three like 0.7,0.15,0.15"
         ) from None
 
 

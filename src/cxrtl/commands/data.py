@@ -28,7 +28,12 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=run_synth)
 
-    p = sub.add_parser("check", help="detect the layout, count classes, list skipped files")
+    p = sub.add_parser(
+        "check",
+        help="detect the layout, count classes, list skipped files; exit 1 on leakage",
+        description="Detect the layout, count classes and list skipped files. With --split, also look for "
+        "leakage (duplicates across splits, patients in more than one split): exit status 1 when any is found.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--split", metavar="SPLIT.csv", help="also check this split (and its leakage)")
@@ -39,8 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
     p.add_argument(
         "--ratios",
+        nargs="+",
         metavar="A,B,C",
-        help="train,val,test ratios (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
+        help="train,val,test ratios, e.g. 0.7,0.2,0.1 (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
     )
     p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
     p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
@@ -109,11 +115,18 @@ def run_check(args) -> int:
         from ..integrity.leakage import check_split
 
         report["leakage"] = check_split(index, split)
+    leaks = "leakage" in report and not report["leakage"]["ok"]
     if args.format == "json":
         from ..fsutil import json_safe
 
         print(json.dumps(json_safe(report), indent=2, default=str))
-        return 0
+        return 1 if leaks else 0
+    _print_check(report)
+    return 1 if leaks else 0
+
+
+def _print_check(report: dict) -> None:
+    """The text form of `data check`'s report."""
     print(
         f"{report['root']}: {report['layout']} layout, {report['total']} images in "
         f"{len(report['classes'])} classes"
@@ -136,7 +149,9 @@ def run_check(args) -> int:
     if "split" in report:
         print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
     if "leakage" in report:
-        print("leakage: " + json.dumps(report["leakage"], default=str)[:2000])
+        from ..integrity.leakage import leakage_lines
+
+        print("\n".join(leakage_lines(report["leakage"])))
     if report["skipped"]:
         reasons = Counter(
             s["reason"].split(" of ")[0] if s["reason"].startswith("duplicate") else s["reason"]
@@ -150,14 +165,13 @@ def run_check(args) -> int:
             print(f"  {s['path']}: {s['reason']}")
         if len(report["skipped"]) > 10:
             print(f"  ... and {len(report['skipped']) - 10} more (see --format json)")
-    return 0
 
 
 def run_split(args) -> int:
     from ..data.sources import load_dataset
     from ..data.splits import make_split, parse_ratios, write_split_csv
 
-    ratios = parse_ratios(args.ratios) if args.ratios else None
+    ratios = parse_ratios(",".join(args.ratios)) if args.ratios else None
     if args.official and (ratios is not None or args.group_by):
         raise CxrtlError("--official uses Kermany's own folders; drop --ratios/--group-by")
     index = load_dataset(args.root)

@@ -80,7 +80,12 @@ def register(subparsers) -> None:
     a("--seed", type=int, metavar="N", help="seed of split, initialisation and shuffling (default 2022)")
     a("--group-by", choices=("patient",), help="patient-grouped split when the split is made here")
     a("--official", action="store_true", help="Kermany: use the official train/val/test folders")
-    a("--ratios", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="split ratios")
+    a(
+        "--ratios",
+        nargs="+",
+        metavar="A,B,C",
+        help="train,val,test split ratios, e.g. 0.7,0.2,0.1 (as `cxrtl data split`; spaces also work)",
+    )
     a("--device", choices=DEVICES, help="device (default auto)")
     a("--workers", type=int, metavar="N", help="DataLoader workers (default 0)")
     a("--precision", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU")
@@ -104,6 +109,8 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     given = {
         k: v for k, v in vars(args).items() if k not in ("func", "command", "verbose", "config", "resume")
     }
+    if "ratios" in given:
+        given["ratios"] = ",".join(given["ratios"])  # comma form or three words: one syntax for both
     resume = getattr(args, "resume", None)
     if resume is not None:
         extra = sorted(set(given) - set(RESUME_OPTIONS) - {"out"})

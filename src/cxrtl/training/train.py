@@ -67,6 +67,20 @@ def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_c
     return pp, prepared
 
 
+def _warn_patient_leak(split) -> None:
+    """Warn once when patients straddle the splits: their images in val/test inflate every number."""
+    from ..integrity.leakage import straddling_patients
+
+    leaked = straddling_patients(split)
+    if leaked:
+        log.warning(
+            "%d patient(s) have images in more than one split (e.g. %s): validation and test accuracy will be "
+            "inflated; split with --group-by patient (see `cxrtl data check ROOT --split SPLIT.csv`)",
+            len(leaked),
+            leaked[0]["patient"],
+        )
+
+
 def _check_classes(model_classes: list[str], data_classes: list[str], what: str) -> None:
     if list(model_classes) != list(data_classes):
         raise CxrtlError(
@@ -105,6 +119,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         check_out_dir(run_dir, cfg.overwrite)
     split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
     pp, prepared = _prepare(cfg, info, device, split_csv)
+    if info.is_main:
+        _warn_patient_leak(prepared.split)
     classes = prepared.classes
     model = _build_model(cfg, classes, resume_payload, run_dir)
     cfg.backbone = model.backbone_name
