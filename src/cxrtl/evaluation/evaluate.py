@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
+from ..provenance import provenance
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -239,9 +240,52 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
+def _store_operating_point(ckpt: Path, result: dict) -> None:
+    """Save ``evaluate --positive``'s threshold beside the checkpoint, where ``predict`` picks it up."""
+    from ..checkpoint import save_threshold
+
+    op = result.get("operating_point")
+    if not op:
+        return
+    path = save_threshold(
+        ckpt,
+        op["positive"],
+        op["threshold"],
+        op.get("temperature", 1.0),
+        target_sensitivity=op["target_sensitivity"],
+        chosen_on="val",
+        val_positives=op["val"]["tp"] + op["val"]["fn"],
+        warning=op.get("warning"),
+    )
+    log.info("saved the %s threshold %.4f to %s", op["positive"], op["threshold"], path)
+
+
+def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
+    """``data_root`` if given, else the one the run (or checkpoint) was trained on, from its config."""
+    if data_root is not None:
+        return str(data_root)
+    from ..checkpoint import read_meta
+
+    path = Path(model_path).expanduser()
+    cfg = {}
+    if path.is_dir() and (path / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    else:
+        cfg = read_meta(path).get("config") or {}
+    root = cfg.get("data") if isinstance(cfg, dict) else None
+    if not root:
+        raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
+    if not Path(root).expanduser().exists():
+        raise CxrtlError(f"the run's dataset {root} is not there any more; pass --data ROOT")
+    log.info("data root from the run's config: %s", root)
+    return str(root)
+
+
 def evaluate(
     model_path: str | os.PathLike,
-    data_root: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
     split_csv=None,
     subset: str = "test",
     out: str | os.PathLike | None = None,
@@ -262,6 +306,8 @@ def evaluate(
     A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
+    ``data_root=None`` takes the dataset the run was trained on (its ``config.yaml`` or checkpoint config).
+    With ``positive``, the chosen threshold is also saved beside the checkpoint (``predict`` flags rows).
 
     ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
@@ -276,6 +322,7 @@ def evaluate(
     if subset not in SUBSETS:
         raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
+    data_root = data_root_of(model_path, data_root)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     model, meta = load_checkpoint(ckpt, map_location="cpu")
@@ -309,9 +356,11 @@ def evaluate(
         "preprocess": pp.to_dict(),
         "device": str(dev),
     }
+    result["provenance"] = provenance(dev)
     val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    _store_operating_point(ckpt, result)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

@@ -26,6 +26,7 @@ import numpy as np
 from ..data.records import DatasetIndex, Record
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, read_json, write_json
+from ..provenance import provenance
 from .experiments import (
     COVID_BEST,
     Profile,
@@ -458,6 +459,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
             "imagenet_unavailable": no_weights,
             "splits": notes,
         },
+        "provenance": provenance(),
     }
     write_json(out / "results.json", payload)
     paths = write_report(out, payload)

@@ -14,6 +14,7 @@ from ..data.preprocess import Preprocess
 from ..device import resolve_device, seed_everything
 from ..errors import CxrtlError
 from ..model import CxrModel, set_scheme
+from ..provenance import provenance
 from . import distributed as ddp
 from . import resume as resume_state
 from .engine import fit
@@ -149,6 +150,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         "init": cfg.init,
         "scheme": cfg.scheme,
         "config": cfg.to_dict(),
+        "provenance": provenance(device),
     }
     try:
         result = fit(
@@ -169,6 +171,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         "world_size": info.world_size,
         "device": str(device),
         "config": cfg.to_dict(),
+        "provenance": meta["provenance"],
     }
     if info.is_main:
         write_summary(run_dir, summary)
