@@ -17,6 +17,7 @@ LOSSES = ("ce", "wce-1cf", "wce-icf", "focal")
 FOCAL_ALPHAS = ("none", "1cf", "icf")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+SELECT_BY = ("val_acc", "val_loss")  # which validation number picks the best checkpoint
 DEFAULT_BACKBONE = "densenet121"
 # Paper §IV: batch size / learning rate = 1.6e4 (batch 16 -> lr 1e-3, as the authors' notebook ran).
 BATCH_PER_LR = 1.6e4
@@ -59,7 +60,8 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard when tensorboard is installed
     cache_dir: str | None = None  # image cache; None -> env CXRTL_CACHE_DIR or ~/.cache/cxrtl
     overwrite: bool = False  # replace an existing run in --out
-    progress: bool = True  # tqdm progress bars on stderr
+    progress: bool = True  # tqdm progress bars on stderr (only when stderr is a terminal)
+    select_by: str = "val_acc"  # val_acc (the paper's; ties keep the earlier epoch) | val_loss (lowest)
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """The learning rate: the given one, or the paper's rule on the global batch."""
@@ -78,6 +80,7 @@ class TrainConfig:
             ("device", DEVICES),
             ("precision", PRECISIONS),
             ("input", ("raw", "masked")),
+            ("select_by", SELECT_BY),
         ):
             if getattr(self, key) not in choices:
                 bad(key, getattr(self, key), " | ".join(choices))

@@ -50,6 +50,41 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         ddp.teardown()
 
 
+INHERITED = ("input", "channels", "image_size")  # a transfer takes these from its source unless given
+
+
+def inherit_input_settings(
+    cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()
+) -> TrainConfig:
+    """A transfer (``init`` = a checkpoint) takes input, channels and image size from its source checkpoint.
+
+    Keys in ``explicit`` (given on the command line or in the YAML) are kept; where they differ from the
+    source's, one warning says so. Other inits are returned unchanged.
+    """
+    if cfg.init in ("imagenet", "none"):
+        return cfg
+    from ..checkpoint import read_meta
+
+    source = read_meta(cfg.init).get("preprocess") or {}
+    cfg = dataclasses.replace(cfg)
+    taken, differ = [], []
+    for key in INHERITED:
+        if key not in source:
+            continue
+        if key not in explicit:
+            setattr(cfg, key, source[key])
+            taken.append(f"{key.replace('_', '-')} {source[key]}")
+        elif getattr(cfg, key) != source[key]:
+            differ.append(f"--{key.replace('_', '-')} {getattr(cfg, key)} (source: {source[key]})")
+    if taken:
+        log.info("transfer from %s: %s, as its source was trained", cfg.init, ", ".join(taken))
+    if differ:
+        log.warning(
+            "transfer from %s with other input settings than its source: %s", cfg.init, ", ".join(differ)
+        )
+    return cfg
+
+
 def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_csv: str | None):
     """-> (preprocess, prepared data); rank 0 prepares first, as it builds the cache the others read."""
     from ..data import prepare_data
