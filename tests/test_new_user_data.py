@@ -80,7 +80,9 @@ def test_train_on_a_leaking_split_warns_once_with_the_count(pneumonia_root, tmp_
     assert n > 0
     caplog.set_level(logging.WARNING)
     args = ["--backbone", "test_resnet", "--init", "none", "--image-size", "32", "--epochs", "1"]
-    args += ["--no-progress", "--device", "cpu", "--split", split]
+    args += ["--device", "cpu", "--split", split]  # no --no-progress: stderr is not a terminal
     assert main(["train", "--data", str(pneumonia_root), "--out", str(tmp_path / "run"), *args]) == 0
     warnings = [r.getMessage() for r in caplog.records if "more than one split" in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith(f"{n} patient(s)")
+    err = capsys.readouterr().err  # stderr is not a terminal here: no progress bars in the log
+    assert "\r" not in err and "batch/s" not in err

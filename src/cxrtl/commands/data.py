@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 from ..errors import CxrtlError
@@ -26,6 +27,9 @@ def register(subparsers) -> None:
         "--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_synth)
 
     p = sub.add_parser(
@@ -37,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--split", metavar="SPLIT.csv", help="also check this split (and its leakage)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
@@ -60,6 +67,9 @@ def register(subparsers) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (pseudo-RGB)")
     p.add_argument("--image-size", type=int, default=224, help="crop size (default 224)")
     p.add_argument("--cache-dir", help="cache folder (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_cache)
 
     add_dedup_parser(sub)
@@ -69,7 +79,7 @@ def run_synth(args) -> int:
     from ..data.sources import load_dataset
     from ..data.synthetic import synthesize
 
-    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed)
+    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed, progress=not args.no_progress)
     for root in (covid, kermany):
         index = load_dataset(root)
         counts = Counter(r.label for r in index.records)
@@ -114,7 +124,7 @@ def run_check(args) -> int:
         }
         from ..integrity.leakage import check_split
 
-        report["leakage"] = check_split(index, split)
+        report["leakage"] = check_split(index, split, progress=not args.no_progress)
     leaks = "leakage" in report and not report["leakage"]["ok"]
     if args.format == "json":
         from ..fsutil import json_safe
@@ -199,7 +209,14 @@ def run_cache(args) -> int:
         records = [r for recs in read_split_csv(args.split, index).values() for r in recs]
     if pp.input == "masked":
         check_masks(index, records)
-    cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=True)
+    cache_log = logging.getLogger("cxrtl.data.cache")
+    level = cache_log.level
+    if not getattr(args, "verbose", False):  # the summary below says it: "built/reused cache ..." once, not twice
+        cache_log.setLevel(logging.WARNING)
+    try:
+        cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=not args.no_progress)
+    finally:
+        cache_log.setLevel(level)
     state = "built" if cache.built else "reused"
     print(
         f"{state} cache {cache.dir}: {len(cache)} images, {pp.input}, {pp.image_size}x{pp.image_size} uint8"

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cam_dir=args.cam,
         cam_class=args.cam_class,
-        progress=args.progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     sys.stdout.write(render(rows, predictor.classes, args.format))
     failed = sum(r.error is not None for r in rows)
