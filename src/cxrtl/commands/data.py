@@ -211,7 +211,8 @@ def run_cache(args) -> int:
         check_masks(index, records)
     cache_log = logging.getLogger("cxrtl.data.cache")
     level = cache_log.level
-    if not getattr(args, "verbose", False):  # the summary below says it: "built/reused cache ..." once, not twice
+    # The summary below says "built/reused cache ..." once; the library's INFO line would say it twice.
+    if not getattr(args, "verbose", False):
         cache_log.setLevel(logging.WARNING)
     try:
         cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=not args.no_progress)

@@ -131,11 +131,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
     elif m.get("cam_in_lungs"):
         cam = m["cam_in_lungs"]["overall"]
+        chance = (
+            "" if cam.get("mask_share") is None else f" (lungs cover {cam['mask_share']:.3f} of the image)"
+        )
         print(
-            f"Grad-CAM inside lungs: {cam['mean']:.3f} (n={cam['n']})"
+            f"Grad-CAM inside lungs: {cam['mean']:.3f}{chance} (n={cam['n']})"
             if cam["mean"] is not None
             else "Grad-CAM inside lungs: no masks"
         )
+        if m["cam_in_lungs"].get("warning"):
+            print(f"  caution: {m['cam_in_lungs']['warning']}")
     print(f"wrote {args.out}/predictions.csv, metrics.json, report.md")
     return 0
 

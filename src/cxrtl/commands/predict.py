@@ -86,7 +86,7 @@ def render(rows, classes: list[str], fmt: str) -> str:
     if with_positive:
         header += ["positive_threshold", "positive_flag"]
     if with_cam:
-        header += ["cam", "lung_fraction"]
+        header += ["cam", "lung_fraction", "lung_share"]
     header.append("error")
     table = []
     for r in rows:
@@ -95,7 +95,9 @@ def render(rows, classes: list[str], fmt: str) -> str:
         if with_positive:
             cells += _positive_cells(r.positive)
         if with_cam:
-            cells += [r.cam or "", "" if r.lung_fraction is None else f"{r.lung_fraction:.3f}"]
+            cells += [r.cam or ""] + [
+                "" if v is None else f"{v:.3f}" for v in (r.lung_fraction, r.lung_share)
+            ]
         cells.append(r.error or "")
         table.append(cells)
     if fmt == "csv":

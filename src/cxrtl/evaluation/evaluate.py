@@ -97,30 +97,41 @@ def _ce_from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float =
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean fraction of Grad-CAM mass inside the lung mask, per true class (inference helper's function)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
     try:
-        from .cam import lung_fractions
+        from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
-        raise CxrtlError(
-            "--cam-in-lungs needs cxrtl.evaluation.cam.lung_fractions, which this installation lacks; "
-            "leave the flag out"
-        ) from None
+        raise CxrtlError("--cam-in-lungs needs matplotlib and torch (pip install 'cxrtl[all]')") from None
     try:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
         return {"by": "true class", "skipped": str(exc)}
-    per_class = {}
-    for i, c in enumerate(classes):
-        vals = [f for f, y in zip(fractions, labels) if y == i and f is not None]
-        per_class[c] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
-    vals = [f for f in fractions if f is not None]
-    return {
+    shares = mask_shares(data.index, records, pp)
+    h, w = feature_map_size(model, pp, device)
+
+    def summary(idx: list[int]) -> dict:
+        vals = [fractions[i] for i in idx if fractions[i] is not None]
+        chance = [shares[i] for i in idx if fractions[i] is not None and shares[i] is not None]
+        return {
+            "mean": float(np.mean(vals)) if vals else None,
+            "n": len(vals),
+            "mask_share": float(np.mean(chance)) if chance else None,
+        }
+
+    result = {
         "by": "true class",
-        "per_class": per_class,
-        "overall": {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)},
+        "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
+        "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),
+        "feature_map": [h, w],
     }
+    if min(h, w) < COARSE_MAP:
+        result["warning"] = (
+            f"the feature map is only {h}x{w} at {pp.image_size} px, so each CAM cell covers a large part of "
+            "the image; train at a larger --image-size for finer maps"
+        )
+    return result
 
 
 def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
@@ -307,7 +318,8 @@ def evaluate(
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     ``data_root=None`` takes the dataset the run was trained on (its ``config.yaml`` or checkpoint config).
-    With ``positive``, the chosen threshold is also saved beside the checkpoint (``predict`` flags rows).
+    With ``positive`` and an ``out``, the chosen threshold is also saved beside the checkpoint, where
+    ``predict`` uses it to flag rows.
 
     ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
@@ -360,7 +372,8 @@ def evaluate(
     val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
-    _store_operating_point(ckpt, result)
+    if out is not None:  # out=None writes nothing beside the checkpoint but a requested temperature
+        _store_operating_point(ckpt, result)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

@@ -100,15 +100,24 @@ def _operating_point(op: dict) -> list[str]:
 
 
 def _cam(cam: dict) -> list[str]:
+    """Share of CAM energy inside the lungs per true class, beside the lungs' share of the image (chance)."""
     if cam.get("skipped"):
         return ["", f"Grad-CAM mass inside the lung mask: not computed ({cam['skipped']})."]
-    return [
+
+    def cell(v: dict) -> str:
+        chance = v.get("mask_share")
+        vs = "" if chance is None else f" vs {fmt_num(chance, 3)} lung area"
+        return f"{fmt_num(v.get('mean'), 3)}{vs} (n={v.get('n')})"
+
+    lines = [
         "",
-        "Grad-CAM mass inside the lung mask (mean per true class): "
-        + ", ".join(
-            f"{c} {fmt_num(v.get('mean'), 3)} (n={v.get('n')})" for c, v in cam.get("per_class", {}).items()
-        ),
+        "Grad-CAM mass inside the lung mask (mean per true class), beside the lung mask's share of the image, "
+        "the level a CAM spread evenly would reach: "
+        + ", ".join(f"{c} {cell(v)}" for c, v in cam.get("per_class", {}).items()),
     ]
+    if cam.get("warning"):
+        lines.append(f"Caution: {cam['warning']}.")
+    return lines
 
 
 def _extras(m: dict) -> list[str]:

@@ -37,6 +37,7 @@ class Prediction:
     cam: str | None = None
     cam_class: str | None = None
     lung_fraction: float | None = None
+    lung_share: float | None = None  # the mask's share of the model input: the chance level of lung_fraction
     positive: dict[str, Any] | None = None  # {"class", "threshold", "flag"} from a stored operating point
 
     @property
@@ -59,6 +60,7 @@ class Prediction:
             row["cam"] = self.cam
             row["cam_class"] = self.cam_class
             row["lung_fraction"] = self.lung_fraction
+            row["lung_share"] = self.lung_share
         return row
 
 
@@ -229,6 +231,9 @@ class Predictor:
         masks = _check_masks(paths, masks)
         if cam_dir is not None:
             self._check_cam(cam_class)
+            from ..evaluation.cam import feature_map_size
+
+            feature_map_size(self.torch_model, self.spec, self.backend.device)  # warns once when coarse
         rows = [Prediction(path=p) for p in paths]
         used_names: set[str] = set()
         bar = _progress(len(paths), progress)
@@ -299,7 +304,16 @@ class Predictor:
         return idx
 
     def _write_cams(self, rows, ok, batch, shapes, masks, cam_dir: Path, cam_class, used: set) -> None:
-        from ..evaluation.cam import grad_cam, lung_fraction, mask_for_input, overlay_name, save_overlay
+        from ..data.image_io import load_gray
+        from ..evaluation.cam import (
+            cam_to_original,
+            grad_cam,
+            lung_fraction,
+            mask_for_input,
+            mask_share,
+            overlay_name,
+            save_overlay,
+        )
 
         target = self.class_index(cam_class)
         x = self.backend.normalize(batch)
@@ -307,11 +321,14 @@ class Predictor:
         for j, i in enumerate(ok):
             row = rows[i]
             try:
-                out = save_overlay(cam_dir / overlay_name(row.path, used), batch[j], cams[j])
+                original = load_gray(row.path)  # full size: the overlay is drawn on the image as given
+                full_cam = cam_to_original(cams[j], original.shape, self.spec)
+                out = save_overlay(cam_dir / overlay_name(row.path, used), original, full_cam)
                 row.cam, row.cam_class = str(out), self.classes[indices[j]]
                 if masks[i] is not None:
                     pmask = mask_for_input(masks[i], shapes[i], self.spec)
                     row.lung_fraction = lung_fraction(cams[j], pmask)
+                    row.lung_share = mask_share(pmask)
             except CxrtlError as exc:
                 row.error = f"Grad-CAM: {exc}"
 
