@@ -89,3 +89,51 @@ def test_interval_width_of_equal_test_sets_is_one_number():
     ]
     note = _resolution_note(runs)
     assert "±15.6 points wide" in note and " to ±" not in note
+
+
+def test_random_init_meant_as_imagenet_is_named_random_in_table_v():
+    from cxrtl.paper import tables as T
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 30)
+    test = compute_metrics(
+        y, softmax(rng.normal(size=(30, 2)) + 2 * np.eye(2)[y]), ["NORMAL", "PNEUMONIA"], n_boot=0
+    )
+
+    def run(name, pretraining, init):
+        cfg = {"input": "raw", "channels": 3, "init": init, "scheme": "finetune", "random_init": True}
+        return {
+            "name": name,
+            "experiment": [3],
+            "dataset": "pneumonia",
+            "pretraining": pretraining,
+            "protocol": "paper",
+            "config": cfg,
+            "best_epoch": 1,
+            "test": test,
+        }
+
+    runs = [
+        run("pneumonia-imagenet-finetune", "ImageNet", "none"),
+        run("pneumonia-covid-finetune", "ImageNet & COVID", "runs/covid/best.safetensors"),
+    ]
+    rows = {r[2]: r[0] for r in T.table_v(runs).rows}
+    assert rows["pneumonia-imagenet-finetune"] == "random (ImageNet unavailable)"
+    assert rows["pneumonia-covid-finetune"] == "random (ImageNet unavailable) & COVID"
+
+
+@pytest.mark.parametrize("absolute_run_dirs", [True, False])
+def test_report_md_figure_links_resolve_from_the_report_folder(tmp_path, monkeypatch, absolute_run_dirs):
+    from pathlib import Path
+
+    from cxrtl.paper.report import Section, _md
+
+    monkeypatch.chdir(tmp_path)
+    out = Path("work") / "repro"  # as typed on the command line, relative to where the command ran
+    fig = out / "runs" / "a" / "test" / "roc.png"
+    fig.parent.mkdir(parents=True)
+    fig.write_bytes(b"png")
+    fig = fig.resolve() if absolute_run_dirs else fig
+    md = _md({"runs": [], "reproduction": {}}, [Section("Figures", figures=[("ROC", fig)])], out)
+    link = re.search(r"!\[ROC\]\(([^)]+)\)", md).group(1)
+    assert link == "runs/a/test/roc.png" and (tmp_path / out / link).is_file()

@@ -100,6 +100,9 @@ def run_experiments(run: dict) -> set[int] | None:
     return out
 
 
+RANDOM_NOT_IMAGENET = "random (ImageNet unavailable)"
+
+
 def run_row_keys(run: dict) -> dict:
     """The config values that place a run in the paper's tables, with defaults filled in."""
     cfg = run.get("config") or {}
@@ -107,6 +110,8 @@ def run_row_keys(run: dict) -> dict:
     pretraining = run.get("pretraining") or cfg.get("pretraining")
     if not pretraining:
         pretraining = {"none": "None", "imagenet": "ImageNet"}.get(init.lower(), "ImageNet & COVID")
+    if cfg.get("random_init") and "ImageNet" in str(pretraining):  # meant ImageNet, ran from random weights
+        pretraining = str(pretraining).replace("ImageNet", RANDOM_NOT_IMAGENET)
     scheme = str(cfg.get("scheme") or ("extractor" if cfg.get("freeze_backbone") else "finetune")).lower()
     scheme = {
         "fine-tune": "finetune",
