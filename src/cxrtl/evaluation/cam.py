@@ -66,7 +66,7 @@ def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], pp) -> np.
     canvas[max(top, 0) : top + crop, max(left, 0) : left + crop] = np.asarray(cam, dtype=np.float32)[
         max(-top, 0) : rh - top, max(-left, 0) : rw - left
     ]
-    full = Image.fromarray(canvas, mode="F").resize((w, h), Image.BILINEAR)
+    full = Image.fromarray(canvas, mode="F").resize((w, h), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(full, dtype=np.float32), 0.0, 1.0)
 
 

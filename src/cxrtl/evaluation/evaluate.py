@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +112,8 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     h, w = feature_map_size(model, pp, device)
 
     def summary(idx: list[int]) -> dict:
-        vals = [fractions[i] for i in idx if fractions[i] is not None]
-        chance = [shares[i] for i in idx if fractions[i] is not None and shares[i] is not None]
+        vals: list[float] = [f for i in idx if (f := fractions[i]) is not None]
+        chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
         return {
             "mean": float(np.mean(vals)) if vals else None,
             "n": len(vals),
@@ -278,7 +279,7 @@ def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | N
     from ..checkpoint import read_meta
 
     path = Path(model_path).expanduser()
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if path.is_dir() and (path / "config.yaml").is_file():
         import yaml
 
