@@ -199,7 +199,7 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
         None if i == 0 else 0.5 for i, _ in enumerate(records)
     ]
     fake.mask_shares = lambda index, records, pp: [0.9 if i == 0 else 0.25 for i, _ in enumerate(records)]
-    fake.feature_map_size = lambda model, pp, device: (2, 2)
+    fake.feature_map_size = lambda model, pp, device, warn=True: (2, 2)
     fake.COARSE_MAP = 4
     monkeypatch.setitem(sys.modules, "cxrtl.evaluation.cam", fake)
     m = evaluate(

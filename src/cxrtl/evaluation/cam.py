@@ -23,8 +23,11 @@ log = logging.getLogger(__name__)
 COARSE_MAP = 4  # below this many feature-map cells a side, a CAM is too coarse to locate much
 
 
-def feature_map_size(model, pp, device="cpu") -> tuple[int, int]:
-    """(h, w) of the backbone's last feature map at the checkpoint's input size; warns when under 4x4."""
+def feature_map_size(model, pp, device="cpu", warn: bool = True) -> tuple[int, int]:
+    """(h, w) of the backbone's last feature map at the checkpoint's input size; warns when under 4x4.
+
+    ``warn=False`` for callers that report the coarse map themselves (``evaluate`` puts it in metrics.json).
+    """
     import torch
 
     from ..data.preprocess import normalize_batch
@@ -34,7 +37,7 @@ def feature_map_size(model, pp, device="cpu") -> tuple[int, int]:
     with torch.no_grad():
         feats = model.backbone.forward_features(normalize_batch(probe, pp, device))
     h, w = (int(feats.shape[-2]), int(feats.shape[-1])) if feats.dim() == 4 else (1, 1)
-    if min(h, w) < COARSE_MAP:
+    if warn and min(h, w) < COARSE_MAP:
         log.warning(
             "the feature map is only %dx%d at %d px: each Grad-CAM cell covers a large part of the image, "
             "so the lung share is coarse; train at a larger --image-size for finer maps",

@@ -109,7 +109,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         log.warning("no Grad-CAM lung fractions: %s", exc)
         return {"by": "true class", "skipped": str(exc)}
     shares = mask_shares(data.index, records, pp)
-    h, w = feature_map_size(model, pp, device)
+    h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
 
     def summary(idx: list[int]) -> dict:
         vals: list[float] = [f for i in idx if (f := fractions[i]) is not None]
