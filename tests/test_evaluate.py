@@ -198,6 +198,9 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
     fake.lung_fractions = lambda model, index, records, pp, device: [
         None if i == 0 else 0.5 for i, _ in enumerate(records)
     ]
+    fake.mask_shares = lambda index, records, pp: [0.9 if i == 0 else 0.25 for i, _ in enumerate(records)]
+    fake.feature_map_size = lambda model, pp, device, warn=True: (2, 2)
+    fake.COARSE_MAP = 4
     monkeypatch.setitem(sys.modules, "cxrtl.evaluation.cam", fake)
     m = evaluate(
         evaluated.run,
@@ -212,6 +215,8 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
     )
     cam = m["cam_in_lungs"]
     assert cam["without_mask"] == 1 and cam["overall"]["mean"] == 0.5 and cam["overall"]["n"] == m["n"] - 1
+    # the chance level beside it: the lung share of the same images (the one without a CAM left out)
+    assert cam["overall"]["mask_share"] == 0.25 and cam["feature_map"] == [2, 2] and "2x2" in cam["warning"]
 
 
 def _listing(*roots):

@@ -106,6 +106,8 @@ def test_data_check_with_split_reports_leakage(tmp_path, capsys):
     split = {"train": recs[::3], "val": recs[1::3], "test": recs[2::3]}
     csv_path = tmp_path / "split.csv"
     write_split_csv(csv_path, split)
-    assert cli.main(["data", "check", str(tmp_path), "--split", str(csv_path), "--format", "json"]) == 0
+    assert (
+        cli.main(["data", "check", str(tmp_path), "--split", str(csv_path), "--format", "json"]) == 1
+    )  # leakage found: exit 1, like a linter
     report = json.loads(capsys.readouterr().out)
     assert report["leakage"]["ok"] is False and len(report["leakage"]["patients_straddling"]) == 8

@@ -71,6 +71,7 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
     results = json.loads((out / "results.json").read_text())
     runs = {r["name"]: r for r in results["runs"]}
     assert len(runs) == 12
+    assert results["provenance"]["cxrtl"] and results["provenance"]["torch"]  # what produced them
     for r in runs.values():
         assert set(r) >= {"name", "experiment", "dataset", "config", "best_epoch", "seconds", "test"}
         assert r["dataset"] in ("covid", "pneumonia")

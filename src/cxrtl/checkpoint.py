@@ -264,3 +264,41 @@ def load_temperature(ckpt_path: str | os.PathLike) -> float | None:
             "recalibrate with cxrtl evaluate"
         )
     return float(t)
+
+
+def operating_point_path(ckpt_path: str | os.PathLike) -> Path:
+    """Where a checkpoint's operating point lives: ``<stem>.operating_point.json`` beside its weights."""
+    weights = resolve_checkpoint(ckpt_path)
+    return weights.with_name(weights.name.removesuffix(".safetensors") + ".operating_point.json")
+
+
+def save_threshold(
+    ckpt_path: str | os.PathLike, positive: str, threshold: float, temperature: float = 1.0, **extra
+) -> Path:
+    """Store the operating point chosen by ``evaluate --positive`` beside the checkpoint, for prediction.
+
+    ``threshold`` applies to P(``positive``) computed at ``temperature`` (the one in use when it was chosen).
+    """
+    data = {
+        "format": "cxrtl-operating-point",
+        "positive": str(positive),
+        "threshold": float(threshold),
+        "temperature": float(temperature),
+        **extra,
+    }
+    return write_json(operating_point_path(ckpt_path), data)
+
+
+def load_threshold(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"positive", "threshold", "temperature", ...}`` saved beside a checkpoint, or None when never chosen."""
+    path = operating_point_path(ckpt_path)
+    if not path.is_file():
+        return None
+    data = read_json(path, "operating point file")
+    t = data.get("threshold") if isinstance(data, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1 or not data.get("positive"):
+        raise CxrtlError(
+            f"operating point file {path} has no valid 'positive' class and 'threshold' in [0, 1]; delete it "
+            "or choose it again with cxrtl evaluate --positive CLASS"
+        )
+    return data

@@ -14,6 +14,7 @@ from . import __version__
 from .errors import CxrtlError
 from .logs import configure_logging
 
+# Libraries whose INFO lines are noise to a user (the ONNX exporter's optimiser passes); shown with -v.
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
 COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "push", "reproduce", "serve", "segment")
 
@@ -33,9 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def progress_only_on_a_terminal(args: argparse.Namespace) -> None:
+    """Progress bars only when stderr is a terminal: redirected logs get no carriage-return lines.
+
+    Commands spell the switch ``--no-progress`` as ``args.no_progress`` or ``args.progress`` (False);
+    ``cxrtl train`` leaves ``progress`` unset unless given, so it is set here when bars must be off.
+    """
+    if sys.stderr.isatty():
+        return
+    if hasattr(args, "no_progress"):
+        args.no_progress = True
+    elif hasattr(args, "progress") or getattr(args, "command", None) == "train":
+        args.progress = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    progress_only_on_a_terminal(args)
     configure_logging(args.verbose)  # decoder libraries' tracebacks only with -v
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

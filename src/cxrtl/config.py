@@ -16,6 +16,7 @@ LOSSES = ("ce", "wce-1cf", "wce-icf", "focal")
 FOCAL_ALPHAS = ("none", "1cf", "icf")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+SELECT_BY = ("val_acc", "val_loss")  # which validation number picks the best checkpoint
 DEFAULT_BACKBONE = "densenet121"
 # Paper §IV: batch size / learning rate = 1.6e4 (batch 16 -> lr 1e-3, as the authors' notebook ran).
 BATCH_PER_LR = 1.6e4
@@ -59,7 +60,8 @@ class TrainConfig:
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard when tensorboard is installed
     cache_dir: str | None = None  # image cache; None -> env CXRTL_CACHE_DIR or ~/.cache/cxrtl
     overwrite: bool = False  # replace an existing run in --out
-    progress: bool = True  # tqdm progress bars on stderr
+    progress: bool = True  # tqdm progress bars on stderr (only when stderr is a terminal)
+    select_by: str = "val_acc"  # val_acc (the paper's; ties keep the earlier epoch) | val_loss (lowest)
 
     def resolved_lr(self, world_size: int = 1) -> float:
         """The learning rate: the given one, or the paper's rule on the global batch."""
@@ -78,6 +80,7 @@ class TrainConfig:
             ("device", DEVICES),
             ("precision", PRECISIONS),
             ("input", ("raw", "masked")),
+            ("select_by", SELECT_BY),
         ):
             if getattr(self, key) not in choices:
                 bad(key, getattr(self, key), " | ".join(choices))
@@ -145,6 +148,8 @@ def _coerce(key: str, value: Any) -> Any:
                 raise TypeError
             return list(value)
         if kind.startswith("list[float]"):
+            if isinstance(value, str):  # "0.7,0.2,0.1" (the comma form, as `data split --ratios` takes)
+                value = _comma_floats(key, value)
             if not isinstance(value, list) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in value
             ):
@@ -156,6 +161,16 @@ def _coerce(key: str, value: Any) -> Any:
     except TypeError:
         raise CxrtlError(
             f"config key {key!r} has value {value!r} of the wrong type; expected {kind}"
+        ) from None
+
+
+def _comma_floats(key: str, text: str) -> list[float]:
+    """``"0.7,0.2,0.1"`` (commas and/or spaces) -> floats, or a one-line error naming the option."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise CxrtlError(
+            f"{key.replace('_', '-')} {text!r} are not numbers; give three like 0.7,0.15,0.15"
         ) from None
 
 

@@ -30,6 +30,10 @@ class QuietThirdParty(logging.Filter):
         return True
 
 
+# Libraries whose INFO lines are progress chatter (the ONNX exporter's pass-by-pass log): WARNING unless -v.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Root logging for the CLI: DEBUG and everything with ``verbose``, else INFO with decoders quiet.
 
@@ -40,6 +44,8 @@ def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(format=FORMAT)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.captureWarnings(verbose)  # with -v, decoder warnings become log lines next to their file
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
     for handler in root.handlers:
         for old in [f for f in handler.filters if isinstance(f, QuietThirdParty)]:
             handler.removeFilter(old)

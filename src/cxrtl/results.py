@@ -11,9 +11,9 @@ from typing import Any, TypedDict
 
 
 class _ClassMetricsRequired(TypedDict):
-    precision: float
-    recall: float
-    f1: float
+    precision: float | None  # None when the class is never predicted (undefined, not 0)
+    recall: float | None  # None when the class is absent from the subset
+    f1: float | None
     support: int
     predicted: int
     precision_ci: list[float] | None
@@ -62,6 +62,7 @@ class _MetricsRequired(TypedDict):
     roc_auc_ci: dict[str, list[float] | None]
     roc_auc_micro: float | None
     roc_auc_macro: float | None
+    roc_auc_weighted: float | None  # weighted by class support, as scikit-learn's average="weighted"
     brier: float
     calibration: dict[str, Any]
     intervals: dict[str, Any]
@@ -80,6 +81,7 @@ class Metrics(_MetricsRequired, total=False):
     operating_point: dict[str, Any]  # threshold chosen on validation for a target sensitivity
     cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
     figures: list[str]
+    provenance: dict[str, Any]  # what produced it: cxrtl/torch/timm/Python versions, git commit, device
 
 
 class FitResult(TypedDict):
@@ -112,6 +114,7 @@ class RunSummary(TypedDict):
     world_size: int
     device: str
     config: dict[str, Any]
+    provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name
 
 
 class ReproductionRun(TypedDict):
@@ -136,3 +139,4 @@ class ReproductionResults(TypedDict, total=False):
     runs: list[ReproductionRun]
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
+    provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 from ..errors import CxrtlError
@@ -26,12 +27,23 @@ def register(subparsers) -> None:
         "--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_synth)
 
-    p = sub.add_parser("check", help="detect the layout, count classes, list skipped files")
+    p = sub.add_parser(
+        "check",
+        help="detect the layout, count classes, list skipped files; exit 1 on leakage",
+        description="Detect the layout, count classes and list skipped files. With --split, also look for "
+        "leakage (duplicates across splits, patients in more than one split): exit status 1 when any is found.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--split", metavar="SPLIT.csv", help="also check this split (and its leakage)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
@@ -39,8 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
     p.add_argument(
         "--ratios",
+        nargs="+",
         metavar="A,B,C",
-        help="train,val,test ratios (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
+        help="train,val,test ratios, e.g. 0.7,0.2,0.1 (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
     )
     p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
     p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
@@ -56,6 +69,9 @@ def register(subparsers) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (pseudo-RGB)")
     p.add_argument("--image-size", type=int, default=224, help="crop size (default 224)")
     p.add_argument("--cache-dir", help="cache folder (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
+    )
     p.set_defaults(func=run_cache)
 
     add_dedup_parser(sub)
@@ -65,7 +81,7 @@ def run_synth(args) -> int:
     from ..data.sources import load_dataset
     from ..data.synthetic import synthesize
 
-    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed)
+    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed, progress=not args.no_progress)
     for root in (covid, kermany):
         index = load_dataset(root)
         counts = Counter(r.label for r in index.records)
@@ -110,12 +126,19 @@ def run_check(args) -> int:
         }
         from ..integrity.leakage import check_split
 
-        report["leakage"] = check_split(index, split)
+        report["leakage"] = check_split(index, split, progress=not args.no_progress)
+    leaks = "leakage" in report and not report["leakage"]["ok"]
     if args.format == "json":
         from ..fsutil import json_safe
 
         print(json.dumps(json_safe(report), indent=2, default=str))
-        return 0
+        return 1 if leaks else 0
+    _print_check(report)
+    return 1 if leaks else 0
+
+
+def _print_check(report: dict) -> None:
+    """The text form of `data check`'s report."""
     print(
         f"{report['root']}: {report['layout']} layout, {report['total']} images in "
         f"{len(report['classes'])} classes"
@@ -138,7 +161,9 @@ def run_check(args) -> int:
     if "split" in report:
         print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
     if "leakage" in report:
-        print("leakage: " + json.dumps(report["leakage"], default=str)[:2000])
+        from ..integrity.leakage import leakage_lines
+
+        print("\n".join(leakage_lines(report["leakage"])))
     if report["skipped"]:
         reasons = Counter(
             s["reason"].split(" of ")[0] if s["reason"].startswith("duplicate") else s["reason"]
@@ -152,14 +177,13 @@ def run_check(args) -> int:
             print(f"  {s['path']}: {s['reason']}")
         if len(report["skipped"]) > 10:
             print(f"  ... and {len(report['skipped']) - 10} more (see --format json)")
-    return 0
 
 
 def run_split(args) -> int:
     from ..data.sources import load_dataset
     from ..data.splits import make_split, parse_ratios, write_split_csv
 
-    ratios = parse_ratios(args.ratios) if args.ratios else None
+    ratios = parse_ratios(",".join(args.ratios)) if args.ratios else None
     if args.official and (ratios is not None or args.group_by):
         raise CxrtlError("--official uses Kermany's own folders; drop --ratios/--group-by")
     index = load_dataset(args.root)
@@ -189,7 +213,15 @@ def run_cache(args) -> int:
         records = [r for recs in read_split_csv(args.split, index).values() for r in recs]
     if pp.input == "masked":
         check_masks(index, records)
-    cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=True)
+    cache_log = logging.getLogger("cxrtl.data.cache")
+    level = cache_log.level
+    # The summary below says "built/reused cache ..." once; the library's INFO line would say it twice.
+    if not getattr(args, "verbose", False):
+        cache_log.setLevel(logging.WARNING)
+    try:
+        cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=not args.no_progress)
+    finally:
+        cache_log.setLevel(level)
     state = "built" if cache.built else "reused"
     print(
         f"{state} cache {cache.dir}: {len(cache)} images, {pp.input}, {pp.image_size}x{pp.image_size} uint8"

@@ -14,7 +14,11 @@ def register(subparsers) -> None:
         "reliability (and training-curve) figures as PNG and SVG.",
     )
     p.add_argument("model", metavar="RUN_DIR|CKPT", help="run directory or .safetensors/.json checkpoint")
-    p.add_argument("--data", required=True, metavar="ROOT", help="dataset root")
+    p.add_argument(
+        "--data",
+        metavar="ROOT",
+        help="dataset root (default: the one in the run's config, for a run or checkpoint)",
+    )
     p.add_argument(
         "--split",
         metavar="SPLIT.csv",
@@ -105,30 +109,46 @@ def run(args: argparse.Namespace) -> int:
     for c in m["classes"]:
         e = m["per_class"][c]
         print(
-            f"  {c}: precision {fmt_pct(e['precision'], e['precision_ci'])}  "
-            f"recall {fmt_pct(e['recall'], e['recall_ci'])}  F1 {fmt_pct(e['f1'])}  support {e['support']}"
+            f"  {c}: precision {_pct(e['precision'], e['precision_ci'])}  "
+            f"recall {_pct(e['recall'], e['recall_ci'])}  F1 {_pct(e['f1'])}  support {e['support']}"
         )
     if m.get("calibrated"):
         print(
             f"temperature {m['calibrated']['temperature']:.4f}: loss {m['calibrated']['loss']:.4f}, "
             f"ECE {m['calibrated']['ece']:.4f}"
         )
+        if m["calibrated"]["ece"] > m["ece"]:
+            print(f"  temperature scaling made the ECE on {args.subset} worse ({m['ece']:.4f} before)")
     op = m.get("operating_point")
     if op:
         te = op["test"]
         print(
             f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
             f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
-            f"{fmt_pct(te['specificity'], te['specificity_ci'])}"
+            f"{fmt_pct(te['specificity'], te['specificity_ci'])} (threshold saved beside the checkpoint)"
         )
+        if op.get("warning"):
+            print(f"  caution: {op['warning']}")
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
     elif m.get("cam_in_lungs"):
         cam = m["cam_in_lungs"]["overall"]
+        chance = (
+            "" if cam.get("mask_share") is None else f" (lungs cover {cam['mask_share']:.3f} of the image)"
+        )
         print(
-            f"Grad-CAM inside lungs: {cam['mean']:.3f} (n={cam['n']})"
+            f"Grad-CAM inside lungs: {cam['mean']:.3f}{chance} (n={cam['n']})"
             if cam["mean"] is not None
             else "Grad-CAM inside lungs: no masks"
         )
+        if m["cam_in_lungs"].get("warning"):
+            print(f"  caution: {m['cam_in_lungs']['warning']}")
     print(f"wrote {args.out}/predictions.csv, metrics.json, report.md")
     return 0
+
+
+def _pct(value, ci=None) -> str:
+    """A percentage with its interval, or "n/a" where the metric is undefined (an empty denominator)."""
+    from ..formatting import fmt_pct
+
+    return "n/a" if value is None else fmt_pct(value, ci)

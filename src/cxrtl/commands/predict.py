@@ -10,7 +10,10 @@ import sys
 
 EPILOG = """\
 MODEL is a run directory (its best checkpoint), a .safetensors/.json checkpoint, or an .onnx file written
-by `cxrtl export`. A file that cannot be read gets a row with its error and the others continue; the exit
+by `cxrtl export`. `label` (and, in JSON, `pred`) is the predicted class, the argmax. After
+`cxrtl evaluate --positive CLASS`, each row also flags P(CLASS) >= the threshold chosen there
+(JSON `positive`: {class, threshold, flag}; CSV/table columns positive_threshold, positive_flag).
+A file that cannot be read gets a row with its error and the others continue; the exit
 status is 1 if any file failed. A model trained on lung-masked images needs --mask or --mask-dir.
 Research tool, not a medical device.
 """
@@ -70,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cam_dir=args.cam,
         cam_class=args.cam_class,
-        progress=args.progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     sys.stdout.write(render(rows, predictor.classes, args.format))
     failed = sum(r.error is not None for r in rows)
@@ -82,18 +85,25 @@ def run(args: argparse.Namespace) -> int:
 def render(rows, classes: list[str], fmt: str) -> str:
     """Rows -> the text of one output format."""
     with_cam = any(r.cam is not None for r in rows)
+    with_positive = any(r.positive is not None for r in rows)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
     header = ["path", "label", *classes]
+    if with_positive:
+        header += ["positive_threshold", "positive_flag"]
     if with_cam:
-        header += ["cam", "lung_fraction"]
+        header += ["cam", "lung_fraction", "lung_share"]
     header.append("error")
     table = []
     for r in rows:
         probs = [(f"{r.probabilities[c]:.4f}" if r.probabilities else "") for c in classes]
         cells = [r.path, r.label or "", *probs]
+        if with_positive:
+            cells += _positive_cells(r.positive)
         if with_cam:
-            cells += [r.cam or "", "" if r.lung_fraction is None else f"{r.lung_fraction:.3f}"]
+            cells += [r.cam or ""] + [
+                "" if v is None else f"{v:.3f}" for v in (r.lung_fraction, r.lung_share)
+            ]
         cells.append(r.error or "")
         table.append(cells)
     if fmt == "csv":
@@ -107,3 +117,10 @@ def render(rows, classes: list[str], fmt: str) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     return "\n".join(lines) + "\n"
+
+
+def _positive_cells(positive: dict | None) -> list[str]:
+    """``[threshold, flag]`` cells of a row's stored-operating-point flag (empty for an error row)."""
+    if positive is None:
+        return ["", ""]
+    return [f"{positive['threshold']:.4f}", "yes" if positive["flag"] else "no"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import (
     DEVICES,
@@ -10,6 +11,7 @@ from ..config import (
     LOSSES,
     PRECISIONS,
     SCHEMES,
+    SELECT_BY,
     TrainConfig,
     config_from_dict,
     load_config,
@@ -69,10 +71,25 @@ def register(subparsers) -> None:
     a("--loss", choices=LOSSES, help="training loss (default ce); validation/test loss is always plain CE")
     a("--focal-gamma", type=float, metavar="G", help="focal loss gamma (default 2)")
     a("--focal-alpha", choices=FOCAL_ALPHAS, help="focal loss per-class alpha (default none)")
-    a("--channels", type=int, choices=(1, 3), help="input channels (default 3, pseudo-RGB)")
-    a("--input", choices=("raw", "masked"), help="raw images or lung-masked (needs masks)")
-    a("--image-size", type=int, metavar="N", help="crop size (default 224)")
+    a(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="input channels (default 3, pseudo-RGB; a transfer: the source checkpoint's)",
+    )
+    a(
+        "--input",
+        choices=("raw", "masked"),
+        help="raw images or lung-masked (needs masks; default raw; a transfer: the source's)",
+    )
+    a("--image-size", type=int, metavar="N", help="crop size (default 224; a transfer: the source's)")
     a("--epochs", type=int, metavar="N", help="epochs (default 30)")
+    a(
+        "--select-by",
+        choices=SELECT_BY,
+        help="keep the epoch with the highest val_acc (default, the paper's; ties keep the earlier) "
+        "or the lowest val_loss",
+    )
     a("--batch-size", type=int, metavar="N", help="batch size per process (default 16)")
     a("--lr", type=float, metavar="X", help="learning rate (default global batch / 1.6e4)")
     a("--milestones", type=int, nargs="+", metavar="E", help="MultiStepLR milestones (default 8 15 25)")
@@ -86,7 +103,12 @@ def register(subparsers) -> None:
     a("--seed", type=int, metavar="N", help="seed of split, initialisation and shuffling (default 2022)")
     a("--group-by", choices=("patient",), help="patient-grouped split when the split is made here")
     a("--official", action="store_true", help="Kermany: use the official train/val/test folders")
-    a("--ratios", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), help="split ratios")
+    a(
+        "--ratios",
+        nargs="+",
+        metavar="A,B,C",
+        help="train,val,test split ratios, e.g. 0.7,0.2,0.1 (as `cxrtl data split`; spaces also work)",
+    )
     a("--device", choices=DEVICES, help="device (default auto)")
     a("--workers", type=int, metavar="N", help="DataLoader workers (default 0)")
     a(
@@ -121,6 +143,8 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
         for k, v in vars(args).items()
         if k not in ("func", "command", "verbose", "config", "resume", "track")
     }
+    if "ratios" in given:
+        given["ratios"] = ",".join(given["ratios"])  # comma form or three words: one syntax for both
     resume = getattr(args, "resume", None)
     if resume is not None:
         extra = sorted(set(given) - set(RESUME_OPTIONS) - {"out"})
@@ -139,22 +163,37 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, bool]:
     return config_from_dict(given, base), resume is not None
 
 
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the user set: options given on the command line and keys of the --config YAML."""
+    keys = {k for k in vars(args) if k not in ("func", "command", "verbose", "config", "resume")}
+    if getattr(args, "config", None):
+        import yaml
+
+        data = (
+            yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+        )  # validated by build_config
+        keys |= {str(k).replace("-", "_") for k in data}
+    return keys
+
+
 def run(args: argparse.Namespace) -> int:
     from ..hub import resolve_model_arg
     from ..tracking import check_tracker, track_train
     from ..training.distributed import env_info
-    from ..training.train import train
+    from ..training.train import inherit_input_settings, train
 
     track = getattr(args, "track", None)
     check_tracker(track)
     cfg, resume = build_config(args)
     cfg.init = resolve_model_arg(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+    if not resume:
+        cfg = inherit_input_settings(cfg, explicit_keys(args))
     summary = train(cfg, resume=resume)
     if not env_info().is_main:
         return 0
     print(
-        f"best epoch {summary['best_epoch']}/{summary['epochs']}: val acc {summary['best_val_acc']:.4f}, "
-        f"val loss {summary['best_val_loss']:.4f}"
+        f"best epoch {summary['best_epoch']}/{summary['epochs']} by {summary['config']['select_by']}: "
+        f"val acc {summary['best_val_acc']:.4f}, val loss {summary['best_val_loss']:.4f}"
     )
     print(f"run dir: {summary['run_dir']}")
     if track:

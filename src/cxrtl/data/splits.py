@@ -29,9 +29,9 @@ def default_ratios(kind: str) -> tuple[float, float, float]:
 
 
 def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.2,0.1"`` -> validated ratios (CxrtlError on anything else)."""
+    """``"0.7,0.2,0.1"`` (commas and/or spaces) -> validated ratios (CxrtlError on anything else)."""
     try:
-        values = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
         raise CxrtlError(f"ratios {text!r} are not numbers; give three like 0.7,0.15,0.15") from None
     return validate_ratios(values)
@@ -91,6 +91,12 @@ def make_split(
     ratios = validate_ratios(ratios if ratios is not None else default_ratios(index.kind))
     if group_by not in (None, "patient"):
         raise CxrtlError(f"unknown group_by {group_by!r}; use 'patient'")
+    if group_by == "patient" and index.records and not any(r.patient_id for r in index.records):
+        raise CxrtlError(
+            f"this dataset ({index.layout} layout) has no patient ids, so grouping by patient would treat "
+            "each image as its own patient; give them in a CSV manifest with a patient_id column "
+            "(path,label[,mask_path],patient_id), or drop --group-by"
+        )
     out: Split = {s: [] for s in SPLITS}
     by_class: dict[str, list[Record]] = defaultdict(list)
     for r in sorted(index.records, key=lambda r: r.path):

@@ -1,7 +1,9 @@
 """Grad-CAM on the backbone's last feature map, overlays, and the share of saliency inside the lungs.
 
 A model that looks outside the lungs (text markers, borders, shoulders) is learning shortcuts
-(DeGrave et al. 2021); the CAM-energy fraction inside the lung mask makes that measurable.
+(DeGrave et al. 2021); the CAM-energy fraction inside the lung mask makes that measurable. Its chance
+level is the lung mask's share of the image (a CAM spread evenly lands there in that proportion), so the
+two are reported side by side. A feature map under 4x4 cells gives CAMs too coarse to say much; cxrtl warns.
 """
 
 from __future__ import annotations
@@ -17,6 +19,58 @@ import numpy as np
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
+
+COARSE_MAP = 4  # below this many feature-map cells a side, a CAM is too coarse to locate much
+
+
+def feature_map_size(model, pp, device="cpu", warn: bool = True) -> tuple[int, int]:
+    """(h, w) of the backbone's last feature map at the checkpoint's input size; warns when under 4x4.
+
+    ``warn=False`` for callers that report the coarse map themselves (``evaluate`` puts it in metrics.json).
+    """
+    import torch
+
+    from ..data.preprocess import normalize_batch
+
+    probe = torch.zeros(1, 1, pp.image_size, pp.image_size, dtype=torch.uint8)
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone.forward_features(normalize_batch(probe, pp, device))
+    h, w = (int(feats.shape[-2]), int(feats.shape[-1])) if feats.dim() == 4 else (1, 1)
+    if warn and min(h, w) < COARSE_MAP:
+        log.warning(
+            "the feature map is only %dx%d at %d px: each Grad-CAM cell covers a large part of the image, "
+            "so the lung share is coarse; train at a larger --image-size for finer maps",
+            h,
+            w,
+            pp.image_size,
+        )
+    return h, w
+
+
+def mask_share(mask_u8: np.ndarray) -> float:
+    """Share of the (model-input) image inside the lung mask: the chance level of :func:`lung_fraction`."""
+    return float((np.asarray(mask_u8) >= 128).mean())
+
+
+def cam_to_original(cam: np.ndarray, original_shape: tuple[int, int], pp) -> np.ndarray:
+    """A CAM of the model's centre crop placed back on the original image (zero outside the crop).
+
+    Inverts the geometry of :func:`~cxrtl.data.image_io.prepare_image`: resize of the shorter side to
+    ``pp.resize_size``, then a centre crop of ``pp.image_size``.
+    """
+    from PIL import Image
+
+    h, w = original_shape[:2]
+    size, crop = pp.resize_size, pp.image_size
+    rw, rh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    left, top = round((rw - crop) / 2.0), round((rh - crop) / 2.0)
+    canvas = np.zeros((rh, rw), dtype=np.float32)
+    canvas[max(top, 0) : top + crop, max(left, 0) : left + crop] = np.asarray(cam, dtype=np.float32)[
+        max(-top, 0) : rh - top, max(-left, 0) : rw - left
+    ]
+    full = Image.fromarray(canvas, mode="F").resize((w, h), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(full, dtype=np.float32), 0.0, 1.0)
 
 
 def grad_cam(model, x, class_index: int | Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
@@ -97,7 +151,7 @@ def overlay(gray_u8: np.ndarray, cam: np.ndarray, alpha: float = 0.45, cmap: str
 
 
 def save_overlay(path: str | os.PathLike, gray_u8: np.ndarray, cam: np.ndarray) -> Path:
-    """Write the overlay PNG atomically."""
+    """Write the overlay PNG atomically (``cam`` at the size of ``gray_u8``; see :func:`cam_to_original`)."""
     from PIL import Image
 
     from ..fsutil import write_bytes
@@ -117,6 +171,23 @@ def overlay_name(image_path: str | os.PathLike, used: set[str] | None = None) ->
     if used is not None:
         used.add(name)
     return name
+
+
+def mask_shares(index, records, pp) -> list[float | None]:
+    """The lung mask's share of each record's model input (None without a readable mask): the chance level."""
+    from ..data.image_io import load_gray, prepare_mask
+
+    out: list[float | None] = []
+    for r in records:
+        share = None
+        if r.mask_path:
+            try:
+                gray = load_gray(index.abspath(r.path), target_short_side=pp.resize_size)
+                share = mask_share(prepare_mask(load_gray(index.abspath(r.mask_path)), gray.shape, pp))
+            except CxrtlError as exc:
+                log.debug("no lung share for %s: %s", r.path, exc)
+        out.append(share)
+    return out
 
 
 def lung_fractions(

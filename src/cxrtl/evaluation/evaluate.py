@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
+from ..provenance import provenance
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -96,30 +98,41 @@ def _ce_from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float =
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean fraction of Grad-CAM mass inside the lung mask, per true class (inference helper's function)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
     try:
-        from .cam import lung_fractions
+        from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
-        raise CxrtlError(
-            "--cam-in-lungs needs cxrtl.evaluation.cam.lung_fractions, which this installation lacks; "
-            "leave the flag out"
-        ) from None
+        raise CxrtlError("--cam-in-lungs needs matplotlib and torch (pip install 'cxrtl[all]')") from None
     try:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
         return {"by": "true class", "skipped": str(exc)}
-    per_class = {}
-    for i, c in enumerate(classes):
-        vals = [f for f, y in zip(fractions, labels) if y == i and f is not None]
-        per_class[c] = {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)}
-    vals = [f for f in fractions if f is not None]
-    return {
+    shares = mask_shares(data.index, records, pp)
+    h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
+
+    def summary(idx: list[int]) -> dict:
+        vals: list[float] = [f for i in idx if (f := fractions[i]) is not None]
+        chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
+        return {
+            "mean": float(np.mean(vals)) if vals else None,
+            "n": len(vals),
+            "mask_share": float(np.mean(chance)) if chance else None,
+        }
+
+    result = {
         "by": "true class",
-        "per_class": per_class,
-        "overall": {"mean": float(np.mean(vals)) if vals else None, "n": len(vals)},
+        "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
+        "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),
+        "feature_map": [h, w],
     }
+    if min(h, w) < COARSE_MAP:
+        result["warning"] = (
+            f"the feature map is only {h}x{w} at {pp.image_size} px, so each CAM cell covers a large part of "
+            "the image; train at a larger --image-size for finer maps"
+        )
+    return result
 
 
 def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
@@ -240,9 +253,52 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
+def _store_operating_point(ckpt: Path, result: dict) -> None:
+    """Save ``evaluate --positive``'s threshold beside the checkpoint, where ``predict`` picks it up."""
+    from ..checkpoint import save_threshold
+
+    op = result.get("operating_point")
+    if not op:
+        return
+    path = save_threshold(
+        ckpt,
+        op["positive"],
+        op["threshold"],
+        op.get("temperature", 1.0),
+        target_sensitivity=op["target_sensitivity"],
+        chosen_on="val",
+        val_positives=op["val"]["tp"] + op["val"]["fn"],
+        warning=op.get("warning"),
+    )
+    log.info("saved the %s threshold %.4f to %s", op["positive"], op["threshold"], path)
+
+
+def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
+    """``data_root`` if given, else the one the run (or checkpoint) was trained on, from its config."""
+    if data_root is not None:
+        return str(data_root)
+    from ..checkpoint import read_meta
+
+    path = Path(model_path).expanduser()
+    cfg: dict[str, Any] = {}
+    if path.is_dir() and (path / "config.yaml").is_file():
+        import yaml
+
+        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
+    else:
+        cfg = read_meta(path).get("config") or {}
+    root = cfg.get("data") if isinstance(cfg, dict) else None
+    if not root:
+        raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
+    if not Path(root).expanduser().exists():
+        raise CxrtlError(f"the run's dataset {root} is not there any more; pass --data ROOT")
+    log.info("data root from the run's config: %s", root)
+    return str(root)
+
+
 def evaluate(
     model_path: str | os.PathLike,
-    data_root: str | os.PathLike,
+    data_root: str | os.PathLike | None = None,
     split_csv=None,
     subset: str = "test",
     out: str | os.PathLike | None = None,
@@ -263,6 +319,9 @@ def evaluate(
     A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
+    ``data_root=None`` takes the dataset the run was trained on (its ``config.yaml`` or checkpoint config).
+    With ``positive`` and an ``out``, the chosen threshold is also saved beside the checkpoint, where
+    ``predict`` uses it to flag rows.
 
     ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
@@ -277,6 +336,7 @@ def evaluate(
     if subset not in SUBSETS:
         raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
+    data_root = data_root_of(model_path, data_root)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     model, meta = load_checkpoint(ckpt, map_location="cpu")
@@ -310,9 +370,12 @@ def evaluate(
         "preprocess": pp.to_dict(),
         "device": str(dev),
     }
+    result["provenance"] = provenance(dev)
     val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    if out is not None:  # out=None writes nothing beside the checkpoint but a requested temperature
+        _store_operating_point(ckpt, result)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

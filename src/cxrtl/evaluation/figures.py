@@ -47,35 +47,39 @@ def save_figure(fig, out_stem: str | Path) -> list[Path]:
 def plot_roc(
     y_true, probs, classes: Sequence[str], out_stem: str | Path, title: str | None = None
 ) -> list[Path]:
-    """One-vs-rest ROC curve per class with its AUC, plus micro and macro averages (paper Fig. 6-7)."""
-    from sklearn.metrics import auc, roc_curve
+    """One-vs-rest ROC curve per class with its AUC, plus micro and macro averages (paper Fig. 6-7).
+
+    Every AUC in the legend is :func:`~cxrtl.evaluation.metrics.roc_auc_averages` (scikit-learn), the same
+    numbers as ``metrics.json`` and report.md; the macro curve is drawn by averaging the per-class curves,
+    but its legend gives the mean of the per-class AUCs, not the area under that interpolated curve.
+    """
+    from sklearn.metrics import roc_curve
+
+    from .metrics import roc_auc_averages
 
     y = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(probs, dtype=np.float64)
     k = len(classes)
+    aucs = roc_auc_averages(y, p, classes)
     fig = _new_figure(6.0, 5.4)
     ax = fig.add_subplot()
     grid = np.linspace(0, 1, 501)
     tprs = []
     for i, c in enumerate(classes):
-        pos = y == i
-        if not 0 < pos.sum() < len(y):
+        if aucs["per_class"][c] is None:
             log.info(
-                "no ROC curve for %s: the subset has %s of its images", c, "all" if pos.all() else "none"
+                "no ROC curve for %s: the subset has %s of its images", c, "all" if (y == i).all() else "none"
             )
             continue
-        fpr, tpr, _ = roc_curve(pos, p[:, i])
+        fpr, tpr, _ = roc_curve(y == i, p[:, i])
         tprs.append(np.interp(grid, fpr, tpr))
-        ax.plot(fpr, tpr, lw=1.5, label=f"{c} (AUC = {auc(fpr, tpr):.4f})")
-    onehot = np.eye(k)[y]
+        ax.plot(fpr, tpr, lw=1.5, label=f"{c} (AUC = {aucs['per_class'][c]:.4f})")
     if tprs and k > 2:
-        fpr, tpr, _ = roc_curve(onehot.ravel(), p.ravel())
-        ax.plot(fpr, tpr, ":", lw=2, color="deeppink", label=f"micro-average (AUC = {auc(fpr, tpr):.4f})")
+        fpr, tpr, _ = roc_curve(np.eye(k)[y].ravel(), p.ravel())
+        ax.plot(fpr, tpr, ":", lw=2, color="deeppink", label=f"micro-average (AUC = {aucs['micro']:.4f})")
         mean_tpr = np.mean(tprs, axis=0)
         mean_tpr[0] = 0.0
-        ax.plot(
-            grid, mean_tpr, ":", lw=2, color="navy", label=f"macro-average (AUC = {auc(grid, mean_tpr):.4f})"
-        )
+        ax.plot(grid, mean_tpr, ":", lw=2, color="navy", label=f"macro-average (AUC = {aucs['macro']:.4f})")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
     ax.set(
         xlim=(0, 1),

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from ..formatting import DASH, fmt_num, fmt_pct
 
+NA = "n/a"  # a metric whose denominator is empty (e.g. precision of a class never predicted)
+
 
 def _headline(m: dict, title: str) -> list[str]:
     """Title, source, headline numbers with intervals, and how far apart two accuracies must be."""
@@ -37,12 +39,13 @@ def _headline(m: dict, title: str) -> list[str]:
 
 
 def _prf_cells(e: dict) -> str:
-    cells = (fmt_pct(e[k], e.get(f"{k}_ci")) for k in ("precision", "recall", "f1"))
+    """Precision, recall, F1 cells with intervals; "n/a" where the metric is undefined (None)."""
+    cells = (NA if e[k] is None else fmt_pct(e[k], e.get(f"{k}_ci")) for k in ("precision", "recall", "f1"))
     return " | ".join(cells)
 
 
 def _class_table(m: dict) -> list[str]:
-    """Per-class precision/recall/F1/AUC, then the weighted and macro averages."""
+    """Per-class precision/recall/F1/AUC, then the weighted, macro and micro averages, each of its kind."""
     lines = [
         "| Class | Support | Precision | Recall (sensitivity) | F1 | ROC AUC |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -55,8 +58,12 @@ def _class_table(m: dict) -> list[str]:
         )
         lines.append(f"| {c} | {e['support']} | {_prf_cells(e)} | {auc_txt} |")
     for avg in ("weighted", "macro"):
-        auc = m.get("roc_auc_macro" if avg == "macro" else "roc_auc_micro")
+        auc = m.get(f"roc_auc_{avg}")
         lines.append(f"| *{avg} avg* | {m['n']} | {_prf_cells(m[avg])} | {fmt_num(auc)} |")
+    if m.get("roc_auc_micro") is not None:
+        lines.append(
+            f"| *micro avg (AUC only)* | {m['n']} | {DASH} | {DASH} | {DASH} | {fmt_num(m['roc_auc_micro'])} |"
+        )
     return lines
 
 
@@ -75,7 +82,8 @@ def _confusion(m: dict) -> list[str]:
 
 def _operating_point(op: dict) -> list[str]:
     te, am = op["test"], op["test_argmax"]
-    return [
+    caveat = ["", f"Caution: {op['warning']}"] if op.get("warning") else []
+    return caveat + [
         "",
         (
             f"Operating point for {op['positive']}: threshold {op['threshold']:.4f} on "
@@ -92,15 +100,24 @@ def _operating_point(op: dict) -> list[str]:
 
 
 def _cam(cam: dict) -> list[str]:
+    """Share of CAM energy inside the lungs per true class, beside the lungs' share of the image (chance)."""
     if cam.get("skipped"):
         return ["", f"Grad-CAM mass inside the lung mask: not computed ({cam['skipped']})."]
-    return [
+
+    def cell(v: dict) -> str:
+        chance = v.get("mask_share")
+        vs = "" if chance is None else f" vs {fmt_num(chance, 3)} lung area"
+        return f"{fmt_num(v.get('mean'), 3)}{vs} (n={v.get('n')})"
+
+    lines = [
         "",
-        "Grad-CAM mass inside the lung mask (mean per true class): "
-        + ", ".join(
-            f"{c} {fmt_num(v.get('mean'), 3)} (n={v.get('n')})" for c, v in cam.get("per_class", {}).items()
-        ),
+        "Grad-CAM mass inside the lung mask (mean per true class), beside the lung mask's share of the image, "
+        "the level a CAM spread evenly would reach: "
+        + ", ".join(f"{c} {cell(v)}" for c, v in cam.get("per_class", {}).items()),
     ]
+    if cam.get("warning"):
+        lines.append(f"Caution: {cam['warning']}.")
+    return lines
 
 
 def _extras(m: dict) -> list[str]:
@@ -115,6 +132,11 @@ def _extras(m: dict) -> list[str]:
                 f"ECE {cal['ece']:.4f} (uncalibrated: {m['loss']:.4f}, {m['ece']:.4f})."
             ),
         ]
+        if cal["ece"] > m["ece"]:
+            lines.append(
+                "Temperature scaling made the ECE on this subset worse: the temperature fitted on validation "
+                "does not carry over here, so prefer the uncalibrated probabilities."
+            )
     if m.get("operating_point"):
         lines += _operating_point(m["operating_point"])
     if m.get("cam_in_lungs"):

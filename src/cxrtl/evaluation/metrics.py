@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CONFIDENCE = 0.95
 N_BOOT = 1000
 N_BINS = 15
+FEW_POSITIVES = 20  # below this many validation positives a sensitivity-targeted threshold is unreliable
 _BOOT_CHUNK = 100
 
 
@@ -129,6 +130,45 @@ def _weighted_auc(is_pos: np.ndarray, scores: np.ndarray, weights: np.ndarray) -
 
 
 # --------------------------------------------------------------------------------------------- main API
+def roc_auc_averages(y_true, probs, classes: Sequence[str]) -> dict:
+    """One-vs-rest ROC AUC per class and its micro, macro and (support-)weighted averages.
+
+    All four come from scikit-learn's ``roc_auc_score`` on the one-hot truth, so the report table, the
+    ROC figure legend and ``metrics.json`` show one value for each. A class absent from (or the only
+    class of) the subset has no AUC (None); the macro and weighted averages are taken over the classes
+    that have one, and the micro average over every class column.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(len(classes), dtype=np.int64)[y]
+    has = [i for i in range(len(classes)) if 0 < onehot[:, i].sum() < len(y)]
+    per_class = {
+        c: (float(roc_auc_score(onehot[:, i], p[:, i])) if i in has else None) for i, c in enumerate(classes)
+    }
+    out: dict = {"per_class": per_class, "micro": None, "macro": None, "weighted": None}
+    if has:
+        out["micro"] = float(roc_auc_score(onehot, p, average="micro"))
+        for avg in ("macro", "weighted"):
+            out[avg] = float(roc_auc_score(onehot[:, has], p[:, has], average=avg))
+    return out
+
+
+def _undefined_to_none(per_class: dict) -> None:
+    """Precision of a never-predicted class and recall of an absent one are undefined: None, not 0.
+
+    F1 = 2TP / (support + predicted) stays defined (0) while either count is positive.
+    """
+    for e in per_class.values():
+        if e["predicted"] == 0:
+            e["precision"] = None
+        if e["support"] == 0:
+            e["recall"] = None
+        if e["predicted"] == 0 and e["support"] == 0:
+            e["f1"] = None
+
+
 def calibration_bins(y_true, probs, n_bins: int = N_BINS) -> dict:
     """Expected calibration error of the top-class confidence, with the bins of a reliability diagram.
 
@@ -180,7 +220,7 @@ def compute_metrics(
         loss: mean unweighted cross entropy if already known (e.g. from logits); else from ``probs``.
         seed, n_boot: the bootstrap's seed and number of resamples (0 disables bootstrap intervals).
     """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y, p, classes = _check_inputs(y_true, probs, classes)
     k, n = len(classes), len(y)
@@ -209,17 +249,8 @@ def compute_metrics(
             "f1_ci": None,
         }
 
-    roc_auc: dict[str, float | None] = {}
-    for i, c in enumerate(classes):
-        pos = y == i
-        roc_auc[c] = float(roc_auc_score(pos, p[:, i])) if 0 < pos.sum() < n else None
-    defined = [v for v in roc_auc.values() if v is not None]
-    onehot = np.eye(k, dtype=np.int64)[y]
-    micro = (
-        float(roc_auc_score(onehot.ravel(), p.ravel()))
-        if 0 < onehot.sum() < onehot.size and len(defined)
-        else None
-    )
+    roc_auc = roc_auc_averages(y, p, classes)
+    _undefined_to_none(per_class)
 
     result = {
         "classes": classes,
@@ -233,11 +264,12 @@ def compute_metrics(
         "macro": averages["macro"],
         "confusion_matrix": cm.astype(int).tolist(),
         "confusion_matrix_axes": {"rows": "true", "columns": "predicted", "order": classes},
-        "roc_auc": roc_auc,
+        "roc_auc": roc_auc["per_class"],
         "roc_auc_ci": {c: None for c in classes},
-        "roc_auc_micro": micro,
-        "roc_auc_macro": float(np.mean(defined)) if defined else None,
-        "brier": float(np.mean(np.sum((p - onehot) ** 2, axis=1))),
+        "roc_auc_micro": roc_auc["micro"],
+        "roc_auc_macro": roc_auc["macro"],
+        "roc_auc_weighted": roc_auc["weighted"],
+        "brier": float(np.mean(np.sum((p - np.eye(k)[y]) ** 2, axis=1))),
         "calibration": calibration_bins(y, p, n_bins),
         "intervals": {
             "confidence": confidence,
@@ -398,6 +430,14 @@ def operating_point(
     test_scores = np.asarray(test_probs, dtype=np.float64)[:, i]
     t = threshold_for_sensitivity(val_pos, val_scores, target_sensitivity)
     argmax_hit = np.asarray(test_probs).argmax(axis=1) == i
+    n_pos = int(val_pos.sum())
+    warning = (
+        f"the threshold was chosen on only {n_pos} validation {list(classes)[i]} image(s) (fewer than "
+        f"{FEW_POSITIVES}); a threshold set for a target sensitivity on so few is unreliable, and the "
+        "argmax rule may serve better"
+        if n_pos < FEW_POSITIVES
+        else None
+    )
     return {
         "positive": list(classes)[i],
         "target_sensitivity": float(target_sensitivity),
@@ -406,4 +446,5 @@ def operating_point(
         "val": binary_rates(val_pos, val_scores, t, confidence),
         "test": binary_rates(test_pos, test_scores, t, confidence),
         "test_argmax": binary_rates(test_pos, argmax_hit.astype(np.float64), 0.5, confidence),
+        "warning": warning,
     }

@@ -31,21 +31,36 @@ class Prediction:
     """One row of output: a file, its predicted label and probabilities, or the error that stopped it."""
 
     path: str
-    label: str | None = None
+    label: str | None = None  # the predicted class (argmax); also under ``pred``, predictions.csv's name
     probabilities: dict[str, float] | None = None
     error: str | None = None
     cam: str | None = None
     cam_class: str | None = None
     lung_fraction: float | None = None
+    lung_share: float | None = None  # the mask's share of the model input: the chance level of lung_fraction
+    positive: dict[str, Any] | None = None  # {"class", "threshold", "flag"} from a stored operating point
+
+    @property
+    def pred(self) -> str | None:
+        """The predicted class, under the name ``predictions.csv`` uses (where ``label`` is the truth)."""
+        return self.label
 
     def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        row: dict[str, Any] = {
+            "path": self.path,
+            "label": self.label,
+            "pred": self.pred,
+            "probabilities": self.probabilities,
+        }
+        if self.positive is not None:
+            row["positive"] = self.positive
         if self.error is not None:
             row["error"] = self.error
         if self.cam is not None:
             row["cam"] = self.cam
             row["cam_class"] = self.cam_class
             row["lung_fraction"] = self.lung_fraction
+            row["lung_share"] = self.lung_share
         return row
 
 
@@ -67,6 +82,7 @@ class Predictor:
         temperature: float | None = None,
         source: str | None = None,
         backbone: str | None = None,
+        operating_point: dict[str, Any] | None = None,
     ):
         self.backend = backend
         self.classes = list(classes)
@@ -76,6 +92,9 @@ class Predictor:
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
+        self.operating_point = (
+            operating_point  # from `evaluate --positive`: flags rows, argmax stays the label
+        )
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -126,13 +145,15 @@ class Predictor:
         dev = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=dev)
         pp = checkpoint_preprocess(model, meta, weights)
+        temperature = load_temperature(weights)
         return cls(
             TorchBackend(model, pp, dev),
             model.classes,
             pp,
-            load_temperature(weights),
+            temperature,
             source=str(weights),
             backbone=meta.get("backbone"),
+            operating_point=_stored_operating_point(weights, model.classes, temperature),
         )
 
     def use_segmenter(
@@ -255,6 +276,9 @@ class Predictor:
         masks = _check_masks(paths, masks)
         if cam_dir is not None:
             self._check_cam(cam_class)
+            from ..evaluation.cam import feature_map_size
+
+            feature_map_size(self.torch_model, self.spec, self.backend.device)  # warns once when coarse
         rows = [Prediction(path=str(p)) for p in paths]  # already str; says so to mypy
         used_names: set[str] = set()
         bar = _progress(len(paths), progress)
@@ -280,11 +304,24 @@ class Predictor:
                 for j, i in enumerate(ok):
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
+                    rows[i].positive = self.positive_flag(probs[j])
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
         bar.close()
         return rows
+
+    def positive_flag(self, probs: np.ndarray) -> dict[str, Any] | None:
+        """``{"class", "threshold", "flag"}``: P(class) >= the stored threshold; None without one."""
+        op = self.operating_point
+        if op is None:
+            return None
+        p = float(probs[self.classes.index(op["positive"])])
+        return {
+            "class": op["positive"],
+            "threshold": float(op["threshold"]),
+            "flag": p >= float(op["threshold"]),
+        }
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
@@ -312,7 +349,16 @@ class Predictor:
         return idx
 
     def _write_cams(self, rows, ok, batch, shapes, masks, cam_dir: Path, cam_class, used: set) -> None:
-        from ..evaluation.cam import grad_cam, lung_fraction, mask_for_input, overlay_name, save_overlay
+        from ..data.image_io import load_gray
+        from ..evaluation.cam import (
+            cam_to_original,
+            grad_cam,
+            lung_fraction,
+            mask_for_input,
+            mask_share,
+            overlay_name,
+            save_overlay,
+        )
 
         target = self.class_index(cam_class)
         x = self.backend.normalize(batch)
@@ -320,13 +366,39 @@ class Predictor:
         for j, i in enumerate(ok):
             row = rows[i]
             try:
-                out = save_overlay(cam_dir / overlay_name(row.path, used), batch[j], cams[j])
+                original = load_gray(row.path)  # full size: the overlay is drawn on the image as given
+                full_cam = cam_to_original(cams[j], original.shape, self.spec)
+                out = save_overlay(cam_dir / overlay_name(row.path, used), original, full_cam)
                 row.cam, row.cam_class = str(out), self.classes[indices[j]]
                 if masks[i] is not None:
                     pmask = mask_for_input(masks[i], shapes[i], self.spec)
                     row.lung_fraction = lung_fraction(cams[j], pmask)
+                    row.lung_share = mask_share(pmask)
             except CxrtlError as exc:
                 row.error = f"Grad-CAM: {exc}"
+
+
+def _stored_operating_point(weights: Path, classes: Sequence[str], temperature: float | None):
+    """The operating point saved beside ``weights`` by ``evaluate --positive``, checked against the model."""
+    from ..checkpoint import load_threshold
+
+    op = load_threshold(weights)
+    if op is None:
+        return None
+    if op["positive"] not in classes:
+        raise CxrtlError(
+            f"the stored operating point is for class {op['positive']!r}, not one of {list(classes)}; "
+            "delete it or choose it again with cxrtl evaluate --positive CLASS"
+        )
+    if abs(float(op.get("temperature", 1.0)) - float(temperature or 1.0)) > 1e-9:
+        log.warning(
+            "the stored %s threshold was chosen at temperature %s, but the checkpoint now uses %s; "
+            "choose it again with cxrtl evaluate --positive",
+            op["positive"],
+            op.get("temperature", 1.0),
+            temperature or 1.0,
+        )
+    return op
 
 
 # ---------------------------------------------------------------------------------------- inputs

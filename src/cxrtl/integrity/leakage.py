@@ -1,7 +1,8 @@
 """Leakage checks on a split: duplicate images across splits and patients that straddle splits.
 
 Why: an image (or a patient) seen in training and scored again in validation or test inflates every number
-reported on that split. `cxrtl data check ROOT --split SPLIT.csv` reports these under "leakage".
+reported on that split. `cxrtl data check ROOT --split SPLIT.csv` reports these under "leakage" and exits 1
+when it finds any, the way a linter does.
 """
 
 from __future__ import annotations
@@ -98,3 +99,30 @@ def check_split(
             len(patients),
         )
     return result
+
+
+def leakage_lines(result: Mapping, shown: int = 5) -> list[str]:
+    """A readable summary of :func:`check_split`'s result: counts first, then the first few cases of each."""
+    exact, near, patients = result["exact"], result["near"], result["patients_straddling"]
+    if result["ok"]:
+        who = "" if result["patients_known"] else " (no patient ids: patients not checked)"
+        return [f"leakage: none across {result['images']} images{who}"]
+    lines = [
+        f"leakage: {len(exact)} exact and {len(near)} near-duplicate pair(s) across splits, "
+        f"{len(patients)} patient(s) in more than one split"
+    ]
+    if result["pairs_by_splits"]:
+        lines.append(
+            "  duplicate pairs by splits: "
+            + ", ".join(f"{k} {n}" for k, n in result["pairs_by_splits"].items())
+        )
+    for a, b, sa, sb in exact[:shown]:
+        lines.append(f"  same pixels: {a} ({sa}) = {b} ({sb})")
+    for a, b, d, sa, sb in near[:shown]:
+        lines.append(f"  near (distance {d}): {a} ({sa}) ~ {b} ({sb})")
+    for p in patients[:shown]:
+        lines.append(f"  patient {p['patient']}: " + ", ".join(f"{s} {n}" for s, n in p["splits"].items()))
+    if max(len(exact), len(near), len(patients)) > shown:
+        lines.append("  ... (all of them with --format json)")
+    lines.append("  fix: re-split with --group-by patient, or drop duplicates with `cxrtl data dedup --drop`")
+    return lines

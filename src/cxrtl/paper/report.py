@@ -272,7 +272,7 @@ def _md(payload: dict, sections: list[Section], out: Path) -> str:
             lines += [t.to_markdown(), ""]
         for caption, fig in s.figures:
             lines += [
-                f"![{caption}]({fig.relative_to(out) if fig.is_relative_to(out) else fig})",
+                f"![{caption}]({_link(fig, out)})",
                 "",
                 f"_{caption}_",
                 "",
@@ -280,6 +280,13 @@ def _md(payload: dict, sections: list[Section], out: Path) -> str:
         for summary, text in s.details:
             lines += [f"<details><summary>{summary}</summary>", "", "```json", text, "```", "</details>", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _link(path: Path, out: Path) -> str:
+    """``path`` relative to the folder of report.md (``out``), so links work wherever the report is opened."""
+    import os
+
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
 
 
 def _inline(text: str) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 from ..data.records import DatasetIndex, Record
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, read_json, write_json
+from ..provenance import provenance
 from .experiments import (
     COVID_BEST,
     Profile,
@@ -401,7 +402,6 @@ def _run_all(
     results: dict[str, dict] = {}
     covid_best = None
     for i, run in enumerate(runs, 1):
-        log.info("run %d/%d: %s", i, len(runs), run.name)
         if run.init == COVID_BEST:
             covid_best = covid_best or _pick_covid_best(results, runs)
             init = str(Path(covid_best["run_dir"]) / "best.safetensors")
@@ -410,6 +410,10 @@ def _run_all(
             init, random_init = "none", True
         else:
             init, random_init = run.init, run.init == "none"
+        meant = run.init != "none" and random_init  # meant to start from ImageNet, starts from random weights
+        log.info(
+            "run %d/%d: %s%s", i, len(runs), run.name, " (random init: ImageNet unavailable)" if meant else ""
+        )
         results[run.name] = _run_one(run, opts, prof, roots, split_paths, out, init, random_init)
     return results, covid_best
 
@@ -458,6 +462,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
             "imagenet_unavailable": no_weights,
             "splits": notes,
         },
+        "provenance": provenance(),
     }
     write_json(out / "results.json", payload)
     paths = write_report(out, payload)

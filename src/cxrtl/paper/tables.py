@@ -101,6 +101,9 @@ def run_experiments(run: dict) -> set[int] | None:
     return out
 
 
+RANDOM_NOT_IMAGENET = "random (ImageNet unavailable)"
+
+
 def run_row_keys(run: dict) -> dict:
     """The config values that place a run in the paper's tables, with defaults filled in."""
     cfg = run.get("config") or {}
@@ -108,6 +111,8 @@ def run_row_keys(run: dict) -> dict:
     pretraining = run.get("pretraining") or cfg.get("pretraining")
     if not pretraining:
         pretraining = {"none": "None", "imagenet": "ImageNet"}.get(init.lower(), "ImageNet & COVID")
+    if cfg.get("random_init") and "ImageNet" in str(pretraining):  # meant ImageNet, ran from random weights
+        pretraining = str(pretraining).replace("ImageNet", RANDOM_NOT_IMAGENET)
     scheme = str(cfg.get("scheme") or ("extractor" if cfg.get("freeze_backbone") else "finetune")).lower()
     scheme = {
         "fine-tune": "finetune",
@@ -156,9 +161,10 @@ def _resolution_note(runs: Sequence[dict]) -> str:
         return base
     ns = sorted({n for n, _ in widths})
     lo, hi = min(w for _, w in widths), max(w for _, w in widths)
+    span = f"±{lo:.1f}" if f"{lo:.1f}" == f"{hi:.1f}" else f"±{lo:.1f} to ±{hi:.1f}"
     return (
         base + f" With {', '.join(map(str, ns))} test images the accuracy intervals are "
-        f"±{lo:.1f} to ±{hi:.1f} points wide: differences smaller than that between rows, or between "
+        f"{span} points wide: differences smaller than that between rows, or between "
         "ours and the paper's, are not resolved by this test set."
     )
 

@@ -258,7 +258,7 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
 ) -> dict:
-    """Train ``model`` on datasets["train"], keep the best epoch by datasets["val"] accuracy -> summary dict.
+    """Train ``model`` on datasets["train"], keep the best epoch by ``cfg.select_by`` on datasets["val"].
 
     ``loss_fn``, ``optimizer`` and ``scheduler`` default to the paper's, built from ``cfg``
     (:func:`~.losses.training_loss`, :func:`~.optim.create_optimizer`, :func:`~.optim.create_scheduler`).
@@ -278,7 +278,7 @@ def fit(
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             row, seconds, val_seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
-            improved = _record(state, row, seconds)
+            improved = _record(state, row, seconds, cfg.select_by)
             log.info(
                 "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs (val %.1fs)%s",
                 epoch,
@@ -428,11 +428,15 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
     return row, seconds, time.perf_counter() - t_val
 
 
-def _record(state: FitState, row: dict, seconds: float) -> bool:
-    """Add the epoch's row to ``state`` -> whether it is the new best epoch."""
+def _record(state: FitState, row: dict, seconds: float, select_by: str = "val_acc") -> bool:
+    """Add the epoch's row to ``state`` -> whether it is the new best epoch (by ``select_by``)."""
     state.history.append(row)
     state.epoch, state.seconds = row["epoch"], state.seconds + seconds
-    improved = row["val_acc"] > state.best_val_acc  # strict: a tie keeps the earlier epoch
+    if select_by == "val_loss":  # lower is better; strict, so a tie keeps the earlier epoch
+        best = state.best_val_loss
+        improved = state.best_epoch == 0 or math.isnan(best) or row["val_loss"] < best  # NaN never stays best
+    else:
+        improved = row["val_acc"] > state.best_val_acc  # strict: a tie keeps the earlier epoch
     if improved:
         state.best_epoch, state.best_val_acc, state.best_val_loss = (
             row["epoch"],

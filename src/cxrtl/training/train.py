@@ -14,6 +14,7 @@ from ..data.preprocess import Preprocess
 from ..device import resolve_device, seed_everything
 from ..errors import CxrtlError
 from ..model import CxrModel, set_scheme
+from ..provenance import provenance
 from . import distributed as ddp
 from . import resume as resume_state
 from .engine import fit
@@ -49,6 +50,41 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         ddp.teardown()
 
 
+INHERITED = ("input", "channels", "image_size")  # a transfer takes these from its source unless given
+
+
+def inherit_input_settings(
+    cfg: TrainConfig, explicit: set[str] | frozenset[str] = frozenset()
+) -> TrainConfig:
+    """A transfer (``init`` = a checkpoint) takes input, channels and image size from its source checkpoint.
+
+    Keys in ``explicit`` (given on the command line or in the YAML) are kept; where they differ from the
+    source's, one warning says so. Other inits are returned unchanged.
+    """
+    if cfg.init in ("imagenet", "none"):
+        return cfg
+    from ..checkpoint import read_meta
+
+    source = read_meta(cfg.init).get("preprocess") or {}
+    cfg = dataclasses.replace(cfg)
+    taken, differ = [], []
+    for key in INHERITED:
+        if key not in source:
+            continue
+        if key not in explicit:
+            setattr(cfg, key, source[key])
+            taken.append(f"{key.replace('_', '-')} {source[key]}")
+        elif getattr(cfg, key) != source[key]:
+            differ.append(f"--{key.replace('_', '-')} {getattr(cfg, key)} (source: {source[key]})")
+    if taken:
+        log.info("transfer from %s: %s, as its source was trained", cfg.init, ", ".join(taken))
+    if differ:
+        log.warning(
+            "transfer from %s with other input settings than its source: %s", cfg.init, ", ".join(differ)
+        )
+    return cfg
+
+
 def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_csv: str | None):
     """-> (preprocess, prepared data); each node's first process prepares first: it builds the cache its node reads."""
     from ..data import prepare_data
@@ -65,6 +101,20 @@ def _prepare(cfg: TrainConfig, info: ddp.DistInfo, device: torch.device, split_c
     }
     prepared = ddp.node_first(lambda: prepare_data(cfg.data, pp, **kwargs), info, device, "prepare the data")
     return pp, prepared
+
+
+def _warn_patient_leak(split) -> None:
+    """Warn once when patients straddle the splits: their images in val/test inflate every number."""
+    from ..integrity.leakage import straddling_patients
+
+    leaked = straddling_patients(split)
+    if leaked:
+        log.warning(
+            "%d patient(s) have images in more than one split (e.g. %s): validation and test accuracy will be "
+            "inflated; split with --group-by patient (see `cxrtl data check ROOT --split SPLIT.csv`)",
+            len(leaked),
+            leaked[0]["patient"],
+        )
 
 
 def _check_classes(model_classes: list[str], data_classes: list[str], what: str) -> None:
@@ -105,6 +155,8 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         check_out_dir(run_dir, cfg.overwrite)
     split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
     pp, prepared = _prepare(cfg, info, device, split_csv)
+    if info.is_main:
+        _warn_patient_leak(prepared.split)
     classes = prepared.classes
     model = _build_model(cfg, classes, resume_payload, run_dir)
     cfg.backbone = model.backbone_name
@@ -133,6 +185,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         "init": cfg.init,
         "scheme": cfg.scheme,
         "config": cfg.to_dict(),
+        "provenance": provenance(device),
     }
     try:
         result = fit(
@@ -153,6 +206,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         "world_size": info.world_size,
         "device": str(device),
         "config": cfg.to_dict(),
+        "provenance": meta["provenance"],
     }
     if info.is_main:
         write_summary(run_dir, summary)
