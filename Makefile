@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/dicom.py
 	$(PY) benchmarks/quantize.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/segment.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
