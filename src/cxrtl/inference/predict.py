@@ -37,9 +37,12 @@ class Prediction:
     cam: str | None = None
     cam_class: str | None = None
     lung_fraction: float | None = None
+    prediction_set: list[str] | None = None  # conformal set (a model with a conformal threshold only)
 
     def to_dict(self) -> dict[str, Any]:
         row: dict[str, Any] = {"path": self.path, "label": self.label, "probabilities": self.probabilities}
+        if self.prediction_set is not None:
+            row["prediction_set"] = self.prediction_set
         if self.error is not None:
             row["error"] = self.error
         if self.cam is not None:
@@ -67,6 +70,7 @@ class Predictor:
         temperature: float | None = None,
         source: str | None = None,
         backbone: str | None = None,
+        conformal: dict | None = None,
     ):
         self.backend = backend
         self.classes = list(classes)
@@ -74,6 +78,7 @@ class Predictor:
         self.temperature = temperature
         self.source = source
         self.backbone = backbone
+        self.conformal = conformal  # {"threshold", "alpha", "temperature", ...} from evaluate --conformal
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -110,13 +115,15 @@ class Predictor:
         device = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=device)
         pp = checkpoint_preprocess(model, meta, weights)
+        temperature = load_temperature(weights)
         return cls(
             TorchBackend(model, pp, device),
             model.classes,
             pp,
-            load_temperature(weights),
+            temperature,
             source=str(weights),
             backbone=meta.get("backbone"),
+            conformal=_load_conformal(weights, temperature),
         )
 
     @property
@@ -235,11 +242,21 @@ class Predictor:
                 for j, i in enumerate(ok):
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
+                    rows[i].prediction_set = self.prediction_set(probs[j])
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
         bar.close()
         return rows
+
+    def prediction_set(self, probs_row: np.ndarray) -> list[str] | None:
+        """The conformal prediction set of one probability row, or None when the model has no threshold.
+
+        More than one class is the model saying "unsure" at the coverage it was fitted for.
+        """
+        from ..evaluation.conformal import set_names
+
+        return set_names(probs_row, self.classes, self.conformal, self.temperature)
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
@@ -285,6 +302,24 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------------------------- inputs
+
+
+def _load_conformal(weights: Path, temperature: float | None) -> dict | None:
+    """The conformal record beside ``weights``; None (with a warning) when fitted at another temperature."""
+    from ..evaluation.conformal import conformal_path, read_conformal
+
+    path = conformal_path(weights)
+    record = read_conformal(path)
+    if record is not None and abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
+        log.warning(
+            "%s was fitted at temperature %s, the model now uses %s; no prediction sets until "
+            "`cxrtl evaluate --conformal ALPHA` refits it",
+            path,
+            record.get("temperature"),
+            temperature or 1.0,
+        )
+        return None
+    return record
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:

@@ -246,6 +246,8 @@ def _train_config(
         keep_hidden=run.keep_hidden,
         scheme=run.scheme,
         loss=run.loss,
+        focal_gamma=run.focal_gamma,
+        focal_alpha=run.focal_alpha,
         channels=run.channels,
         input=run.input,
         image_size=opts.image_size or prof.image_size,
