@@ -165,3 +165,19 @@ def plan_runs(experiments: tuple[int, ...]) -> list[RunPlan]:
 def covid_best_candidates(runs: list[RunPlan]) -> list[RunPlan]:
     """The runs among which the COVID model for Exp. 3 is chosen: Exp. 2's loss comparison."""
     return [r for r in runs if r.dataset == "covid" and 2 in r.experiments]
+
+
+# The comparisons the paper draws, as (experiment, a, b): the report states "a vs b" (a minus b).
+COMPARISONS: tuple[tuple[int, str, str], ...] = (
+    (1, "covid-masked-1ch-wce-1cf", "covid-raw-1ch-wce-1cf"),  # masked vs raw
+    (1, "covid-masked-3ch-wce-1cf", "covid-raw-3ch-wce-1cf"),
+    (1, "covid-raw-1ch-wce-1cf", "covid-raw-3ch-wce-1cf"),  # 1 vs 3 channels
+    (1, "covid-masked-1ch-wce-1cf", "covid-masked-3ch-wce-1cf"),
+    (2, "covid-raw-3ch-wce-1cf", "covid-raw-3ch-ce"),  # each loss vs CE
+    (2, "covid-raw-3ch-wce-icf", "covid-raw-3ch-ce"),
+    (2, "covid-raw-3ch-focal", "covid-raw-3ch-ce"),
+    (3, "pneumonia-none-finetune", "pneumonia-imagenet-finetune"),  # each scheme vs ImageNet fine-tune
+    (3, "pneumonia-imagenet-extractor", "pneumonia-imagenet-finetune"),
+    (3, "pneumonia-covid-finetune", "pneumonia-imagenet-finetune"),
+    (3, "pneumonia-covid-extractor", "pneumonia-imagenet-finetune"),
+)

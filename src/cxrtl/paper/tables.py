@@ -29,6 +29,7 @@ from ..errors import CxrtlError
 from ..formatting import DASH, csv_num, fmt_num, fmt_pct, fmt_seconds
 from ..fsutil import write_csv, write_text
 from .published import published_notes, published_rows
+from .seeds import merge_seeds
 
 LOSS_NAMES = {
     "ce": "Cross Entropy Loss",
@@ -455,6 +456,14 @@ def table_vi(runs: Sequence[dict], positive: str = "PNEUMONIA") -> Table:
     )
 
 
+def _precisions(run: dict) -> tuple[str, str]:
+    """(training, evaluation) numerics of a run; evaluation defaults to fp32, as cxrtl evaluates."""
+    p = run.get("precision") or {}
+    return str(p.get("train", "")), str(
+        p.get("eval") or (run.get("test") or {}).get("source", {}).get("precision", "fp32")
+    )
+
+
 def runs_table(runs: Sequence[dict]) -> Table:
     """Every run on one table: its configuration, headline test metrics with intervals, time."""
     t = Table(
@@ -477,6 +486,7 @@ def runs_table(runs: Sequence[dict]) -> Table:
             "ECE",
             "Best epoch",
             "Training time",
+            "Precision (train / eval)",
         ],
         csv_columns=[
             "run",
@@ -499,6 +509,8 @@ def runs_table(runs: Sequence[dict]) -> Table:
             "ece",
             "best_epoch",
             "seconds",
+            "train_precision",
+            "eval_precision",
         ],
     )
     for r in runs:
@@ -523,6 +535,7 @@ def runs_table(runs: Sequence[dict]) -> Table:
                 fmt_num(m.get("ece")),
                 fmt_num(r.get("best_epoch")),
                 fmt_seconds(r.get("seconds")),
+                "{} / {}".format(*_precisions(r)),
             ]
         )
         t.csv_rows.append(
@@ -547,6 +560,7 @@ def runs_table(runs: Sequence[dict]) -> Table:
                 csv_num(m.get("ece")),
                 csv_num(r.get("best_epoch")),
                 csv_num(r.get("seconds")),
+                *_precisions(r),
             ]
         )
     t.notes.append(_resolution_note(runs))
@@ -558,10 +572,11 @@ TABLE_BUILDERS = {"II": table_ii, "III": table_iii, "IV": table_iv, "V": table_v
 
 
 def paper_tables(runs: Sequence[dict]) -> dict[str, Table]:
-    """Tables II-VI (those with at least one fitting run) plus the all-runs table, by key."""
+    """Tables II-VI (those with at least one fitting run) plus the all-runs table (every seed), by key."""
     tables = {}
+    merged = merge_seeds(runs)  # one row per configuration: several seeds show as mean ± sd
     for key, build in TABLE_BUILDERS.items():
-        table = build(runs)
+        table = build(merged)
         if table.n_runs:
             tables[key] = table
     tables["runs"] = runs_table(runs)
