@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,23 @@ def _numerics(device, precision: str):
             f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)} (default fp32)"
         )
     return resolve_numerics(device, precision, False)
+
+
+@contextmanager
+def _exact_fp32(precision: str):
+    """With ``precision`` fp32, no TF32 either: cuDNN convolutions use TF32 by default on Ampere and later
+    GPUs, which is not the fp32 the paper's numbers were computed in. The flags are restored afterwards."""
+    import torch
+
+    if precision != "fp32":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _predict(model, data, records, class_to_idx, pp, device, batch_size, numerics=None):
@@ -343,7 +361,8 @@ def evaluate(
     _check_conformal(conformal, data)
 
     def predict(recs):
-        return _predict(model, data, recs, class_to_idx, pp, dev, batch_size, numerics)
+        with _exact_fp32(precision):
+            return _predict(model, data, recs, class_to_idx, pp, dev, batch_size, numerics)
 
     logits, labels, used = predict(records)
     if len(labels) == 0:
