@@ -389,7 +389,7 @@ def evaluate(
     val = _validation((logits, labels), predict, data, subset) if needs_val else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
-    if conformal is not None:
+    if conformal is not None and val is not None:
         _add_conformal(result, ckpt, val, logits, labels, temperature, float(conformal))
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)

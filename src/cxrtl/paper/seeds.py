@@ -106,15 +106,14 @@ def merge_seeds(runs: Sequence[dict]) -> list[dict]:
             merged.append(group[0])
             continue
         epochs = spread([g.get("best_epoch") for g in group])
+        seconds = spread([g.get("seconds") for g in group])
         merged.append(
             {
                 **group[0],
                 "name": f"{name} (mean ± sd of {len(group)} seeds)",
                 "test": _mean_tree([g["test"] for g in group]),
                 "best_epoch": f"{epochs['mean']:.1f}" if epochs else None,
-                "seconds": spread([g.get("seconds") for g in group] or [None])["mean"]
-                if any(g.get("seconds") for g in group)
-                else None,
+                "seconds": seconds["mean"] if seconds else None,
             }
         )
     return merged
