@@ -1,5 +1,7 @@
 """Losses of the paper: class weights from training counts, weighted CE, focal loss."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -31,15 +33,27 @@ def test_empty_class_and_bad_labels_are_user_errors():
         class_counts([0, 5], 4)
 
 
-def test_weighted_ce_equals_torch_weighted_mean_and_weights_are_a_buffer():
-    torch.manual_seed(0)
-    logits, y = torch.randn(9, 4), torch.randint(0, 4, (9,))
+def test_weighted_ce_is_the_hand_computed_eq_8_and_weights_are_a_buffer():
+    # Three samples, 1-CF weights of the counts [10, 30, 50, 10]. Eq. 8/11 with the weighted mean that
+    # the authors' nn.CrossEntropyLoss(weight=w) takes: sum_i w_yi * -log p_i(yi) / sum_i w_yi.
+    ln = math.log
+    logits = torch.tensor(
+        [
+            [ln(2.0), 0.0, 0.0, 0.0],  # p(COVID) = 2 / 5
+            [0.0, 0.0, 0.0, 0.0],  # p(Lung_Opacity) = 1 / 4
+            [0.0, 0.0, ln(3.0), ln(3.0)],  # p(Normal) = 3 / 8
+        ]
+    )
+    y = torch.tensor([0, 1, 2])
     w = torch.tensor([0.9, 0.7, 0.5, 0.9])
+    hand = (0.9 * -ln(2 / 5) + 0.7 * -ln(1 / 4) + 0.5 * -ln(3 / 8)) / (0.9 + 0.7 + 0.5)
     loss = WeightedCrossEntropy(w)
-    torch.testing.assert_close(loss(logits, y), F.cross_entropy(logits, y, weight=w))
+    assert loss(logits, y).item() == pytest.approx(hand, rel=1e-6)
+    assert WeightedCrossEntropy()(logits, y).item() == pytest.approx(
+        (-ln(2 / 5) - ln(1 / 4) - ln(3 / 8)) / 3, rel=1e-6
+    )
     assert "weight" in dict(loss.named_buffers()) and "weight" in loss.state_dict()
     assert loss.to(torch.float64).weight.dtype == torch.float64  # follows .to() like any buffer
-    torch.testing.assert_close(WeightedCrossEntropy()(logits, y), F.cross_entropy(logits, y))
 
 
 def test_focal_loss_formula_batch_mean_and_gamma_zero_is_ce():

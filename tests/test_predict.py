@@ -76,6 +76,25 @@ def reference_probs(run: Path, grays, masks=None, temperature=None) -> np.ndarra
     return softmax(logits, temperature)
 
 
+def torchvision_probs(run: Path, files, size: int) -> np.ndarray:
+    """An independent reference: torchvision's ImageNet eval transform on the PNG as a PIL RGB image
+    (pseudo-RGB), shorter side to round(size * 256 / 224), centre crop, ImageNet mean and std."""
+    from torchvision import transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.Resize(round(size * 256 / 224), interpolation=transforms.InterpolationMode.BILINEAR),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    model, _ = load_checkpoint(run)
+    x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
+    with torch.inference_mode():
+        return torch.softmax(model(x).double(), dim=1).numpy()
+
+
 @pytest.fixture(scope="module")
 def run3(tmp_path_factory) -> Path:
     return make_run(tmp_path_factory.mktemp("run3"), Preprocess(input="raw", channels=3, image_size=32))
@@ -89,7 +108,7 @@ def test_predict_matches_checkpoint_preprocessing(run3, tmp_path):
     probs = predictor.predict(files, batch_size=2)
     assert probs.shape == (3, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(probs, reference_probs(run3, grays), atol=1e-6)
+    np.testing.assert_allclose(probs, torchvision_probs(run3, files, 32), atol=1e-6)
     # arrays work as well as paths; a single image is accepted too
     np.testing.assert_allclose(predictor.predict(grays[0]), probs[:1], atol=1e-6)
     # run dir, .safetensors and .json all name the same checkpoint

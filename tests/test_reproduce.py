@@ -103,7 +103,24 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
     for name in runs:
         assert name in md and name in html
     assert "data:image/png;base64," in html and "src='/" not in html and 'src="http' not in html
-    assert "overlap" in md
+    dropped = results["reproduction"]["splits"]["overlap_dropped"]
+    assert f"`--exclude-overlap`: {len(dropped)} pneumonia test image(s)" in md
+    # No test-chosen "best": the report's best COVID model is the best configuration by validation.
+    best_covid = max(
+        (c for c in results["configurations"] if c["dataset"] == "covid"),
+        key=lambda c: c["best_val_acc"]["mean"],
+    )
+    assert f"Best COVID model (`{best_covid['name']}`, chosen on validation)" in md
+    # Table III compares macro averages; the focal run has the paper's settings.
+    with open(out / "tables" / "table_iii.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["run"]:
+                assert float(row["macro_f1"]) == pytest.approx(
+                    runs[row["run"]]["test"]["macro"]["f1"], abs=1e-4
+                )
+    focal = runs["covid-raw-3ch-focal"]["config"]
+    assert (focal["focal_gamma"], focal["focal_alpha"]) == (3.0, "1cf")
+    assert all(r["test"]["source"]["precision"] == "fp32" for r in runs.values())
 
 
 @pytest.mark.slow
@@ -130,11 +147,18 @@ def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
     foreign.mkdir()
     (foreign / "notes.txt").write_text("someone else's work")
     cases.append((_args(covid, pneumonia, foreign, "--allow-random-init"), "is not empty"))
+    cases.append(
+        (_args(covid, pneumonia, tmp_path / "e", "--allow-random-init", "--seeds", "0"), "--seeds must be")
+    )
+    cases.append(
+        (_args(covid, pneumonia, tmp_path / "f", "--conformal", "1.5"), "--conformal must be in (0, 1)")
+    )
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("cxrtl: error:") and message in err and len(err.splitlines()) == 1, err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    for name in "adef":
+        assert not (tmp_path / name).exists()
     assert (foreign / "notes.txt").read_text() == "someone else's work"
 
 
@@ -183,3 +207,84 @@ def test_a_reproduction_without_pneumonia_may_be_extended_but_not_changed(tmp_pa
     write_json(tmp_path / MANIFEST, {**old, "pneumonia": pneu})
     with pytest.raises(CxrtlError, match="split_protocol"):
         _check_out(tmp_path, {**old, "pneumonia": pneu, "split_protocol": "patient"})
+
+
+def test_exclude_overlap_drops_exactly_the_planted_copies(tmp_path):
+    """Kermany images planted (decoded, as PNG) in COVID Normal: exactly those of the pneumonia test split
+    whose copy fell into COVID train or validation are dropped."""
+    from PIL import Image
+
+    from cxrtl.data import load_dataset
+    from cxrtl.data.synthetic import synthesize
+    from cxrtl.paper.reproduce import ReproduceOptions, _write_splits
+
+    synthesize(
+        tmp_path / "d",
+        count=60,
+        seed=0,
+        kermany_count=40,
+        image_size=96,
+        mask_size=80,
+        kermany_size=(64, 112),
+        cross_duplicates=0,
+    )
+    covid_root, pneu_root = tmp_path / "d" / "COVID-19_Radiography_Dataset", tmp_path / "d" / "chest_xray"
+    planted = {}
+    for i, f in enumerate(sorted(pneu_root.rglob("*.jpeg"))[::2]):
+        name = f"Normal/images/Normal-9{i:03d}.png"
+        with Image.open(f) as im:
+            im.convert("L").save(covid_root / name)
+        planted[name] = f.relative_to(pneu_root).as_posix()
+    out = tmp_path / "out"
+    out.mkdir()
+    opts = ReproduceOptions(str(covid_root), str(pneu_root), str(out), exclude_overlap=True, progress=False)
+    notes = _write_splits(opts, load_dataset(covid_root), load_dataset(pneu_root), out, None)
+
+    def rows(name):
+        with open(out / "splits" / name, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    seen = {r["path"] for r in rows("covid.csv") if r["split"] in ("train", "val")}
+    test_before = {r["path"] for r in rows("pneumonia.csv") if r["split"] == "test"} | set(
+        notes["overlap_dropped"]
+    )
+    expected = sorted({k for c, k in planted.items() if c in seen} & test_before)
+    assert expected and notes["overlap_dropped"] == expected
+    assert not {r["path"] for r in rows("pneumonia.csv") if r["split"] == "test"} & set(expected)
+
+
+@pytest.mark.slow
+def test_seeds_give_configurations_and_comparisons(tmp_path, synth_roots):
+    covid, pneumonia = synth_roots
+    out = tmp_path / "out"
+    argv = [*_args(covid, pneumonia, out, "--allow-random-init", "--seeds", "2", "--experiments", "1")]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    assert len(runs) == 8 and sorted({r["seed"] for r in runs}) == [2022, 2023]
+    assert (out / "runs" / "covid-raw-1ch-wce-1cf-seed2023" / "summary.json").is_file()
+    by_config = {c["name"]: c for c in results["configurations"]}
+    assert len(by_config) == 4
+    for name, cfg in by_config.items():
+        accs = [r["test"]["accuracy"] for r in runs if r["configuration"] == name]
+        assert cfg["seeds"] == [2022, 2023] and cfg["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
+        assert cfg["accuracy"]["sd"] == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5)
+        assert set(cfg) >= {"name", "experiment", "dataset", "seeds", "accuracy", "macro_f1"}
+    comps = results["comparisons"]
+    assert [(c["a"], c["b"]) for c in comps] == [
+        ("covid-masked-1ch-wce-1cf", "covid-raw-1ch-wce-1cf"),
+        ("covid-masked-3ch-wce-1cf", "covid-raw-3ch-wce-1cf"),
+        ("covid-raw-1ch-wce-1cf", "covid-raw-3ch-wce-1cf"),
+        ("covid-masked-1ch-wce-1cf", "covid-masked-3ch-wce-1cf"),
+    ]
+    for c in comps:
+        assert set(c) >= {"a", "b", "metric", "difference", "ci95", "p_value", "method"}
+        assert c["ci95"][0] <= c["difference"] <= c["ci95"][1] and 0 <= c["p_value"] <= 1
+    md = (out / "report.md").read_text()
+    assert md.count(" pp [") >= 4 and ("is better" in md or "not distinguishable" in md)
+    assert "± " in (out / "tables" / "table_iii.md").read_text()
+    # A rerun skips every finished seed.
+    weights = sorted(out.glob("runs/*/best.safetensors"))
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in weights} == before

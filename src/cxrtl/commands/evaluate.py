@@ -47,6 +47,20 @@ def register(subparsers) -> None:
         metavar="S",
         help="sensitivity the operating point must reach on validation (default 0.95)",
     )
+    p.add_argument(
+        "--conformal",
+        type=float,
+        metavar="ALPHA",
+        help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
+        "(e.g. 0.1), save the threshold beside the checkpoint for predict, report them on --subset",
+    )
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "auto"),
+        help="numerics of the evaluation passes; fp32 on every device by default, as the paper's numbers "
+        "are (auto: bf16 autocast on CUDA)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     p.add_argument(
@@ -100,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_boot=args.bootstrap,
         figures=not args.no_figures,
+        precision=args.precision,
+        conformal=args.conformal,
     )
     print(
         f"{args.subset}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
@@ -129,6 +145,14 @@ def run(args: argparse.Namespace) -> int:
         )
         if op.get("warning"):
             print(f"  caution: {op['warning']}")
+    cp = m.get("conformal")
+    if cp:
+        print(
+            f"conformal sets (LAC, alpha {cp['alpha']:g}): coverage {fmt_pct(cp['coverage'])} "
+            f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
+            f"single-class sets {fmt_pct(cp['singleton_fraction'])}; threshold {cp['threshold']:.4f} saved "
+            "beside the checkpoint"
+        )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
     elif m.get("cam_in_lungs"):

@@ -86,9 +86,10 @@ def render(rows, classes: list[str], fmt: str) -> str:
     """Rows -> the text of one output format."""
     with_cam = any(r.cam is not None for r in rows)
     with_positive = any(r.positive is not None for r in rows)
+    with_set = any(r.prediction_set is not None for r in rows)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
-    header = ["path", "label", *classes]
+    header = ["path", "label", *classes] + (["prediction_set"] if with_set else [])
     if with_positive:
         header += ["positive_threshold", "positive_flag"]
     if with_cam:
@@ -97,7 +98,7 @@ def render(rows, classes: list[str], fmt: str) -> str:
     table = []
     for r in rows:
         probs = [(f"{r.probabilities[c]:.4f}" if r.probabilities else "") for c in classes]
-        cells = [r.path, r.label or "", *probs]
+        cells = [r.path, r.label or "", *probs] + (["|".join(r.prediction_set or [])] if with_set else [])
         if with_positive:
             cells += _positive_cells(r.positive)
         if with_cam:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,36 @@ def _check_classes(ckpt_classes: list[str], data_classes: list[str], records, su
         log.warning("the data has no images of %s; their recall and AUC are undefined", missing)
 
 
-def _predict(model, data, records, class_to_idx, pp, device, batch_size):
+def _numerics(device, precision: str):
+    """Evaluation numerics: fp32 (the paper's numbers are fp32) unless ``precision`` asks for bf16."""
+    from ..config import PRECISIONS
+    from ..device import resolve_numerics
+
+    if precision not in PRECISIONS:
+        raise CxrtlError(
+            f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)} (default fp32)"
+        )
+    return resolve_numerics(device, precision, False)
+
+
+@contextmanager
+def _exact_fp32(precision: str):
+    """With ``precision`` fp32, no TF32 either: cuDNN convolutions use TF32 by default on Ampere and later
+    GPUs, which is not the fp32 the paper's numbers were computed in. The flags are restored afterwards."""
+    import torch
+
+    if precision != "fp32":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _predict(model, data, records, class_to_idx, pp, device, batch_size, numerics=None):
     """Logits [N, k] and labels [N] (checkpoint class order) of ``records``."""
     from ..data import CachedDataset
     from ..training.engine import predict_logits
@@ -80,7 +110,9 @@ def _predict(model, data, records, class_to_idx, pp, device, batch_size):
     dataset = CachedDataset(data.cache, records, class_to_idx)
     if len(dataset) == 0:
         return np.zeros((0, len(class_to_idx)), np.float32), np.zeros(0, np.int64), []
-    logits, labels = predict_logits(model, dataset, pp, device=device, batch_size=batch_size)
+    logits, labels = predict_logits(
+        model, dataset, pp, device=device, batch_size=batch_size, numerics=numerics
+    )
     return np.asarray(logits, dtype=np.float64), np.asarray(labels, dtype=np.int64), dataset.records
 
 
@@ -233,6 +265,36 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
         result["operating_point"]["temperature"] = t
 
 
+def _check_conformal(alpha: float | None, data) -> None:
+    """Refuse a bad alpha, or too few validation images for it, before any prediction."""
+    if alpha is None:
+        return
+    from .conformal import check_alpha, needed_calibration
+
+    alpha = check_alpha(alpha)
+    n, need = len(data.split["val"]), needed_calibration(alpha)
+    if n < need:
+        raise CxrtlError(
+            f"--conformal {alpha:g} needs at least {need} validation images, the split has {n}; "
+            "use a split with a larger validation subset, or a larger alpha"
+        )
+
+
+def _add_conformal(result: dict, ckpt: Path, val: tuple, logits, labels, temperature, alpha: float) -> None:
+    """Fit LAC sets on validation at the prediction temperature, save them beside the checkpoint, score."""
+    from .conformal import METHOD, fit_threshold, save_conformal, set_report
+
+    t = temperature or 1.0
+    threshold = fit_threshold(M.softmax(val[0], t), val[1], alpha)
+    record = {"alpha": alpha, "method": METHOD, "threshold": threshold, "temperature": t, "fitted_on": "val"}
+    path = save_conformal(ckpt, {**record, "n": len(val[1])})
+    log.info("saved conformal threshold %.4f (alpha %g) to %s", threshold, alpha, path)
+    scored = set_report(M.softmax(logits, t), labels, threshold, result["classes"])
+    result["conformal"] = {**record, "n_calibration": len(val[1]), **scored}
+    if result["source"]["subset"] == "val":
+        log.warning("the conformal threshold was fitted on the subset it is evaluated on")
+
+
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
     """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
     from .markdown import evaluation_markdown
@@ -313,6 +375,8 @@ def evaluate(
     seed: int = 0,
     n_boot: int = M.N_BOOT,
     figures: bool = True,
+    precision: str = "fp32",
+    conformal: float | None = None,
 ) -> dict:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
@@ -327,7 +391,11 @@ def evaluate(
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
     Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature beside
     the checkpoint, because the caller asked for exactly that, and decoded images still go to the image
-    cache (``cache_dir``) as on every read of the data.
+    cache (``cache_dir``) as on every read of the data. ``conformal=ALPHA`` likewise saves its threshold
+    beside the checkpoint (:mod:`cxrtl.evaluation.conformal`) and adds ``"conformal"`` to the result.
+
+    ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
+    paper's numbers are fp32; bf16 autocast is a training speed option.
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
@@ -335,10 +403,15 @@ def evaluate(
 
     if subset not in SUBSETS:
         raise CxrtlError(f"unknown subset {subset!r}; choose one of {', '.join(SUBSETS)}")
+    if conformal is not None:
+        from .conformal import check_alpha
+
+        check_alpha(conformal)
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
+    numerics = _numerics(dev, precision)
     model, meta = load_checkpoint(ckpt, map_location="cpu")
     classes = list(meta["classes"])
     if positive:  # fail before any work on a class the checkpoint does not have
@@ -346,9 +419,11 @@ def evaluate(
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
+    _check_conformal(conformal, data)
 
     def predict(recs):
-        return _predict(model, data, recs, class_to_idx, pp, dev, batch_size)
+        with _exact_fp32(precision):
+            return _predict(model, data, recs, class_to_idx, pp, dev, batch_size, numerics)
 
     logits, labels, used = predict(records)
     if len(labels) == 0:
@@ -369,11 +444,15 @@ def evaluate(
         "epoch": meta.get("epoch"),
         "preprocess": pp.to_dict(),
         "device": str(dev),
+        "precision": precision,
     }
     result["provenance"] = provenance(dev)
-    val = _validation((logits, labels), predict, data, subset) if calibrate or positive else None
+    needs_val = calibrate or positive or conformal is not None
+    val = _validation((logits, labels), predict, data, subset) if needs_val else None
     temperature = _temperature(ckpt, val, calibrate, subset)
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    if conformal is not None and val is not None:
+        _add_conformal(result, ckpt, val, logits, labels, temperature, float(conformal))
     if out is not None:  # out=None writes nothing beside the checkpoint but a requested temperature
         _store_operating_point(ckpt, result)
     if cam_in_lungs:

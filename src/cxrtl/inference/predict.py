@@ -39,6 +39,7 @@ class Prediction:
     lung_fraction: float | None = None
     lung_share: float | None = None  # the mask's share of the model input: the chance level of lung_fraction
     positive: dict[str, Any] | None = None  # {"class", "threshold", "flag"} from a stored operating point
+    prediction_set: list[str] | None = None  # conformal set (a model with a conformal threshold only)
 
     @property
     def pred(self) -> str | None:
@@ -54,6 +55,8 @@ class Prediction:
         }
         if self.positive is not None:
             row["positive"] = self.positive
+        if self.prediction_set is not None:
+            row["prediction_set"] = self.prediction_set
         if self.error is not None:
             row["error"] = self.error
         if self.cam is not None:
@@ -83,6 +86,7 @@ class Predictor:
         source: str | None = None,
         backbone: str | None = None,
         operating_point: dict[str, Any] | None = None,
+        conformal: dict | None = None,
     ):
         self.backend = backend
         self.classes = list(classes)
@@ -95,6 +99,7 @@ class Predictor:
         self.operating_point = (
             operating_point  # from `evaluate --positive`: flags rows, argmax stays the label
         )
+        self.conformal = conformal  # {"threshold", "alpha", "temperature", ...} from evaluate --conformal
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -154,6 +159,7 @@ class Predictor:
             source=str(weights),
             backbone=meta.get("backbone"),
             operating_point=_stored_operating_point(weights, model.classes, temperature),
+            conformal=_load_conformal(weights, temperature),
         )
 
     def use_segmenter(
@@ -305,6 +311,7 @@ class Predictor:
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
                     rows[i].positive = self.positive_flag(probs[j])
+                    rows[i].prediction_set = self.prediction_set(probs[j])
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
@@ -322,6 +329,15 @@ class Predictor:
             "threshold": float(op["threshold"]),
             "flag": p >= float(op["threshold"]),
         }
+
+    def prediction_set(self, probs_row: np.ndarray) -> list[str] | None:
+        """The conformal prediction set of one probability row, or None when the model has no threshold.
+
+        More than one class is the model saying "unsure" at the coverage it was fitted for.
+        """
+        from ..evaluation.conformal import set_names
+
+        return set_names(probs_row, self.classes, self.conformal, self.temperature)
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
@@ -402,6 +418,24 @@ def _stored_operating_point(weights: Path, classes: Sequence[str], temperature: 
 
 
 # ---------------------------------------------------------------------------------------- inputs
+
+
+def _load_conformal(weights: Path, temperature: float | None) -> dict | None:
+    """The conformal record beside ``weights``; None (with a warning) when fitted at another temperature."""
+    from ..evaluation.conformal import conformal_path, read_conformal
+
+    path = conformal_path(weights)
+    record = read_conformal(path)
+    if record is not None and abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
+        log.warning(
+            "%s was fitted at temperature %s, the model now uses %s; no prediction sets until "
+            "`cxrtl evaluate --conformal ALPHA` refits it",
+            path,
+            record.get("temperature"),
+            temperature or 1.0,
+        )
+        return None
+    return record
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:

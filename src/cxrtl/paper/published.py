@@ -25,3 +25,16 @@ def published_rows(table: str) -> dict[object, dict]:
         key = tuple(row[k] for k in keys)
         out[key[0] if len(key) == 1 else key] = dict(row["values"])
     return out
+
+
+def published_average(table: str) -> str | None:
+    """Which average the paper's P/R/F1 columns of ``table`` really are: macro, weighted, class or None.
+
+    Table III's caption says "weighted", but its numbers are the macro row of the authors' printout.
+    """
+    return _load()["tables"][table].get("average")
+
+
+def published_notes(table: str) -> list[str]:
+    """Known typos and settings of the paper's ``table``, to print beside its numbers."""
+    return list(_load()["tables"][table].get("notes", []))

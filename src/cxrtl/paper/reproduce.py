@@ -28,6 +28,7 @@ from ..errors import CxrtlError
 from ..fsutil import ensure_dir, read_json, write_json
 from ..provenance import provenance
 from .experiments import (
+    COMPARISONS,
     COVID_BEST,
     Profile,
     RunPlan,
@@ -36,6 +37,7 @@ from .experiments import (
     parse_experiments,
     plan_runs,
 )
+from .seeds import configurations, run_name, seed_list
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,9 @@ class ReproduceOptions:
     split_protocol: str = "paper"
     exclude_overlap: bool = False
     seed: int = 2022
+    seeds: int = 1  # training seeds per configuration: seed, seed + 1, ... (the split stays fixed)
+    precision: str = "fp32"  # numerics of the test evaluations (training keeps its own: bf16 on CUDA)
+    conformal: float | None = 0.1  # alpha of the conformal sets fitted for every run (None: none)
     backbone: str | None = None  # default: the profile's (densenet121)
     epochs: int | None = None
     image_size: int | None = None
@@ -232,6 +237,7 @@ def _train_config(
     run_dir: Path,
     init: str,
     backbone: str | None,
+    seed: int,
 ):
     from ..config import TrainConfig
 
@@ -247,18 +253,40 @@ def _train_config(
         keep_hidden=run.keep_hidden,
         scheme=run.scheme,
         loss=run.loss,
+        focal_gamma=run.focal_gamma,
+        focal_alpha=run.focal_alpha,
         channels=run.channels,
         input=run.input,
         image_size=opts.image_size or prof.image_size,
         epochs=epochs,
         batch_size=opts.batch_size or prof.batch_size,
         milestones=milestones,
-        seed=opts.seed,
+        seed=seed,
         device=opts.device,
         workers=opts.workers,
         cache_dir=opts.cache_dir,
         progress=opts.progress,
     )
+
+
+def _val_count(split_csv: Path) -> int:
+    import csv
+
+    with open(split_csv, newline="") as fh:
+        return sum(row.get("split") == "val" for row in csv.DictReader(fh))
+
+
+def _conformal_alpha(run_dir: Path, opts: ReproduceOptions) -> float | None:
+    """The conformal alpha for this run, or None (with a log line) when its validation split is too small."""
+    from ..evaluation.conformal import needed_calibration
+
+    if opts.conformal is None:
+        return None
+    n, need = _val_count(run_dir / "split.csv"), needed_calibration(opts.conformal)
+    if n < need:
+        log.warning("%s: no conformal sets (%d validation images, %d needed)", run_dir.name, n, need)
+        return None
+    return opts.conformal
 
 
 def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> dict:
@@ -277,29 +305,34 @@ def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, pr
         cache_dir=opts.cache_dir,
         progress=opts.progress,
         n_boot=prof.n_boot,
+        precision=opts.precision,
+        conformal=_conformal_alpha(run_dir, opts),
     )
 
 
-def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool) -> dict:
-    """Train (or resume, or skip) one run and evaluate it; return its results.json entry."""
+def _run_one(
+    run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool, seed: int
+) -> dict:
+    """Train (or resume, or skip) one seed of one configuration and evaluate it; return its results entry."""
     from ..training.resume import STATE_FILE
     from ..training.run_dir import run_status
     from ..training.train import train as run_training
 
-    run_dir = out / "runs" / run.name
+    name = run_name(run.name, seed, opts.seed)
+    run_dir = out / "runs" / name
     status = run_status(run_dir)
     metrics_file = run_dir / "test" / "metrics.json"
     if status == "finished" and metrics_file.is_file():
-        log.info("%s: already complete, skipped", run.name)
+        log.info("%s: already complete, skipped", name)
         summary = read_json(run_dir / "summary.json", "run summary")
         metrics = read_json(metrics_file, "metrics")
     else:
         backbone = None if init not in ("imagenet", "none") else (opts.backbone or prof.backbone)
         cfg = _train_config(
-            run, opts, prof, roots[run.dataset], split_paths[run.dataset], run_dir, init, backbone
+            run, opts, prof, roots[run.dataset], split_paths[run.dataset], run_dir, init, backbone, seed
         )
         if status == "unfinished" and (run_dir / STATE_FILE).is_file():
-            log.info("%s: resuming an interrupted run", run.name)
+            log.info("%s: resuming an interrupted run", name)
             summary = run_training(cfg, resume=True)
         elif status == "finished":
             summary = read_json(run_dir / "summary.json", "run summary")
@@ -307,7 +340,7 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
             cfg.overwrite = status == "unfinished"  # a run killed before its first epoch: start again
             log.info(
                 "%s: training (%s)",
-                run.name,
+                name,
                 ", ".join(f"{k}={v}" for k, v in run.to_config().items() if k not in ("name", "depends_on")),
             )
             summary = run_training(cfg)
@@ -320,7 +353,9 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
         "random_init": random_init,
     }
     return {
-        "name": run.name,
+        "name": name,
+        "configuration": run.name,
+        "seed": seed,
         "experiment": list(run.experiments),
         "dataset": run.dataset,
         "pretraining": run.pretraining,
@@ -330,8 +365,17 @@ def _run_one(run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str,
         "best_val_acc": summary.get("best_val_acc"),
         "seconds": history,
         "run_dir": str(run_dir),
+        "precision": {"train": _train_precision(summary), "eval": metrics["source"].get("precision", "fp32")},
         "test": metrics,
     }
+
+
+def _train_precision(summary: dict) -> str:
+    """The numerics a run trained in: its --precision, with auto resolved by the device it ran on."""
+    precision = (summary.get("config") or {}).get("precision", "auto")
+    if precision != "auto":
+        return precision
+    return "bf16" if str(summary.get("device", "cpu")).startswith("cuda") else "fp32"
 
 
 def _history_seconds(path: Path) -> float | None:
@@ -345,12 +389,17 @@ def _history_seconds(path: Path) -> float | None:
         return None
 
 
-def _pick_covid_best(results: dict[str, dict], runs: list[RunPlan]) -> dict:
-    """The Exp. 2 run with the highest validation accuracy (ties: the earlier run). Never the test set."""
-    candidates = [results[r.name] for r in covid_best_candidates(runs) if r.name in results]
+def _pick_covid_best(by_config: dict[str, list[dict]], runs: list[RunPlan]) -> str:
+    """The Exp. 2 configuration with the highest mean validation accuracy over its seeds (ties: the
+    earlier one). Never the test set."""
+    candidates = [r.name for r in covid_best_candidates(runs) if by_config.get(r.name)]
     if not candidates:
         raise CxrtlError("Exp. 3 needs the Exp. 2 COVID runs, but none finished")
-    return max(candidates, key=lambda r: (r.get("best_val_acc") or 0.0, -candidates.index(r)))
+
+    def mean_val(name: str) -> float:
+        return float(np.mean([e.get("best_val_acc") or 0.0 for e in by_config[name]]))
+
+    return max(candidates, key=lambda n: (mean_val(n), -candidates.index(n)))
 
 
 def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
@@ -394,28 +443,58 @@ def _run_all(
     split_paths: dict,
     out: Path,
     no_weights: str | None,
-) -> tuple[dict[str, dict], dict | None]:
-    """Every run's result by name, in plan order, and the COVID run Exp. 3 started from (or None).
+) -> tuple[dict[str, dict], str | None]:
+    """Every run's result by name (configurations in plan order, each over its seeds), and the COVID
+    configuration Exp. 3 started from (or None).
 
-    Exp. 3's COVID init is the best Exp. 2 model by validation accuracy.
+    Exp. 3's COVID init is the best Exp. 2 configuration by mean validation accuracy; seed i of an Exp. 3
+    run starts from seed i of that configuration.
     """
     results: dict[str, dict] = {}
+    by_config: dict[str, list[dict]] = {}
     covid_best = None
+    seeds = seed_list(opts.seed, opts.seeds)
     for i, run in enumerate(runs, 1):
-        if run.init == COVID_BEST:
-            covid_best = covid_best or _pick_covid_best(results, runs)
-            init = str(Path(covid_best["run_dir"]) / "best.safetensors")
-            random_init = bool(covid_best["config"].get("random_init"))
-        elif run.init == "imagenet" and no_weights:
-            init, random_init = "none", True
-        else:
-            init, random_init = run.init, run.init == "none"
-        meant = run.init != "none" and random_init  # meant to start from ImageNet, starts from random weights
-        log.info(
-            "run %d/%d: %s%s", i, len(runs), run.name, " (random init: ImageNet unavailable)" if meant else ""
-        )
-        results[run.name] = _run_one(run, opts, prof, roots, split_paths, out, init, random_init)
+        for j, seed in enumerate(seeds):
+            if run.init == COVID_BEST:
+                covid_best = covid_best or _pick_covid_best(by_config, runs)
+                source = by_config[covid_best][j]
+                init = str(Path(source["run_dir"]) / "best.safetensors")
+                random_init = bool(source["config"].get("random_init"))
+            elif run.init == "imagenet" and no_weights:
+                init, random_init = "none", True
+            else:
+                init, random_init = run.init, run.init == "none"
+            meant = (
+                run.init != "none" and random_init
+            )  # meant to start from ImageNet, starts from random weights
+            log.info(
+                "run %d/%d: %s (seed %d)%s",
+                i,
+                len(runs),
+                run.name,
+                seed,
+                " (random init: ImageNet unavailable)" if meant else "",
+            )
+            entry = _run_one(run, opts, prof, roots, split_paths, out, init, random_init, seed)
+            results[entry["name"]] = entry
+            by_config.setdefault(run.name, []).append(entry)
     return results, covid_best
+
+
+def _comparisons(runs: list[dict], experiments: tuple[int, ...], n_boot: int) -> list[dict]:
+    """The paper's paired comparisons (``COMPARISONS``) among the configurations this reproduction ran."""
+    from ..evaluation.compare import compare
+
+    files: dict[str, list[Path]] = {}
+    for r in runs:
+        files.setdefault(r["configuration"], []).append(Path(r["run_dir"]) / "test" / "predictions.csv")
+    out = []
+    for exp, a, b in COMPARISONS:
+        wanted = exp in experiments or (exp == 2 and 3 in experiments)
+        if wanted and a in files and b in files:
+            out.append({"experiment": exp, **compare(files[a], files[b], a, b, n_boot=n_boot)})
+    return out
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -426,6 +505,11 @@ def reproduce(opts: ReproduceOptions) -> dict:
     started = time.time()
     experiments = parse_experiments(opts.experiments)
     prof = get_profile(opts.profile)
+    seeds = seed_list(opts.seed, opts.seeds)
+    if opts.conformal is not None:
+        from ..evaluation.conformal import check_alpha
+
+        check_alpha(opts.conformal)
     if opts.split_protocol not in PROTOCOLS:
         raise CxrtlError(
             f"unknown --split-protocol {opts.split_protocol!r}; choose one of {', '.join(PROTOCOLS)}"
@@ -439,7 +523,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
     identity = _identity(opts, prof, covid, pneu)
     _check_out(out, identity)
     ensure_dir(out)
-    write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments))})
+    write_json(out / MANIFEST, {**identity, "experiments": sorted(set(experiments)), "seeds": seeds})
 
     # 2. Splits, written once and reused by every run and every later call.
     notes = _write_splits(opts, covid, pneu, out, max_per_class)
@@ -453,11 +537,16 @@ def reproduce(opts: ReproduceOptions) -> dict:
     run_list = list(results.values())
     payload = {
         "runs": run_list,
+        "configurations": configurations(run_list, POSITIVE),
+        "comparisons": _comparisons(run_list, experiments, prof.n_boot),
         "reproduction": {
             **identity,
             "experiments": list(experiments),
+            "seeds": seeds,
+            "eval_precision": opts.precision,
+            "conformal_alpha": opts.conformal,
             "seconds": time.time() - started,
-            "covid_best": covid_best["name"] if covid_best else None,
+            "covid_best": covid_best,
             "synthetic": _is_synthetic(covid) or bool(pneu and _is_synthetic(pneu)),
             "imagenet_unavailable": no_weights,
             "splits": notes,

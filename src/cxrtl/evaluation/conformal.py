@@ -1,0 +1,124 @@
+"""Split-conformal prediction sets: a set of classes that holds the true one with probability 1 - alpha.
+
+Method: LAC (least ambiguous set-valued classifier; Sadinle, Lei and Wasserman 2019). The score of an
+image is ``1 - p(true class)`` on the validation subset; the threshold is the
+``ceil((n + 1)(1 - alpha))``-th smallest of those n scores, and the set of a new image is every
+class with ``p >= 1 - threshold``. Among split-conformal methods with marginal coverage LAC gives the
+smallest sets on average and is deterministic (APS needs randomisation for exact coverage and gives
+larger sets); its coverage can differ between classes, which is why ``per_class_coverage`` is reported.
+It is a few lines of numpy, so no library (MAPIE) is needed; the ONNX prediction path, which must not
+import torch, can use it too.
+
+The threshold lives beside the checkpoint in ``<stem>.conformal.json``, as the temperature lives in
+``<stem>.calibration.json``; it was fitted on probabilities at the temperature it records, and prediction
+uses it only at that temperature.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CxrtlError
+from ..fsutil import read_json, write_json
+
+METHOD = "lac"
+MIN_CALIBRATION = 20  # below this the threshold's own sampling error swamps the guarantee
+
+
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float in (0, 1), or a one-line error."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise CxrtlError(f"--conformal must be in (0, 1), not {alpha}; e.g. 0.1 for 90% coverage")
+    return float(alpha)
+
+
+def needed_calibration(alpha: float) -> int:
+    """Validation images needed: at least 20, and enough that the quantile is finite (n >= 1/alpha - 1)."""
+    return max(MIN_CALIBRATION, math.ceil(1 / alpha - 1))
+
+
+def fit_threshold(probs: np.ndarray, labels: np.ndarray, alpha: float) -> float:
+    """The LAC threshold on ``1 - p(true class)`` from calibration probabilities [n, k] and labels [n]."""
+    alpha = check_alpha(alpha)
+    n, need = len(labels), needed_calibration(alpha)
+    if n < need:
+        raise CxrtlError(
+            f"conformal sets at alpha {alpha:g} need at least {need} validation images, the split has {n}; "
+            "use a larger validation split or a larger alpha"
+        )
+    scores = 1.0 - np.asarray(probs, dtype=np.float64)[np.arange(n), np.asarray(labels)]
+    rank = math.ceil((n + 1) * (1 - alpha))  # <= n, since n >= 1/alpha - 1
+    return float(np.sort(scores)[rank - 1])
+
+
+def prediction_sets(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean membership [N, k]: class j is in image i's set when ``1 - p_ij <= threshold``."""
+    return (1.0 - np.asarray(probs, dtype=np.float64)) <= threshold + 1e-12
+
+
+def set_report(probs: np.ndarray, labels: np.ndarray, threshold: float, classes: list[str]) -> dict:
+    """Coverage, mean set size, per-class coverage and singleton fraction of the sets on labelled data."""
+    member = prediction_sets(probs, threshold)
+    labels = np.asarray(labels)
+    covered = member[np.arange(len(labels)), labels]
+    sizes = member.sum(axis=1)
+    per_class = {
+        c: (float(covered[labels == i].mean()) if np.any(labels == i) else None)
+        for i, c in enumerate(classes)
+    }
+    return {
+        "coverage": float(covered.mean()),
+        "mean_set_size": float(sizes.mean()),
+        "per_class_coverage": per_class,
+        "singleton_fraction": float(np.mean(sizes == 1)),
+        "empty_fraction": float(np.mean(sizes == 0)),
+        "n": int(len(labels)),
+    }
+
+
+# ------------------------------------------------------------------------------------------ sidecar
+def conformal_path(ckpt_path: str | os.PathLike) -> Path:
+    """``<stem>.conformal.json`` beside the checkpoint (named as its ``.calibration.json`` is)."""
+    from ..checkpoint import calibration_path
+
+    cal = calibration_path(ckpt_path)
+    return cal.with_name(cal.name.removesuffix(".calibration.json") + ".conformal.json")
+
+
+def save_conformal(ckpt_path: str | os.PathLike, record: dict) -> Path:
+    """Write the fitted threshold (with alpha, method, temperature, n) beside the checkpoint."""
+    return write_json(conformal_path(ckpt_path), {"format": "cxrtl-conformal", **record})
+
+
+def read_conformal(path: Path) -> dict | None:
+    """A conformal sidecar's record, None when the file is absent; a one-line error when it is broken."""
+    if not path.is_file():
+        return None
+    data = read_json(path, "conformal file")
+    t = data.get("threshold") if isinstance(data, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+        raise CxrtlError(
+            f"conformal file {path} has no valid 'threshold' in [0, 1]; delete it or refit with "
+            "cxrtl evaluate --conformal ALPHA"
+        )
+    return data
+
+
+def set_names(
+    probs_row, classes: list[str], record: dict | None, temperature: float | None
+) -> list[str] | None:
+    """The class names in one image's prediction set, or None without a usable conformal record.
+
+    A record fitted at another temperature (the model was recalibrated since) gives no set: its coverage
+    guarantee would not hold.
+    """
+    if record is None:
+        return None
+    if abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
+        return None
+    member = prediction_sets(np.asarray(probs_row)[None, :], float(record["threshold"]))[0]
+    return [c for c, m in zip(classes, member) if m]
