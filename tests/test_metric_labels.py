@@ -120,6 +120,13 @@ def test_random_init_meant_as_imagenet_is_named_random_in_table_v():
     rows = {r[2]: r[0] for r in T.table_v(runs).rows}
     assert rows["pneumonia-imagenet-finetune"] == "random (ImageNet unavailable)"
     assert rows["pneumonia-covid-finetune"] == "random (ImageNet unavailable) & COVID"
+    # ... and each still sits on the paper row it was planned for, beside the paper's numbers (97.44%, 98.29%)
+    table = T.table_v(runs)
+    by_run = {r[2]: r for r in table.rows}
+    assert (
+        "97.44%" in by_run["pneumonia-imagenet-finetune"] and "98.29%" in by_run["pneumonia-covid-finetune"]
+    )
+    assert len(table.rows) == 5  # the paper's five rows, no extra unmatched ones
 
 
 @pytest.mark.parametrize("absolute_run_dirs", [True, False])

@@ -180,14 +180,24 @@ def _resolution_note(runs: Sequence[dict]) -> str:
     )
 
 
+def _as_planned(key: Any) -> Any:
+    """A row key as the run was planned: a run meant to start from ImageNet sits on the paper's ImageNet row
+    (its own label still says it started from random weights)."""
+    if isinstance(key, tuple):
+        return tuple(
+            str(k).replace(RANDOM_NOT_IMAGENET, "ImageNet") if isinstance(k, str) else k for k in key
+        )
+    return key
+
+
 def _ordered(runs: Iterable[dict], key_of, paper_keys: Collection) -> list[tuple[Any, dict | None]]:
     """Pair paper rows with runs, in the paper's order; unmatched runs after; empty paper rows kept."""
     runs = list(runs)
     out: list[tuple[Any, dict | None]] = []
     for key in paper_keys:
-        matched = [r for r in runs if key_of(r) == key]
+        matched = [r for r in runs if _as_planned(key_of(r)) == key]
         out += [(key, r) for r in matched] or [(key, None)]
-    out += [(key_of(r), r) for r in runs if key_of(r) not in paper_keys]
+    out += [(key_of(r), r) for r in runs if _as_planned(key_of(r)) not in paper_keys]
     return out
 
 
@@ -260,8 +270,9 @@ def _class_table(
         md, cs = _metric_cells(entry, keys)
         rmd, rcs = _run_cells(run, proto)
         ref = paper.get(row, {})
-        t.rows.append(key_labels(row) + rmd + md + [_fmt_paper(ref.get(k)) for k in keys])
-        t.csv_rows.append([row[0], row[1]] + rcs + cs + [csv_num(ref.get(k)) for k in keys])
+        shown = row_key(run) if run else row  # e.g. "random (ImageNet unavailable)" on the ImageNet row
+        t.rows.append(key_labels(shown) + rmd + md + [_fmt_paper(ref.get(k)) for k in keys])
+        t.csv_rows.append([shown[0], shown[1]] + rcs + cs + [csv_num(ref.get(k)) for k in keys])
     t.notes += [_resolution_note(runs), *published_notes(key)]
     t.n_runs = len(runs)
     return t
@@ -331,8 +342,9 @@ def _weighted_table(
         ref = paper.get(row, {})
         loss = m.get("loss") if m else None
         epoch = run.get("best_epoch") if run else None
+        shown = row_key(run) if run else row  # e.g. "random (ImageNet unavailable)" on the ImageNet row
         t.rows.append(
-            key_labels(row)
+            key_labels(shown)
             + rmd
             + [fmt_num(loss)]
             + amd
@@ -343,7 +355,7 @@ def _weighted_table(
             + ([fmt_num(ref.get("epoch"))] if with_epoch else [])
         )
         t.csv_rows.append(
-            [row[0], row[1]]
+            [shown[0], shown[1]]
             + rcs
             + [csv_num(loss)]
             + acs
