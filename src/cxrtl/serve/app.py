@@ -18,6 +18,7 @@ import hmac
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -50,6 +51,17 @@ PREDICT_BODY = {  # the multipart body, described for /docs (the handler parses 
         },
     }
 }
+
+
+@dataclass
+class _Limits:
+    """What one server admits: body bytes, files per request, requests at once; and its batch size."""
+
+    max_bytes: int
+    max_files: int
+    max_queue: int
+    batch_size: int
+    admitted: int = 0  # requests running or waiting now (touched only on the event loop)
 
 
 def create_app(
@@ -92,21 +104,29 @@ def create_app(
         description="Chest-radiograph classifier. Research tool, not a medical device.",
         lifespan=lifespan,
     )
-    max_bytes = int(max_upload_mb * 2**20)
-    admitted = {"n": 0}
     app.state.pool, app.state.info = pool, info
+    limits = _Limits(int(max_upload_mb * 2**20), max_files, max_queue, batch_size)
     static = resources.files("cxrtl.serve") / "static"
-    index_html = (static / "index.html").read_text(encoding="utf-8")
+    _add_guard_and_errors(app, token)
+    _add_pages(app, info, (static / "index.html").read_text(encoding="utf-8"))
+    _add_predict(app, predictor, info, pool, limits)
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+    return app
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_guard_and_errors(app: FastAPI, token: str | None) -> None:
+    """The token check, one log line per request, and every error as JSON without a traceback."""
 
     @app.middleware("http")
     async def guard_and_log(request: Request, call_next):
         start = time.perf_counter()
         request.state.files = 0
         if token and request.url.path.startswith("/v1/") and not _authorised(request, token):
-            response = error(
+            response = _error(
                 401,
                 "missing or wrong token; send the server's CXRTL_SERVE_TOKEN as 'Authorization: Bearer TOKEN'",
                 {"WWW-Authenticate": "Bearer"},
@@ -116,7 +136,7 @@ def create_app(
                 response = await call_next(request)
             except Exception as exc:  # noqa: BLE001  (never a traceback in a response)
                 log.debug("unhandled error", exc_info=True)
-                response = error(500, f"internal error ({type(exc).__name__}); the server keeps running")
+                response = _error(500, f"internal error ({type(exc).__name__}); the server keeps running")
         ms = (time.perf_counter() - start) * 1000
         log.info(
             "%s %s %d files=%d ms=%.1f",
@@ -131,15 +151,19 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         what = {404: "no such page; see /docs for the API", 405: "method not allowed; see /docs for the API"}
-        return error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
+        return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def bad_params(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return error(
+        return _error(
             400, f"invalid {where or 'request'} ({first.get('msg', 'bad value')}); use true or false"
         )
+
+
+def _add_pages(app: FastAPI, info: dict[str, Any], index_html: str) -> None:
+    """The web page, liveness and the model description."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -155,6 +179,12 @@ def create_app(
         """Classes, backbone, preprocessing, training summary, calibration and the cxrtl version."""
         return info
 
+
+def _add_predict(
+    app: FastAPI, predictor, info: dict[str, Any], pool: ThreadPoolExecutor, limits: _Limits
+) -> None:
+    """``POST /v1/predict``: admission (503 when full), the upload limits, inference in the pool."""
+
     @app.post("/v1/predict", openapi_extra=PREDICT_BODY)
     async def predict(request: Request, cam: bool = False, image: bool = False):
         """One row per uploaded file (field ``files``), as ``cxrtl predict --format json``.
@@ -163,37 +193,41 @@ def create_app(
         ``image_png`` (the decoded image, for showing a DICOM in a browser).
         """
         if cam and not info["cam"]:
-            return error(
+            return _error(
                 400,
                 "Grad-CAM needs gradients, which an ONNX model does not have; serve the PyTorch checkpoint",
             )
-        if admitted["n"] >= max_queue:
-            return error(
-                503, f"server busy ({max_queue} requests queued); retry after a second", {"Retry-After": "1"}
+        if limits.admitted >= limits.max_queue:
+            return _error(
+                503,
+                f"server busy ({limits.max_queue} requests queued); retry after a second",
+                {"Retry-After": "1"},
             )
-        admitted["n"] += 1
+        limits.admitted += 1
         try:
-            check_content_type(request.headers.get("content-type"))
-            check_declared_size(request.headers.get("content-length"), max_bytes)
-            uploads = await read_uploads(
-                request.headers["content-type"], request.stream(), max_bytes, max_files
-            )
-            request.state.files = len(uploads)
-            loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(
-                pool, lambda: predict_uploads(predictor, uploads, cam=cam, image=image, batch_size=batch_size)
-            )
-            return JSONResponse(rows)
+            return JSONResponse(await _answer(request, predictor, pool, limits, cam, image))
         except UploadError as exc:
-            return error(exc.status, exc.message, {"Connection": "close"} if exc.status == 413 else None)
+            return _error(exc.status, exc.message, {"Connection": "close"} if exc.status == 413 else None)
         except CxrtlError as exc:
-            return error(400, str(exc))
+            return _error(400, str(exc))
         finally:
-            admitted["n"] -= 1
+            limits.admitted -= 1
 
-    app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    return app
+async def _answer(
+    request: Request, predictor, pool: ThreadPoolExecutor, limits: _Limits, cam: bool, image: bool
+):
+    """Read the uploads within the limits, then predict them in the inference pool -> the JSON rows."""
+    check_content_type(request.headers.get("content-type"))
+    check_declared_size(request.headers.get("content-length"), limits.max_bytes)
+    uploads = await read_uploads(
+        request.headers["content-type"], request.stream(), limits.max_bytes, limits.max_files
+    )
+    request.state.files = len(uploads)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        pool, lambda: predict_uploads(predictor, uploads, cam=cam, image=image, batch_size=limits.batch_size)
+    )
 
 
 def _authorised(request, token: str) -> bool:
