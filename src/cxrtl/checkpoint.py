@@ -6,7 +6,6 @@ the JSON records the weights' SHA-256, so a weights file swapped or edited after
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import torch
 
 from .data.preprocess import Preprocess
 from .errors import CxrtlError
-from .fsutil import json_safe, read_json, read_safetensors_header, write_json, write_safetensors
+from .fsutil import json_safe, read_json, read_safetensors_header, sha256_file, write_json, write_safetensors
 from .model import CxrModel, build_backbone, check_backbone, check_classes
 from .model import create_model as new_model
 
@@ -48,14 +47,6 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not p.exists():
         raise CxrtlError(f"checkpoint {p} does not exist")
     return p
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +86,7 @@ def save_checkpoint(path_stem: str | os.PathLike, model: torch.nn.Module, meta: 
     full = json_safe(full)
     embedded = json.dumps(full, sort_keys=True)
     write_safetensors(weights, _state_dict(core), {"format": FORMAT, "cxrtl_meta": embedded})
-    full["weights_sha256"] = _sha256(weights)
+    full["weights_sha256"] = sha256_file(weights)
     write_json(stem.parent / (stem.name + ".json"), full)
     return weights
 
@@ -129,7 +120,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if sidecar.is_file():
         side = read_json(sidecar, "checkpoint metadata")
         want = side.get("weights_sha256") if isinstance(side, dict) else None
-        if want and want != _sha256(weights):
+        if want and want != sha256_file(weights):
             raise CxrtlError(
                 f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
                 "after saving); restore the original files or retrain"

@@ -14,7 +14,6 @@ can rewrite a file can rewrite ``bundle.json`` too. This module never imports to
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -25,7 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CxrtlError
-from ..fsutil import _UMASK, read_json, write_bytes, write_json, write_text
+from ..fsutil import _UMASK, read_json, sha256_file, write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,6 @@ CHECKPOINT_FILES = ("best.safetensors", "best.json", "best.calibration.json")
 def is_bundle(path: str | os.PathLike) -> bool:
     """True for a folder holding a ``bundle.json`` (checked, with its files, by :func:`verify_bundle`)."""
     return (Path(path) / META_FILE).is_file()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_bundle_meta(folder: str | os.PathLike) -> dict[str, Any]:

@@ -7,7 +7,6 @@ be mistaken for the other.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import CxrtlError
-from ..fsutil import json_safe, read_json, read_safetensors_header, write_json, write_safetensors
+from ..fsutil import json_safe, read_json, read_safetensors_header, sha256_file, write_json, write_safetensors
 
 FORMAT = "cxrtl-segmenter"
 VERSION = 1
@@ -75,10 +74,6 @@ def build_segmenter(
         ) from None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_segmenter(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
     """``<stem>.safetensors`` (weights, metadata embedded) then ``<stem>.json``, both atomic."""
     from ..checkpoint import unwrap
@@ -88,7 +83,7 @@ def save_segmenter(stem: Path, model: torch.nn.Module, meta: dict[str, Any]) -> 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in core.state_dict().items()}
     weights = stem.parent / (stem.name + ".safetensors")
     write_safetensors(weights, tensors, {"format": FORMAT, "cxrtl_meta": json.dumps(full, sort_keys=True)})
-    write_json(stem.parent / (stem.name + ".json"), {**full, "weights_sha256": _sha256(weights)})
+    write_json(stem.parent / (stem.name + ".json"), {**full, "weights_sha256": sha256_file(weights)})
     return weights
 
 
@@ -121,7 +116,7 @@ def read_segmenter_meta(path: str | os.PathLike) -> dict[str, Any]:
     sidecar = weights.with_suffix(".json")
     if sidecar.is_file():
         want = (read_json(sidecar, "segmenter metadata") or {}).get("weights_sha256")
-        if want and want != _sha256(weights):
+        if want and want != sha256_file(weights):
             raise CxrtlError(f"{weights} does not match the SHA-256 in {sidecar.name}; restore it or retrain")
     return meta
 
