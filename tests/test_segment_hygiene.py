@@ -52,7 +52,7 @@ def test_split_masks_warns_once_naming_the_overlap(pneumonia_root, covid_root, t
     expected = len(test & set(images[::2]))
     assert expected > 0
     lines = _warnings(caplog)
-    assert len(lines) == 1 and f"trained on {expected} of the split of" in lines[0]
+    assert len(lines) == 1 and f"trained on {expected} test image(s) of the split of" in lines[0]
 
     # A segmenter trained on another dataset shares no image: no warning.
     other = _segmenter(tmp_path / "o", covid_root, images[::2])
@@ -87,7 +87,7 @@ def test_predict_with_a_segmenter_that_saw_the_classifier_test_images(
     seg = _segmenter(tmp_path / "a", pneumonia_root, images[1:5])  # 2 of the 3 test images
     assert main(["predict", str(clf), one, "--segmenter", str(seg)]) == 0
     lines = _warnings(caplog)
-    assert len(lines) == 1 and "trained on 2 of classifier" in lines[0]
+    assert len(lines) == 1 and "trained on 2 test image(s) of classifier" in lines[0]
 
     clean = _segmenter(tmp_path / "b", pneumonia_root, images[3:6])  # only the classifier's training images
     assert main(["predict", str(clf), one, "--segmenter", str(clean)]) == 0

@@ -51,9 +51,9 @@ def warn_test_overlap(meta: dict, test_images: Iterable[str], what: str) -> int:
     overlap = sorted(set(test_images) & seen)
     if overlap:
         log.warning(
-            "the segmenter trained on %d of %s's test images (e.g. %s): its masks there are optimistic, so "
-            "masked test results are too; use a segmenter trained on a split whose train/val parts exclude "
-            "them (e.g. pass --split to `cxrtl segment train`)",
+            "the segmenter trained on %d test image(s) of %s (e.g. %s): its masks there are optimistic, so "
+            "masked test results are too; train the segmenter on the classifier's split "
+            "(`cxrtl segment train --split SPLIT.csv`) so its test images stay unseen",
             len(overlap),
             what,
             overlap[0],
