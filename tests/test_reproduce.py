@@ -40,6 +40,34 @@ def _args(covid, pneumonia, out, *extra):
     ]
 
 
+def _split_rows(path) -> set[tuple[str, str]]:
+    with open(path, newline="") as fh:
+        return {(r["path"], r["split"]) for r in csv.DictReader(fh)}
+
+
+def test_segmenter_step_is_checked_before_training(covid_root):
+    from cxrtl.paper.experiments import get_profile
+    from cxrtl.paper.reproduce import ReproduceOptions, _plan_segmenter
+    from cxrtl.paper.segmenter import segmenter_init
+
+    pytest.importorskip("segmentation_models_pytorch")
+    from cxrtl.data import load_dataset
+
+    covid = load_dataset(covid_root)
+    opts = ReproduceOptions(covid=str(covid_root), pneumonia=None, out="unused", segmenter_epochs=-1)
+    with pytest.raises(CxrtlError, match="--segmenter-epochs -1"):
+        _plan_segmenter(opts, get_profile("quick"), covid, None)
+    opts.segmenter_epochs = 0
+    assert _plan_segmenter(opts, get_profile("quick"), covid, None) is None
+    opts.segmenter_epochs = None  # the quick profile trains one, the paper profile does not
+    assert _plan_segmenter(opts, get_profile("paper"), covid, "offline") is None
+    with pytest.raises(CxrtlError, match="--allow-random-init, or --segmenter-epochs 0"):
+        _plan_segmenter(opts, get_profile("quick"), covid, "offline")
+    opts.allow_random_init = True
+    assert _plan_segmenter(opts, get_profile("quick"), covid, "offline") == {"epochs": 5, "init": "none"}
+    assert segmenter_init("tu-mobilenetv3_small_100", True, "no ImageNet weights") == "none"
+
+
 def test_plan_shares_identical_runs_and_orders_dependencies():
     runs = plan_runs((1, 2, 3))
     names = [r.name for r in runs]
@@ -61,7 +89,10 @@ def tiny_reproduction(tmp_path_factory, synth_roots):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("CXRTL_CACHE_DIR", str(out.parent / "cache"))
-        assert main(_args(covid, pneumonia, out, "--allow-random-init", "--exclude-overlap")) == 0
+        argv = _args(
+            covid, pneumonia, out, "--allow-random-init", "--exclude-overlap", "--segmenter-epochs", "1"
+        )
+        assert main(argv) == 0
     return out
 
 
@@ -121,6 +152,23 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
     focal = runs["covid-raw-3ch-focal"]["config"]
     assert (focal["focal_gamma"], focal["focal_alpha"]) == (3.0, "1cf")
     assert all(r["test"]["source"]["precision"] == "fp32" for r in runs.values())
+
+    # The lung segmenter trained on the reproduction's own COVID split, so no classifier test image trained
+    # it; the report shows its test Dice and IoU with intervals and the overlay figure.
+    seg = results["segmenter"]
+    assert _split_rows(out / "segmenter" / "split.csv") == _split_rows(out / "splits" / "covid.csv")
+    assert seg["random_init"] and seg["epochs"] == 1 and seg["image_size"] == 64
+    metrics = json.loads((out / "segmenter" / "test" / "metrics.json").read_text())
+    test_paths = {p for p, s in _split_rows(out / "splits" / "covid.csv") if s == "test"}
+    assert metrics["n_images"] == len(test_paths)
+    for key in ("dice", "iou"):
+        m = metrics[key]
+        assert 0 <= m["ci_low"] <= m["mean"] <= m["ci_high"] <= 1
+        assert (
+            f"| {key.replace('dice', 'Dice').replace('iou', 'IoU')} | {m['mean']:.3f} [{m['ci_low']:.3f}"
+            in md
+        )
+    assert "](segmenter/test/overlays.png)" in md and html.count("data:image/png;base64,") >= 1
 
 
 @pytest.mark.slow

@@ -38,6 +38,11 @@ def register(subparsers) -> None:
     a("--insecure", action="store_true", help="allow a non-loopback --host without a token (warns)")
     a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models")
     a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
+    a(
+        "--segmenter",
+        metavar="SEG_RUN",
+        help="a `cxrtl segment train` run: predict each upload's lung mask, to serve a masked-input model",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         device=args.device,
         threads=args.threads,
+        segmenter=args.segmenter,
     )

@@ -175,6 +175,10 @@ class Predictor:
             seg_run, "cpu" if self.torch_model is None else str(self.backend.device)
         )
         self.save_masks = Path(save_masks) if save_masks else None
+        if self.source:  # warn when the segmenter trained on this classifier's test images
+            from ..segmentation.hygiene import check_classifier
+
+            check_classifier(self.segmenter.meta, self.source)
         return self
 
     def _auto_mask(self, gray: np.ndarray, image: ImageLike) -> np.ndarray:

@@ -27,6 +27,8 @@ class Profile:
     max_per_class: int | None  # subsample each class of each dataset to at most this many images
     backbone: str = "densenet121"
     n_boot: int = 1000  # bootstrap resamples for the F1/AUC intervals of each test evaluation
+    segmenter_epochs: int = 0  # a lung U-Net trained on the COVID split (0: none)
+    segmenter_size: int = 64
 
 
 PROFILES = {
@@ -35,7 +37,14 @@ PROFILES = {
     ),
     # Small images, few epochs, a few hundred images: every stage runs, on a laptop, in minutes.
     "quick": Profile(
-        "quick", image_size=48, epochs=4, batch_size=16, milestones=(3,), max_per_class=70, n_boot=200
+        "quick",
+        image_size=48,
+        epochs=4,
+        batch_size=16,
+        milestones=(3,),
+        max_per_class=70,
+        n_boot=200,
+        segmenter_epochs=5,
     ),
 }
 

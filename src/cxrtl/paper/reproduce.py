@@ -11,6 +11,7 @@ Layout of ``OUT``::
     splits/covid.csv         the COVID split every COVID run shares
     splits/pneumonia.csv     the pneumonia split (protocol, subsampling and overlap exclusion applied)
     runs/<name>/             one `cxrtl train` run dir each, plus test/ from `cxrtl evaluate`
+    segmenter/               the lung U-Net trained on splits/covid.csv, plus test/ (``cxrtl.paper.segmenter``)
     results.json  report.md  report.html
 """
 
@@ -69,6 +70,7 @@ class ReproduceOptions:
     max_per_class: int | None = None
     allow_random_init: bool = False
     pretrained_file: str | None = None
+    segmenter_epochs: int | None = None  # the lung U-Net on the COVID split; default: the profile's (0: none)
     device: str = "auto"
     workers: int = 0
     cache_dir: str | None = None
@@ -497,6 +499,44 @@ def _comparisons(runs: list[dict], experiments: tuple[int, ...], n_boot: int) ->
     return out
 
 
+# ------------------------------------------------------------------------------------------ segmenter
+def _plan_segmenter(opts: ReproduceOptions, prof: Profile, covid: DatasetIndex, no_weights) -> dict | None:
+    """None (no segmenter), {"skipped": why} (no masks), or {"epochs", "init"}; checked before training."""
+    from .segmenter import segmenter_init, skip_reason
+
+    epochs = opts.segmenter_epochs if opts.segmenter_epochs is not None else prof.segmenter_epochs
+    if epochs < 0:
+        raise CxrtlError(f"invalid --segmenter-epochs {epochs}; expected 0 (no segmenter) or more")
+    if not epochs:
+        return None
+    why = skip_reason(covid)
+    if why:
+        log.warning("no lung segmenter: %s", why)
+        return {"skipped": why}
+    from ..segmentation.model import DEFAULT_ENCODER
+
+    return {"epochs": epochs, "init": segmenter_init(DEFAULT_ENCODER, opts.allow_random_init, no_weights)}
+
+
+def _segmenter(plan: dict | None, opts: ReproduceOptions, prof: Profile, root: str, split_csv: Path, out):
+    """Train and evaluate the planned segmenter on the reproduction's COVID split -> its results entry."""
+    from .segmenter import run_segmenter
+
+    if plan is None or "skipped" in plan:
+        return plan
+    return run_segmenter(
+        root,
+        split_csv,
+        out,
+        epochs=plan["epochs"],
+        image_size=prof.segmenter_size,
+        init=plan["init"],
+        seed=opts.seed,
+        device=opts.device,
+        progress=opts.progress,
+    )
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def reproduce(opts: ReproduceOptions) -> dict:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
@@ -518,6 +558,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
 
     # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
     covid, pneu, no_weights = _check_inputs(opts, prof, runs)
+    seg_plan = _plan_segmenter(opts, prof, covid, no_weights)
     out = Path(opts.out)
     max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
     identity = _identity(opts, prof, covid, pneu)
@@ -530,7 +571,8 @@ def reproduce(opts: ReproduceOptions) -> dict:
     roots = {"covid": str(covid.root), "pneumonia": str(pneu.root) if pneu else None}
     split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
 
-    # 3. The runs, in plan order.
+    # 3. The lung segmenter on the COVID split (no classifier's test image trains it), then the runs.
+    segmenter = _segmenter(seg_plan, opts, prof, str(covid.root), split_paths["covid"], out)
     results, covid_best = _run_all(runs, opts, prof, roots, split_paths, out, no_weights)
 
     # 4. Results and report.
@@ -539,6 +581,7 @@ def reproduce(opts: ReproduceOptions) -> dict:
         "runs": run_list,
         "configurations": configurations(run_list, POSITIVE),
         "comparisons": _comparisons(run_list, experiments, prof.n_boot),
+        "segmenter": segmenter,
         "reproduction": {
             **identity,
             "experiments": list(experiments),

@@ -91,7 +91,7 @@ def save_overlays(path: Path, picks: dict[str, dict]) -> Path:
         ax.set_title(f"{name}: Dice {row['dice']:.3f}\n{Path(row['path']).name}", fontsize=9)
         ax.axis("off")
     fig.suptitle("true lungs (green) vs predicted (red)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))  # room for the title above the panels' own titles
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

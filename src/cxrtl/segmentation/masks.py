@@ -29,16 +29,24 @@ def write_dataset_masks(
         raise CxrtlError(
             f"--out {out_dir} is inside the dataset {index.root}; write the masks to another folder"
         )
+    from ..fsutil import ensure_dir
+    from .hygiene import write_mask_source
+
     seg = Segmenter.load(seg_run, device)
     plan = [(index.abspath(r.path), Path(r.path).with_suffix(".png")) for r in index.records]
-    return segment_files(seg, plan, out_dir, **kw)
+    result = segment_files(seg, plan, out_dir, **kw)
+    write_mask_source(ensure_dir(out_dir), seg_run, seg.meta)
+    return result
 
 
 def attach_masks(index: DatasetIndex, split: dict[str, list[Record]], mask_dir: str | os.PathLike) -> dict:
     """The split with each record's ``mask_path`` set to its (absolute) mask file in ``mask_dir``.
 
     Raises a one-line error counting the images without a mask, so a stale or foreign folder is caught.
+    Warns when the segmenter that wrote the folder (`cxrtl data masks`) trained on any test image of ``split``.
     """
+    from .hygiene import read_mask_source, warn_test_overlap
+
     folder = Path(mask_dir).expanduser().resolve()
     if not folder.is_dir():
         raise CxrtlError(f"mask folder {mask_dir} does not exist; write it with `cxrtl data masks`")
@@ -49,6 +57,10 @@ def attach_masks(index: DatasetIndex, split: dict[str, list[Record]], mask_dir: 
             f"{len(unmatched)} of {len(records)} images have no mask in {folder} (e.g. {unmatched[0]}); "
             f"write them with `cxrtl data masks {index.root} --segmenter SEG_RUN --out {folder}`"
         )
+    source = read_mask_source(folder)
+    if source:
+        test = [str(index.abspath(r.path).resolve()) for r in split.get("test", [])]
+        warn_test_overlap(source, test, f"the split of {index.root}")
     return {
         name: [replace(r, mask_path=str(mask_file(folder, r))) for r in recs] for name, recs in split.items()
     }

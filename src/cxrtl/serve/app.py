@@ -83,14 +83,17 @@ def create_app(
         max_files: files per request; more get 413.
         token: when set, ``/v1/*`` needs ``Authorization: Bearer <token>`` (compared in constant time).
     """
-    if predictor.needs_mask:
+    if predictor.needs_mask and predictor.segmenter is None:
         raise CxrtlError(
-            "this model was trained on lung-masked images and the server takes no masks; serve a model "
-            "trained with --input raw"
+            "this model was trained on lung-masked images and the server takes no masks; serve it with "
+            "--segmenter SEG_RUN (a `cxrtl segment train` run predicts each mask), or a model trained "
+            "with --input raw"
         )
     from .. import __version__
 
     info = model_info(predictor)
+    if predictor.segmenter is not None:  # masks predicted per upload (Predictor.use_segmenter)
+        info["segmenter"] = str(predictor.segmenter.source)
     pool = ThreadPoolExecutor(max_workers=max(1, int(workers)), thread_name_prefix="cxrtl-infer")
 
     @contextlib.asynccontextmanager

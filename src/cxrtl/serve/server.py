@@ -100,8 +100,13 @@ def serve(
     insecure: bool = False,
     device: str = "auto",
     threads: int | None = None,
+    segmenter: str | os.PathLike | None = None,
 ) -> int:
-    """Load MODEL once and serve it until Ctrl-C; returns the exit code (0)."""
+    """Load MODEL once and serve it until Ctrl-C; returns the exit code (0).
+
+    ``segmenter``: a ``cxrtl segment train`` run that predicts the lung mask of each upload, so a model
+    trained on masked images can be served.
+    """
     for name, value in (("--workers", workers), ("--max-queue", max_queue), ("--max-files", max_files)):
         if value < 1:
             raise CxrtlError(f"{name} must be at least 1, not {value}")
@@ -115,6 +120,8 @@ def serve(
     from .runner import in_memory_files_supported
 
     predictor = load_predictor(model, backend, device, threads)
+    if segmenter:
+        predictor.use_segmenter(segmenter)
     app = create_app(
         predictor,
         max_upload_mb=max_upload_mb,

@@ -1,0 +1,85 @@
+"""`cxrtl serve MASKED_MODEL --segmenter SEG_RUN`: each upload's lung mask is predicted, then classified."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'cxrtl[serve]'")
+pytest.importorskip("httpx", reason="needs httpx (the dev extra)")
+pytest.importorskip("segmentation_models_pytorch")
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cxrtl.cli import main
+from cxrtl.data.preprocess import Preprocess
+from cxrtl.errors import CxrtlError
+from cxrtl.inference.predict import Predictor
+from cxrtl.serve.app import create_app
+from test_predict import CLASSES, make_run, radiograph, save_png
+
+
+@pytest.fixture
+def seg_run(tmp_path):
+    import torch
+
+    from cxrtl.segmentation.model import build_segmenter, save_segmenter
+
+    run = tmp_path / "seg"
+    run.mkdir()
+    torch.manual_seed(3)
+    model = build_segmenter(enc := "tu-mobilenetv3_small_100", 1, False)
+    meta = {"encoder": enc, "in_chans": 1, "decoder_channels": [64, 32, 16, 8, 8], "image_size": 64}
+    save_segmenter(run / "best", model, meta)
+    return run
+
+
+def test_masked_model_served_with_segmenter_equals_predict_with_its_masks(seg_run, tmp_path, capsys):
+    run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
+    files = [save_png(tmp_path / "img" / f"x{i}.png", radiograph(60 + 8 * i, 72, seed=i)) for i in range(3)]
+    # The reference: masks written by `segment predict`, then given to `predict` as the user's own masks.
+    masks = tmp_path / "masks"
+    assert (
+        main(["segment", "predict", str(seg_run), *map(str, files), "--out", str(masks), "--no-progress"])
+        == 0
+    )
+    capsys.readouterr()
+    pngs = sorted(masks.glob("*.png"))
+    assert len(pngs) == 3 and all(0 < (np.asarray(Image.open(p)) > 0).mean() < 1 for p in pngs)  # real masks
+    argv = [
+        "predict",
+        str(run),
+        *map(str, files),
+        "--mask-dir",
+        str(masks),
+        "--format",
+        "json",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    want = json.loads(capsys.readouterr().out)
+
+    client = TestClient(create_app(Predictor.from_checkpoint(run, segmenter=seg_run)))
+    assert client.get("/v1/model").json()["segmenter"] == str(seg_run)
+    got = client.post(
+        "/v1/predict", files=[("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
+    )
+    assert got.status_code == 200
+    rows = got.json()
+    assert [r.get("error") for r in rows] == [None] * 3
+    for r, w in zip(rows, want):
+        assert r["label"] == w["label"]
+        np.testing.assert_allclose(
+            [r["probabilities"][c] for c in CLASSES], [w["probabilities"][c] for c in CLASSES], atol=1e-6
+        )
+
+
+def test_masked_model_without_segmenter_and_a_classifier_as_segmenter_are_refused(tmp_path, capsys):
+    run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32))
+    with pytest.raises(CxrtlError, match="--segmenter SEG_RUN"):
+        create_app(Predictor.from_checkpoint(run))
+    assert main(["serve", str(run), "--port", "0", "--segmenter", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a classifier run, not a segmenter" in err[0]
