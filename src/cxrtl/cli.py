@@ -14,7 +14,6 @@ from . import __version__
 from .errors import CxrtlError
 from .logs import configure_logging
 
-# Libraries whose INFO lines are noise to a user (the ONNX exporter's optimiser passes); shown with -v.
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
 COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "push", "reproduce", "serve", "segment")
 

@@ -29,7 +29,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+UMASK = _current_umask()  # read once at import; outputs get 0o666 & ~UMASK, folders 0o777 & ~UMASK
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -61,7 +61,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the user's usual permissions
+        os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; outputs get the user's usual permissions
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())

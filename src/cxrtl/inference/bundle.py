@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import CxrtlError
-from ..fsutil import _UMASK, read_json, sha256_file, write_bytes, write_json, write_text
+from ..fsutil import UMASK, read_json, sha256_file, write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def make_bundle(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    os.chmod(stage, 0o777 & ~_UMASK)  # mkdtemp makes 0700; a bundle gets the user's usual permissions
+    os.chmod(stage, 0o777 & ~UMASK)  # mkdtemp makes 0700; a bundle gets the user's usual permissions
     try:
         _build(src, stage, metrics_path, exporter, opset, verify)
         quant = None
