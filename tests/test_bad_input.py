@@ -353,6 +353,29 @@ def test_masks_of_another_size_are_resized(tmp_path, capsys):
         capsys, "data", "cache", ds, "--split", split_csv, "--image-size", "16", "--input", "masked"
     )
     assert code == 0 and "Traceback" not in err, err
+    # The cached pixels are eq. 9 with the 24 px mask brought to the 40 px image by nearest neighbour, then
+    # torchvision's Resize + CenterCrop: an independent reference computed here from the files themselves.
+    import json
+    import os
+
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    from cxrtl.data.preprocess import Preprocess
+
+    index = next(Path(os.environ["CXRTL_CACHE_DIR"]).rglob("index.json"))
+    cached = np.load(index.parent / "images.npy")
+    pp = Preprocess(input="masked", channels=1, image_size=16)
+    for i, rel in enumerate(json.loads(index.read_text())["paths"]):
+        img = np.asarray(Image.open(ds / rel), dtype=np.float64)
+        mask = Image.open(ds / rel.replace("/images/", "/masks/")).resize(
+            img.shape[::-1], Image.Resampling.NEAREST
+        )
+        masked = Image.fromarray(np.round(img * np.asarray(mask, dtype=np.float64) / 255).astype(np.uint8))
+        want = CenterCrop(16)(Resize(pp.resize_size, InterpolationMode.BILINEAR)(masked))
+        diff = np.abs(cached[i].astype(int) - np.asarray(want, dtype=int))
+        assert diff.max() <= 1, (rel, diff.max())
+        unmasked = CenterCrop(16)(Resize(pp.resize_size, InterpolationMode.BILINEAR)(Image.open(ds / rel)))
+        assert np.abs(cached[i].astype(int) - np.asarray(unmasked, dtype=int)).max() > 20  # the mask did act
 
 
 def test_missing_mask_fails_only_masked_runs(tmp_path, capsys):
