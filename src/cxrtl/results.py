@@ -82,6 +82,24 @@ class Metrics(_MetricsRequired, total=False):
     cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
     figures: list[str]
     provenance: dict[str, Any]  # what produced it: cxrtl/torch/timm/Python versions, git commit, device
+    conformal: ConformalResult  # with ``evaluate --conformal ALPHA``
+
+
+class ConformalResult(TypedDict, total=False):
+    """``metrics.json["conformal"]``: split-conformal (LAC) sets fitted on validation, scored on the test set."""
+
+    alpha: float
+    method: str  # "LAC"
+    threshold: float
+    coverage: float
+    mean_set_size: float
+    per_class_coverage: dict[str, float | None]
+    singleton_fraction: float
+    empty_fraction: float
+    temperature: float | None  # the temperature the threshold was fitted at (predictions must use it)
+    fitted_on: str  # "val"
+    n_calibration: int  # validation images the threshold was fitted on
+    n: int  # test images scored
 
 
 class FitResult(TypedDict):
@@ -131,12 +149,57 @@ class ReproductionRun(TypedDict):
     seconds: float | None
     run_dir: str
     test: Metrics
+    configuration: str  # the configuration this run is one seed of
+    seed: int
+    precision: dict[str, str]  # {"train": ..., "eval": ...}
+
+
+class Summary(TypedDict):
+    """Mean, standard deviation and range of one metric over a configuration's seeds."""
+
+    mean: float | None
+    sd: float | None
+    min: float | None
+    max: float | None
+
+
+class Configuration(TypedDict, total=False):
+    """One entry of ``results.json`` ``configurations``: a configuration over its seeds."""
+
+    name: str
+    experiment: list[int]
+    dataset: str
+    seeds: list[int]
+    runs: list[str]
+    best_val_acc: Summary
+    accuracy: Summary
+    macro_f1: Summary
+    auc: Summary  # binary tasks only
+
+
+class Comparison(TypedDict):
+    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
+
+    experiment: int
+    a: str
+    b: str
+    metric: str  # "accuracy"
+    difference: float  # a minus b
+    ci95: list[float]  # paired bootstrap
+    p_value: float  # McNemar exact
+    method: str
+    n: int
+    seeds: list[int]  # how many seeds each side averaged: [a, b]
+    discordant: list[int]  # [a right only, b right only]
 
 
 class ReproductionResults(TypedDict, total=False):
     """``results.json``: what :func:`cxrtl.reproduce` returns."""
 
     runs: list[ReproductionRun]
+    configurations: list[Configuration]
+    comparisons: list[Comparison]
+    segmenter: dict[str, Any] | None  # the reproduction's lung U-Net and its test Dice/IoU, when trained
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..paper.experiments import PROFILES
 
@@ -140,11 +142,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"lung segmenter: test Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}]")
     print(f"report: {result['report']['html']}")
     if args.track:
-        print(f"tracked in {track_reproduction(args.out, result, args.track)}")
+        print(f"tracked in {track_reproduction(args.out, dict(result), args.track)}")
     return 0
 
 
-def best_lines(configurations: list[dict]) -> list[str]:
+def best_lines(configurations: Sequence[Mapping[str, Any]]) -> list[str]:
     """Per dataset, the configuration with the best mean validation accuracy and its test accuracy.
 
     Chosen on validation, never on test: the test figure is reported, not maximised.

@@ -14,13 +14,14 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
 from ..provenance import provenance
+from ..results import Metrics
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -377,7 +378,7 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
-) -> dict:
+) -> Metrics:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
     A run directory supplies its own ``split.csv`` (unless ``split_csv`` is given) and best checkpoint.
@@ -432,9 +433,11 @@ def evaluate(
             "check the files with `cxrtl data check`"
         )
     probs = _written_probs(logits)
-    result = M.compute_metrics(
-        labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
-    )
+    result: dict[str, Any] = dict(
+        M.compute_metrics(
+            labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
+        )
+    )  # filled in below, returned as Metrics
     result["source"] = {
         "checkpoint": str(ckpt),
         "data": str(data_root),
@@ -459,7 +462,7 @@ def evaluate(
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
         _write_outputs(out, result, used, labels, probs, history, figures)
-    return result
+    return cast(Metrics, result)
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:

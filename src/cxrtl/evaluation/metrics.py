@@ -17,10 +17,12 @@ import logging
 import math
 from collections.abc import Sequence
 from statistics import NormalDist
+from typing import cast
 
 import numpy as np
 
 from ..errors import CxrtlError
+from ..results import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ def compute_metrics(
     n_boot: int = N_BOOT,
     n_bins: int = N_BINS,
     confidence: float = CONFIDENCE,
-) -> dict:
+) -> Metrics:
     """All metrics of one evaluation (the ``metrics.json`` schema), from labels and probabilities.
 
     Args:
@@ -282,7 +284,7 @@ def compute_metrics(
     result["ece"] = result["calibration"]["ece"]
     if n_boot:
         _bootstrap(result, y, pred, p, k, seed, n_boot, confidence)
-    return result
+    return cast(Metrics, result)
 
 
 def _bootstrap(

@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from ..data.records import DatasetIndex, Record
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, read_json, write_json
 from ..provenance import provenance
+from ..results import Metrics, ReproductionResults
 from .experiments import (
     COMPARISONS,
     COVID_BEST,
@@ -291,7 +293,7 @@ def _conformal_alpha(run_dir: Path, opts: ReproduceOptions) -> float | None:
     return opts.conformal
 
 
-def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> dict:
+def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> Metrics:
     from ..evaluation.evaluate import evaluate
 
     return evaluate(
@@ -538,7 +540,7 @@ def _segmenter(plan: dict | None, opts: ReproduceOptions, prof: Profile, root: s
 
 
 # ------------------------------------------------------------------------------------------ entry point
-def reproduce(opts: ReproduceOptions) -> dict:
+def reproduce(opts: ReproduceOptions) -> ReproductionResults:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
     from .report import write_report
 
@@ -599,4 +601,4 @@ def reproduce(opts: ReproduceOptions) -> dict:
     write_json(out / "results.json", payload)
     paths = write_report(out, payload)
     payload["report"] = {k: str(v) for k, v in paths.items()}
-    return payload
+    return cast(ReproductionResults, payload)

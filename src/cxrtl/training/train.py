@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -15,6 +16,7 @@ from ..device import resolve_device, seed_everything
 from ..errors import CxrtlError
 from ..model import CxrModel, set_scheme
 from ..provenance import provenance
+from ..results import RunSummary
 from . import distributed as ddp
 from . import resume as resume_state
 from .engine import fit
@@ -23,7 +25,7 @@ from .run_dir import check_out_dir, start_run, write_summary
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False) -> RunSummary:
     """Train one run end to end (data -> model -> RUN_DIR = ``cfg.out``).
 
     Returns the summary dict that is also written as RUN_DIR/summary.json: best epoch and its validation
@@ -45,7 +47,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         raise CxrtlError("no dataset; pass --data ROOT")
     info, device = ddp.start(resolve_device(cfg.device))
     try:
-        return _run(cfg, run_dir, resume_payload, info, device)
+        return cast(RunSummary, _run(cfg, run_dir, resume_payload, info, device))
     finally:
         ddp.teardown()
 
