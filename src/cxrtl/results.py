@@ -200,6 +200,9 @@ class ReproductionResults(TypedDict, total=False):
     configurations: list[Configuration]
     comparisons: list[Comparison]
     segmenter: dict[str, Any] | None  # the reproduction's lung U-Net and its test Dice/IoU, when trained
+    pneumonia_masks: (
+        dict[str, Any] | None
+    )  # source (segmenter/given), dir, split, written: Exp. 3's CAM masks
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

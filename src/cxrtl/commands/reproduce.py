@@ -64,6 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a 64 px lung U-Net for N epochs on the COVID split and report its Dice "
         "(0: none) [quick: 5, paper: 0]",
     )
+    p.add_argument(
+        "--pneumonia-masks",
+        metavar="MASK_DIR",
+        help="lung masks for the pneumonia set (`cxrtl data masks`) for Exp. 3's Grad-CAM lung check "
+        "[default: the segmenter's, written to OUT/pneumonia_masks]",
+    )
     p.add_argument("--seed", type=int, default=2022, help="seed for splits and training [2022]")
     p.add_argument(
         "--seeds",
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         allow_random_init=args.allow_random_init,
         pretrained_file=args.pretrained_file,
         segmenter_epochs=args.segmenter_epochs,
+        pneumonia_masks=args.pneumonia_masks,
         device=args.device,
         workers=args.workers,
         cache_dir=args.cache_dir,

@@ -115,6 +115,36 @@ def _run_figure(run: dict, stem: str) -> Path | None:
 
 def _shortcut_table(runs: list[dict]) -> Table | None:
     """Grad-CAM mass inside the lung mask per COVID run: low values flag shortcut learning."""
+    return _cam_table([r for r in runs if r["dataset"] == "covid"], "cam", "", chance=False)
+
+
+def _pneumonia_cam_table(runs: list[dict], masks: dict | None) -> Table | None:
+    """Exp. 3's Grad-CAM lung share, measured on masks the COVID-trained segmenter predicted (or given ones)."""
+    runs = [r for r in runs if r["dataset"] == "pneumonia"]
+    if not runs:
+        return None
+    title = " on the pneumonia set, Exp. 3"
+    if masks is None:
+        missing = Table("cam_pneumonia", f"Grad-CAM energy inside the lungs{title}", ["Why it is missing"])
+        missing.rows.append(
+            [
+                "no lung masks for the pneumonia set: train a segmenter (--segmenter-epochs N) or pass "
+                "--pneumonia-masks MASK_DIR"
+            ]
+        )
+        return missing
+    t = _cam_table(runs, "cam_pneumonia", title, chance=True)
+    if t is not None and masks.get("source") == "segmenter":
+        t.notes.append(
+            "The pneumonia set ships no masks: these are the reproduction's lung segmenter's predictions "
+            "(`pneumonia_masks/`). It trained on the COVID split only, so it never saw a pneumonia image."
+        )
+    elif t is not None:
+        t.notes.append(f"Masks given with --pneumonia-masks ({masks.get('dir')}).")
+    return t
+
+
+def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | None:
     rows = [r for r in runs if (r["test"].get("cam_in_lungs") or {}).get("overall")]
     skipped = sorted(
         {
@@ -123,16 +153,19 @@ def _shortcut_table(runs: list[dict]) -> Table | None:
             if (r["test"].get("cam_in_lungs") or {}).get("skipped")
         }
     )
+    title = f"Grad-CAM energy inside the lungs{where} (test set)"
     if not rows:
         if not skipped:
             return None
-        t = Table("cam", "Grad-CAM energy inside the lungs (test set)", ["Why it is missing"])
+        t = Table(key, title, ["Why it is missing"])
         t.rows += [[reason] for reason in skipped]
         return t
     t = Table(
-        "cam",
-        "Grad-CAM energy inside the lungs (test set)",
-        ["Run", "Input", "Channels", "Overall"] + list(rows[0]["test"]["classes"]),
+        key,
+        title,
+        ["Run", "Input", "Channels", "Overall"]
+        + (["Lung share (chance)"] if chance else [])
+        + list(rows[0]["test"]["classes"]),
     )
     for r in rows:
         cam = r["test"]["cam_in_lungs"]
@@ -143,12 +176,18 @@ def _shortcut_table(runs: list[dict]) -> Table | None:
                 str(r["config"].get("channels", "")),
                 fmt_num(cam["overall"].get("mean"), 3),
             ]
+            + ([fmt_num(cam["overall"].get("mask_share"), 3)] if chance else [])
             + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3) for c in r["test"]["classes"]]
         )
     t.notes.append(
         "Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
         "class. A model reading the lungs scores near 1; one reading markers, borders or body "
         "habitus scores low (DeGrave et al. 2021)."
+        + (
+            " A model that ignores position scores about the lung share of the image (chance)."
+            if chance
+            else ""
+        )
     )
     return t
 
@@ -371,6 +410,7 @@ def build_sections(payload: dict) -> list[Section]:
             _conformal_table(headline),
             _operating_table(runs),
             _shortcut_table(runs),
+            _pneumonia_cam_table(runs, payload.get("pneumonia_masks")),
         )
         if t
     ]

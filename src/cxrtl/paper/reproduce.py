@@ -12,6 +12,7 @@ Layout of ``OUT``::
     splits/pneumonia.csv     the pneumonia split (protocol, subsampling and overlap exclusion applied)
     runs/<name>/             one `cxrtl train` run dir each, plus test/ from `cxrtl evaluate`
     segmenter/               the lung U-Net trained on splits/covid.csv, plus test/ (``cxrtl.paper.segmenter``)
+    pneumonia_masks/         its masks for the pneumonia split (splits/pneumonia_masked.csv): Exp. 3's CAM check
     results.json  report.md  report.html
 """
 
@@ -73,6 +74,9 @@ class ReproduceOptions:
     allow_random_init: bool = False
     pretrained_file: str | None = None
     segmenter_epochs: int | None = None  # the lung U-Net on the COVID split; default: the profile's (0: none)
+    pneumonia_masks: str | None = (
+        None  # lung masks for the pneumonia set (default: the segmenter writes them)
+    )
     device: str = "auto"
     workers: int = 0
     cache_dir: str | None = None
@@ -293,19 +297,24 @@ def _conformal_alpha(run_dir: Path, opts: ReproduceOptions) -> float | None:
     return opts.conformal
 
 
-def _evaluate(run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile) -> Metrics:
+def _evaluate(
+    run_dir: Path, root: str, dataset: str, opts: ReproduceOptions, prof: Profile, masked_split: Path | None
+) -> Metrics:
+    """Test metrics of one run; Grad-CAM inside the lungs wherever masks exist (COVID DB's own, or the
+    pneumonia split's predicted or given ones in ``masked_split``)."""
     from ..evaluation.evaluate import evaluate
 
+    use_masks = dataset == "pneumonia" and masked_split is not None
     return evaluate(
         run_dir,
         root,
-        split_csv=run_dir / "split.csv",
+        split_csv=masked_split if use_masks else run_dir / "split.csv",
         subset="test",
         out=run_dir / "test",
         positive=POSITIVE[dataset],
         target_sensitivity=0.95,
         device=opts.device,
-        cam_in_lungs=dataset == "covid",
+        cam_in_lungs=dataset == "covid" or use_masks,
         cache_dir=opts.cache_dir,
         progress=opts.progress,
         n_boot=prof.n_boot,
@@ -348,7 +357,7 @@ def _run_one(
                 ", ".join(f"{k}={v}" for k, v in run.to_config().items() if k not in ("name", "depends_on")),
             )
             summary = run_training(cfg)
-        metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts, prof)
+        metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts, prof, split_paths.get("masked"))
     history = _history_seconds(run_dir / "history.csv")
     config = {
         **summary.get("config", {}),
@@ -409,6 +418,8 @@ def _pick_covid_best(by_config: dict[str, list[dict]], runs: list[RunPlan]) -> s
 def _check_inputs(opts: ReproduceOptions, prof, runs: list[RunPlan]) -> tuple:
     """The COVID and pneumonia indexes and why ImageNet weights are missing (or None); refuses bad input."""
     need_pneumonia = any(r.dataset == "pneumonia" for r in runs)
+    if opts.pneumonia_masks and not need_pneumonia:
+        raise CxrtlError("--pneumonia-masks is for experiment 3; add 3 to --experiments, or drop it")
     if need_pneumonia and not opts.pneumonia:
         raise CxrtlError(
             "experiment 3 needs the pneumonia dataset; pass --pneumonia ROOT or --experiments 1,2"
@@ -539,6 +550,27 @@ def _segmenter(plan: dict | None, opts: ReproduceOptions, prof: Profile, root: s
     )
 
 
+def _lung_masks(opts: ReproduceOptions, pneu, split_paths: dict, out: Path, segmenter) -> dict | None:
+    """Masks for the pneumonia split (given, or from the segmenter); sets ``split_paths["masked"]``."""
+    from .segmenter import pneumonia_masks
+
+    if pneu is None:
+        return None
+    seg_run = (segmenter or {}).get("run_dir")
+    info = pneumonia_masks(
+        pneu,
+        split_paths["pneumonia"],
+        out,
+        seg_run=seg_run,
+        given=opts.pneumonia_masks,
+        device=opts.device,
+        progress=opts.progress,
+    )
+    if info is not None:
+        split_paths["masked"] = Path(info["split"])
+    return info
+
+
 # ------------------------------------------------------------------------------------------ entry point
 def reproduce(opts: ReproduceOptions) -> ReproductionResults:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
@@ -574,7 +606,11 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
     split_paths = {"covid": out / "splits" / "covid.csv", "pneumonia": out / "splits" / "pneumonia.csv"}
 
     # 3. The lung segmenter on the COVID split (no classifier's test image trains it), then the runs.
+    # A given --pneumonia-masks folder is checked here, before training; else the segmenter writes them.
+    lung_masks = _lung_masks(opts, pneu, split_paths, out, None) if opts.pneumonia_masks else None
     segmenter = _segmenter(seg_plan, opts, prof, str(covid.root), split_paths["covid"], out)
+    if lung_masks is None:
+        lung_masks = _lung_masks(opts, pneu, split_paths, out, segmenter)
     results, covid_best = _run_all(runs, opts, prof, roots, split_paths, out, no_weights)
 
     # 4. Results and report.
@@ -584,6 +620,7 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
         "configurations": configurations(run_list, POSITIVE),
         "comparisons": _comparisons(run_list, experiments, prof.n_boot),
         "segmenter": segmenter,
+        "pneumonia_masks": lung_masks,
         "reproduction": {
             **identity,
             "experiments": list(experiments),

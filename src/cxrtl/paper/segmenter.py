@@ -118,3 +118,46 @@ def _entry(run_dir: Path, summary: dict, metrics: dict) -> dict:
         "figure": str(run_dir / "test" / "overlays.png"),
         "test": metrics,
     }
+
+
+MASKED_SPLIT = "pneumonia_masked.csv"  # splits/: the pneumonia split with each image's lung mask
+MASK_DIR = "pneumonia_masks"
+
+
+def pneumonia_masks(
+    pneu, split_csv: Path, out: Path, *, seg_run: str | None, given: str | None, device: str, progress: bool
+) -> dict | None:
+    """Lung masks for the pneumonia split, so Exp. 3's evaluation can measure Grad-CAM inside the lungs.
+
+    ``given`` (``--pneumonia-masks``) is a user's mask folder; otherwise the reproduction's segmenter
+    (``seg_run``, trained on the COVID split only, so it never saw a Kermany image) writes the split's masks
+    into ``OUT/pneumonia_masks/``, never into the dataset. Returns None when neither exists, else
+    ``{"source", "dir", "split", "written"}``; the split with ``mask_path`` is ``splits/pneumonia_masked.csv``.
+    Written once: a later call reuses the CSV and only fills masks that are missing.
+    """
+    from ..data import read_split_csv, write_split_csv
+    from ..segmentation.masks import attach_masks, mask_file, write_dataset_masks
+
+    if given is None and seg_run is None:
+        return None
+    split = read_split_csv(split_csv, pneu)
+    folder = Path(given) if given is not None else out / MASK_DIR
+    written = 0
+    if given is None and seg_run is not None:
+        missing = {r.path for recs in split.values() for r in recs if not mask_file(folder, r).is_file()}
+        if missing:
+            log.info("pneumonia masks: segmenting %d images with %s", len(missing), seg_run)
+            written, failures = write_dataset_masks(
+                pneu.root, seg_run, folder, device, only=missing, progress=progress
+            )
+            for path, why in failures:
+                log.warning("no mask for %s: %s", path, why)
+    masked = attach_masks(pneu, split, folder)
+    target = split_csv.parent / MASKED_SPLIT
+    write_split_csv(target, masked)
+    return {
+        "source": "given" if given is not None else "segmenter",
+        "dir": str(folder.resolve()),
+        "split": str(target),
+        "written": written,
+    }

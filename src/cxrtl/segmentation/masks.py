@@ -17,9 +17,17 @@ def mask_file(mask_dir: Path, record: Record) -> Path:
 
 
 def write_dataset_masks(
-    root: str | os.PathLike, seg_run: str | os.PathLike, out: str | os.PathLike, device: str = "auto", **kw
+    root: str | os.PathLike,
+    seg_run: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str = "auto",
+    only: set[str] | None = None,
+    **kw,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Predict a mask for every image of the dataset at ``root`` into ``out`` -> (written, failures)."""
+    """Predict a mask for every image of the dataset at ``root`` into ``out`` -> (written, failures).
+
+    ``only``: the dataset-relative paths to segment (e.g. a subsampled split's), instead of every image.
+    """
     from ..data.sources import load_dataset
     from .predict import Segmenter, segment_files
 
@@ -33,7 +41,8 @@ def write_dataset_masks(
     from .hygiene import write_mask_source
 
     seg = Segmenter.load(seg_run, device)
-    plan = [(index.abspath(r.path), Path(r.path).with_suffix(".png")) for r in index.records]
+    records = [r for r in index.records if only is None or r.path in only]
+    plan = [(index.abspath(r.path), Path(r.path).with_suffix(".png")) for r in records]
     result = segment_files(seg, plan, out_dir, **kw)
     write_mask_source(ensure_dir(out_dir), seg_run, seg.meta)
     return result
