@@ -42,6 +42,11 @@ def register(subparsers) -> None:
     a("--metrics", metavar="FILE", help="test metrics.json for the card (default RUN/test/metrics.json)")
     a("--license", default="other", metavar="ID", help="license in the card's metadata [other]")
     a(
+        "--segmenter",
+        metavar="SEG_RUN",
+        help="with --bundle: carry this lung segmenter, so a masked model predicts its own masks",
+    )
+    a(
         "--no-leakage-check",
         dest="leakage_check",
         action="store_false",
@@ -69,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.onnx and not args.bundle:
         raise CxrtlError("nothing to write; give --onnx OUT.onnx or --bundle DIR")
+    if args.segmenter and not args.bundle:
+        raise CxrtlError("--segmenter is carried by a bundle; add --bundle DIR")
     if args.int8 and not args.calibration_data:
         raise CxrtlError("--int8 needs --calibration-data ROOT (the dataset the run was trained on)")
     if args.calibration_data and not args.int8:
@@ -96,6 +103,7 @@ def _bundle(args: argparse.Namespace) -> None:
         opset=args.opset,
         verify=args.verify,
         progress=args.progress,
+        segmenter=args.segmenter,
     )
     if meta["int8"]:
         _print_int8(meta["int8"])

@@ -51,16 +51,20 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..errors import CxrtlError
     from ..inference.predict import Predictor, collect_inputs, find_masks
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")
-    if args.save_masks and not args.segmenter:
-        raise CxrtlError("--save-masks writes the masks of --segmenter; add --segmenter SEG_RUN")
     predictor = Predictor.from_checkpoint(args.model, device=args.device, threads=args.threads)
     if args.segmenter:
         predictor.use_segmenter(args.segmenter, save_masks=args.save_masks)
+    elif args.save_masks and predictor.segmenter is not None:  # the segmenter a bundle carries
+        predictor.save_masks = Path(args.save_masks)
+    elif args.save_masks:
+        raise CxrtlError("--save-masks writes the masks of --segmenter; add --segmenter SEG_RUN")
     images = collect_inputs(args.paths)
     if not images:
         raise CxrtlError(

@@ -32,6 +32,7 @@ BUNDLE_FORMAT = "cxrtl-bundle"
 BUNDLE_VERSION = 1
 META_FILE = "bundle.json"
 CHECKPOINT_FILES = ("best.safetensors", "best.json", "best.calibration.json")
+SEGMENTER_FILE = "segmenter.safetensors"  # with segmenter.json: a masked model's lung U-Net (--segmenter)
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -163,14 +164,19 @@ def make_bundle(
     opset: int | None = None,
     verify: bool = True,
     progress: bool = False,
+    segmenter: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Write the bundle of ``run`` into ``out`` (built in a hidden sibling folder, then renamed into place).
 
     Returns the bundle's metadata (``bundle.json``). ``metrics`` overrides where the test metrics are read
     (default :func:`find_metrics`); ``int8`` adds ``model.int8.onnx`` calibrated on ``calibration_data``
     (see :mod:`cxrtl.inference.quantize`); ``leakage_check`` hashes the run's split for the card.
+    ``segmenter``: a ``cxrtl segment train`` run carried as ``segmenter.safetensors``/``.json``, so a
+    masked-input model predicts its own lung masks when the bundle is loaded.
     """
     src = check_source_run(run)
+    if segmenter is not None:
+        check_bundle_segmenter(src, segmenter)
     out = Path(out).expanduser()
     check_bundle_target(out)
     if int8 and calibration_data is None:
@@ -185,6 +191,8 @@ def make_bundle(
     os.chmod(stage, 0o777 & ~UMASK)  # mkdtemp makes 0700; a bundle gets the user's usual permissions
     try:
         _build(src, stage, metrics_path, exporter, opset, verify)
+        if segmenter is not None:
+            _segmenter_files(Path(segmenter), stage)
         quant = None
         if int8:
             from .quantize import quantize_run
@@ -204,6 +212,36 @@ def make_bundle(
         shutil.rmtree(stage, ignore_errors=True)
     log.info("wrote bundle %s", out)
     return meta
+
+
+def check_bundle_segmenter(run: Path, segmenter: str | os.PathLike) -> None:
+    """Only a masked-input model carries a segmenter, and only a real segmenter run; one-line errors."""
+    from ..segmentation.model import read_segmenter_meta
+
+    preprocess = (read_json(run / "best.json", "checkpoint metadata") or {}).get("preprocess") or {}
+    if preprocess.get("input") != "masked":
+        raise CxrtlError(
+            f"--segmenter is for a model trained on lung-masked images; {run} takes raw images, which need "
+            "no mask: drop --segmenter"
+        )
+    read_segmenter_meta(segmenter)  # names a classifier run given as the segmenter
+
+
+def _segmenter_files(segmenter: Path, stage: Path) -> None:
+    from ..segmentation.model import resolve_segmenter
+
+    weights = resolve_segmenter(segmenter)
+    _copy(weights, stage / SEGMENTER_FILE)
+    if weights.with_suffix(".json").is_file():
+        _copy(weights.with_suffix(".json"), stage / Path(SEGMENTER_FILE).with_suffix(".json"))
+
+
+def bundled_segmenter(folder: str | os.PathLike) -> Path | None:
+    """The segmenter a bundle carries (verified with the bundle), or None."""
+    folder = Path(folder)
+    folder = folder if folder.is_dir() else folder.parent  # the bundle, or its best.safetensors
+    path = folder / SEGMENTER_FILE
+    return path if is_bundle(folder) and path.is_file() else None
 
 
 def _build(

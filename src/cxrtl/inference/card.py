@@ -96,6 +96,7 @@ def gather_facts(
         "metrics": metrics,
         "calibration": _read(bundle / "best.calibration.json", "calibration file"),
         "int8": int8,
+        "segmenter": (bundle / "segmenter.safetensors").is_file(),
     }
 
 
@@ -261,7 +262,13 @@ def _preprocessing(f: dict) -> list[str]:
         f"{pp.get('resize_size')}) and centre-cropped to {pp.get('image_size')} px, normalised with mean "
         f"{pp.get('mean')} and std {pp.get('std')}. cxrtl applies all of this itself (the ONNX graph too).",
     ]
-    if pp.get("input") == "masked":
+    if pp.get("input") == "masked" and f.get("segmenter"):
+        lines.append(
+            "- **Lung masks are predicted for you:** this model was trained on lung-masked images, and the "
+            "bundle carries its lung segmenter (`segmenter.safetensors`), which `cxrtl predict` and "
+            "`cxrtl serve` use for every image given without a mask (`--save-masks DIR` writes them)."
+        )
+    elif pp.get("input") == "masked":
         lines.append(
             "- **Lung masks are needed at prediction time:** this model was trained on lung-masked images; "
             "give each image's mask (`--mask` / `--mask-dir`)."

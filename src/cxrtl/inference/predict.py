@@ -113,7 +113,8 @@ class Predictor:
         """Load a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx`` export,
         or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache).
 
-        ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a masked model needs.
+        ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a masked model needs; a bundle
+        exported with ``--segmenter`` brings its own (an explicit ``segmenter`` wins).
         """
         from ..hub import resolve_model
 
@@ -121,6 +122,10 @@ class Predictor:
         predictor = (
             cls._from_onnx(path, threads) if path.suffix.lower() == ".onnx" else cls._from_torch(path, device)
         )
+        if segmenter is None and predictor.needs_mask and path.suffix.lower() != ".onnx":
+            from .bundle import bundled_segmenter
+
+            segmenter = bundled_segmenter(path)  # a masked model's bundle may carry its segmenter
         return predictor.use_segmenter(segmenter) if segmenter else predictor
 
     @classmethod

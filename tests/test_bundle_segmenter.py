@@ -1,0 +1,102 @@
+"""`cxrtl export RUN --bundle DIR --segmenter SEG_RUN`: a masked model's bundle carries its lung segmenter,
+so `cxrtl predict DIR IMAGES` works without masks and gives what the user would get with the masks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrtl.cli import main
+from cxrtl.data.preprocess import Preprocess
+from test_predict import CLASSES, make_run, radiograph, save_png
+
+pytest.importorskip("segmentation_models_pytorch")
+
+
+@pytest.fixture
+def seg_run(tmp_path):
+    import torch
+
+    from cxrtl.segmentation.model import build_segmenter, save_segmenter
+
+    run = tmp_path / "seg"
+    run.mkdir()
+    torch.manual_seed(3)
+    model = build_segmenter(enc := "tu-mobilenetv3_small_100", 1, False)
+    meta = {"encoder": enc, "in_chans": 1, "decoder_channels": [64, 32, 16, 8, 8], "image_size": 64}
+    save_segmenter(run / "best", model, meta)
+    return run
+
+
+def _predict_json(capsys, *argv) -> list[dict]:
+    capsys.readouterr()
+    assert main(["predict", *map(str, argv), "--format", "json", "--no-progress"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    return err[0]
+
+
+def test_a_masked_bundle_carries_its_segmenter(seg_run, tmp_path, capsys):
+    run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
+    files = [save_png(tmp_path / "img" / f"x{i}.png", radiograph(60 + 8 * i, 72, seed=i)) for i in range(3)]
+    bundle = tmp_path / "bundle"
+    argv = [
+        "export",
+        str(run),
+        "--bundle",
+        str(bundle),
+        "--segmenter",
+        str(seg_run),
+        "--exporter",
+        "torchscript",
+    ]
+    assert main(argv) == 0
+    listed = json.loads((bundle / "bundle.json").read_text())["files"]
+    assert {"segmenter.safetensors", "segmenter.json"} <= set(listed)  # checksummed like every file
+    assert "Lung masks are predicted for you" in (bundle / "README.md").read_text()
+
+    # The reference: the segmenter's masks written by `segment predict`, given to `predict` as the user's own.
+    masks = tmp_path / "masks"
+    assert (
+        main(["segment", "predict", str(seg_run), *map(str, files), "--out", str(masks), "--no-progress"])
+        == 0
+    )
+    want = _predict_json(capsys, run, *files, "--mask-dir", masks)
+    saved = tmp_path / "saved"
+    got = _predict_json(capsys, bundle, *files, "--save-masks", saved)  # no --segmenter, no masks
+    for g, w in zip(got, want):
+        assert g["label"] == w["label"]
+        np.testing.assert_allclose(
+            [g["probabilities"][c] for c in CLASSES], [w["probabilities"][c] for c in CLASSES], atol=1e-6
+        )
+    for f in files:  # the masks used are the segmenter's
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(saved / f"{f.stem}.png")), np.asarray(Image.open(masks / f"{f.stem}.png"))
+        )
+
+    # A damaged segmenter file is refused by the bundle's checksums, in one line.
+    weights = bundle / "segmenter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    assert main(["predict", str(bundle), str(files[0]), "--no-progress"]) == 2
+    assert "segmenter.safetensors does not match the SHA-256" in _error(capsys)
+
+
+def test_bad_segmenter_for_a_bundle(seg_run, tmp_path, capsys):
+    raw = make_run(tmp_path / "raw", Preprocess(input="raw", channels=1, image_size=32))
+    masked = make_run(tmp_path / "masked", Preprocess(input="masked", channels=1, image_size=32))
+    cases = [
+        ([raw, "--bundle", tmp_path / "b1", "--segmenter", seg_run], "takes raw images, which need no mask"),
+        ([masked, "--bundle", tmp_path / "b2", "--segmenter", raw], "is a classifier run, not a segmenter"),
+        ([masked, "--onnx", tmp_path / "m.onnx", "--segmenter", seg_run], "add --bundle DIR"),
+    ]
+    for argv, message in cases:
+        assert main(["export", *map(str, argv)]) == 2
+        assert message in _error(capsys)
+    assert not any((tmp_path / n).exists() for n in ("b1", "b2", "m.onnx"))
