@@ -39,3 +39,45 @@ def bomb_png(path: Path, side: int = 200_000) -> Path:
         + chunk(b"IEND", b"")
     )
     return path
+
+
+class ToyData:
+    """uint8 [1,S,S] images whose brightness follows the label (learnable), with a row-aligned .labels array.
+
+    A torch ``Dataset`` (it has ``__len__`` and ``__getitem__``), built without importing torch at module level.
+    """
+
+    def __init__(self, n: int, seed: int, size: int = 32):
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 3, (n,), generator=g)
+        self.x = (torch.rand(n, 1, size, size, generator=g) * 90 + y.view(-1, 1, 1, 1) * 70).to(torch.uint8)
+        self.labels = y.numpy().astype(np.int64)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.labels[i])
+
+
+SEGMENTER_META = {
+    "encoder": "tu-mobilenetv3_small_100",
+    "in_chans": 1,
+    "decoder_channels": [64, 32, 16, 8, 8],
+    "image_size": 64,
+}
+
+
+def make_segmenter_run(run: Path, seed: int = 3, **meta) -> Path:
+    """An untrained lung U-Net saved as a segmenter run directory (``meta`` adds to its metadata)."""
+    import torch
+
+    from cxrtl.segmentation.model import build_segmenter, save_segmenter
+
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    model = build_segmenter(SEGMENTER_META["encoder"], 1, False)
+    save_segmenter(run / "best", model, {**SEGMENTER_META, **meta})
+    return run

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cxrtl.config import TrainConfig
 from cxrtl.data.preprocess import Preprocess
@@ -17,25 +17,10 @@ from cxrtl.training import engine, losses, resume
 from cxrtl.training.engine import evaluate_loader, fit, predict_logits
 from cxrtl.training.resume import STATE_FILE, read_state
 from cxrtl.training.run_dir import HISTORY_COLUMNS
+from helpers import ToyData
 
 TINY = "test_resnet"
 CLASSES = ["a", "b", "c"]
-
-
-class ToyData(Dataset):
-    """uint8 [1,S,S] images whose brightness depends on the label (learnable), with a .labels array."""
-
-    def __init__(self, n, seed, size=32):
-        g = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, 3, (n,), generator=g)
-        self.x = (torch.rand(n, 1, size, size, generator=g) * 90 + y.view(-1, 1, 1, 1) * 70).to(torch.uint8)
-        self.labels = y.numpy().astype(np.int64)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.labels[i])
 
 
 def _cfg(**kw):

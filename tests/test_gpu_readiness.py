@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cxrtl.config import TrainConfig
 from cxrtl.data import preprocess
@@ -27,26 +27,11 @@ from cxrtl.training import distributed as ddp
 from cxrtl.training.engine import fit, make_loader, predict_logits, train_one_epoch
 from cxrtl.training.optim import Warmup, resolve_warmup
 from cxrtl.training.resume import read_state, restore_state, write_state
+from helpers import ToyData as Toy
 
 TINY = "test_resnet"
 CLASSES = ["a", "b", "c"]
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-class Toy(Dataset):
-    """uint8 [1,S,S] images whose brightness follows the label, with a .labels array (class weights)."""
-
-    def __init__(self, n: int, seed: int, size: int = 32):
-        g = torch.Generator().manual_seed(seed)
-        y = torch.randint(0, 3, (n,), generator=g)
-        self.x = (torch.rand(n, 1, size, size, generator=g) * 90 + y.view(-1, 1, 1, 1) * 70).to(torch.uint8)
-        self.labels = y.numpy().astype(np.int64)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.x[i], int(self.labels[i])
 
 
 def _cfg(**kw) -> TrainConfig:

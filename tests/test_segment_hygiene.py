@@ -8,6 +8,7 @@ import logging
 import pytest
 
 from cxrtl.cli import main
+from helpers import make_segmenter_run
 
 pytest.importorskip("segmentation_models_pytorch")
 
@@ -19,8 +20,6 @@ def _rows(path) -> list[dict]:
 
 def _segmenter(tmp_path, data_root, seen: list[str]):
     """An untrained segmenter whose metadata says it trained on ``seen`` (paths relative to ``data_root``)."""
-    from cxrtl.segmentation.model import build_segmenter, save_segmenter
-
     run = tmp_path / "seg"
     run.mkdir(parents=True)
     split = run / "split.csv"
@@ -28,10 +27,7 @@ def _segmenter(tmp_path, data_root, seen: list[str]):
         w = csv.writer(fh)
         w.writerow(["path", "label", "split"])
         w.writerows([p, "x", "train"] for p in seen)
-    model = build_segmenter(enc := "tu-mobilenetv3_small_100", 1, False)
-    meta = {"encoder": enc, "in_chans": 1, "decoder_channels": [64, 32, 16, 8, 8], "image_size": 64}
-    save_segmenter(run / "best", model, {**meta, "data_root": str(data_root), "split_csv": str(split)})
-    return run
+    return make_segmenter_run(run, data_root=str(data_root), split_csv=str(split))
 
 
 def _warnings(caplog) -> list[str]:

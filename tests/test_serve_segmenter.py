@@ -18,22 +18,13 @@ from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.predict import Predictor
 from cxrtl.serve.app import create_app
+from helpers import make_segmenter_run
 from test_predict import CLASSES, make_run, radiograph, save_png
 
 
 @pytest.fixture
 def seg_run(tmp_path):
-    import torch
-
-    from cxrtl.segmentation.model import build_segmenter, save_segmenter
-
-    run = tmp_path / "seg"
-    run.mkdir()
-    torch.manual_seed(3)
-    model = build_segmenter(enc := "tu-mobilenetv3_small_100", 1, False)
-    meta = {"encoder": enc, "in_chans": 1, "decoder_channels": [64, 32, 16, 8, 8], "image_size": 64}
-    save_segmenter(run / "best", model, meta)
-    return run
+    return make_segmenter_run(tmp_path / "seg")
 
 
 def test_masked_model_served_with_segmenter_equals_predict_with_its_masks(seg_run, tmp_path, capsys):

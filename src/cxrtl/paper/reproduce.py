@@ -392,14 +392,14 @@ def _train_precision(summary: dict) -> str:
 
 
 def _history_seconds(path: Path) -> float | None:
-    """Training wall time of a run: the sum of its epochs' seconds in history.csv."""
-    import csv
+    """Training wall time of a run: the sum of its epochs' seconds in history.csv (None when unreadable)."""
+    from ..evaluation.figures import read_history  # the one reader of history.csv
 
     try:
-        with open(path, newline="") as fh:
-            return float(sum(float(row["seconds"]) for row in csv.DictReader(fh)))
-    except (OSError, KeyError, ValueError):
+        seconds = read_history(path).get("seconds")
+    except CxrtlError:
         return None
+    return float(np.nansum(seconds)) if seconds else None
 
 
 def _pick_covid_best(by_config: dict[str, list[dict]], runs: list[RunPlan]) -> str:
