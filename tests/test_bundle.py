@@ -16,15 +16,17 @@ import yaml
 
 pytest.importorskip("onnxruntime")
 
-from cxrtl.checkpoint import save_checkpoint, save_temperature
+from cxrtl.checkpoint import save_checkpoint
 from cxrtl.cli import main
 from cxrtl.data import load_dataset
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.data.splits import make_split, write_split_csv
+from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.bundle import make_bundle, verify_bundle
 from cxrtl.inference.predict import Predictor
 from cxrtl.model import create_model
+from helpers import set_decisions
 
 COVID_CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -69,7 +71,7 @@ def evaluated(tmp_path_factory, covid_root):
 
     root = tmp_path_factory.mktemp("bundle")
     run = make_covid_run(root / "run", covid_root)
-    save_temperature(run / "best.safetensors", 1.5, fitted_on="val", n=9)
+    set_decisions(run / "best.safetensors", temperature=Temperature(1.5, fitted_on="val", n=9))
     evaluate(run, covid_root, out=run / "test", progress=False, n_boot=50, figures=False)
     bundle = root / "bundle"
     make_bundle(run, bundle, exporter="torchscript")
@@ -79,7 +81,7 @@ def evaluated(tmp_path_factory, covid_root):
 def test_bundle_files_and_checksums(evaluated):
     run, bundle = evaluated
     names = {p.name for p in bundle.iterdir()}
-    want = {"best.safetensors", "best.json", "best.calibration.json", "model.onnx", "config.yaml"}
+    want = {"best.safetensors", "best.json", "best.decisions.json", "model.onnx", "config.yaml"}
     assert want | {"metrics.json", "README.md", "bundle.json"} <= names
     meta = json.loads((bundle / "bundle.json").read_text())
     assert set(meta["files"]) == names - {"bundle.json"}
@@ -152,7 +154,7 @@ def test_card_of_an_evaluated_run(evaluated):
     assert "Started from random weights" in body[:first_section]
     assert "Never evaluated" not in body and "not a medical device" in body
     assert f"{100 * metrics['accuracy']:.1f}% [{100 * metrics['accuracy_ci'][0]:.1f}," in body
-    assert "T = 1.5000" in body and "no leakage found" in body
+    assert "T = 1.500, fitted on the val subset (9 images" in body and "no leakage found" in body
     # class counts per split, counted independently from split.csv
     with open(run / "split.csv", newline="") as fh:
         counts = Counter((r["label"], r["split"]) for r in csv.DictReader(fh))

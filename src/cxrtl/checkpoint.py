@@ -42,7 +42,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
                 "a .safetensors checkpoint"
             )
         return best
-    if p.suffix == ".json" and not p.name.endswith(".calibration.json"):
+    if p.suffix == ".json" and not p.name.endswith(".decisions.json"):
         return p.with_suffix(".safetensors")
     if not p.exists():
         raise CxrtlError(f"checkpoint {p} does not exist")
@@ -125,6 +125,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
                 f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
                 "after saving); restore the original files or retrain"
             )
+        if want:
+            meta["weights_sha256"] = want  # binds the decision record to these weights
     for key in ("backbone", "classes", "in_chans"):
         if key not in meta:
             raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
@@ -219,77 +221,3 @@ def _transfer(
         "kept hidden layer, new last layer" if keep_hidden else "new head",
     )
     return model
-
-
-def calibration_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where a checkpoint's temperature lives: ``<stem>.calibration.json`` beside ``<stem>.safetensors``.
-
-    A weights file with another name keeps its whole name (``model.v2`` -> ``model.v2.calibration.json``),
-    so two such files never share one calibration.
-    """
-    weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".calibration.json")
-
-
-def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
-    """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    data = {
-        "format": "cxrtl-calibration",
-        "method": "temperature",
-        "temperature": float(temperature),
-        **extra,
-    }
-    return write_json(calibration_path(ckpt_path), data)
-
-
-def load_temperature(ckpt_path: str | os.PathLike) -> float | None:
-    """The calibration temperature saved beside a checkpoint, or None when it was never calibrated."""
-    path = calibration_path(ckpt_path)
-    if not path.is_file():
-        return None
-    data = read_json(path, "calibration file")
-    t = data.get("temperature") if isinstance(data, dict) else None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < float("inf")):
-        raise CxrtlError(
-            f"calibration file {path} has no valid positive 'temperature'; delete it or "
-            "recalibrate with cxrtl evaluate"
-        )
-    return float(t)
-
-
-def operating_point_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where a checkpoint's operating point lives: ``<stem>.operating_point.json`` beside its weights."""
-    weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".operating_point.json")
-
-
-def save_threshold(
-    ckpt_path: str | os.PathLike, positive: str, threshold: float, temperature: float = 1.0, **extra
-) -> Path:
-    """Store the operating point chosen by ``evaluate --positive`` beside the checkpoint, for prediction.
-
-    ``threshold`` applies to P(``positive``) computed at ``temperature`` (the one in use when it was chosen).
-    """
-    data = {
-        "format": "cxrtl-operating-point",
-        "positive": str(positive),
-        "threshold": float(threshold),
-        "temperature": float(temperature),
-        **extra,
-    }
-    return write_json(operating_point_path(ckpt_path), data)
-
-
-def load_threshold(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
-    """``{"positive", "threshold", "temperature", ...}`` saved beside a checkpoint, or None when never chosen."""
-    path = operating_point_path(ckpt_path)
-    if not path.is_file():
-        return None
-    data = read_json(path, "operating point file")
-    t = data.get("threshold") if isinstance(data, dict) else None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1 or not data.get("positive"):
-        raise CxrtlError(
-            f"operating point file {path} has no valid 'positive' class and 'threshold' in [0, 1]; delete it "
-            "or choose it again with cxrtl evaluate --positive CLASS"
-        )
-    return data

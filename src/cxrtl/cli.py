@@ -15,7 +15,18 @@ from .errors import CxrtlError
 from .logs import configure_logging
 
 # Each module exposes ``register(subparsers)``; a parser's ``func(args) -> int`` runs the command.
-COMMAND_MODULES = ("data", "train", "evaluate", "predict", "export", "push", "reproduce", "serve", "segment")
+COMMAND_MODULES = (
+    "data",
+    "train",
+    "evaluate",
+    "predict",
+    "export",
+    "push",
+    "reproduce",
+    "serve",
+    "segment",
+    "migrate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

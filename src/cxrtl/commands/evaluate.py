@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="fit a temperature on the validation subset and save it beside the checkpoint",
+        help="fit a temperature on the validation subset and store it in the model's decision record",
     )
     p.add_argument(
         "--positive", metavar="CLASS", help="positive class for an operating point (e.g. COVID, PNEUMONIA)"
@@ -52,7 +52,7 @@ def register(subparsers) -> None:
         type=float,
         metavar="ALPHA",
         help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
-        "(e.g. 0.1), save the threshold beside the checkpoint for predict, report them on --subset",
+        "(e.g. 0.1), store the threshold in the model's decision record for predict, report them on --subset",
     )
     p.add_argument(
         "--precision",
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
             f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
-            f"{fmt_pct(te['specificity'], te['specificity_ci'])} (threshold saved beside the checkpoint)"
+            f"{fmt_pct(te['specificity'], te['specificity_ci'])} (threshold saved in the decision record)"
         )
         if op.get("warning"):
             print(f"  caution: {op['warning']}")
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
             f"conformal sets (LAC, alpha {cp['alpha']:g}): coverage {fmt_pct(cp['coverage'])} "
             f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
             f"single-class sets {fmt_pct(cp['singleton_fraction'])}; threshold {cp['threshold']:.4f} saved "
-            "beside the checkpoint"
+            "in the decision record"
         )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")

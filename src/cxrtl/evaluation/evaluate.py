@@ -4,7 +4,7 @@ Outputs in ``out``: ``predictions.csv`` (path,label,pred,prob_<class>...), ``met
 ``report.md`` and PNG+SVG figures (ROC, confusion matrix, reliability diagram, training curves for a
 run directory). The metrics are computed from exactly the probabilities written to predictions.csv,
 so they can be recomputed from that file alone. Headline metrics use the model's own softmax
-(temperature 1, as in the paper); a temperature, when fitted or found beside the checkpoint, is
+(temperature 1, as in the paper); a temperature, when fitted or found in the model's decision record, is
 reported under ``calibrated`` and used for the operating point, as prediction uses it.
 """
 
@@ -220,26 +220,27 @@ def _validation(scored: tuple, predict, data, subset: str) -> tuple:
     return val
 
 
-def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) -> float | None:
-    """Fit a temperature on validation and save it beside the checkpoint, or read the one saved there."""
-    from ..checkpoint import load_temperature, save_temperature
+def _temperature(record, val: tuple | None, calibrate: bool, subset: str):
+    """The record with a temperature fitted on validation (``calibrate``), or as it was."""
+    from ..decisions import Temperature, now_utc
 
     if not calibrate:
-        return load_temperature(ckpt)
+        return record
     assert val is not None  # the caller passes validation scores whenever it calibrates
     temperature = M.fit_temperature(*val)
-    path = save_temperature(
-        ckpt,
-        temperature,
-        fitted_on="val",
-        n=len(val[1]),
-        val_nll_before=_ce_from_logits(*val),
-        val_nll_after=_ce_from_logits(val[0], val[1], temperature),
-    )
-    log.info("saved temperature %.4f to %s", temperature, path)
+    log.info("fitted temperature %.4f on %d validation images", temperature, len(val[1]))
     if subset == "val":
         log.warning("the temperature was fitted on the subset it is evaluated on")
-    return temperature
+    return record.replace(
+        temperature=Temperature(
+            value=float(temperature),
+            fitted_on="val",
+            n=len(val[1]),
+            fitted_utc=now_utc(),
+            nll_before=_ce_from_logits(*val),
+            nll_after=_ce_from_logits(val[0], val[1], temperature),
+        )
+    )
 
 
 def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
@@ -281,19 +282,38 @@ def _check_conformal(alpha: float | None, data) -> None:
         )
 
 
-def _add_conformal(result: dict, ckpt: Path, val: tuple, logits, labels, temperature, alpha: float) -> None:
-    """Fit LAC sets on validation at the prediction temperature, save them beside the checkpoint, score."""
-    from .conformal import METHOD, fit_threshold, save_conformal, set_report
+def _add_conformal(result: dict, record, val: tuple, logits, labels, alpha: float):
+    """Fit LAC sets on validation at the prediction temperature and score them -> the updated record."""
+    from ..decisions import Conformal, now_utc
+    from .conformal import METHOD, fit_threshold, set_report
 
-    t = temperature or 1.0
+    t = record.t
     threshold = fit_threshold(M.softmax(val[0], t), val[1], alpha)
-    record = {"alpha": alpha, "method": METHOD, "threshold": threshold, "temperature": t, "fitted_on": "val"}
-    path = save_conformal(ckpt, {**record, "n": len(val[1])})
-    log.info("saved conformal threshold %.4f (alpha %g) to %s", threshold, alpha, path)
+    fitted = Conformal(
+        alpha=alpha,
+        threshold=threshold,
+        method=METHOD,
+        temperature=t,
+        fitted_on="val",
+        n=len(val[1]),
+        fitted_utc=now_utc(),
+    )
+    log.info(
+        "fitted conformal threshold %.4f (alpha %g) on %d validation images", threshold, alpha, len(val[1])
+    )
     scored = set_report(M.softmax(logits, t), labels, threshold, result["classes"])
-    result["conformal"] = {**record, "n_calibration": len(val[1]), **scored}
+    result["conformal"] = {
+        "alpha": alpha,
+        "method": METHOD,
+        "threshold": threshold,
+        "temperature": t,
+        "fitted_on": "val",
+        "n_calibration": len(val[1]),
+        **scored,
+    }
     if result["source"]["subset"] == "val":
         log.warning("the conformal threshold was fitted on the subset it is evaluated on")
+    return record.replace(conformal=fitted)
 
 
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
@@ -316,24 +336,37 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
-def _store_operating_point(ckpt: Path, result: dict) -> None:
-    """Save ``evaluate --positive``'s threshold beside the checkpoint, where ``predict`` picks it up."""
-    from ..checkpoint import save_threshold
+def _operating_point(record, result: dict):
+    """The record with ``evaluate --positive``'s threshold, which ``predict`` then uses to flag rows."""
+    from ..decisions import OperatingPoint, now_utc
 
     op = result.get("operating_point")
     if not op:
-        return
-    path = save_threshold(
-        ckpt,
-        op["positive"],
-        op["threshold"],
-        op.get("temperature", 1.0),
-        target_sensitivity=op["target_sensitivity"],
-        chosen_on="val",
-        val_positives=op["val"]["tp"] + op["val"]["fn"],
-        warning=op.get("warning"),
+        return record
+    return record.replace(
+        operating_point=OperatingPoint(
+            positive=op["positive"],
+            threshold=float(op["threshold"]),
+            temperature=float(op.get("temperature", 1.0)),
+            method="lowest threshold reaching the target sensitivity on validation",
+            target_sensitivity=op["target_sensitivity"],
+            fitted_on="val",
+            n=op["val"]["tp"] + op["val"]["fn"] + op["val"]["tn"] + op["val"]["fp"],
+            n_positive=op["val"]["tp"] + op["val"]["fn"],
+            fitted_utc=now_utc(),
+            warning=op.get("warning"),
+        )
     )
-    log.info("saved the %s threshold %.4f to %s", op["positive"], op["threshold"], path)
+
+
+def _store(ckpt: Path, before, after, migrate: bool) -> None:
+    """Write the decision record when evaluation changed it (or, with ``migrate``, when it has old sidecars)."""
+    from ..decisions import record_files, write_decisions
+
+    legacy = any(not p.name.endswith(".decisions.json") for p in record_files(ckpt))
+    if after != before or (migrate and legacy):
+        path = write_decisions(ckpt, after)
+        log.info("saved the model's decision settings to %s", path)
 
 
 def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
@@ -385,21 +418,23 @@ def evaluate(
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     ``data_root=None`` takes the dataset the run was trained on (its ``config.yaml`` or checkpoint config).
-    With ``positive`` and an ``out``, the chosen threshold is also saved beside the checkpoint, where
+    With ``positive`` and an ``out``, the chosen threshold is also saved in the decision record, where
     ``predict`` uses it to flag rows.
 
     ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
-    Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature beside
-    the checkpoint, because the caller asked for exactly that, and decoded images still go to the image
-    cache (``cache_dir``) as on every read of the data. ``conformal=ALPHA`` likewise saves its threshold
-    beside the checkpoint (:mod:`cxrtl.evaluation.conformal`) and adds ``"conformal"`` to the result.
+    Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature in the
+    model's decision record (:mod:`cxrtl.decisions`, ``best.decisions.json``), because the caller asked for
+    exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
+    data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
+    result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
+    from ..decisions import read_decisions
     from ..device import resolve_device
 
     if subset not in SUBSETS:
@@ -452,12 +487,15 @@ def evaluate(
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
     val = _validation((logits, labels), predict, data, subset) if needs_val else None
-    temperature = _temperature(ckpt, val, calibrate, subset)
+    before = read_decisions(ckpt, meta)
+    record = _temperature(before, val, calibrate, subset)
+    temperature = record.temperature.value if record.temperature else None
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
     if conformal is not None and val is not None:
-        _add_conformal(result, ckpt, val, logits, labels, temperature, float(conformal))
-    if out is not None:  # out=None writes nothing beside the checkpoint but a requested temperature
-        _store_operating_point(ckpt, result)
+        record = _add_conformal(result, record, val, logits, labels, float(conformal))
+    if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
+        record = _operating_point(record, result)
+    _store(ckpt, before, record, migrate=out is not None)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

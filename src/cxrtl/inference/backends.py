@@ -124,10 +124,27 @@ def read_onnx_meta(session, path: Path) -> dict[str, Any]:
         raise CxrtlError(
             f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); upgrade cxrtl"
         )
+    meta["decisions"] = _onnx_decisions(props, meta, path)
     names = [i.name for i in session.get_inputs()]
     if names != [INPUT_NAME]:
         raise CxrtlError(f"{path} has inputs {names}, not [{INPUT_NAME!r}]; export it again")
     return meta
+
+
+def _onnx_decisions(props: dict[str, str], meta: dict[str, Any], path: Path):
+    """The decision record embedded by export; older exports carried only the temperature."""
+    from ..decisions import Decisions, Temperature
+
+    text = props.get(KEY_PREFIX + "decisions")
+    if text is not None:
+        record = Decisions.from_json(text, f"the decision record in {path}")
+        if list(record.classes) != meta["classes"]:
+            raise CxrtlError(f"{path} has a decision record for other classes; export it again")
+        return record
+    t = meta.get("temperature")
+    return Decisions(
+        tuple(meta["classes"]), dict(meta["preprocess"]), Temperature(float(t)) if t is not None else None
+    ).checked(str(path))
 
 
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxBackend, dict[str, Any]]:

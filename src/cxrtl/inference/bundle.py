@@ -1,7 +1,8 @@
 """Model bundles: one folder that carries a trained model, its ONNX export, its config, metrics and card.
 
-A bundle holds the run's best checkpoint (``best.safetensors``/``best.json``, and ``best.calibration.json``
-when calibrated), ``model.onnx`` (and ``model.int8.onnx`` with ``--int8``), ``config.yaml``,
+A bundle holds the run's best checkpoint (``best.safetensors``/``best.json``, and its decision record
+``best.decisions.json`` when evaluated: see :mod:`cxrtl.decisions`),
+``model.onnx`` (and ``model.int8.onnx`` with ``--int8``), ``config.yaml``,
 ``metrics.json`` when the run was evaluated, the generated model card ``README.md`` and ``bundle.json``,
 which records the SHA-256 and size of every other file. Because the checkpoint keeps its run-directory
 names, everything that takes a run directory (predict, evaluate, ``train --init``) takes a bundle; they
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "cxrtl-bundle"
 BUNDLE_VERSION = 1
 META_FILE = "bundle.json"
-CHECKPOINT_FILES = ("best.safetensors", "best.json", "best.calibration.json")
+CHECKPOINT_FILES = ("best.safetensors", "best.json")
 SEGMENTER_FILE = "segmenter.safetensors"  # with segmenter.json: a masked model's lung U-Net (--segmenter)
 
 
@@ -104,13 +105,19 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _checkpoint_files(run: Path, stage: Path) -> None:
-    """The best checkpoint (and its calibration) into the staging folder, verified on the way."""
-    from ..checkpoint import read_meta
+    """The best checkpoint and its decision record into the staging folder, verified on the way.
 
-    read_meta(run / "best.safetensors")  # a cxrtl checkpoint whose weights match best.json
+    A run that still has the older sidecars gets them folded into one ``best.decisions.json`` in the bundle.
+    """
+    from ..checkpoint import read_meta
+    from ..decisions import read_decisions, record_files, write_decisions
+
+    meta = read_meta(run / "best.safetensors")  # a cxrtl checkpoint whose weights match best.json
     for name in CHECKPOINT_FILES:
         if (run / name).is_file():
             _copy(run / name, stage / name)
+    if record_files(run / "best.safetensors"):
+        write_decisions(stage / "best.safetensors", read_decisions(run / "best.safetensors", meta))
 
 
 def _config_yaml(run: Path, stage: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.records import SPLITS
+from ..decisions import Decisions, read_decisions
 from ..fsutil import read_json
 
 log = logging.getLogger(__name__)
@@ -94,13 +95,61 @@ def gather_facts(
         "data": _data_facts(config, run / "split.csv", leakage_check, progress),
         "init": _init_facts(config),
         "metrics": metrics,
-        "calibration": _read(bundle / "best.calibration.json", "calibration file"),
+        "decisions": read_decisions(bundle / "best.safetensors", meta),
         "int8": int8,
         "segmenter": (bundle / "segmenter.safetensors").is_file(),
     }
 
 
 # ------------------------------------------------------------------------------------------ rendering
+def _fitted(part) -> str:
+    """``fitted on the val subset (120 images, 2026-12-03)``."""
+    n = f"{part.n} images, " if part.n else ""
+    when = (part.fitted_utc or "")[:10] or "date not recorded"
+    return f"fitted on the {part.fitted_on} subset ({n}{when})"
+
+
+def decision_sentences(record: Decisions, metrics: dict) -> list[str]:
+    """The model's decision settings in sentences, rounded, each with what it was fitted on."""
+    lines = []
+    t = record.temperature
+    if t is not None:
+        after = (metrics.get("calibrated") or {}).get("ece")
+        lines.append(
+            f"- Temperature scaling: T = {t.value:.3f}, {_fitted(t)}; test ECE after scaling "
+            f"{_num(after, '.4f')}. Prediction applies T."
+        )
+    else:
+        lines.append("- Not temperature-calibrated (`cxrtl evaluate --calibrate` fits it).")
+    op = record.operating_point
+    if op is not None:
+        target = f" to reach sensitivity {100 * op.target_sensitivity:.0f}%" if op.target_sensitivity else ""
+        lines.append(
+            f"- Operating point: a row is flagged {op.positive} when P({op.positive}) >= {op.threshold:.3f}, "
+            f"chosen{target}, {_fitted(op)}."
+        )
+    c = record.conformal
+    if c is not None:
+        scored = metrics.get("conformal") or {}
+        tested = ""
+        if isinstance(scored.get("coverage"), (int, float)):
+            tested = (
+                f" On the test subset the sets covered the true class for {100 * scored['coverage']:.1f}% of "
+                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, a marginal guarantee, not "
+                f"per class), with {scored.get('mean_set_size', 0):.2f} classes per set on average."
+            )
+        kind = "one threshold per class" if c.class_thresholds else f"threshold {c.threshold:.3f}"
+        lines.append(
+            f"- Conformal prediction sets ({c.method.upper()}, coverage {100 * (1 - c.alpha):.0f}%, {kind}), "
+            f"{_fitted(c)}.{tested}"
+        )
+        if record.usable_conformal is None:
+            lines.append("  They are not applied: the temperature changed after they were fitted.")
+    else:
+        lines.append("- Conformal prediction sets: not fitted (`cxrtl evaluate --conformal 0.1` fits them).")
+    return lines
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -335,24 +384,11 @@ def _metrics(f: dict) -> list[str]:
 
 
 def _calibration(f: dict) -> list[str]:
-    m, cal = f["metrics"] or {}, f["calibration"]
+    m, record = f["metrics"] or {}, f["decisions"]
     lines = ["## Calibration and explanations", ""]
     ece = m.get("ece", (m.get("calibration") or {}).get("ece"))
     lines.append(f"- Expected calibration error on test: {_num(ece, '.4f')} (temperature 1).")
-    if cal:
-        after = (m.get("calibrated") or {}).get("ece")
-        lines.append(
-            f"- Temperature scaling: T = {cal['temperature']:.4f}, fitted on the {cal.get('fitted_on', 'val')} "
-            f"split ({cal.get('n', '?')} images); test ECE after: {_num(after, '.4f')}. Prediction applies T."
-        )
-    else:
-        lines.append("- Not temperature-calibrated (`cxrtl evaluate --calibrate` fits it).")
-    conformal = m.get("conformal")
-    if isinstance(conformal, dict):
-        shown = ", ".join(f"{k} {v}" for k, v in conformal.items() if isinstance(v, (int, float, str)))
-        lines.append(f"- Conformal prediction sets: {shown}.")
-    else:
-        lines.append("- Conformal prediction sets: not fitted.")
+    lines += decision_sentences(record, m)
     cam = m.get("cam_in_lungs")
     if isinstance(cam, dict) and cam.get("overall"):
         lines.append(

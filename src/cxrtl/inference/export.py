@@ -3,7 +3,9 @@
 The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: uint8 grey images
 ``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
 graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
-logits / temperature). Classes, preprocessing, backbone and temperature travel as ``metadata_props``.
+logits / temperature). Classes, preprocessing, backbone and the model's whole decision record
+(:mod:`cxrtl.decisions`: temperature, operating point, conformal threshold, segmenter) travel as
+``metadata_props``, so onnxruntime gives the same rows as torch.
 The export needs torch (imported lazily); running the file is :mod:`cxrtl.inference.backends`' job.
 """
 
@@ -110,7 +112,8 @@ def export_onnx(
     """
     import torch
 
-    from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+    from ..checkpoint import checkpoint_preprocess, load_checkpoint, resolve_checkpoint
+    from ..decisions import read_decisions
     from ..fsutil import write_bytes
 
     if exporter not in EXPORTERS:
@@ -122,7 +125,8 @@ def export_onnx(
     model, meta = load_checkpoint(weights)
     model.eval()
     pp = checkpoint_preprocess(model, meta, weights)
-    temperature = load_temperature(weights)
+    decisions = read_decisions(weights, meta)
+    temperature = decisions.temperature.value if decisions.temperature else None
     module = _wrap_for_export(model, pp, temperature)
     example = torch.randint(
         0,
@@ -141,6 +145,7 @@ def export_onnx(
         "backbone": str(meta["backbone"]),
         "in_chans": str(model.in_chans),
         "temperature": json.dumps(temperature),
+        "decisions": decisions.to_json(),  # operating point, conformal sets, segmenter: as under torch
         "exporter": used,
         "input": f"{INPUT_NAME}: uint8 grey [N,1,{pp.image_size},{pp.image_size}] from prepare_image; "
         "scaling and normalisation are inside the graph",

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.image_io import IMAGE_SUFFIXES, rgb_to_gray
 from ..data.preprocess import Preprocess
+from ..decisions import Decisions
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
@@ -75,31 +76,41 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 
 
 class Predictor:
-    """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
+    """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order.
+
+    The model's decision settings (temperature, operating point, conformal threshold, segmenter) come as
+    one :class:`cxrtl.decisions.Decisions` record, the same whichever backend runs the model.
+    """
 
     def __init__(
         self,
         backend,
         classes: Sequence[str],
         spec: Preprocess,
-        temperature: float | None = None,
+        decisions: Decisions | None = None,
         source: str | None = None,
         backbone: str | None = None,
-        operating_point: dict[str, Any] | None = None,
-        conformal: dict | None = None,
     ):
         self.backend = backend
         self.classes = list(classes)
         self.spec = spec  # the checkpoint's preprocessing
-        self.temperature = temperature
+        self.decisions = decisions or Decisions(tuple(self.classes), spec.to_dict())
+        if list(self.decisions.classes) != self.classes:
+            raise CxrtlError(
+                f"the decision record is for classes {list(self.decisions.classes)}, the model has "
+                f"{self.classes}; export or evaluate the model again"
+            )
         self.source = source
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
-        self.operating_point = (
-            operating_point  # from `evaluate --positive`: flags rows, argmax stays the label
-        )
-        self.conformal = conformal  # {"threshold", "alpha", "temperature", ...} from evaluate --conformal
+        for note in self.decisions.stale_notes():
+            log.warning("%s: %s", source or "model", note)
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature, or None when the model was never calibrated."""
+        return self.decisions.temperature.value if self.decisions.temperature else None
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -140,14 +151,15 @@ class Predictor:
             backend,
             meta["classes"],
             Preprocess.from_dict(meta["preprocess"]),
-            meta.get("temperature"),
+            meta["decisions"],
             source=str(path),
             backbone=meta.get("backbone"),
         )
 
     @classmethod
     def _from_torch(cls, path: Path, device: str) -> Predictor:
-        from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+        from ..checkpoint import checkpoint_preprocess, load_checkpoint, resolve_checkpoint
+        from ..decisions import read_decisions
         from ..device import resolve_device
         from .backends import TorchBackend
 
@@ -155,16 +167,13 @@ class Predictor:
         dev = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=dev)
         pp = checkpoint_preprocess(model, meta, weights)
-        temperature = load_temperature(weights)
         return cls(
             TorchBackend(model, pp, dev),
             model.classes,
             pp,
-            temperature,
+            read_decisions(weights, meta),
             source=str(weights),
             backbone=meta.get("backbone"),
-            operating_point=_stored_operating_point(weights, model.classes, temperature),
-            conformal=_load_conformal(weights, temperature),
         )
 
     def use_segmenter(
@@ -319,8 +328,8 @@ class Predictor:
                 for j, i in enumerate(ok):
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
-                    rows[i].positive = self.positive_flag(probs[j])
-                    rows[i].prediction_set = self.prediction_set(probs[j])
+                    rows[i].positive = self.decisions.positive_flag(probs[j])
+                    rows[i].prediction_set = self.decisions.prediction_set(probs[j])
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
@@ -329,24 +338,15 @@ class Predictor:
 
     def positive_flag(self, probs: np.ndarray) -> dict[str, Any] | None:
         """``{"class", "threshold", "flag"}``: P(class) >= the stored threshold; None without one."""
-        op = self.operating_point
-        if op is None:
-            return None
-        p = float(probs[self.classes.index(op["positive"])])
-        return {
-            "class": op["positive"],
-            "threshold": float(op["threshold"]),
-            "flag": p >= float(op["threshold"]),
-        }
+        return self.decisions.positive_flag(probs)
 
     def prediction_set(self, probs_row: np.ndarray) -> list[str] | None:
         """The conformal prediction set of one probability row, or None when the model has no threshold.
 
-        More than one class is the model saying "unsure" at the coverage it was fitted for.
+        More than one class is the model saying "unsure" at the coverage it was fitted for; an empty set
+        says no class is plausible at that coverage.
         """
-        from ..evaluation.conformal import set_names
-
-        return set_names(probs_row, self.classes, self.conformal, self.temperature)
+        return self.decisions.prediction_set(probs_row)
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
@@ -401,50 +401,6 @@ class Predictor:
                     row.lung_share = mask_share(pmask)
             except CxrtlError as exc:
                 row.error = f"Grad-CAM: {exc}"
-
-
-def _stored_operating_point(weights: Path, classes: Sequence[str], temperature: float | None):
-    """The operating point saved beside ``weights`` by ``evaluate --positive``, checked against the model."""
-    from ..checkpoint import load_threshold
-
-    op = load_threshold(weights)
-    if op is None:
-        return None
-    if op["positive"] not in classes:
-        raise CxrtlError(
-            f"the stored operating point is for class {op['positive']!r}, not one of {list(classes)}; "
-            "delete it or choose it again with cxrtl evaluate --positive CLASS"
-        )
-    if abs(float(op.get("temperature", 1.0)) - float(temperature or 1.0)) > 1e-9:
-        log.warning(
-            "the stored %s threshold was chosen at temperature %s, but the checkpoint now uses %s; "
-            "choose it again with cxrtl evaluate --positive",
-            op["positive"],
-            op.get("temperature", 1.0),
-            temperature or 1.0,
-        )
-    return op
-
-
-# ---------------------------------------------------------------------------------------- inputs
-
-
-def _load_conformal(weights: Path, temperature: float | None) -> dict | None:
-    """The conformal record beside ``weights``; None (with a warning) when fitted at another temperature."""
-    from ..evaluation.conformal import conformal_path, read_conformal
-
-    path = conformal_path(weights)
-    record = read_conformal(path)
-    if record is not None and abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
-        log.warning(
-            "%s was fitted at temperature %s, the model now uses %s; no prediction sets until "
-            "`cxrtl evaluate --conformal ALPHA` refits it",
-            path,
-            record.get("temperature"),
-            temperature or 1.0,
-        )
-        return None
-    return record
 
 
 def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
