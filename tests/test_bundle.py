@@ -208,3 +208,54 @@ def test_bad_bundle_requests(evaluated, tmp_path, capsys):
         assert err.startswith("cxrtl: error: ") and message in err and "\n" not in err
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["files"].update({"best.json": "x"}), "no valid 'sha256' and 'bytes'"),
+        (lambda m: m["files"].update({"best.json": None}), "no valid 'sha256' and 'bytes'"),
+        (lambda m: m.update(files={}), "lists no files"),
+        (lambda m: m.update(files=[]), "lists no files"),
+        (lambda m: m["files"].update({"../best.json": m["files"]["best.json"]}), "not a plain file name"),
+        (lambda m: m["files"].pop("best.safetensors"), "best.safetensors is not listed"),
+        (lambda m: m["files"].pop("model.onnx"), "model.onnx is not listed"),
+    ],
+)
+def test_a_malformed_or_incomplete_manifest_is_refused_in_one_line(
+    evaluated, tmp_path, capsys, edit, message
+):
+    _, bundle = evaluated
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "bundle.json").read_text())
+    edit(manifest)
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    image = next((copy.parent).glob("*.png"), None) or _one_png(tmp_path)
+    for backend in ("torch", "onnx"):
+        capsys.readouterr()
+        assert main(["predict", str(copy), str(image), "--backend", backend]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cxrtl: error:") and message in err and "\n" not in err
+
+
+def test_unlisted_files_are_never_loaded(evaluated, tmp_path, capsys):
+    # "files": {} with altered weights and best.json deleted used to load; an unlisted model.onnx was used.
+    _, bundle = evaluated
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "bundle.json").read_text())
+    del manifest["files"]["best.json"]
+    (copy / "best.json").unlink()
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    image = _one_png(tmp_path)
+    assert main(["predict", str(copy), str(image)]) == 0  # best.json is not needed; nothing unlisted is read
+    (copy / "extra.onnx").write_bytes((copy / "model.onnx").read_bytes())  # an unlisted file appears
+    assert main(["predict", str(copy), str(image)]) == 2
+    assert "extra.onnx is not listed" in capsys.readouterr().err
+
+
+def _one_png(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "one.png"
+    Image.fromarray((np.arange(48 * 40) % 251).astype(np.uint8).reshape(48, 40)).save(path)
+    return path

@@ -13,10 +13,11 @@ from PIL import Image
 from cxrtl.checkpoint import load_checkpoint, save_checkpoint
 from cxrtl.cli import main
 from cxrtl.data.image_io import apply_mask, prepare_image
+from cxrtl.data.inputs import collect_inputs, find_masks
 from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
-from cxrtl.inference.predict import Predictor, collect_inputs, find_masks, softmax
+from cxrtl.inference.predict import Predictor, softmax
 from cxrtl.model import create_model
 from helpers import bomb_png, set_decisions
 

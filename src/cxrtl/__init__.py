@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it from here
+from ._version import __version__  # written once, in _version.py (pyproject.toml reads it there)
 
 # public name -> module that defines it
 _EXPORTS = {

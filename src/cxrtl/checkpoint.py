@@ -20,6 +20,7 @@ from .errors import CxrtlError
 from .fsutil import json_safe, read_json, read_safetensors_header, sha256_file, write_json, write_safetensors
 from .model import CxrModel, build_backbone, check_backbone, check_classes
 from .model import create_model as new_model
+from .model_ref import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +29,8 @@ VERSION = 1
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Path of the weights: run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / "bundle.json").is_file():  # a bundle: its checksums are verified before use
-        from .inference.bundle import bundle_checkpoint
-
-        return bundle_checkpoint(p)
-    if p.is_dir():
-        best = p / "best.safetensors"
-        if not best.is_file():
-            raise CxrtlError(
-                f"{p} is not a cxrtl run directory (no best.safetensors); give a run dir or "
-                "a .safetensors checkpoint"
-            )
-        return best
-    if p.suffix == ".json" and not p.name.endswith(".decisions.json"):
-        return p.with_suffix(".safetensors")
-    if not p.exists():
-        raise CxrtlError(f"checkpoint {p} does not exist")
-    return p
+    """Path of the weights of a MODEL (run dir, bundle, .safetensors/.json, hf://): see :mod:`cxrtl.model_ref`."""
+    return resolve_model(path).require_weights()
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -147,7 +147,7 @@ class Decisions:
             )
         return notes
 
-    def positive_flag(self, probs_row: Sequence[float]) -> dict[str, Any] | None:
+    def positive_flag(self, probs_row: Sequence[float] | np.ndarray) -> dict[str, Any] | None:
         """``{"class", "threshold", "flag"}`` for one probability row, or None without an operating point."""
         op = self.operating_point
         if op is None:
@@ -155,7 +155,7 @@ class Decisions:
         p = float(probs_row[self.classes.index(op.positive)])
         return {"class": op.positive, "threshold": float(op.threshold), "flag": bool(p >= op.threshold)}
 
-    def prediction_set(self, probs_row: Sequence[float]) -> list[str] | None:
+    def prediction_set(self, probs_row: Sequence[float] | np.ndarray) -> list[str] | None:
         """The class names in one row's conformal set, or None when there is no usable threshold.
 
         An empty list is a real answer: no class is plausible at this coverage (look at the image).
@@ -169,7 +169,7 @@ class Decisions:
         )
         return [name for name, ok in zip(self.classes, (1.0 - p) <= limits + 1e-12) if ok]
 
-    def decide(self, probs_row: Sequence[float]) -> dict[str, Any]:
+    def decide(self, probs_row: Sequence[float] | np.ndarray) -> dict[str, Any]:
         """The decision fields of one prediction row: ``positive`` and ``prediction_set`` where carried."""
         out: dict[str, Any] = {}
         flag = self.positive_flag(probs_row)

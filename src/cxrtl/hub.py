@@ -103,7 +103,7 @@ def push(
     message: str | None = None,
 ) -> dict[str, Any]:
     """Upload a verified bundle folder to the Hub model repository ``repo`` (created when missing)."""
-    from .inference.bundle import verify_bundle
+    from .bundle_manifest import verify_bundle
 
     folder = Path(bundle).expanduser()
     meta = verify_bundle(folder)

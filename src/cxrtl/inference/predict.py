@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.image_io import IMAGE_SUFFIXES, rgb_to_gray
+from ..data.pixels import rgb_to_gray
 from ..data.preprocess import Preprocess
 from ..decisions import Decisions
 from ..errors import CxrtlError
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass
@@ -120,32 +121,48 @@ class Predictor:
         device: str = "auto",
         threads: int | None = None,
         segmenter: str | os.PathLike | None = None,
+        backend: str = "auto",
     ) -> Predictor:
-        """Load a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx`` export,
-        or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache).
+        """Load a MODEL: a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx``
+        export, or ``hf://OWNER/NAME[@REVISION]`` (see :mod:`cxrtl.model_ref`).
 
-        ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a masked model needs; a bundle
-        exported with ``--segmenter`` brings its own (an explicit ``segmenter`` wins).
+        ``backend``: "torch", "onnx" (a bundle's ``model.onnx``; never imports torch), or "auto" (ONNX for an
+        ``.onnx`` file, torch otherwise). ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a
+        masked model needs; a bundle exported with ``--segmenter`` brings its own (an explicit one wins).
         """
-        from ..hub import resolve_model
+        from ..model_ref import resolve_model
 
-        path = resolve_model(path)
-        predictor = (
-            cls._from_onnx(path, threads) if path.suffix.lower() == ".onnx" else cls._from_torch(path, device)
-        )
-        if segmenter is None and predictor.needs_mask and path.suffix.lower() != ".onnx":
-            from .bundle import bundled_segmenter
-
-            segmenter = bundled_segmenter(path)  # a masked model's bundle may carry its segmenter
-        return predictor.use_segmenter(segmenter) if segmenter else predictor
+        if backend not in BACKENDS:
+            raise CxrtlError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        ref = resolve_model(path)
+        use_onnx = backend == "onnx" or (backend == "auto" and ref.kind == "onnx")
+        if use_onnx:
+            if ref.onnx is None:
+                raise CxrtlError(
+                    f"--backend onnx needs an ONNX export, and {ref.given} has none; export one with "
+                    f"`cxrtl export {ref.given} --onnx model.onnx` (or --bundle DIR), or use --backend torch"
+                )
+            predictor = cls._from_onnx(ref.onnx, threads)
+        else:
+            if ref.weights is None:
+                raise CxrtlError(
+                    f"--backend torch needs a run directory, bundle or checkpoint, but {ref.given} is an ONNX "
+                    "file; use --backend onnx or auto"
+                )
+            predictor = cls._from_torch(ref.weights, device)
+        if segmenter is not None:
+            return predictor.use_segmenter(segmenter)
+        if predictor.needs_mask:  # a masked model's bundle carries its segmenter, for each runtime
+            if use_onnx and ref.segmenter_onnx is not None:
+                return predictor.use_onnx_segmenter(ref.segmenter_onnx, threads)
+            if ref.segmenter is not None:
+                return predictor.use_segmenter(ref.segmenter)
+        return predictor
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
         from .backends import load_onnx
-        from .bundle import is_bundle, verify_bundle
 
-        if is_bundle(path.parent):  # an ONNX file inside a bundle is checked against its checksum
-            verify_bundle(path.parent, only=path.name)
         backend, meta = load_onnx(path, threads=threads)
         return cls(
             backend,
@@ -157,13 +174,12 @@ class Predictor:
         )
 
     @classmethod
-    def _from_torch(cls, path: Path, device: str) -> Predictor:
-        from ..checkpoint import checkpoint_preprocess, load_checkpoint, resolve_checkpoint
+    def _from_torch(cls, weights: Path, device: str) -> Predictor:
+        from ..checkpoint import checkpoint_preprocess, load_checkpoint
         from ..decisions import read_decisions
         from ..device import resolve_device
         from .backends import TorchBackend
 
-        weights = resolve_checkpoint(path)
         dev = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=dev)
         pp = checkpoint_preprocess(model, meta, weights)
@@ -175,6 +191,13 @@ class Predictor:
             source=str(weights),
             backbone=meta.get("backbone"),
         )
+
+    def use_onnx_segmenter(self, path: str | os.PathLike, threads: int | None = None) -> Predictor:
+        """Predict each image's lung mask with a segmenter's ONNX export (no torch)."""
+        from ..segmentation.runtime import OnnxSegmenter
+
+        self.segmenter = OnnxSegmenter.load(path, threads)
+        return self
 
     def use_segmenter(
         self, seg_run: str | os.PathLike, save_masks: str | os.PathLike | None = None
@@ -401,71 +424,6 @@ class Predictor:
                     row.lung_share = mask_share(pmask)
             except CxrtlError as exc:
                 row.error = f"Grad-CAM: {exc}"
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand folders (recursively) into their image files, sorted; explicit files are kept as given.
-
-    A folder contributes only files with an image/DICOM suffix; a file named explicitly is always tried,
-    so a wrong file gives an error row rather than vanishing. A path that does not exist is a usage
-    error (a typo), raised before any work.
-    """
-    inputs = [Path(p).expanduser() for p in paths]
-    missing = [str(p) for p in inputs if not p.exists()]
-    if missing:
-        raise CxrtlError(
-            f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path"
-        )
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not found:
-                log.warning("no PNG/JPEG/DICOM images under %s", p)
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def find_masks(
-    images: Sequence[Path], mask: str | os.PathLike | None = None, mask_dir: str | os.PathLike | None = None
-) -> list[Path | None]:
-    """The lung mask of each image: one --mask for a single image, or the same file name in --mask-dir.
-
-    In --mask-dir a mask is matched by file name, then by stem with any image suffix (the COVID-19
-    Radiography Database stores masks under the image's own name).
-    """
-    if mask is not None and mask_dir is not None:
-        raise CxrtlError("give either --mask or --mask-dir, not both")
-    if mask is not None:
-        if len(images) != 1:
-            raise CxrtlError(
-                f"--mask is for one image, but {len(images)} were given; use --mask-dir DIR "
-                "with masks named like their images"
-            )
-        return [Path(mask)]
-    if mask_dir is None:
-        return [None] * len(images)
-    mask_dir = Path(mask_dir)
-    if not mask_dir.is_dir():
-        raise CxrtlError(f"mask directory {mask_dir} does not exist")
-    by_stem: dict[str, Path] = {}
-    for f in sorted(mask_dir.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-            by_stem.setdefault(f.stem, f)
-    out: list[Path | None] = []
-    for img in images:
-        exact = mask_dir / img.name
-        out.append(exact if exact.is_file() else by_stem.get(img.stem))
-    return out
 
 
 def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any]:

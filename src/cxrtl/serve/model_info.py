@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 
 
 def model_info(predictor) -> dict[str, Any]:

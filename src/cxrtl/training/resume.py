@@ -17,10 +17,10 @@ from ..checkpoint import unwrap
 from ..config import TrainConfig, config_from_dict, load_config
 from ..errors import CxrtlError
 from ..fsutil import json_safe, write_safetensors
+from .run_dir import STATE_FILE, check_writable, run_status
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.safetensors"
 STATE_FORMAT = "cxrtl-train-state"
 # Options that may change when resuming: where and how the run executes, not what it computes.
 RESUME_OPTIONS = ("data", "device", "workers", "progress", "tensorboard", "compile", "cache_dir")
@@ -182,7 +182,6 @@ def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
 # ----------------------------------------------------------------------------- --resume RUN_DIR
 def load_resume(run_dir: Path, overrides: TrainConfig):
     """(saved config with runtime overrides, (tensors, state) | RESTART) for ``--resume RUN_DIR``."""
-    from .run_dir import check_writable, run_status  # run_dir imports STATE_FILE from here
 
     status = run_status(run_dir)
     if status == "finished":

@@ -11,7 +11,8 @@ from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
-from .resume import STATE_FILE
+
+STATE_FILE = "state.safetensors"  # the resumable training state (cxrtl.training.resume)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Files a run writes; --overwrite removes exactly these (never anything else in the directory).
@@ -23,10 +24,16 @@ RUN_FILES = (
     STATE_FILE,
     "best.safetensors",
     "best.json",
-    "best.calibration.json",
+    "best.decisions.json",
     "last.safetensors",
     "last.json",
-    "last.calibration.json",
+    "last.decisions.json",
+    # the decision sidecars of older runs (cxrtl.decisions folds them into *.decisions.json)
+    *(
+        f"{stem}.{kind}.json"
+        for stem in ("best", "last")
+        for kind in ("calibration", "operating_point", "conformal")
+    ),
 )
 
 
