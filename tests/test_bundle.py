@@ -25,7 +25,7 @@ from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.bundle import make_bundle, verify_bundle
 from cxrtl.inference.predict import Predictor
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 from helpers import set_decisions
 
 COVID_CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]

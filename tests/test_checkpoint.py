@@ -16,7 +16,7 @@ from cxrtl.checkpoint import (
 )
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 
 TINY = "test_resnet"
 

@@ -64,7 +64,7 @@ def run_dir(tmp_path_factory):
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     base = tmp_path_factory.mktemp("conformal")
     root = base / "data"

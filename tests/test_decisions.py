@@ -25,7 +25,7 @@ from cxrtl.decisions import (
 )
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.predict import Predictor
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 from helpers import set_decisions
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]

@@ -38,7 +38,7 @@ def evaluated(tmp_path_factory, covid_root):
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     base = tmp_path_factory.mktemp("eval")
     data = covid_root

@@ -40,6 +40,7 @@ LAYERS: list[tuple[str, list[str]]] = [
             "cxrtl.model_ref",
             "cxrtl.model",
             "cxrtl.checkpoint",
+            "cxrtl.transfer",
         ],
     ),
     ("work", ["cxrtl.training", "cxrtl.evaluation", "cxrtl.integrity", "cxrtl.segmentation"]),

@@ -18,7 +18,7 @@ from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.predict import Predictor, softmax
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 from helpers import bomb_png, set_decisions
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]

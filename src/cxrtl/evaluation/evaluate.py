@@ -22,6 +22,7 @@ from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
 from ..provenance import provenance
 from ..results import Metrics
+from . import fitting
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -123,13 +124,6 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return np.vectorize(lambda v: float(format(v, PROB_FORMAT)))(p) if p.size else p
 
 
-def _ce_from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    from scipy.special import logsumexp
-
-    z = logits / temperature
-    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
-
-
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
     try:
@@ -168,12 +162,6 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     return result
 
 
-def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
-    M.resolve_class(positive, classes)
-    if not 0 < target_sensitivity <= 1:
-        raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
-
-
 def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
@@ -209,45 +197,11 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _validation(scored: tuple, predict, data, subset: str) -> tuple:
-    """(logits, labels) of the validation subset: reused when it is the subset scored, else predicted."""
-    val = scored if subset == "val" else predict(list(data.split["val"]))[:2]
-    if len(val[1]) == 0:
-        raise CxrtlError(
-            "calibration and --positive need a non-empty validation subset; "
-            "use a split with validation images"
-        )
-    return val
-
-
-def _temperature(record, val: tuple | None, calibrate: bool, subset: str):
-    """The record with a temperature fitted on validation (``calibrate``), or as it was."""
-    from ..decisions import Temperature, now_utc
-
-    if not calibrate:
-        return record
-    assert val is not None  # the caller passes validation scores whenever it calibrates
-    temperature = M.fit_temperature(*val)
-    log.info("fitted temperature %.4f on %d validation images", temperature, len(val[1]))
-    if subset == "val":
-        log.warning("the temperature was fitted on the subset it is evaluated on")
-    return record.replace(
-        temperature=Temperature(
-            value=float(temperature),
-            fitted_on="val",
-            n=len(val[1]),
-            fitted_utc=now_utc(),
-            nll_before=_ce_from_logits(*val),
-            nll_after=_ce_from_logits(val[0], val[1], temperature),
-        )
-    )
-
-
 def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
-        loss = _ce_from_logits(logits, labels, temperature)
+        loss = fitting.ce_from_logits(logits, labels, temperature)
         result["calibrated"] = {
             "temperature": temperature,
             "loss": loss,
@@ -265,55 +219,6 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             target_sensitivity,
         )
         result["operating_point"]["temperature"] = t
-
-
-def _check_conformal(alpha: float | None, data) -> None:
-    """Refuse a bad alpha, or too few validation images for it, before any prediction."""
-    if alpha is None:
-        return
-    from .conformal import check_alpha, needed_calibration
-
-    alpha = check_alpha(alpha)
-    n, need = len(data.split["val"]), needed_calibration(alpha)
-    if n < need:
-        raise CxrtlError(
-            f"--conformal {alpha:g} needs at least {need} validation images, the split has {n}; "
-            "use a split with a larger validation subset, or a larger alpha"
-        )
-
-
-def _add_conformal(result: dict, record, val: tuple, logits, labels, alpha: float):
-    """Fit LAC sets on validation at the prediction temperature and score them -> the updated record."""
-    from ..decisions import Conformal, now_utc
-    from .conformal import METHOD, fit_threshold, set_report
-
-    t = record.t
-    threshold = fit_threshold(M.softmax(val[0], t), val[1], alpha)
-    fitted = Conformal(
-        alpha=alpha,
-        threshold=threshold,
-        method=METHOD,
-        temperature=t,
-        fitted_on="val",
-        n=len(val[1]),
-        fitted_utc=now_utc(),
-    )
-    log.info(
-        "fitted conformal threshold %.4f (alpha %g) on %d validation images", threshold, alpha, len(val[1])
-    )
-    scored = set_report(M.softmax(logits, t), labels, threshold, result["classes"])
-    result["conformal"] = {
-        "alpha": alpha,
-        "method": METHOD,
-        "threshold": threshold,
-        "temperature": t,
-        "fitted_on": "val",
-        "n_calibration": len(val[1]),
-        **scored,
-    }
-    if result["source"]["subset"] == "val":
-        log.warning("the conformal threshold was fitted on the subset it is evaluated on")
-    return record.replace(conformal=fitted)
 
 
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
@@ -334,39 +239,6 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_json(out / "metrics.json", result)
     title = f"Evaluation on the {result['source']['subset']} subset"
     write_text(out / "report.md", evaluation_markdown(result, title))
-
-
-def _operating_point(record, result: dict):
-    """The record with ``evaluate --positive``'s threshold, which ``predict`` then uses to flag rows."""
-    from ..decisions import OperatingPoint, now_utc
-
-    op = result.get("operating_point")
-    if not op:
-        return record
-    return record.replace(
-        operating_point=OperatingPoint(
-            positive=op["positive"],
-            threshold=float(op["threshold"]),
-            temperature=float(op.get("temperature", 1.0)),
-            method="lowest threshold reaching the target sensitivity on validation",
-            target_sensitivity=op["target_sensitivity"],
-            fitted_on="val",
-            n=op["val"]["tp"] + op["val"]["fn"] + op["val"]["tn"] + op["val"]["fp"],
-            n_positive=op["val"]["tp"] + op["val"]["fn"],
-            fitted_utc=now_utc(),
-            warning=op.get("warning"),
-        )
-    )
-
-
-def _store(ckpt: Path, before, after, migrate: bool) -> None:
-    """Write the decision record when evaluation changed it (or, with ``migrate``, when it has old sidecars)."""
-    from ..decisions import record_files, write_decisions
-
-    legacy = any(not p.name.endswith(".decisions.json") for p in record_files(ckpt))
-    if after != before or (migrate and legacy):
-        path = write_decisions(ckpt, after)
-        log.info("saved the model's decision settings to %s", path)
 
 
 def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
@@ -451,11 +323,11 @@ def evaluate(
     model, meta = load_checkpoint(ckpt, map_location="cpu")
     classes = list(meta["classes"])
     if positive:  # fail before any work on a class the checkpoint does not have
-        _check_positive(positive, classes, target_sensitivity)
+        fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
-    _check_conformal(conformal, data)
+    fitting.check_conformal(conformal, data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -470,7 +342,7 @@ def evaluate(
     probs = _written_probs(logits)
     result: dict[str, Any] = dict(
         M.compute_metrics(
-            labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
+            labels, probs, classes, loss=fitting.ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
         )
     )  # filled in below, returned as Metrics
     result["source"] = {
@@ -486,16 +358,16 @@ def evaluate(
     }
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = _validation((logits, labels), predict, data, subset) if needs_val else None
+    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
     before = read_decisions(ckpt, meta)
-    record = _temperature(before, val, calibrate, subset)
+    record = fitting.fit_temperature(before, val, calibrate, subset)
     temperature = record.temperature.value if record.temperature else None
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
     if conformal is not None and val is not None:
-        record = _add_conformal(result, record, val, logits, labels, float(conformal))
+        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
-        record = _operating_point(record, result)
-    _store(ckpt, before, record, migrate=out is not None)
+        record = fitting.fit_operating_point(record, result)
+    fitting.store(ckpt, before, record, migrate=out is not None)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

@@ -9,7 +9,6 @@ from typing import cast
 
 import torch
 
-from ..checkpoint import create_model
 from ..config import DEFAULT_BACKBONE, TrainConfig
 from ..data.preprocess import Preprocess
 from ..device import resolve_device, seed_everything
@@ -17,6 +16,7 @@ from ..errors import CxrtlError
 from ..model import CxrModel, set_scheme
 from ..provenance import provenance
 from ..results import RunSummary
+from ..transfer import create_model
 from . import distributed as ddp
 from . import resume as resume_state
 from .engine import fit
