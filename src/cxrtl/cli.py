@@ -11,6 +11,7 @@ import importlib
 import sys
 
 from ._version import __version__
+from .commands.options import progress_only_on_a_terminal
 from .errors import CxrtlError
 from .logs import configure_logging
 
@@ -44,24 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def progress_only_on_a_terminal(args: argparse.Namespace) -> None:
-    """Progress bars only when stderr is a terminal: redirected logs get no carriage-return lines.
-
-    Commands spell the switch ``--no-progress`` as ``args.no_progress`` or ``args.progress`` (False);
-    ``cxrtl train`` leaves ``progress`` unset unless given, so it is set here when bars must be off.
-    """
-    if sys.stderr.isatty():
-        return
-    if hasattr(args, "no_progress"):
-        args.no_progress = True
-    elif hasattr(args, "progress") or getattr(args, "command", None) == "train":
-        args.progress = False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    progress_only_on_a_terminal(args)
+    progress_only_on_a_terminal(args, sys.stderr.isatty())
     configure_logging(args.verbose)  # decoder libraries' tracebacks only with -v
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -1,8 +1,10 @@
-"""``cxrtl evaluate RUN_DIR|CKPT --data ROOT --out DIR``: predictions, metrics with intervals, figures."""
+"""``cxrtl evaluate MODEL --data ROOT --out DIR``: predictions, metrics with intervals, figures."""
 
 from __future__ import annotations
 
 import argparse
+
+from . import options
 
 
 def register(subparsers) -> None:
@@ -13,17 +15,11 @@ def register(subparsers) -> None:
         "of a dataset. Writes predictions.csv, metrics.json, report.md and ROC / confusion / "
         "reliability (and training-curve) figures as PNG and SVG.",
     )
-    p.add_argument("model", metavar="RUN_DIR|CKPT", help="run directory or .safetensors/.json checkpoint")
-    p.add_argument(
-        "--data",
-        metavar="ROOT",
-        help="dataset root (default: the one in the run's config, for a run or checkpoint)",
-    )
-    p.add_argument(
-        "--split",
-        metavar="SPLIT.csv",
-        help="split CSV (default: the run's split.csv, else the "
-        "split remade with the checkpoint's training settings)",
+    options.add_model(p)
+    options.add_data(p, help="dataset root (default: the one in the run's config, for a run or checkpoint)")
+    options.add_split(
+        p,
+        "split CSV (default: the run's split.csv, else the split remade with the checkpoint's training settings)",
     )
     p.add_argument(
         "--subset",
@@ -54,14 +50,14 @@ def register(subparsers) -> None:
         help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
         "(e.g. 0.1), store the threshold in the model's decision record for predict, report them on --subset",
     )
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "auto"),
-        help="numerics of the evaluation passes; fp32 on every device by default, as the paper's numbers "
+    options.add_precision(
+        p,
+        ("fp32", "bf16", "auto"),
+        "numerics of the evaluation passes; fp32 on every device by default, as the paper's numbers "
         "are (auto: bf16 autocast on CUDA)",
+        default="fp32",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    options.add_device(p)
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     p.add_argument(
         "--cam-in-lungs",
@@ -80,7 +76,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -110,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cam_in_lungs=args.cam_in_lungs,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=args.progress,
         seed=args.seed,
         n_boot=args.bootstrap,
         figures=not args.no_figures,

@@ -8,6 +8,8 @@ import io
 import json
 import sys
 
+from . import options
+
 EPILOG = """\
 MODEL is a run directory (its best checkpoint), a bundle (`cxrtl export --bundle`), a .safetensors/.json
 checkpoint, an .onnx file written by `cxrtl export`, or hf://OWNER/NAME[@REVISION] (a bundle on the Hub).
@@ -31,13 +33,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a(
-        "model",
-        metavar="MODEL",
-        help="run dir, bundle, checkpoint (.safetensors/.json), .onnx or hf://OWNER/NAME",
-    )
+    options.add_model(p)
     a("paths", metavar="PATH", nargs="+", help="image file (PNG/JPEG/DICOM...) or folder of them")
-    a("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    options.add_format(p, ("table", "json", "csv"), "table")
     a("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     a("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR (PyTorch models only)")
     a("--cam-class", metavar="CLASS", help="class for Grad-CAM (name or index; default: the predicted one)")
@@ -46,20 +44,9 @@ def register(subparsers) -> None:
     m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
     a("--segmenter", metavar="SEG_RUN", help="predict lung masks for a masked model (--mask still wins)")
     a("--save-masks", metavar="DIR", help="with --segmenter: write the masks used, as <image stem>.png")
-    a(
-        "--device",
-        default="auto",
-        metavar="DEV",
-        help="auto, cpu, cuda or cuda:N for PyTorch models (default auto: cuda if available)",
-    )
-    a(
-        "--backend",
-        choices=("auto", "torch", "onnx"),
-        default="auto",
-        help="runtime: torch, onnx (a bundle's model.onnx, no torch) or auto (onnx for an .onnx file)",
-    )
-    a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    options.add_device(p)
+    options.add_backend(p)
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
