@@ -48,11 +48,14 @@ SERIES = {
 SUFFIX = {"SR": ".sr.dcm", "SEG": ".seg.dcm", "SC": ".sc.dcm"}
 
 
-def _highdicom():
+def require_highdicom():
+    """The highdicom module, or a one-line error naming the extra that brings it."""
     try:
         import highdicom
     except ImportError:
         raise CxrtlError(f"writing DICOM results needs highdicom; install it with `{EXTRA}`") from None
+    if logging.getLogger("highdicom").level == logging.NOTSET:  # its INFO lines say which modules it copies
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     return highdicom
 
 
@@ -128,7 +131,61 @@ def read_source(path: str | os.PathLike):
             f"{path}: no {' or '.join(missing)} in the DICOM header, so its results cannot join its study; "
             "give the DICOM as the PACS stored it, or leave out --dicom-out"
         )
-    return ds
+    return minimal_source(ds)
+
+
+# What a result object may take from its source: the patient and study attributes the IODs require (Patient
+# and General Study modules, types 1 and 2), the source's identity, and the image attributes that describe
+# its pixel grid. highdicom copies whole modules from the dataset it is given, so it is given only these.
+PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+SOURCE_IMAGE = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "NumberOfFrames",
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "PatientOrientation",
+    "ViewPosition",
+    "BodyPartExamined",
+    "Laterality",
+    "ImageLaterality",
+)
+
+
+def minimal_source(ds):
+    """A copy of a source header holding only :data:`PATIENT_STUDY` and :data:`SOURCE_IMAGE` attributes."""
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for keyword in PATIENT_STUDY + SOURCE_IMAGE:
+        if keyword in ds:
+            out[keyword] = ds[keyword]
+    for keyword in PATIENT_STUDY[:4] + PATIENT_STUDY[5:]:  # type 2: present, empty when unknown
+        if keyword not in out:
+            setattr(out, keyword, "")
+    return out
 
 
 def _orientation(source) -> Any:
@@ -157,7 +214,7 @@ class DicomWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike | None, model: ModelIdentity):
-        _highdicom()
+        require_highdicom()
         self.out = Path(out_dir) if out_dir is not None else None
         if self.out is not None:
             check_out_dir(self.out)
@@ -210,7 +267,7 @@ class DicomWriter:
     # --------------------------------------------------------------------------------- SR
     def structured_report(self, source, row):
         """A TID 1500 Measurement Report of one prediction row, in a Comprehensive 3D SR."""
-        hd = _highdicom()
+        hd = require_highdicom()
         from highdicom.coding_schemes import CodingSchemeIdentificationItem
         from pydicom.sr.codedict import codes
 
@@ -223,7 +280,9 @@ class DicomWriter:
         groups = []
         members = set(row.prediction_set) if row.prediction_set is not None else None
         for name, p in row.probabilities.items():
-            measurements = [sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=codes.UCUM.NoUnits)]
+            measurements = [
+                sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=codes.UCUM.NoUnits)
+            ]
             evaluations = []
             if members is not None:
                 evaluations.append(sr.QualitativeEvaluation(item_code("INSET"), yes_no[name in members]))
@@ -234,7 +293,9 @@ class DicomWriter:
                         name=item_code("OPTHR"), value=float(positive["threshold"]), unit=codes.UCUM.NoUnits
                     )
                 )
-                evaluations.append(sr.QualitativeEvaluation(item_code("OPFLAG"), yes_no[bool(positive["flag"])]))
+                evaluations.append(
+                    sr.QualitativeEvaluation(item_code("OPFLAG"), yes_no[bool(positive["flag"])])
+                )
             groups.append(
                 sr.MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=sr.TrackingIdentifier(identifier=_lo(f"cxrtl probability of {name}")),
@@ -294,7 +355,7 @@ class DicomWriter:
     # --------------------------------------------------------------------------------- SEG
     def segmentation(self, source, mask: np.ndarray):
         """A binary SEG of ``mask`` (uint8 0/255 or bool, on the source's pixel grid)."""
-        hd = _highdicom()
+        hd = require_highdicom()
         from pydicom.sr.codedict import codes
 
         mask = np.asarray(mask)
@@ -346,7 +407,7 @@ class DicomWriter:
     # --------------------------------------------------------------------------------- SC
     def secondary_capture(self, source, cam_png: str | os.PathLike):
         """A Secondary Capture of a Grad-CAM overlay PNG, the disclaimer burned in below the image."""
-        hd = _highdicom()
+        hd = require_highdicom()
         from PIL import Image
 
         with Image.open(cam_png) as im:
@@ -376,7 +437,9 @@ class DicomWriter:
         else:
             sc.Laterality = ""  # unknown
         sc.BurnedInAnnotation = "YES"
-        sc.ImageComments = f"Grad-CAM overlay by cxrtl {self.model.version}, model {self.model.name}. {DISCLAIMER}"
+        sc.ImageComments = (
+            f"Grad-CAM overlay by cxrtl {self.model.version}, model {self.model.name}. {DISCLAIMER}"
+        )
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.DerivationDescription = _lo("Grad-CAM overlay on the source image (cxrtl)")
         reference = _reference(source)
