@@ -3,9 +3,10 @@
 For each DICOM input, :class:`DicomWriter` builds with highdicom (the optional ``pacs`` extra):
 
 * a Comprehensive 3D SR following TID 1500 (Measurement Report): one measurement group per class
-  (finding type = the class, its probability as a numeric measurement, membership of the conformal prediction
-  set and the operating-point flag where the model carries them) and a summary group (the predicted class
-  as a coded finding, the out-of-distribution flag where there is one), each naming the algorithm (TID 4019:
+  (tracking identifier ``cxrtl probability of CLASS``, finding type = the class, its probability as a
+  numeric measurement, membership of the conformal prediction set and the operating-point threshold and
+  flag where the model carries them) and a summary group (``cxrtl classification``: the predicted class as
+  its coded finding, the out-of-distribution flag where there is one), each naming the algorithm (TID 4019:
   ``cxrtl``, its version, the model name and the checkpoint's SHA-256), and a comment saying
   :data:`DISCLAIMER`;
 * a binary Segmentation of the lung mask the segmenter predicted, on the source image's pixel grid;
@@ -45,6 +46,8 @@ SERIES = {
     "SEG": (9002, "cxrtl lung mask - research use only"),
     "SC": (9003, "cxrtl Grad-CAM - research use only"),
 }
+CLASSIFICATION = "cxrtl classification"  # the tracking identifier of the SR's summary group
+PROBABILITY = "cxrtl probability of {}"  # ... and of each class's group
 SUFFIX = {"SR": ".sr.dcm", "SEG": ".seg.dcm", "SC": ".sc.dcm"}
 
 
@@ -298,7 +301,7 @@ class DicomWriter:
                 )
             groups.append(
                 sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=sr.TrackingIdentifier(identifier=_lo(f"cxrtl probability of {name}")),
+                    tracking_identifier=sr.TrackingIdentifier(identifier=_lo(PROBABILITY.format(name))),
                     finding_type=class_code(name),
                     algorithm_id=algo,
                     source_images=where,
@@ -306,13 +309,12 @@ class DicomWriter:
                     qualitative_evaluations=evaluations or None,
                 )
             )
-        summary = [sr.QualitativeEvaluation(codes.DCM.Finding, class_code(row.label))]
         ood = _ood_flag(row)
-        if ood is not None:
-            summary.append(sr.QualitativeEvaluation(item_code("OOD"), yes_no[ood]))
-        groups.append(
+        summary = None if ood is None else [sr.QualitativeEvaluation(item_code("OOD"), yes_no[ood])]
+        groups.append(  # the predicted class is this group's Finding (DCM 121071)
             sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=sr.TrackingIdentifier(identifier="cxrtl classification"),
+                tracking_identifier=sr.TrackingIdentifier(identifier=CLASSIFICATION),
+                finding_type=class_code(row.label),
                 algorithm_id=algo,
                 source_images=where,
                 qualitative_evaluations=summary,
