@@ -27,7 +27,7 @@ PLUGIN_GLOBS = (
 
 
 def binary() -> str | None:
-    return shutil.which("Orthanc")
+    return shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
 
 
 def plugin() -> str | None:

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+import time
 
 from . import options
 
@@ -147,11 +148,16 @@ def run(args: argparse.Namespace) -> int:
         if args.store and pacs is not None:
             objects = [ds for files in written.values() for _, ds in files]
             try:
+                t0 = time.perf_counter()
                 n = pacs.store(objects, args.study)
             except CxrtlError:
                 sys.stdout.write(render(rows, predictor.classes, args.format, _dicom_paths(written, args)))
                 raise
-            print(f"cxrtl: stored {n} result object(s) in study {args.study} on {pacs.url}", file=sys.stderr)
+            print(
+                f"cxrtl: stored {n} result object(s) in study {args.study} on {pacs.url} "
+                f"({time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+            )
     sys.stdout.write(render(rows, predictor.classes, args.format, _dicom_paths(written, args)))
     failed = sum(r.error is not None for r in rows)
     if failed:
@@ -202,7 +208,13 @@ def _pull(pacs, study: str, series: str | None, folder):
     from ..errors import CxrtlError
     from ..inference.dicomweb import skip_reason
 
+    t0 = time.perf_counter()
     datasets = pacs.retrieve(study, series)
+    print(
+        f"cxrtl: pulled {len(datasets)} instance(s) of study {study} from {pacs.url} "
+        f"({time.perf_counter() - t0:.1f} s)",
+        file=sys.stderr,
+    )
     datasets.sort(key=lambda ds: (_int(ds.get("SeriesNumber")), _int(ds.get("InstanceNumber"))))
     paths, names, skipped = [], {}, []
     for ds in datasets:
