@@ -8,6 +8,7 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 
 from . import options
 
@@ -81,7 +82,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import contextlib
     import tempfile
-    from pathlib import Path
 
     from ..data.inputs import collect_inputs, find_masks
     from ..errors import CxrtlError
@@ -195,15 +195,13 @@ def _check_pacs_args(args: argparse.Namespace) -> bool:
 
 
 def _model_name(model: str) -> str:
-    from pathlib import Path
-
     if "://" in model:
         return model
     path = Path(model).expanduser().resolve()
     return path.name if path.name not in ("best.safetensors", "best.json", "model.onnx") else path.parent.name
 
 
-def _pull(pacs, study: str, series: str | None, folder):
+def _pull(pacs, study: str, series: str | None, folder: Path) -> tuple[list[Path], dict[str, str]]:
     """Retrieve the study, keep the instances the model can take as files; ``(paths, {file: address})``."""
     from ..errors import CxrtlError
     from ..inference.dicomweb import skip_reason
@@ -216,7 +214,9 @@ def _pull(pacs, study: str, series: str | None, folder):
         file=sys.stderr,
     )
     datasets.sort(key=lambda ds: (_int(ds.get("SeriesNumber")), _int(ds.get("InstanceNumber"))))
-    paths, names, skipped = [], {}, []
+    paths: list[Path] = []
+    names: dict[str, str] = {}
+    skipped: list[str] = []
     for ds in datasets:
         sop = str(ds.get("SOPInstanceUID", "")) or f"instance-{len(paths) + len(skipped) + 1}"
         address = f"{pacs.url}/studies/{study}/series/{ds.get('SeriesInstanceUID', '?')}/instances/{sop}"
@@ -246,8 +246,6 @@ def _int(value) -> int:
 
 def _write_dicom(writer, rows, keeper, names) -> dict[int, list]:
     """The DICOM objects of each predicted DICOM row; a row that cannot have them gets the error."""
-    from pathlib import Path
-
     from ..errors import CxrtlError
     from ..inference.dicom_out import is_dicom_input, non_dicom_note, read_source
 

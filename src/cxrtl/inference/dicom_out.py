@@ -366,7 +366,9 @@ class DicomWriter:
             from PIL import Image
 
             mask = np.asarray(
-                Image.fromarray((mask > 127).astype(np.uint8) * 255).resize((cols, rows), Image.NEAREST)
+                Image.fromarray((mask > 127).astype(np.uint8) * 255).resize(
+                    (cols, rows), Image.Resampling.NEAREST
+                )
             )
         binary = mask > 127 if mask.dtype != bool else mask
         algo = hd.AlgorithmIdentificationSequence(
