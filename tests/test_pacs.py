@@ -114,13 +114,14 @@ def run_cli(capsys, *argv, env=None) -> tuple[int, str, str]:
 
 
 def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith("cxrtl: error: ")
-    return lines[0]
+    """The one error line (notes such as "pulled 3 instance(s)" may come before it), no traceback."""
+    assert "Traceback" not in err
+    errors = [x for x in err.strip().splitlines() if x.startswith("cxrtl: error: ")]
+    assert len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0]
+    return errors[0]
 
 
-# ---------------------------------------------------------------------------------------- the round trip
 @pytest.mark.slow
 def test_round_trip_pull_predict_store_and_find_again(orthanc, models, tmp_path, capsys):
     from dicomweb_client.api import DICOMwebClient

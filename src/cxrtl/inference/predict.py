@@ -105,9 +105,8 @@ class Predictor:
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
-        self.mask_hook: Any = (
-            None  # called as hook(path, mask) with each predicted mask (e.g. for --dicom-out)
-        )
+        # called as hook(path, mask) with each mask the segmenter predicts (e.g. for --dicom-out)
+        self.mask_hook: Any = None
         for note in self.decisions.stale_notes():
             log.warning("%s: %s", source or "model", note)
 
