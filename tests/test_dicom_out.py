@@ -375,3 +375,26 @@ def test_pacs_options_need_a_dicomweb_input(tmp_path, capsys):
         assert main(["predict", str(run), str(src), *extra, "--no-progress"]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert "work with a DICOMweb input" in line
+
+
+def test_the_ood_flag_is_reported_where_the_row_has_one(tmp_path):
+    from cxrtl.inference.dicom_out import DicomWriter, ModelIdentity, read_source
+    from cxrtl.inference.predict import Prediction
+
+    src = read_source(source_dicom(tmp_path / "a.dcm", radiograph(40, 40)))
+    probs = {"COVID": 0.2, "Normal": 0.5, "Viral Pneumonia": 0.3}
+    writer = DicomWriter(None, ModelIdentity("m", "0" * 64))
+    for ood, want in ((None, None), (True, codes.SCT.Yes), ({"flag": False, "score": 0.1}, codes.SCT.No)):
+        row = Prediction(path="a.dcm", label="Normal", probabilities=probs)
+        if ood is not None:
+            row.ood = ood  # the field an OOD detector adds to a row
+        sr = writer.structured_report(src, row)
+        f = tmp_path / "sr.dcm"
+        sr.save_as(f, enforce_file_format=True)
+        (summary,) = [
+            g
+            for g in hd.sr.srread(f).content.get_image_measurement_groups()
+            if g.tracking_identifier == "cxrtl classification"
+        ]
+        flags = [e.value for e in summary.get_qualitative_evaluations() if e.name.value == "OOD"]
+        assert flags == ([] if want is None else [want])

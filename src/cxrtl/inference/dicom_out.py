@@ -57,8 +57,6 @@ def require_highdicom():
         import highdicom
     except ImportError:
         raise CxrtlError(f"writing DICOM results needs highdicom; install it with `{EXTRA}`") from None
-    if logging.getLogger("highdicom").level == logging.NOTSET:  # its INFO lines say which modules it copies
-        logging.getLogger("highdicom").setLevel(logging.WARNING)
     return highdicom
 
 

@@ -94,8 +94,6 @@ class DicomWeb:
             from dicomweb_client.api import DICOMwebClient
         except ImportError:
             raise CxrtlError(f"DICOMweb needs dicomweb-client; install it with `{EXTRA}`") from None
-        if logging.getLogger("dicomweb_client").level == logging.NOTSET:  # an INFO line per request
-            logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
         self.address = address
         self.url = service_url(address)
         self.timeout = timeout
