@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, overload
 
@@ -30,6 +32,9 @@ _REF = re.compile(rf"({_PART})/({_PART})(?:@([A-Za-z0-9._/-]{{1,200}}))?")
 # that are not empty and do not start or end with a dot, no "..", no ".lock" ending; "refs/pr/1" is a PR.
 _REV_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 ETAG_TIMEOUT_S = 5.0
+PUSH_READ_TIMEOUT_S = (
+    120.0  # the Hub may take a while to answer a commit; a silent one is not waited on forever
+)
 # The top-level packages whose exceptions mean "the Hub could not be reached or answered an error".
 TRANSPORT_PACKAGES = frozenset(
     {"huggingface_hub", "hf_xet", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
@@ -56,9 +61,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 
 def _is_revision(rev: str) -> bool:
     """A branch, tag or commit name: no leading, trailing or doubled ``/``, no dot-led or ``.lock`` part."""
-    return all(
-        _REV_COMPONENT.fullmatch(c) and not c.endswith((".lock", ".")) for c in rev.split("/")
-    )
+    return all(_REV_COMPONENT.fullmatch(c) and not c.endswith((".lock", ".")) for c in rev.split("/"))
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -188,6 +191,34 @@ def _hub():
     return huggingface_hub
 
 
+@contextmanager
+def _bounded(connect: float, read: float) -> Iterator[None]:
+    """Bound connecting and each read of huggingface_hub's requests while cxrtl makes them.
+
+    huggingface_hub 1.x and 2.x (httpx, httpx2) make their client with ``timeout=None`` and pass a timeout
+    only to file downloads, so a metadata call (``model_info``, ``create_repo``) to a host that accepts the
+    connection and never answers would wait forever. A request hook gives those unbounded requests a
+    connect and a read timeout; a request with a timeout of its own keeps it. Requests-based releases
+    pass a timeout on every call and have no hooks; they are left alone.
+    """
+    hooks = getattr(_hub().get_session(), "event_hooks", None)
+    if not isinstance(hooks, dict) or not isinstance(hooks.get("request"), list):
+        yield
+        return
+
+    def bound(request) -> None:
+        timeout = request.extensions.get("timeout") or {}
+        if timeout.get("connect") is None and timeout.get("read") is None:
+            request.extensions["timeout"] = {**timeout, "connect": connect, "read": read}
+
+    hooks["request"].append(bound)
+    try:
+        yield
+    finally:
+        if bound in hooks["request"]:
+            hooks["request"].remove(bound)
+
+
 def _etag_timeout() -> float:
     try:
         return float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or ETAG_TIMEOUT_S)
@@ -199,12 +230,14 @@ def download(ref: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """The local folder of a Hub bundle: downloaded, or from huggingface_hub's cache when offline."""
     repo_id, revision = parse_ref(ref)
     hub = _hub()
-    from huggingface_hub import errors
+    from huggingface_hub import constants, errors
 
+    timeout = _etag_timeout()
     try:
-        folder = hub.snapshot_download(
-            repo_id, revision=revision, cache_dir=cache_dir, etag_timeout=_etag_timeout()
-        )
+        with _bounded(connect=timeout, read=max(timeout, float(constants.HF_HUB_DOWNLOAD_TIMEOUT))):
+            folder = hub.snapshot_download(
+                repo_id, revision=revision, cache_dir=cache_dir, etag_timeout=timeout
+            )
     except errors.RevisionNotFoundError:
         raise CxrtlError(
             f"{ref}: no revision {revision!r} in {repo_id}; check the branch, tag or commit"
@@ -276,15 +309,16 @@ def push(
     api = hub.HfApi()
     files = sorted([*meta["files"], "bundle.json"])
     try:
-        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(folder),
-            repo_type="model",
-            revision=revision,
-            allow_patterns=files,
-            commit_message=message or f"cxrtl bundle {meta.get('name', folder.name)}",
-        )
+        with _bounded(connect=_etag_timeout(), read=PUSH_READ_TIMEOUT_S):
+            url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=str(folder),
+                repo_type="model",
+                revision=revision,
+                allow_patterns=files,
+                commit_message=message or f"cxrtl bundle {meta.get('name', folder.name)}",
+            )
     except Exception as exc:
         if not _from_transport(exc):
             raise  # not the Hub's: a bug, to surface as one
