@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("cxrtl: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
         return 1
-    except Exception as exc:  # a dependency's (or cxrtl's) unforeseen failure: one line, the traceback with -v
+    except Exception as exc:  # an unforeseen failure (a dependency's): one line, the traceback with -v
         if args.verbose:
             raise
         text = (str(exc).strip().splitlines() or [""])[0][:300]
