@@ -58,14 +58,30 @@ def assert_logged_as_recorded(client, run, run_dir: Path) -> None:
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(history) == 2
 
 
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}", "bogus://nowhere", "file://{tmp}/a-file"])
-def test_an_unusable_store_is_refused_before_training(tmp_path, covid_root, capsys, monkeypatch, uri):
+@pytest.mark.parametrize(
+    "uri, allow_folder, cause",
+    [
+        ("http://127.0.0.1:{port}", False, "(connection refused: no server listens there); start the server"),
+        ("http://mlflow.invalid:5000", False, "(the host name does not resolve)"),  # RFC 6761: never resolves
+        ("bogus://nowhere", False, "(the installed MLflow cannot open this kind of store)"),
+        ("file://{tmp}/a-file", True, "Not a directory"),
+        ("{tmp}/mlruns", False, "set MLFLOW_ALLOW_FILE_STORE=true, or use sqlite:///mlflow.db"),
+    ],
+)
+def test_an_unusable_store_is_refused_before_training(
+    tmp_path, covid_root, capsys, monkeypatch, uri, allow_folder, cause
+):
     (tmp_path / "a-file").write_text("not a folder")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri.format(port=free_port(), tmp=tmp_path))
+    if allow_folder:
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    else:
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     start = time.monotonic()
     assert train(covid_root, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("cxrtl: error: cannot use the MLflow tracking store ")
+    assert cause in err
     assert not (tmp_path / "run").exists()  # refused before any work
     assert time.monotonic() - start < 30
 

@@ -21,6 +21,7 @@ defaults, 7 retries with exponential backoff, would hold a finished command for 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
 import os
 import tempfile
@@ -83,6 +84,30 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
+# What requests/urllib3 say, deep inside MLflow's message, and what it means.
+_HTTP_CAUSES = (
+    (("maintenance mode",), "MLflow 3 opens a folder store only with MLFLOW_ALLOW_FILE_STORE=true"),
+    (("unsupported URI", "Unsupported"), "the installed MLflow cannot open this kind of store"),
+    (
+        ("Connection refused", "Failed to establish a new connection"),
+        "connection refused: no server listens there",
+    ),
+    (
+        ("Name or service not known", "nodename nor servname", "name resolution"),
+        "the host name does not resolve",
+    ),
+    (("timed out", "Timeout"), "the server did not answer in time"),
+)
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc)
+    for needles, cause in _HTTP_CAUSES:
+        if any(n in text for n in needles):
+            return cause
+    return f"{type(exc).__name__}: {_first_line(exc)}"
+
+
 def check_store(uri: str) -> None:
     """Open the tracking store as logging will, before training: a one-line error if it cannot be used."""
     from urllib.parse import urlparse
@@ -92,10 +117,9 @@ def check_store(uri: str) -> None:
     if scheme in ("http", "https"):
         fix = "start the server (`mlflow server --backend-store-uri sqlite:///mlflow.db`) or fix MLFLOW_TRACKING_URI"
     elif scheme.startswith(("sqlite", "postgresql", "mysql", "mssql")):
-        fix = (
-            "install full MLflow (`pip install 'cxrtl[mlflow]'`; mlflow-skinny cannot open database stores) "
-            "and check that the database's folder exists and is writable"
-        )
+        fix = "check that the database's folder exists and is writable"
+        if importlib.util.find_spec("alembic") is None:  # mlflow-skinny: no SQLAlchemy stores, no migrations
+            fix = "install full MLflow (`pip install 'cxrtl[mlflow]'`; mlflow-skinny cannot open database stores)"
     elif scheme in ("", "file"):
         fix = "check that the folder exists and is writable, or set MLFLOW_TRACKING_URI to another store"
     else:
@@ -115,9 +139,9 @@ def check_store(uri: str) -> None:
     except Exception as exc:
         if not _from_store(exc):
             raise
-        raise CxrtlError(
-            f"cannot use the MLflow tracking store {uri} ({type(exc).__name__}: {_first_line(exc)}); {fix}"
-        ) from None
+        if "maintenance mode" in str(exc):
+            fix = "set MLFLOW_ALLOW_FILE_STORE=true, or use sqlite:///mlflow.db (MLflow's recommended store)"
+        raise CxrtlError(f"cannot use the MLflow tracking store {uri} ({_cause(exc)}); {fix}") from None
 
 
 def tracking_uri(out: str | os.PathLike) -> str:
