@@ -1,7 +1,9 @@
 """The ``cxrtl`` command line: a thin shell over the library.
 
 Each area registers its own subcommands from ``cxrtl.commands.<area>``; this file only wires them up and
-turns a :class:`~cxrtl.errors.CxrtlError` into one line on stderr and exit code 2.
+turns a :class:`~cxrtl.errors.CxrtlError` into one line on stderr and exit code 2. Any other exception is
+one line too (its type and message, exit 1), and its traceback with ``-v``: the library itself never
+swallows it, so the tests, which call the library, still fail on it.
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except MemoryError:
         print("cxrtl: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unforeseen failure (a dependency's): one line, the traceback with -v
+        if args.verbose:
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"cxrtl: error: {type(exc).__name__}: {text}; run with -v for the traceback", file=sys.stderr)
         return 1
 
 

@@ -199,6 +199,6 @@ def run(args: argparse.Namespace) -> int:
         f"val acc {summary['best_val_acc']:.4f}, val loss {summary['best_val_loss']:.4f}"
     )
     print(f"run dir: {summary['run_dir']}")
-    if track:
-        print(f"tracked in {track_train(summary['run_dir'], track)}")
+    if track and (uri := track_train(summary["run_dir"], track)):  # None: a warning, the run is complete
+        print(f"tracked in {uri}")
     return 0
