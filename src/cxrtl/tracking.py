@@ -206,9 +206,11 @@ def _card(run_dir: Path, tmp: Path) -> Path | None:
         return None
     stage = tmp / "card"
     stage.mkdir(exist_ok=True)
-    for name in ("best.json", "best.calibration.json"):
-        if (run_dir / name).is_file():
-            (stage / name).write_bytes((run_dir / name).read_bytes())
+    from .decisions import record_files
+
+    for path in [run_dir / "best.json", *record_files(run_dir / "best.safetensors")]:
+        if path.is_file():
+            (stage / path.name).write_bytes(path.read_bytes())
     metrics = run_dir / "test" / "metrics.json"
     if metrics.is_file():
         (stage / "metrics.json").write_bytes(metrics.read_bytes())
