@@ -391,10 +391,20 @@ def _calibration(f: dict) -> list[str]:
     lines += decision_sentences(record, m)
     cam = m.get("cam_in_lungs")
     if isinstance(cam, dict) and cam.get("overall"):
-        lines.append(
-            f"- Grad-CAM share inside the lung masks (test, mean): {_pct(cam['overall'].get('mean'))} over "
-            f"{cam['overall'].get('n')} images; a low share suggests the model looks outside the lungs."
+        overall = cam["overall"]
+        chance = overall.get("mask_share")
+        line = (
+            f"- Grad-CAM energy inside the lung masks (test, mean over {overall.get('n')} images): "
+            f"{_pct(overall.get('mean'))}"
         )
+        if chance is not None:
+            line += (
+                f", against {_pct(chance)} of the image that the lungs cover (the chance level: a map that "
+                "ignores anatomy scores about this; only a share well above it says the model looks at the lungs)"
+            )
+        lines.append(line + ".")
+        if cam.get("warning"):
+            lines.append(f"  Not informative here: {cam['warning']}.")
     elif isinstance(cam, dict) and cam.get("skipped"):
         lines.append(f"- Grad-CAM lung share: not measured ({cam['skipped']}).")
     else:
@@ -444,21 +454,24 @@ def _limitations(f: dict) -> list[str]:
 
 
 def _usage(f: dict) -> list[str]:
-    mask = " --mask-dir MASKS/" if f["preprocess"].get("input") == "masked" else ""
+    needs_masks = f["preprocess"].get("input") == "masked" and not f.get("segmenter")
+    mask = " --mask-dir MASKS/" if needs_masks else ""
+    masks_arg = ', masks=["a_mask.png"]' if needs_masks else ""
     return [
         "## How to use",
         "",
         "```sh",
         "pip install 'cxrtl[onnx]'",
-        f"cxrtl predict BUNDLE_DIR scans/{mask} --format json   # the PyTorch checkpoint",
-        f"cxrtl predict BUNDLE_DIR/model.onnx scans/{mask}      # onnxruntime only, no torch",
-        f"cxrtl predict hf://OWNER/NAME scans/{mask}            # from the Hugging Face Hub",
+        f"cxrtl predict BUNDLE_DIR scans/{mask} --format json                 # the PyTorch checkpoint",
+        f"cxrtl predict BUNDLE_DIR scans/{mask} --backend onnx --format json  # onnxruntime only, no torch",
+        f"cxrtl predict hf://OWNER/NAME scans/{mask}                          # from the Hugging Face Hub",
         "```",
         "",
         "```python",
-        "from cxrtl.predict import Predictor",
-        'p = Predictor.from_checkpoint("BUNDLE_DIR")   # checksums are verified first',
-        'probs = p.predict(["a.png"])                  # [N, k] in p.classes order',
+        "import cxrtl",
+        'p = cxrtl.Predictor.from_checkpoint("BUNDLE_DIR")   # checksums are verified first',
+        f'probs = p.predict_proba(["a.png"]{masks_arg})  # [N, k] in p.classes order',
+        "print(dict(zip(p.classes, probs[0].round(3))))",
         "```",
         "",
         "Every file of this folder is listed with its SHA-256 in `bundle.json`; cxrtl refuses a bundle whose "
