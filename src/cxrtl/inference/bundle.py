@@ -233,7 +233,8 @@ def _build(
 
 def _finish(src: Path, stage: Path, quant: dict | None, leakage_check: bool, license_id: str, progress: bool):
     """The model card and bundle.json (checksums of every other file); returns bundle.json's content."""
-    from .card import gather_facts, render_card
+    from .card import render_card
+    from .card_facts import gather_facts
 
     facts = gather_facts(src, stage, int8=quant, leakage_check=leakage_check, progress=progress)
     facts["license"] = license_id

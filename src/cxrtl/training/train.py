@@ -45,11 +45,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunSummary:
     cfg.validate()
     if not cfg.data:
         raise CxrtlError("no dataset; pass --data ROOT")
+    cfg = absolute_paths(cfg)
     info, device = ddp.start(resolve_device(cfg.device))
     try:
         return cast(RunSummary, _run(cfg, run_dir, resume_payload, info, device))
     finally:
         ddp.teardown()
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its file paths absolute, so the run's config.yaml names the same files from any folder."""
+
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value else value
+
+    init = (
+        cfg.init
+        if cfg.init in ("imagenet", "none") or not Path(cfg.init).expanduser().exists()
+        else absolute(cfg.init)
+    )
+    return dataclasses.replace(
+        cfg,
+        data=absolute(cfg.data),
+        split=absolute(cfg.split),
+        cache_dir=absolute(cfg.cache_dir),
+        pretrained_file=absolute(cfg.pretrained_file),
+        init=init or cfg.init,
+    )
 
 
 INHERITED = ("input", "channels", "image_size")  # a transfer takes these from its source unless given
