@@ -95,3 +95,32 @@ def test_a_misspelt_option_gets_the_command_s_usage_and_a_suggestion(capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "usage: cxrtl evaluate" in err and "did you mean --positive?" in err
+
+
+def test_a_smaller_dataset_gets_the_right_fix(relative_run, tmp_path, capsys):
+    project, run = relative_run
+    smaller = Path(shutil.copytree(project / "DATA" / "covid", tmp_path / "smaller"))
+    removed = sorted(smaller.rglob("*.png"))[::3]
+    for p in removed:
+        p.unlink()
+    args = ["evaluate", str(run), "--data", str(smaller), "--out", str(tmp_path / "e"), "--no-progress"]
+    assert main(args) == 2
+    err = _error(capsys)
+    assert "the run's split names" in err and "--data should point at the run's dataset" in err
+    assert "regenerate it with `cxrtl data split`" not in err  # the wrong fix for a trained run
+
+
+def test_same_names_other_content_is_warned(relative_run, tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    project, run = relative_run
+    other = Path(shutil.copytree(project / "DATA" / "covid", tmp_path / "other"))
+    for p in other.rglob("*.png"):  # another version of the data: same names, other pixels
+        if "mask" not in str(p).lower():
+            a = np.asarray(Image.open(p))
+            Image.fromarray(np.ascontiguousarray(a[::-1])).save(p)
+    args = ["evaluate", str(run), "--data", str(other), "--out", str(tmp_path / "e"), "--no-progress"]
+    assert main([*args, "--no-figures", "--bootstrap", "0"]) == 0
+    assert "sampled training files of this run have other content" in caplog.text
+    assert (run / "data_fingerprint.json").is_file()

@@ -162,26 +162,48 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     return result
 
 
-def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
+def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool, model_path):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
+    from ..data.fingerprint import differing
+    from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
-    data = prepare_data(
-        data_root,
-        pp,
-        index=index,
-        split_csv=split_csv,
-        seed=int(cfg.get("seed", 2022)),
-        ratios=cfg.get("ratios"),
-        group_by=cfg.get("group_by"),
-        official=bool(cfg.get("official", False)),
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    run = Path(model_path).expanduser()
+    own_split = split_csv is not None and run.is_dir() and Path(split_csv) == run / "split.csv"
+    changed, compared = differing(run, index.root) if run.is_dir() else (0, 0)
+    if changed:
+        log.warning(
+            "%d of %d sampled training files of this run have other content under %s than when it trained: "
+            "is --data the run's dataset (or another copy or version of it)?",
+            changed,
+            compared,
+            index.root,
+        )
+    try:
+        data = prepare_data(
+            data_root,
+            pp,
+            index=index,
+            split_csv=split_csv,
+            seed=int(cfg.get("seed", 2022)),
+            ratios=cfg.get("ratios"),
+            group_by=cfg.get("group_by"),
+            official=bool(cfg.get("official", False)),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    except SplitFilesMissing as exc:
+        if not own_split:
+            raise
+        trained = cfg.get("data") or "the dataset it was trained on"
+        raise CxrtlError(
+            f"the run's split names {len(exc.missing)} image(s) that {index.root} does not have ({exc.shown}); "
+            f"--data should point at the run's dataset ({trained})"
+        ) from None
     records = (
         [r for name in ("train", "val", "test") for r in data.split[name]]
         if subset == "all"
@@ -370,7 +392,7 @@ def evaluate(
         fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
+    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path)
     overlap = _check_against_run_split(
         model_path, split_csv, records, data, subset, calibrate, positive, conformal
     )

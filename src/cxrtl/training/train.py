@@ -189,7 +189,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
 
     # 2. Write the run dir (rank 0 only).
     if info.is_main and resume_payload is None:
-        start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart)
+        start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart, data_root=prepared.index.root)
     ddp.barrier()
     n = {name: len(ds) for name, ds in prepared.datasets.items()}
     log.info(
