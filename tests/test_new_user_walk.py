@@ -124,3 +124,32 @@ def test_same_names_other_content_is_warned(relative_run, tmp_path, caplog):
     assert main([*args, "--no-figures", "--bootstrap", "0"]) == 0
     assert "sampled training files of this run have other content" in caplog.text
     assert (run / "data_fingerprint.json").is_file()
+
+
+@pytest.mark.parametrize("command", ["train", "segment"])
+def test_offline_imagenet_init_is_one_line_in_seconds_before_any_cache(
+    command, synth_roots, tmp_path, capsys
+):
+    """No network here is the real condition: the default --init imagenet fails fast, before decoding images."""
+    import time
+
+    pytest.importorskip("segmentation_models_pytorch")
+    cache = tmp_path / "cache"
+    if command == "train":
+        argv = [
+            "train",
+            "--data",
+            str(synth_roots[0]),
+            "--out",
+            str(tmp_path / "r"),
+            "--backbone",
+            "resnet18",
+        ]
+    else:
+        argv = ["segment", "train", "--data", str(synth_roots[0]), "--out", str(tmp_path / "r")]
+    start = time.monotonic()
+    assert main([*argv, "--cache-dir", str(cache)] if command == "train" else argv) == 2
+    assert time.monotonic() - start < 15
+    err = _error(capsys)
+    assert "ImageNet weights" in err and "--init none" in err
+    assert not (tmp_path / "r").exists() and not cache.exists()

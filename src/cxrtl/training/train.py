@@ -178,6 +178,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
     elif resume_payload is None:
         check_out_dir(run_dir, cfg.overwrite)
     split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
+    if resume_payload is None and cfg.init == "imagenet" and not cfg.pretrained_file:
+        from ..model import imagenet_weights_offline
+
+        imagenet_weights_offline(cfg.backbone or DEFAULT_BACKBONE)  # offline: one line now, before any cache
     pp, prepared = _prepare(cfg, info, device, split_csv)
     if info.is_main:
         _warn_patient_leak(prepared.split)
