@@ -153,3 +153,13 @@ def test_offline_imagenet_init_is_one_line_in_seconds_before_any_cache(
     err = _error(capsys)
     assert "ImageNet weights" in err and "--init none" in err
     assert not (tmp_path / "r").exists() and not cache.exists()
+
+
+def test_a_folder_walk_says_what_it_skipped(tmp_path, caplog):
+    from cxrtl.data.inputs import collect_inputs
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(b"")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    assert collect_inputs([tmp_path / "in"]) == [tmp_path / "in" / "a.png"]
+    assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text

@@ -228,7 +228,14 @@ def _build(
         _copy(metrics_path, stage / "metrics.json")
     if segmenter is not None:
         _segmenter_files(Path(segmenter), stage, exporter, opset or DEFAULT_OPSET)
-    export_onnx(stage, stage / "model.onnx", exporter=exporter, opset=opset or DEFAULT_OPSET, verify=verify)
+    export_onnx(
+        stage,
+        stage / "model.onnx",
+        exporter=exporter,
+        opset=opset or DEFAULT_OPSET,
+        verify=verify,
+        label=f"{src} to the bundle's model.onnx",
+    )
 
 
 def _finish(src: Path, stage: Path, quant: dict | None, leakage_check: bool, license_id: str, progress: bool):
