@@ -102,7 +102,8 @@ def best_of(fn, repeats: int) -> float:
 def write_vs_predict(run: Path, seg: Path, folder: Path, side: int, repeats: int) -> None:
     from pydicom.uid import generate_uid
 
-    from cxrtl.inference.dicom_out import DicomWriter, MaskKeeper, ModelIdentity, read_source
+    from cxrtl.inference.dicom_out import DicomWriter, ModelIdentity
+    from cxrtl.inference.dicom_source import MaskKeeper, read_source
     from cxrtl.inference.predict import Predictor
 
     src = write_dx(folder / "one.dcm", side, generate_uid(), generate_uid(), 1)

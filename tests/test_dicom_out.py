@@ -378,7 +378,8 @@ def test_pacs_options_need_a_dicomweb_input(tmp_path, capsys):
 
 
 def test_the_ood_flag_is_reported_where_the_row_has_one(tmp_path):
-    from cxrtl.inference.dicom_out import DicomWriter, ModelIdentity, read_source
+    from cxrtl.inference.dicom_out import DicomWriter, ModelIdentity
+    from cxrtl.inference.dicom_source import read_source
     from cxrtl.inference.predict import Prediction
 
     src = read_source(source_dicom(tmp_path / "a.dcm", radiograph(40, 40)))

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     remote = _check_pacs_args(args)
     pacs = None
     if args.dicom_out or args.store:
-        from ..inference.dicom_out import check_out_dir, require_highdicom
+        from ..inference.dicom_out import require_highdicom
+        from ..inference.dicom_source import check_out_dir
 
         require_highdicom()
         if args.dicom_out:
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         masks = find_masks(images, args.mask, args.mask_dir)
         writer = keeper = None
         if args.dicom_out or args.store:
-            from ..inference.dicom_out import DicomWriter, MaskKeeper, ModelIdentity
+            from ..inference.dicom_out import DicomWriter, ModelIdentity
+            from ..inference.dicom_source import MaskKeeper
 
             out = args.dicom_out or stack.enter_context(tempfile.TemporaryDirectory(prefix="cxrtl-results-"))
             writer = DicomWriter(out, ModelIdentity.of(predictor, _model_name(args.model)))
@@ -247,7 +249,7 @@ def _int(value) -> int:
 def _write_dicom(writer, rows, keeper, names) -> dict[int, list]:
     """The DICOM objects of each predicted DICOM row; a row that cannot have them gets the error."""
     from ..errors import CxrtlError
-    from ..inference.dicom_out import is_dicom_input, non_dicom_note, read_source
+    from ..inference.dicom_source import is_dicom_input, non_dicom_note, read_source
 
     written: dict[int, list] = {}
     not_dicom = []

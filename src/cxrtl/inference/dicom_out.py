@@ -14,18 +14,17 @@ For each DICOM input, :class:`DicomWriter` builds with highdicom (the optional `
   below the image (``BurnedInAnnotation`` YES).
 
 Each object joins the source's study (highdicom copies the patient and study attributes the IOD requires
-from the source, and nothing else), sits in a new series per kind (:data:`SERIES`; one series per study,
-kind and run), references its source image by Study, Series and SOP Instance UID, and gets UIDs from
-pydicom's generator. Class names are coded in the private scheme :data:`SCHEME` (code value and meaning =
-the class name), which each SR declares in its Coding Scheme Identification Sequence.
+from the source header that :func:`cxrtl.inference.dicom_source.read_source` trimmed to them), sits in a
+new series per kind (:data:`SERIES`; one series per study, kind and run), references its source image by
+Study, Series and SOP Instance UID, and gets UIDs from pydicom's generator. Class names are coded in the
+private scheme :data:`SCHEME` (code value and meaning = the class name), which each SR declares in its
+Coding Scheme Identification Sequence.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CxrtlError
+from .dicom_source import check_out_dir, orientation, reference
 
 log = logging.getLogger(__name__)
 
@@ -114,97 +114,6 @@ class ModelIdentity:
         if self.segmenter:
             out.append(f"segmenter: {self.segmenter}")
         return out
-
-
-# ------------------------------------------------------------------------------------------ sources
-def read_source(path: str | os.PathLike):
-    """The header of a DICOM input (no pixel data), checked for the UIDs its results need to join it.
-
-    Raises:
-        CxrtlError: it has no Study, Series or SOP Instance UID (such a file came from outside a PACS).
-    """
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not ds.get(k)]
-    if missing:
-        raise CxrtlError(
-            f"{path}: no {' or '.join(missing)} in the DICOM header, so its results cannot join its study; "
-            "give the DICOM as the PACS stored it, or leave out --dicom-out"
-        )
-    return minimal_source(ds)
-
-
-# What a result object may take from its source: the patient and study attributes the IODs require (Patient
-# and General Study modules, types 1 and 2), the source's identity, and the image attributes that describe
-# its pixel grid. highdicom copies whole modules from the dataset it is given, so it is given only these.
-PATIENT_STUDY = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyInstanceUID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
-)
-SOURCE_IMAGE = (
-    "SpecificCharacterSet",
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "Rows",
-    "Columns",
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "NumberOfFrames",
-    "PixelSpacing",
-    "ImagerPixelSpacing",
-    "PatientOrientation",
-    "ViewPosition",
-    "BodyPartExamined",
-    "Laterality",
-    "ImageLaterality",
-)
-
-
-def minimal_source(ds):
-    """A copy of a source header holding only :data:`PATIENT_STUDY` and :data:`SOURCE_IMAGE` attributes."""
-    from pydicom.dataset import Dataset
-
-    out = Dataset()
-    for keyword in PATIENT_STUDY + SOURCE_IMAGE:
-        if keyword in ds:
-            out[keyword] = ds[keyword]
-    for keyword in PATIENT_STUDY[:4] + PATIENT_STUDY[5:]:  # type 2: present, empty when unknown
-        if keyword not in out:
-            setattr(out, keyword, "")
-    return out
-
-
-def _orientation(source) -> Any:
-    value = source.get("PatientOrientation")
-    return value if value is not None else ""
-
-
-def _reference(source):
-    """A Referenced Series Sequence item pointing at the source image (Series and SOP Instance UIDs)."""
-    from pydicom.dataset import Dataset
-
-    inst = Dataset()
-    inst.ReferencedSOPClassUID = source.SOPClassUID
-    inst.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    series = Dataset()
-    series.SeriesInstanceUID = source.SeriesInstanceUID
-    series.ReferencedInstanceSequence = [inst]
-    return series
 
 
 # ------------------------------------------------------------------------------------------ the writer
@@ -403,7 +312,7 @@ class DicomWriter:
             series_description=SERIES["SEG"][1],
             omit_empty_frames=False,
         )
-        seg.PatientOrientation = _orientation(source)  # type 2C without a frame of reference: as the source
+        seg.PatientOrientation = orientation(source)  # type 2C without a frame of reference: as the source
         return seg
 
     # --------------------------------------------------------------------------------- SC
@@ -431,7 +340,7 @@ class DicomWriter:
             series_description=SERIES["SC"][1],
             software_versions=self.model.version,
         )
-        sc.PatientOrientation = _orientation(source)
+        sc.PatientOrientation = orientation(source)
         if source.get("Laterality"):  # type 2C, for paired body parts: as the source says
             sc.Laterality = source.Laterality
         elif source.get("BodyPartExamined"):  # an unpaired part (the chest) needs none
@@ -444,9 +353,9 @@ class DicomWriter:
         )
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.DerivationDescription = _lo("Grad-CAM overlay on the source image (cxrtl)")
-        reference = _reference(source)
-        sc.SourceImageSequence = reference.ReferencedInstanceSequence  # SOP Class and Instance UIDs
-        sc.ReferencedSeriesSequence = [reference]  # Series and SOP Instance UIDs
+        ref = reference(source)
+        sc.SourceImageSequence = ref.ReferencedInstanceSequence  # SOP Class and Instance UIDs
+        sc.ReferencedSeriesSequence = [ref]  # Series and SOP Instance UIDs
         return sc
 
 
@@ -488,57 +397,3 @@ def burn_disclaimer(rgb: np.ndarray, text: str = DISCLAIMER) -> np.ndarray:
     canvas.paste(Image.fromarray(rgb, mode="RGB"), (0, 0))
     ImageDraw.Draw(canvas).text((pad - left, h + pad - top), text, fill=(255, 255, 255), font=font)
     return np.asarray(canvas)
-
-
-def check_out_dir(path: Path) -> None:
-    """``--dicom-out DIR`` must be a folder (created if missing), never an existing file."""
-    from ..fsutil import ensure_dir
-
-    if path.exists() and not path.is_dir():
-        raise CxrtlError(f"--dicom-out {path} is a file; give a folder for the DICOM results")
-    ensure_dir(path)
-
-
-# ------------------------------------------------------------------------------------------ masks
-class MaskKeeper:
-    """Keeps each lung mask a segmenter predicts (on disk, bit-packed) until its SEG is written.
-
-    Install as ``predictor.mask_hook``; :meth:`get` returns the 0/255 mask of a path, or None.
-    """
-
-    def __init__(self) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="cxrtl-masks-")
-        self._files: dict[str, tuple[Path, tuple[int, int]]] = {}
-
-    def __call__(self, path: str, mask: np.ndarray) -> None:
-        f = Path(self._dir.name) / f"{len(self._files)}.npy"
-        np.save(f, np.packbits(np.asarray(mask) > 127))
-        self._files[str(path)] = (f, (int(mask.shape[0]), int(mask.shape[1])))
-
-    def get(self, path: str) -> np.ndarray | None:
-        if str(path) not in self._files:
-            return None
-        f, (h, w) = self._files[str(path)]
-        bits = np.unpackbits(np.load(f), count=h * w)
-        return bits.reshape(h, w).astype(np.uint8) * 255
-
-    def close(self) -> None:
-        self._dir.cleanup()
-
-
-def is_dicom_input(path: str | os.PathLike) -> bool:
-    from ..data.dicom import is_dicom
-
-    return is_dicom(path)
-
-
-def non_dicom_note(paths: Iterable[str]) -> str | None:
-    """The one-line note for inputs that get no DICOM output (PNG, JPEG, ...), or None."""
-    paths = list(paths)
-    if not paths:
-        return None
-    shown = ", ".join(paths[:3]) + (" ..." if len(paths) > 3 else "")
-    return (
-        f"{len(paths)} input(s) are not DICOM and get no DICOM output ({shown}); "
-        "results join a study only for DICOM inputs"
-    )
