@@ -39,10 +39,10 @@ LATEST_TESTS ?= tests/test_hub.py tests/test_hub_failures.py tests/test_tracking
 	tests/test_dicom.py tests/test_dicom_codecs.py tests/test_dicom_corpus.py \
 	tests/test_export.py tests/test_quantize.py tests/test_bundle.py tests/test_bundle_segmenter.py \
 	tests/test_segment.py tests/test_segment_hygiene.py tests/test_segment_metrics.py \
-	tests/test_dicom_out.py tests/test_pacs.py
+	tests/test_dicom_out.py tests/test_pacs.py tests/test_listen.py
 EXTRAS_PKGS  := huggingface-hub httpx httpx2 mlflow mlflow-skinny fastapi uvicorn python-multipart pydicom \
 	pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg onnx onnxruntime onnxscript segmentation-models-pytorch \
-	highdicom dicomweb-client timm torch torchvision
+	highdicom dicomweb-client pynetdicom timm torch torchvision
 
 latest-venv: $(STAMP)
 	rm -rf $(LATEST)

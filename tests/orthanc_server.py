@@ -56,8 +56,16 @@ def free_port() -> int:
 class Orthanc:
     """One Orthanc process; ``url`` is its REST root, ``dicomweb`` its DICOMweb root."""
 
-    def __init__(self, folder: Path, lua: str | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        lua: str | None = None,
+        headers: dict[str, str] | None = None,
+        modalities: dict[str, list] | None = None,
+    ):
+        """``modalities``: DICOM peers (``{"name": [AE, host, port]}``); with them the DICOM server is on."""
         self.folder = Path(folder)
+        self.modalities = modalities
         self.lua = lua
         self.headers = dict(headers or {})  # what the readiness check and uploads send (a filter's token)
         self.port = free_port()
@@ -79,7 +87,10 @@ class Orthanc:
             "Name": "cxrtl-test",
             "HttpPort": self.port,
             "DicomPort": self.dicom_port,
-            "DicomServerEnabled": False,
+            "DicomServerEnabled": self.modalities is not None,
+            "DicomAet": "ORTHANC",
+            "DicomModalities": self.modalities or {},
+            "DicomCheckCalledAeTitle": False,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "StorageDirectory": str(db),
@@ -142,8 +153,16 @@ class Orthanc:
             body = resp.read()
         return json.loads(body) if body else None
 
+    def _request_raw(self, path: str) -> bytes:
+        req = urllib.request.Request(self.url + path, headers=dict(self.headers))
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.read()
+
     def get(self, path: str):
         return self._request("GET", path)
+
+    def post(self, path: str, body) -> object:
+        return self._request("POST", path, json.dumps(body).encode(), "application/json")
 
     def upload(self, path: str | Path) -> dict:
         """Store one DICOM file through Orthanc's own REST API (POST /instances)."""

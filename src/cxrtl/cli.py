@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "push",
     "reproduce",
     "serve",
+    "listen",
     "segment",
     "migrate",
 )

@@ -31,8 +31,8 @@ class QuietThirdParty(logging.Filter):
 
 
 # Libraries whose INFO lines are progress chatter (the ONNX exporter's pass-by-pass log, highdicom's modules
-# copied, dicomweb-client's requests): WARNING unless -v.
-CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "highdicom", "dicomweb_client")
+# copied, dicomweb-client's requests, pynetdicom's associations): WARNING unless -v.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "highdicom", "dicomweb_client", "pynetdicom")
 
 
 def configure_logging(verbose: bool = False) -> None:
