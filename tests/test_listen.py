@@ -91,3 +91,38 @@ def test_a_bad_forward_address_is_one_line(tmp_path, capsys):
     assert main(["listen", str(run), "--forward", "ORTHANC-localhost-4242"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("cxrtl: error: --forward") and "AE@HOST:PORT" in line
+
+
+def test_a_full_queue_refuses_with_out_of_resources(tmp_path):
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE
+
+    from cxrtl.inference.dicom_out import DicomWriter, ModelIdentity
+    from cxrtl.inference.listener import OUT_OF_RESOURCES, Destination, Listener
+    from cxrtl.inference.predict import Predictor
+
+    run = make_run(tmp_path / "run", Preprocess(input="raw", channels=1, image_size=32))
+    predictor = Predictor.from_checkpoint(run)
+    writer = DicomWriter(None, ModelIdentity.of(predictor, "run"))
+    port = orthanc_server.free_port()
+    # one study may wait; a long settle keeps the first one waiting while the second arrives
+    node = Listener(predictor, writer, Destination("NOWHERE", "127.0.0.1", 9), settle=600, max_queue=1)
+    node.start("127.0.0.1", port)
+    try:
+        a = pydicom.dcmread(
+            source_dicom(tmp_path / "a.dcm", radiograph(40, 40, seed=1), study=generate_uid())
+        )
+        b = pydicom.dcmread(
+            source_dicom(tmp_path / "b.dcm", radiograph(40, 40, seed=2), study=generate_uid())
+        )
+        ae = AE(ae_title="SENDER")
+        ae.add_requested_context(a.SOPClassUID, a.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXRTL")
+        assert assoc.is_established
+        assert assoc.send_c_store(a).Status == 0
+        assert assoc.send_c_store(b).Status == OUT_OF_RESOURCES  # the sender is told to retry later
+        assoc.release()
+        assert [p.name for p in node._work.iterdir()] == [a.StudyInstanceUID]
+    finally:
+        node.stop()
+    assert not node._work.exists()  # nothing received is left behind
