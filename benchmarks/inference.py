@@ -10,14 +10,16 @@ On a shared machine only the ratios are meaningful. Usage: python benchmarks/inf
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: int = 299) -> list[Path]:
@@ -55,46 +57,40 @@ class PinnedThreads:
 
 
 def measure(
-    predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int, rounds: int = 1
-) -> dict:
-    """Per backend: median single-image latency (ms), best batch throughput (img/s), median CPU ms per call.
+    predictors: dict, files: list[Path], samples: int, batch_size: int, batch_images: int
+) -> tuple[dict, dict]:
+    """Per backend: single-image timings (one file per call) and batch timings, all backends interleaved.
 
-    The backends take turns call by call, so load from other processes on a shared machine hits all of
-    them alike and the ratios stay meaningful.
+    The backends take turns sample by sample (``benchmarks/_timing.py``: at least 0.5 s per sample), so
+    load from other processes on a shared machine hits all of them alike and the ratios stay meaningful.
     """
     batch = files[:batch_images]
+
+    def one(pred):
+        state = {"i": 0}
+
+        def op() -> None:
+            state["i"] = (state["i"] + 1) % len(files)
+            pred.predict([files[state["i"]]])
+
+        return op
+
     for pred in predictors.values():  # warm-up: allocator, thread pools, first-call graph work
-        pred.predict(files[:2])
         pred.predict(files[:2], batch_size=2)
-    single = {name: [] for name in predictors}
-    cpu = {name: [] for name in predictors}
-    bulk = {name: float("inf") for name in predictors}
-    for i in range(repeats):
-        for name, pred in predictors.items():
-            t, c = time.perf_counter(), time.process_time()
-            pred.predict([files[i % len(files)]])
-            single[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
-    for _ in range(rounds):
-        for name, pred in predictors.items():
-            t = time.perf_counter()
-            pred.predict(batch, batch_size=batch_size)
-            bulk[name] = min(bulk[name], time.perf_counter() - t)
-    return {
-        name: (
-            statistics.median(single[name]) * 1000.0,
-            len(batch) / bulk[name],
-            statistics.median(cpu[name]) * 1000.0,
-        )
-        for name in predictors
-    }
+    single = interleaved({name: one(pred) for name, pred in predictors.items()}, samples=samples)
+    bulk = interleaved(
+        {name: lambda p=pred: p.predict(batch, batch_size=batch_size) for name, pred in predictors.items()},
+        samples=max(3, samples // 2),
+    )
+    return single, bulk
 
 
 def main(argv: list[str] | None = None) -> int:
+    bench = Bench("inference")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="densenet121")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=10, help="single-image calls per backend")
+    ap.add_argument("--samples", type=int, default=5, help="interleaved single-image samples per backend")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument(
@@ -104,10 +100,10 @@ def main(argv: list[str] | None = None) -> int:
         help="ONNX exporter (default torchscript: same graph speed, export seconds instead of "
         "a minute on a busy 2-core machine)",
     )
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="128 px, 3 samples, batch of 8 (smoke run)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.repeats, args.batch_images = 3, 8
+        args.samples, args.batch_images, args.image_size = 3, 8, 128
 
     import torch
 
@@ -118,10 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrtl.inference.predict import Predictor
     from cxrtl.model import create_model
 
-    print(
-        f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"backbone {args.backbone} at {args.image_size}, fp32"
-    )
+    print(f"torch {torch.get_num_threads()} threads, backbone {args.backbone} at {args.image_size}, fp32")
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
@@ -136,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         onnx_path = export_onnx(tmp / "run", tmp / "model.onnx", exporter=args.exporter)
         print(f"export ({args.exporter}) + verification: {time.perf_counter() - t:.1f} s")
-        files = make_images(tmp / "img", max(args.batch_images, args.repeats, 8))
+        files = make_images(tmp / "img", max(args.batch_images, 8))
 
         eager = Predictor.from_checkpoint(tmp / "run")
         ort = Predictor.from_checkpoint(onnx_path)
@@ -165,20 +158,29 @@ def main(argv: list[str] | None = None) -> int:
             # than with 1 while other jobs ran), so the baseline is eager's best thread setting.
             predictors["pytorch eager (1 thr)"] = PinnedThreads(eager, 1)
         predictors.update({"onnxruntime default": plain, "onnxruntime tuned": ort})
-        results = measure(predictors, files, args.repeats, args.batch_size, args.batch_images)
-        for name, (lat, thr, cpu_ms) in results.items():
+        single, bulk = measure(predictors, files, args.samples, args.batch_size, args.batch_images)
+        for name in predictors:
             print(
-                f"{name:22s} single-image latency {lat:7.1f} ms (cpu {cpu_ms:7.1f} ms)   "
-                f"batch-{args.batch_size} throughput {thr:6.1f} img/s"
+                f"{name:22s} single image {single[name].describe()}; "
+                f"batch {args.batch_size}: {bulk[name].describe(per=args.batch_images)}"
             )
-        eager_names = [n for n in results if n.startswith("pytorch")]
-        best_lat = min(eager_names, key=lambda n: results[n][0])
-        best_thr = max(eager_names, key=lambda n: results[n][1])
-        ort_lat, ort_thr, _ = results["onnxruntime tuned"]
+        eager_names = [n for n in predictors if n.startswith("pytorch")]
+        best_lat = min(eager_names, key=lambda n: single[n].median)
+        best_thr = min(eager_names, key=lambda n: bulk[n].median)
         print(f"baseline: {best_lat} for latency, {best_thr} for throughput")
-        print(f"batch throughput speedup: {ort_thr / results[best_thr][1]:.2f}x")
-        print(f"inference speedup: {results[best_lat][0] / ort_lat:.2f}x")
-    return 0
+        bench.timings(single, prefix="single ")
+        bench.timings(bulk, prefix=f"batch{args.batch_size} ")
+        bench.figure("max_prob_diff", diff)
+        thr = ratio(bulk[best_thr], bulk["onnxruntime tuned"])
+        bench.figure("batch speedup", thr)
+        print(
+            f"batch throughput speedup: {thr:.2f}x ({ratio_note(bulk[best_thr], bulk['onnxruntime tuned'])})"
+        )
+        return bench.headline(
+            "inference speedup",
+            ratio(single[best_lat], single["onnxruntime tuned"]),
+            ratio_note(single[best_lat], single["onnxruntime tuned"]),
+        )
 
 
 if __name__ == "__main__":

@@ -382,6 +382,8 @@ def _int8(f: dict) -> list[str]:
         f"- Largest probability difference: {q['max_prob_diff']:.4f}; predicted labels agree on "
         f"{_pct(q['label_agreement'])} of images.",
     ]
+    if q.get("speed_cpu"):  # the int8 speed-up depends on the CPU (VNNI/AMX), so it names the one measured on
+        lines.append(f"- Speed: int8 {q['speedup']:.2f}x fp32 over that pass, measured on {q['speed_cpu']}.")
     if q.get("warning"):
         lines.append(f"- **Warning:** {q['warning']}")
     return [*lines, ""]

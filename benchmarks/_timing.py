@@ -1,0 +1,176 @@
+"""Timing shared by every benchmark: interleaved samples long enough to measure, and the machine they ran on.
+
+On a shared 2-core machine one timing of a few tens of milliseconds is decided by the scheduler, not by the
+code. So every ratio a benchmark reports comes from :func:`interleaved`:
+
+* the sides of a comparison are timed **interleaved** (A, B, A, B, ...), so drift in the machine's load
+  hits both alike;
+* each **sample** is at least ``min_sample_s`` (0.5 s) of work: the operation is repeated inside the
+  sample as often as its calibration call says is needed (and at least ``min_repeats`` times);
+* each side reports the **min and median** time per operation over its samples, with the sample count;
+  the headline ratio is the ratio of the two **medians**, and :func:`headline` says so on the last line.
+
+:class:`Bench` prints the machine (:func:`cxrtl.machine.describe`) as the first line of a benchmark's
+output, collects its figures, and writes them as JSON to ``$CXRTL_BENCH_JSON`` when that is set
+(``benchmarks/run_all.py`` and ``make bench`` set it and merge the files into ``benchmarks/results.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from cxrtl import machine  # noqa: E402
+from cxrtl.fsutil import write_text  # noqa: E402
+
+MIN_SAMPLE_S = 0.5
+JSON_ENV = "CXRTL_BENCH_JSON"
+
+
+@dataclass
+class Timing:
+    """Seconds per operation of one side of a comparison, one value per interleaved sample."""
+
+    name: str
+    per_op: list[float] = field(default_factory=list)
+    repeats: int | None = 1  # operations per sample (None: a sum of other timings' samples)
+    sample_s: list[float] = field(default_factory=list)  # wall seconds of each whole sample
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.per_op)
+
+    @property
+    def min(self) -> float:
+        return min(self.per_op)
+
+    @property
+    def n(self) -> int:
+        return len(self.per_op)
+
+    def describe(self, unit: str = "auto", per: int | None = None) -> str:
+        """``median 12.3 ms, min 11.9 ms [7 samples x 40 ops, >= 0.52 s each]``; ``per`` adds items/s."""
+        if unit == "auto":
+            unit = "s" if self.median >= 1 else "ms"
+        scale = {"ms": 1e3, "s": 1.0}[unit]
+        text = f"median {self.median * scale:.3g} {unit}, min {self.min * scale:.3g} {unit}"
+        if per:
+            text += f" ({per / self.median:.1f} img/s)"
+        ops = f" x {self.repeats} ops" if self.repeats else ""
+        return f"{text} [{self.n} samples{ops}, >= {min(self.sample_s):.2f} s each]"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "median_s": self.median,
+            "min_s": self.min,
+            "samples": self.n,
+            "ops_per_sample": self.repeats,
+            "per_op_s": self.per_op,
+        }
+
+
+def interleaved(
+    ops: dict[str, Callable[[], Any]],
+    samples: int = 5,
+    min_sample_s: float = MIN_SAMPLE_S,
+    min_repeats: dict[str, int] | int = 1,
+    warmup: int = 1,
+) -> dict[str, Timing]:
+    """Time each op in ``ops`` over ``samples`` interleaved samples of at least ``min_sample_s`` each.
+
+    Every op is first called ``warmup`` times (untimed), then once more timed, which sets how many times
+    it is repeated inside a sample. The samples then go round-robin: op 1 sample 1, op 2 sample 1, ...,
+    op 1 sample 2, and so on.
+    """
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    floors = min_repeats if isinstance(min_repeats, dict) else dict.fromkeys(ops, min_repeats)
+    result = {}
+    for name, fn in ops.items():
+        for _ in range(warmup):
+            fn()
+        t = time.perf_counter()
+        fn()
+        once = time.perf_counter() - t
+        repeats = max(floors.get(name, 1), math.ceil(min_sample_s / max(once, 1e-6)))
+        result[name] = Timing(name, repeats=repeats)
+    for _ in range(samples):
+        for name, fn in ops.items():
+            timing = result[name]
+            t = time.perf_counter()
+            for _ in range(timing.repeats):
+                fn()
+            seconds = time.perf_counter() - t
+            timing.sample_s.append(seconds)
+            timing.per_op.append(seconds / timing.repeats)
+    return result
+
+
+def ratio(slow: Timing, fast: Timing) -> float:
+    """``slow`` median over ``fast`` median: how many times faster ``fast`` is."""
+    return slow.median / fast.median
+
+
+def ratio_note(slow: Timing, fast: Timing) -> str:
+    return (
+        f"ratio of medians, {slow.name} / {fast.name}, {min(slow.n, fast.n)} interleaved samples each "
+        f"(per-sample ratios {min(_pairwise(slow, fast)):.2f}-{max(_pairwise(slow, fast)):.2f})"
+    )
+
+
+def _pairwise(slow: Timing, fast: Timing) -> list[float]:
+    return [a / b for a, b in zip(slow.per_op, fast.per_op, strict=False)]
+
+
+class Bench:
+    """One benchmark's output: the machine first, figures collected, the headline last (and as JSON)."""
+
+    def __init__(self, name: str, gpu: bool = True):
+        self.name = name
+        self.started = time.perf_counter()
+        self.machine = machine.describe(gpu=gpu)
+        self.figures: dict[str, Any] = {}
+        print(machine.summary(self.machine), flush=True)
+
+    def figure(self, key: str, value: Any) -> None:
+        """A figure for results.json (timings as :meth:`Timing.as_dict`)."""
+        self.figures[key] = value.as_dict() if isinstance(value, Timing) else value
+
+    def timings(self, timings: dict[str, Timing], prefix: str = "") -> None:
+        for key, t in timings.items():
+            self.figure(prefix + key, t)
+
+    def headline(
+        self, label: str, value: float, note: str, unit: str = "x", higher_is_better: bool = True
+    ) -> int:
+        """Print the last line ``<label>: <value><unit> (<note>)`` and write the JSON file if asked."""
+        text = f"{value:.{2 if abs(value) < 100 else 1}f}{unit}"
+        print(f"{label}: {text} ({note})", flush=True)
+        out = os.environ.get(JSON_ENV)
+        if out:
+            record = {
+                "benchmark": self.name,
+                "headline": {
+                    "label": label,
+                    "value": value,
+                    "unit": unit.strip(),
+                    "note": note,
+                    "higher_is_better": higher_is_better,
+                },
+                "figures": self.figures,
+                "machine": self.machine,
+                "argv": sys.argv[1:],
+                "wall_s": time.perf_counter() - self.started,
+            }
+            write_text(out, json.dumps(record, indent=1, default=float) + "\n")
+        return 0
