@@ -88,9 +88,9 @@ def interleaved(
 ) -> dict[str, Timing]:
     """Time each op in ``ops`` over ``samples`` interleaved samples of at least ``min_sample_s`` each.
 
-    Every op is first called ``warmup`` times (untimed), then once more timed, which sets how many times
-    it is repeated inside a sample. The samples then go round-robin: op 1 sample 1, op 2 sample 1, ...,
-    op 1 sample 2, and so on.
+    Every op is first called ``warmup`` times (untimed), then timed once (or up to 3 times while that adds up
+    to less than ``min_sample_s``): its fastest call sets how many times it is repeated inside a sample.
+    The samples then go round-robin: op 1 sample 1, op 2 sample 1, ..., op 1 sample 2, and so on.
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -99,10 +99,12 @@ def interleaved(
     for name, fn in ops.items():
         for _ in range(warmup):
             fn()
-        t = time.perf_counter()
-        fn()
-        once = time.perf_counter() - t
-        repeats = max(floors.get(name, 1), math.ceil(min_sample_s / max(once, 1e-6)))
+        calls: list[float] = []  # the fastest of up to 3 calls: one slowed by a busy moment would set too few
+        while not calls or (len(calls) < 3 and sum(calls) < min_sample_s):
+            t = time.perf_counter()
+            fn()
+            calls.append(time.perf_counter() - t)
+        repeats = max(floors.get(name, 1), math.ceil(min_sample_s / max(min(calls), 1e-6)))
         result[name] = Timing(name, repeats=repeats)
     for _ in range(samples):
         for name, fn in ops.items():
@@ -133,14 +135,47 @@ def _pairwise(slow: Timing, fast: Timing) -> list[float]:
 
 
 class Bench:
-    """One benchmark's output: the machine first, figures collected, the headline last (and as JSON)."""
+    """One benchmark's output: the machine first, figures collected, the headline last (and as JSON).
+
+    ``--threads N`` (added by :meth:`add_arguments`) caps torch's threads in the benchmark's process and is
+    passed to onnxruntime sessions: on a busy shared machine two threads on two cores stall each other
+    (seen: densenet121 eager 2.7 s median with 2 threads, 0.33 s with 1, same minute), so the stability
+    runs use ``--threads 1``; the default is each library's own (all cores).
+    """
 
     def __init__(self, name: str, gpu: bool = True):
         self.name = name
         self.started = time.perf_counter()
-        self.machine = machine.describe(gpu=gpu)
+        self.gpu = gpu
+        self.machine: dict[str, Any] = {}
+        self.threads: int | None = None
         self.figures: dict[str, Any] = {}
-        print(machine.summary(self.machine), flush=True)
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch and onnxruntime threads (default: the libraries' own, all cores); 1 holds steadier "
+            "on a busy shared machine",
+        )
+
+    def start(self, threads: int | None = None) -> None:
+        """Print the machine line (first line of the output) and apply ``--threads``."""
+        self.threads = threads
+        if threads:
+            os.environ["OMP_NUM_THREADS"] = str(threads)  # for child processes (servers, memory probes)
+            if "torch" in sys.modules or self.gpu:
+                import torch
+
+                torch.set_num_threads(threads)
+        self.machine = machine.describe(gpu=self.gpu)
+        self.machine["threads"] = threads
+        used = (
+            f"{threads} thread{'s' if threads > 1 else ''} used" if threads else "threads: library defaults"
+        )
+        print(f"{machine.summary(self.machine)}; {used}", flush=True)
 
     def figure(self, key: str, value: Any) -> None:
         """A figure for results.json (timings as :meth:`Timing.as_dict`)."""

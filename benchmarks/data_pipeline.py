@@ -165,10 +165,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--dir", help="work folder (default: a temporary folder, removed afterwards)")
     args = parser.parse_args(argv)
+    bench.start(args.threads)
     if args.quick:
         args.n = 60
     args.workers = args.workers or ([0] if args.quick else [0, min(2, os.cpu_count() or 1)])
-    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cxrtl-bench-"))
     try:

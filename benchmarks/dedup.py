@@ -80,7 +80,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jpeg", type=int, default=60, help="~2000x1600 JPEGs to hash")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--samples", type=int, default=3, help="cold-hashing samples per set (default 3)")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
     from cxrtl.integrity import duplicates, hashing
 
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-dedup-") as tmp:

@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3, help="interleaved samples per file (default 3)")
     parser.add_argument("--out", help="keep the files here (default: a temporary folder)")
+    Bench.add_arguments(parser)
     args = parser.parse_args(argv)
+    bench.start(args.threads)
 
     import torch
 

@@ -39,6 +39,7 @@ def _probs(out: Path) -> np.ndarray:
 
 def main() -> int:
     bench = Bench("eval_precision")
+    bench.start()
     import torch
 
     if DEVICE == "cuda" and not torch.cuda.is_available():

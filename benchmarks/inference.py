@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "a minute on a busy 2-core machine)",
     )
     ap.add_argument("--quick", action="store_true", help="128 px, 3 samples, batch of 8 (smoke run)")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
     if args.quick:
         args.samples, args.batch_images, args.image_size = 3, 8, 128
 
@@ -132,20 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         files = make_images(tmp / "img", max(args.batch_images, 8))
 
         eager = Predictor.from_checkpoint(tmp / "run")
-        ort = Predictor.from_checkpoint(onnx_path)
+        ort = Predictor.from_checkpoint(onnx_path, threads=args.threads)
         diff = float(np.abs(eager.predict(files[:8]) - ort.predict(files[:8])).max())
         print(f"max |p_onnx - p_torch| over 8 files: {diff:.2e}")
 
-        # onnxruntime with its default session options, to show what the tuning buys.
+        # onnxruntime with its default session options (but --threads), to show what the tuning buys.
         import onnxruntime as ort_mod
 
+        default_options = ort_mod.SessionOptions()
+        default_options.intra_op_num_threads = args.threads or 0
+
         plain = Predictor(
-            OnnxBackend(ort_mod.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])),
+            OnnxBackend(
+                ort_mod.InferenceSession(str(onnx_path), default_options, providers=["CPUExecutionProvider"])
+            ),
             ort.classes,
             ort.spec,
             ort.temperature,
         )
-        so = session_options()
+        so = session_options(args.threads)
         print(
             f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
             f"{so.intra_op_num_threads or 'one per physical core'}, sequential, no spin-waiting"

@@ -93,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench("quantize")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="128 px, 8 calibration images (a smoke run)")
-    ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: physical cores)")
     ap.add_argument("--samples", type=int, default=7, help="interleaved samples per side (default 7)")
     ap.add_argument("--formats", action="store_true", help="also time onnxruntime's other int8 settings")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
     size, calibration = (128, 8) if args.quick else (224, 32)
     batch = 16
 

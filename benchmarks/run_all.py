@@ -4,7 +4,7 @@ Each benchmark runs in its own process, its output shown as it comes; it writes 
 named by ``$CXRTL_BENCH_JSON`` (``benchmarks/_timing.py``). Entries of benchmarks not run this time are
 kept from the existing results file; each entry names the machine it was measured on.
 
-    python benchmarks/run_all.py [--quick] [--only data_pipeline,quantize] [--out benchmarks/results.json]
+    python benchmarks/run_all.py [--quick[=NAME,...]] [--threads N] [--only NAME,...] [--out FILE]
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ BENCHMARKS = {
 }
 
 
-def run_one(name: str, quick: bool, tmp: Path) -> dict:
+def run_one(name: str, quick: bool, threads: int | None, tmp: Path) -> dict:
     out = tmp / f"{name}.json"
     cmd = [sys.executable, str(HERE / f"{name}.py"), *(BENCHMARKS[name] if quick else [])]
+    if threads and name != "eval_precision":  # the GPU-only check takes no arguments
+        cmd += ["--threads", str(threads)]
     src = str(HERE.parent / "src")
     env = {
         **os.environ,
@@ -64,8 +66,19 @@ def run_one(name: str, quick: bool, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller inner sizes for the long benchmarks")
+    ap.add_argument(
+        "--quick",
+        nargs="?",
+        const="all",
+        default="",
+        help="smaller inner sizes: for every benchmark, or for those named (comma-separated)",
+    )
     ap.add_argument("--only", help="comma-separated benchmark names (default: all)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="torch/onnxruntime threads for every benchmark (1 holds steadier on a busy machine)",
+    )
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args(argv)
     names = args.only.split(",") if args.only else list(BENCHMARKS)
@@ -82,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-json-") as tmp:
         for name in names:
-            entries[name] = run_one(name, args.quick, Path(tmp))
+            quick = args.quick == "all" or name in args.quick.split(",")
+            entries[name] = run_one(name, quick, args.threads, Path(tmp))
             failed += [name] if "failed" in entries[name] else []
             write_text(out, json.dumps(results, indent=1) + "\n")  # after each, so a stop keeps what ran
     print(f"\n{'benchmark':<15} headline")

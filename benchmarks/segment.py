@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench("segment")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=5, help="interleaved samples per side (default 5)")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
 
     import torch
 

@@ -45,10 +45,11 @@ def direct(predictor, files: list[Path], n: int):
     return lambda: pool.submit(run).result()
 
 
-def start_server(model: Path, backend: str) -> tuple[subprocess.Popen, str]:
+def start_server(model: Path, backend: str, threads: int | None) -> tuple[subprocess.Popen, str]:
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "cxrtl", "serve", str(model), "--port", "0", "--backend", backend]
+    cmd += ["--threads", str(threads)] if threads and backend == "onnx" else []  # torch: OMP_NUM_THREADS
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     line = proc.stdout.readline() if proc.stdout else ""
     if " at http" not in line:
@@ -93,7 +94,7 @@ def served(url: str, files: list[Path], n: int, clients: int, latencies: list[fl
 
 
 def bench_backend(bench: Bench, name: str, model: Path, predictor, files, args) -> float:
-    proc, url = start_server(model, name)
+    proc, url = start_server(model, name, args.threads)
     latencies: list[float] = []
     errors = [0]
     try:
@@ -138,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="onnx,torch")
     ap.add_argument("--workdir", help="folder for the model and images (default: a temporary folder)")
     ap.add_argument("--quick", action="store_true", help="a small smoke run")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
     if args.quick:
         args.image_size = 96
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         files = make_images(tmp / "img", 16)
         ratios = {}
         for name in args.backends.split(","):
-            predictor = Predictor.from_checkpoint(models[name])
+            predictor = Predictor.from_checkpoint(models[name], threads=args.threads)
             ratios[name] = bench_backend(bench, name, models[name], predictor, files, args)
     key = "onnx" if "onnx" in ratios else next(iter(ratios))
     return bench.headline("serve efficiency", ratios[key], f"{key}; {bench.figures[f'{key} note']}", unit="")

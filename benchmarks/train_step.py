@@ -228,6 +228,7 @@ def parse_args(argv):
     a("--memory-steps", type=int, default=3)
     a("--no-memory", action="store_true", help="skip the CPU peak-memory measurement")
     a("--_memory-child", action="store_true", help=argparse.SUPPRESS)
+    Bench.add_arguments(p)
     args = p.parse_args(argv)
     if args.warmup < 5:
         p.error("--warmup must be at least 5: the first steps allocate and autotune")
@@ -240,6 +241,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure_memory(args)))
         return 0
     bench = Bench("train_step")
+    bench.start(args.threads)
 
     from cxrtl.device import resolve_device, resolve_numerics
     from cxrtl.model import create_model
