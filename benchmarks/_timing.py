@@ -6,7 +6,7 @@ code. So every ratio a benchmark reports comes from :func:`interleaved`:
 * the sides of a comparison are timed **interleaved** (A, B, A, B, ...), so drift in the machine's load
   hits both alike;
 * each **sample** is at least ``min_sample_s`` (0.5 s) of work: the operation is repeated inside the
-  sample as often as its calibration call says is needed (and at least ``min_repeats`` times);
+  sample until it has lasted that long (and at least ``min_repeats`` times);
 * each side reports the **min and median** time per operation over its samples, with the sample count;
   the headline ratio is the ratio of the two **medians**, and :func:`headline` says so on the last line.
 
@@ -18,7 +18,6 @@ output, collects its figures, and writes them as JSON to ``$CXRTL_BENCH_JSON`` w
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import sys
@@ -43,7 +42,7 @@ class Timing:
 
     name: str
     per_op: list[float] = field(default_factory=list)
-    repeats: int | None = 1  # operations per sample (None: a sum of other timings' samples)
+    ops: list[int] = field(default_factory=list)  # operations in each sample (empty: a sum of other timings)
     sample_s: list[float] = field(default_factory=list)  # wall seconds of each whole sample
 
     @property
@@ -59,14 +58,17 @@ class Timing:
         return len(self.per_op)
 
     def describe(self, unit: str = "auto", per: int | None = None) -> str:
-        """``median 12.3 ms, min 11.9 ms [7 samples x 40 ops, >= 0.52 s each]``; ``per`` adds items/s."""
+        """``median 12.3 ms, min 11.9 ms [7 samples x 40-42 ops, >= 0.50 s each]``; ``per`` adds items/s."""
         if unit == "auto":
             unit = "s" if self.median >= 1 else "ms"
         scale = {"ms": 1e3, "s": 1.0}[unit]
         text = f"median {self.median * scale:.3g} {unit}, min {self.min * scale:.3g} {unit}"
         if per:
             text += f" ({per / self.median:.1f} img/s)"
-        ops = f" x {self.repeats} ops" if self.repeats else ""
+        ops = ""
+        if self.ops:
+            lo, hi = min(self.ops), max(self.ops)
+            ops = f" x {lo} op{'s' if hi > 1 else ''}" if lo == hi else f" x {lo}-{hi} ops"
         return f"{text} [{self.n} samples{ops}, >= {min(self.sample_s):.2f} s each]"
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,7 +76,7 @@ class Timing:
             "median_s": self.median,
             "min_s": self.min,
             "samples": self.n,
-            "ops_per_sample": self.repeats,
+            "ops_per_sample": self.ops,
             "per_op_s": self.per_op,
         }
 
@@ -88,33 +90,32 @@ def interleaved(
 ) -> dict[str, Timing]:
     """Time each op in ``ops`` over ``samples`` interleaved samples of at least ``min_sample_s`` each.
 
-    Every op is first called ``warmup`` times (untimed), then timed once (or up to 3 times while that adds up
-    to less than ``min_sample_s``): its fastest call sets how many times it is repeated inside a sample.
-    The samples then go round-robin: op 1 sample 1, op 2 sample 1, ..., op 1 sample 2, and so on.
+    Every op is first called ``warmup`` times (untimed). The samples then go round-robin: op 1 sample 1,
+    op 2 sample 1, ..., op 1 sample 2, and so on. Within a sample the op is repeated until the sample has
+    lasted ``min_sample_s`` (and at least ``min_repeats`` times); its time per op is the sample's time over
+    the number of calls.
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
     floors = min_repeats if isinstance(min_repeats, dict) else dict.fromkeys(ops, min_repeats)
-    result = {}
-    for name, fn in ops.items():
+    result = {name: Timing(name) for name in ops}
+    for fn in ops.values():
         for _ in range(warmup):
             fn()
-        calls: list[float] = []  # the fastest of up to 3 calls: one slowed by a busy moment would set too few
-        while not calls or (len(calls) < 3 and sum(calls) < min_sample_s):
-            t = time.perf_counter()
-            fn()
-            calls.append(time.perf_counter() - t)
-        repeats = max(floors.get(name, 1), math.ceil(min_sample_s / max(min(calls), 1e-6)))
-        result[name] = Timing(name, repeats=repeats)
     for _ in range(samples):
         for name, fn in ops.items():
-            timing = result[name]
+            floor, count = floors.get(name, 1), 0
             t = time.perf_counter()
-            for _ in range(timing.repeats):
+            while True:
                 fn()
-            seconds = time.perf_counter() - t
+                count += 1
+                seconds = time.perf_counter() - t
+                if count >= floor and seconds >= min_sample_s:
+                    break
+            timing = result[name]
             timing.sample_s.append(seconds)
-            timing.per_op.append(seconds / timing.repeats)
+            timing.ops.append(count)
+            timing.per_op.append(seconds / count)
     return result
 
 

@@ -8,7 +8,7 @@ of each set; a sample of cxrtl's is as many epochs from the cache as make at lea
 epoch. Last line: ``data pipeline speedup: <X>x``, the median plain epoch (both sets) over the median
 cached epoch (both sets), at the first worker count.
 
-    python benchmarks/data_pipeline.py [--n 200] [--workers 0,2] [--samples 3] [--quick]
+    python benchmarks/data_pipeline.py [--n 200] [--workers 0,2] [--samples 5] [--quick] [--threads 1]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def cached_epoch(loader: DataLoader, pp: Preprocess) -> int:
 
 def total(name: str, parts: list[Timing]) -> Timing:
     """Per-sample sums of interleaved timings: sample k of the total is sample k of each part, added."""
-    t = Timing(name, repeats=None)
+    t = Timing(name)
     t.per_op = [sum(p.per_op[k] for p in parts) for k in range(min(p.n for p in parts))]
     t.sample_s = [sum(p.sample_s[k] for p in parts) for k in range(min(p.n for p in parts))]
     return t
@@ -108,8 +108,8 @@ def bench_workers(bench: Bench, sets: dict[str, Path], work: Path, args, workers
         ops[f"plain {name}"] = lambda loader=plain: plain_epoch(loader, args.image_size)
         ops[f"cached {name}"] = lambda loader=cached: cached_epoch(loader, pp)
         floors[f"cached {name}"] = math.ceil(MIN_IMAGES_PER_SAMPLE / len(ds))
-    # warmup=0: the calibration call is each pipeline's untimed first epoch (workers start, files warm).
-    t = interleaved(ops, samples=args.samples, min_repeats=floors, warmup=0)
+    # one untimed epoch of each first (warmup=1): workers start, files come into the page cache
+    t = interleaved(ops, samples=args.samples, min_repeats=floors)
     n = sum(counts.values())
     for name in sets:
         p, c = t[f"plain {name}"], t[f"cached {name}"]
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--samples", type=int, default=3, help="interleaved samples per pipeline (default 3)")
+    parser.add_argument("--samples", type=int, default=5, help="interleaved samples per pipeline (default 5)")
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             )
 
         sets = {"png": png, "jpeg": jpg}
-        t = interleaved({k: lambda p=p: cold(p) for k, p in sets.items()}, samples=args.samples, warmup=0)
+        t = interleaved({k: lambda p=p: cold(p) for k, p in sets.items()}, samples=args.samples)
         cache = tmp / "cache"
         rates = {}
         for name, paths in sets.items():
