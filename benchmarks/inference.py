@@ -111,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.inference.backends import OnnxBackend, session_options
+    from cxrtl.inference.backends import OnnxBackend
     from cxrtl.inference.export import export_onnx
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
+    from cxrtl.onnx_session import session_options
+    from cxrtl.transfer import create_model
 
     print(f"torch {torch.get_num_threads()} threads, backbone {args.backbone} at {args.image_size}, fp32")
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-") as tmp:

@@ -59,7 +59,7 @@ def export_fp32(folder: Path, size: int) -> Path:
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.export import export_onnx
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     torch.manual_seed(0)
     model = create_model(

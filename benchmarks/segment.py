@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.backends import TorchBackend
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
     from cxrtl.segmentation.model import DECODER_CHANNELS, DEFAULT_ENCODER, build_segmenter
     from cxrtl.segmentation.predict import Segmenter
+    from cxrtl.transfer import create_model
 
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (512, 512), dtype=np.uint8)
