@@ -3,8 +3,10 @@
 Measures single-image latency (decode + preprocess + forward + softmax, one file per call) and batch
 throughput for both backends in one run, on the same synthetic 299x299 PNG radiographs (the COVID-19
 Radiography Database's size) and an untrained DenseNet-121 checkpoint (weights do not change speed).
-The last line is the onnxruntime single-image speed-up over eager: ``inference speedup: <X>x``.
-On a shared machine only the ratios are meaningful. Usage: python benchmarks/inference.py [--quick]
+The backends are timed interleaved (``benchmarks/_timing.py``: samples of at least 0.5 s, min and median).
+The last line is the onnxruntime single-image speed-up over eager's best thread setting (ratio of medians):
+``inference speedup: <X>x``. On a shared machine only the ratios are meaningful.
+Usage: python benchmarks/inference.py [--quick] [--samples N] [--threads N]
 """
 
 from __future__ import annotations

@@ -116,8 +116,9 @@ def quantize_onnx(
 
     The default, QDQ with per-channel int8 weights (U8S8), is what ``export --int8`` writes. The other
     settings (``quant_format="QOperator"``, per-tensor weights, uint8 weights, ``reduce_range``) exist so that
-    ``benchmarks/quantize.py --formats`` can time them against it: on an AVX-512 VNNI CPU all ran within
-    noise of the default (densenet121 224 px, single image 1.53-1.62x fp32), so the default stays.
+    ``benchmarks/quantize.py --formats`` can time them against it: on a shared AVX-512 VNNI CPU all ran
+    within 15% of the default (QOperator ahead by 3% and 14% in two runs, inside that machine's noise), so
+    the default stays. No AVX2-only CPU was at hand to time them on.
     """
     import onnx
 
