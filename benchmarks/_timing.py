@@ -36,6 +36,19 @@ MIN_SAMPLE_S = 0.5
 JSON_ENV = "CXRTL_BENCH_JSON"
 
 
+def positive(text: str) -> int:
+    """argparse type: an integer of at least 1 (``--samples``, ``--threads``), else a one-line usage error."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 or more")
+    return value
+
+
 @dataclass
 class Timing:
     """Seconds per operation of one side of a comparison, one value per interleaved sample."""
@@ -156,7 +169,7 @@ class Bench:
     def add_arguments(parser) -> None:
         parser.add_argument(
             "--threads",
-            type=int,
+            type=positive,
             default=None,
             help="torch and onnxruntime threads (default: the libraries' own, all cores); 1 holds steadier "
             "on a busy shared machine",

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, Timing, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, Timing, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 from cxrtl.data.cache import build_cache  # noqa: E402
 from cxrtl.data.dataset import CachedDataset  # noqa: E402
@@ -150,7 +150,9 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--samples", type=int, default=5, help="interleaved samples per pipeline (default 5)")
+    parser.add_argument(
+        "--samples", type=positive, default=5, help="interleaved samples per pipeline (default 5)"
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--threads",
-        type=int,
+        type=positive,
         default=1,
         help="torch threads in the main process (default 1: on a shared, busy machine more "
         "threads spin against each other; DataLoader workers always use 1)",

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved  # noqa: E402
+from _timing import Bench, interleaved, positive  # noqa: E402
 
 N_COVID, N_KERMANY = 21_165, 5_856
 
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--png", type=int, default=300, help="299 px PNGs to hash")
     ap.add_argument("--jpeg", type=int, default=60, help="~2000x1600 JPEGs to hash")
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--samples", type=int, default=3, help="cold-hashing samples per set (default 3)")
+    ap.add_argument("--samples", type=positive, default=3, help="cold-hashing samples per set (default 3)")
     Bench.add_arguments(ap)
     args = ap.parse_args(argv)
     bench.start(args.threads)

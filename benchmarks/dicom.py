@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 SIDE = 2048
 
@@ -86,7 +86,9 @@ def jpeg_lossless(src: Path, dst: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     bench = Bench("dicom")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=3, help="interleaved samples per file (default 3)")
+    parser.add_argument(
+        "--samples", type=positive, default=3, help="interleaved samples per file (default 3)"
+    )
     parser.add_argument("--out", help="keep the files here (default: a temporary folder)")
     Bench.add_arguments(parser)
     args = parser.parse_args(argv)

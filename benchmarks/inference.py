@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: int = 299) -> list[Path]:
@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="densenet121")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--samples", type=int, default=5, help="interleaved single-image samples per backend")
+    ap.add_argument(
+        "--samples", type=positive, default=5, help="interleaved single-image samples per backend"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument(

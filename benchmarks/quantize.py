@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 # name -> quantize_onnx settings timed by --formats (the first is export --int8's)
 FORMATS = {
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench("quantize")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="128 px, 8 calibration images (a smoke run)")
-    ap.add_argument("--samples", type=int, default=7, help="interleaved samples per side (default 7)")
+    ap.add_argument("--samples", type=positive, default=7, help="interleaved samples per side (default 7)")
     ap.add_argument("--formats", action="store_true", help="also time onnxruntime's other int8 settings")
     Bench.add_arguments(ap)
     args = ap.parse_args(argv)

@@ -17,13 +17,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     bench = Bench("segment")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=5, help="interleaved samples per side (default 5)")
+    ap.add_argument("--samples", type=positive, default=5, help="interleaved samples per side (default 5)")
     Bench.add_arguments(ap)
     args = ap.parse_args(argv)
     bench.start(args.threads)

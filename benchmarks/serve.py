@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 from inference import make_images  # noqa: E402  (the same synthetic radiographs as the inference benchmark)
 
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", default="densenet121")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--requests", type=int, default=8, help="one-image requests per timed operation")
-    ap.add_argument("--samples", type=int, default=3, help="interleaved samples per side (default 3)")
+    ap.add_argument("--samples", type=positive, default=3, help="interleaved samples per side (default 3)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent client threads")
     ap.add_argument("--backends", default="onnx,torch")
     ap.add_argument("--workdir", help="folder for the model and images (default: a temporary folder)")

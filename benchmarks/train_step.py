@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, interleaved, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
