@@ -217,7 +217,7 @@ def parse_args(argv):
     a("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="same for every cell")
     a(
         "--iters",
-        type=int,
+        type=positive,
         default=None,
         help="interleaved samples per loop and cell (default 10 CUDA, 5 CPU)",
     )
