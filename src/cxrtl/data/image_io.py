@@ -144,7 +144,12 @@ def open_image(path: str | os.PathLike) -> Image.Image:
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) of an image file read from its header, without decoding pixels (DICOM too)."""
+    """(width, height) of an image file from its header, without decoding pixels (DICOM too).
+
+    Raises:
+        ImageReadError: what :func:`load_gray` would refuse before decoding: an unsupported format, a
+            decompression bomb, a strip beyond 1:20, a damaged header.
+    """
     path = Path(path)
     if _looks_dicom(path):
         try:
@@ -152,15 +157,19 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         except ModuleNotFoundError:
             _load_dicom(path)  # the one-line "install cxrtl[dicom]" error
             raise
-        ds = read_header(path)
+        ds = read_header(path)  # refuses bombs and strips with the DICOM reader's own limits
         return int(ds.Columns), int(ds.Rows)
     try:
         with open_image(path) as im:
-            return im.size
+            w, h = im.size
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(path, f"corrupt ({exc})") from None
+    problem = shape_problem(w, h)
+    if problem:
+        raise ImageReadError(path, problem, shape_fix(problem))
+    return w, h
 
 
 def _looks_dicom(path: Path) -> bool:
