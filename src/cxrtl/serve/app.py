@@ -205,7 +205,9 @@ def _add_guard_and_errors(app: FastAPI, token: str | None, origins: set[str]) ->
             response = _error(
                 401,
                 "missing or wrong token; send the server's CXRTL_SERVE_TOKEN as 'Authorization: Bearer TOKEN'",
-                {"WWW-Authenticate": "Bearer"},
+                # a body that was never read ends the connection with the answer
+                {"WWW-Authenticate": "Bearer"}
+                | ({} if request.method in SAFE_METHODS else {"Connection": "close"}),
             )
         else:
             try:

@@ -22,7 +22,7 @@
 
   function pct(p) { return (100 * p).toFixed(1) + "%"; }
 
-  // The bar's width through the CSSOM: the Content-Security-Policy refuses style="" attributes.
+  // The bar's width through the CSSOM: the Content-Security-Policy refuses inline style attributes.
   function fill(p) { const s = el("span"); s.style.width = (100 * p).toFixed(2) + "%"; return s; }
 
   async function loadModel() {
