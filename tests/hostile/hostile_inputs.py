@@ -118,30 +118,39 @@ from hostile_inputs import peak, reset_peak
 for name in {warm!r}:
     importlib.import_module(name)  # libraries loaded before the measurement: what the input costs remains
 from cxrtl.cli import main
-before = reset_peak()
-t = time.perf_counter()
-rc = main(sys.argv[1:])
-seconds = time.perf_counter() - t
-print("MEASURED " + json.dumps({{"rc": rc, "seconds": seconds, "before": before, "peak": peak()}}), flush=True)
+for argv in json.loads(sys.argv[1]):
+    before = reset_peak()
+    t = time.perf_counter()
+    rc = main(argv)
+    seconds = time.perf_counter() - t
+    print("MEASURED " + json.dumps({{"rc": rc, "seconds": seconds, "before": before, "peak": peak()}}), flush=True)
 """
 WARM = ("torch", "timm", "cxrtl.inference.predict", "cxrtl.commands.predict")
 
 
-def measured(argv: list[str], warm=WARM, env: dict | None = None, timeout: float = 120) -> dict:
-    """Run ``cxrtl ARGV`` in a fresh interpreter after importing ``warm``.
+def measured(argvs: list[list[str]], warm=WARM, env: dict | None = None, timeout: float = 300) -> list[dict]:
+    """Run ``cxrtl ARGV`` for each of ``argvs`` in one fresh interpreter, after importing ``warm``.
 
-    Returns rc, stdout, stderr, ``seconds`` (the command itself), ``peak`` (the process's peak resident
-    bytes during the command) and ``cost`` (that peak over the resident size just before the command).
+    One dict per command: rc, ``out`` (what it printed), ``seconds`` (the command itself), ``peak`` (the
+    process's peak resident bytes during it) and ``cost`` (that peak over the resident size just before).
     """
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = SRC + os.pathsep + full_env.get("PYTHONPATH", "")
     code = _RUNNER.format(here=str(Path(__file__).parent), warm=tuple(warm))
     proc = subprocess.run(
-        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env=full_env, timeout=timeout
+        [sys.executable, "-c", code, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
     )
-    lines = proc.stdout.splitlines()
-    found = [json.loads(x.removeprefix("MEASURED ")) for x in lines if x.startswith("MEASURED ")]
-    assert found, proc.stdout + proc.stderr
-    out = "\n".join(x for x in lines if not x.startswith("MEASURED "))
-    got = found[0]
-    return {**got, "cost": got["peak"] - got["before"], "stdout": out, "stderr": proc.stderr}
+    results, out = [], []
+    for line in proc.stdout.splitlines():
+        if line.startswith("MEASURED "):
+            got = json.loads(line.removeprefix("MEASURED "))
+            results.append({**got, "cost": got["peak"] - got["before"], "out": "\n".join(out)})
+            out = []
+        else:
+            out.append(line)
+    assert len(results) == len(argvs), proc.stdout + proc.stderr
+    return results
