@@ -87,7 +87,9 @@ def test_api_equals_cxrtl_predict_json(client, served, capsys):
     rows = got.json()
     assert [r["path"] for r in rows] == [f.name for f in files]
     for r, w in zip(rows, want):
-        assert r["label"] == w["label"] and set(r) == set(w)  # the same row as `cxrtl predict`, field for field
+        assert r["label"] == w["label"] and set(r) == set(
+            w
+        )  # the same row as `cxrtl predict`, field for field
         np.testing.assert_allclose(
             [r["probabilities"][c] for c in CLASSES], [w["probabilities"][c] for c in CLASSES], atol=1e-6
         )

@@ -212,7 +212,8 @@ def _to_gray_array(im: Image.Image) -> np.ndarray:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         # Min-max from Pillow, then strips of about 4 million pixels: never a whole-image copy beyond the
         # decoded image and the uint8 result (a 9000 x 9000 16-bit PNG: 160 + 80 MB, not 1.1 GB).
-        lo, hi = (float(v) for v in im.getextrema())
+        extrema = im.getextrema()  # (min, max) for these single-band modes
+        lo, hi = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
         w, h = im.size
         out = np.empty((h, w), dtype=np.uint8)
         rows = max(1, (1 << 22) // max(1, w))

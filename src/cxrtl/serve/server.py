@@ -136,7 +136,7 @@ def protocol_class():
     class HeaderDeadlineProtocol(H11Protocol):
         _header_timer = None
 
-        def connection_made(self, transport):  # type: ignore[override]
+        def connection_made(self, transport):
             super().connection_made(transport)
             self._arm_header_deadline()
 
