@@ -151,7 +151,10 @@ def test_idle_and_slow_header_connections_are_closed(model, monkeypatch):
 def test_foreign_host_and_origin_are_refused(model):
     c = TestClient(create_app(model[2], allow_origins=["https://lab.example"]), base_url=LOCAL)
     files = upload(("ok.png", model[1]))
-    assert c.get("/healthz", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
+    r = c.get("/healthz", headers={"Host": "evil.example"})  # DNS rebinding
+    assert (
+        r.status_code == 400 and "--allow-host" in r.json()["error"] and r.headers["X-Content-Type-Options"]
+    )
     for host in ("localhost", "127.0.0.1:8000", "[::1]:8000"):
         assert c.get("/healthz", headers={"Host": host}).status_code == 200, host
     r = c.post("/v1/predict", files=files, headers={"Origin": "https://evil.example"})

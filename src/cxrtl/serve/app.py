@@ -7,7 +7,7 @@ requests together stay under ``max_queue x max_upload_mb`` (else 503 with ``Retr
 host and localhost names are accepted as ``Host`` (DNS rebinding), a POST from a foreign ``Origin`` is
 refused (a web page cannot drive the server), and every response carries a Content-Security-Policy that
 lets the page load nothing from another host. Every error is a JSON ``{"error": "<problem>; <fix>"}``
-without a traceback (except Starlette's plain 400 for a foreign Host), and each request logs one line
+without a traceback, and each request logs one line
 (method, path, status, number of files, milliseconds): no file names, no image content, no DICOM header.
 
 FastAPI is imported at the top (it resolves the handlers' annotations here); import this module only
@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -158,11 +159,7 @@ def create_app(
     static = resources.files("cxrtl.serve") / "static"
     origins = {o.rstrip("/").lower() for o in allow_origins}
     _add_guard_and_errors(app, token, origins)
-    app.add_middleware(
-        TrustedHostMiddleware,
-        allowed_hosts=sorted({h.lower() for h in (*LOCAL_HOSTS, *hosts)}),
-        www_redirect=False,
-    )
+    app.add_middleware(_HostCheck, allowed_hosts=sorted({h.lower() for h in (*LOCAL_HOSTS, *hosts)}))
     _add_pages(app, info, (static / "index.html").read_text(encoding="utf-8"))
     _add_predict(app, predictor, info, pool, limits)
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
@@ -171,6 +168,41 @@ def create_app(
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class _HostCheck:
+    """Starlette's TrustedHostMiddleware decides which ``Host`` is accepted (against DNS rebinding); a
+    refusal is answered as every other error, JSON naming the fix, with the security headers, and logged."""
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.check = TrustedHostMiddleware(self._accept, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    @staticmethod
+    async def _accept(scope, receive, send) -> None:
+        scope["cxrtl.host_ok"] = True
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def swallow(message) -> None:  # the refusal TrustedHostMiddleware would send
+            pass
+
+        await self.check(scope, receive, swallow)
+        if scope.pop("cxrtl.host_ok", False):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host", "")[:100]
+        log.warning("refused a request for Host %r (not a name of this server; see --allow-host)", host)
+        response = _error(
+            400,
+            f"Host {host!r} is not a name of this server; use the address it printed at start, or start it "
+            "with --allow-host NAME for the name you use",
+            SECURITY_HEADERS,
+        )
+        await response(scope, receive, send)
 
 
 def _foreign_origin(request: Request, allowed: set[str]) -> str | None:
