@@ -36,7 +36,13 @@ def register(subparsers) -> None:
     )
     a("--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default 32)")
     a("--workers", type=int, default=1, metavar="N", help="inference threads sharing the model (default 1)")
-    a("--max-queue", type=int, default=64, metavar="N", help="requests admitted at once; more get 503 (64)")
+    a(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests admitted at once once their body is in; more get 503 (default 64)",
+    )
     a("--max-files", type=int, default=64, metavar="N", help="files per request (default 64)")
     a("--insecure", action="store_true", help="allow a non-loopback --host without a token (warns)")
     a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models")
