@@ -26,7 +26,8 @@ from hostile_inputs import (
 )
 from PIL import Image
 
-from cxrtl.data.image_io import ImageReadError, load_gray, prepare_image, scale_to_u8
+from cxrtl.data.image_io import ImageReadError, load_gray, prepare_image
+from cxrtl.data.pixels import scale_to_u8
 from cxrtl.data.preprocess import Preprocess
 
 MB = 2**20
