@@ -134,11 +134,14 @@ def test_dicom_upload_predicts_like_its_png(client, tmp_path):
     assert rows[2]["error"] and "broken.dcm" in rows[2]["error"]
 
 
-def test_cam_overlay_is_a_png_of_the_model_input(client, served):
+def test_cam_overlay_is_drawn_on_the_image_as_sent(client, served):
     data = served[1][1].read_bytes()
-    row = client.post("/v1/predict?cam=true", files=upload(("a.png", data))).json()[0]
+    row = client.post("/v1/predict?cam=true&image=true", files=upload(("a.png", data))).json()[0]
     overlay = Image.open(io.BytesIO(base64.b64decode(row["cam_png"])))
-    assert overlay.format == "PNG" and overlay.size == (64, 64) and overlay.mode == "RGB"
+    shown = Image.open(io.BytesIO(base64.b64decode(row["image_png"])))
+    # at the upload's own size (as `predict --cam` writes overlays), not the 64 px model input
+    assert overlay.format == "PNG" and overlay.mode == "RGB" and overlay.size == shown.size
+    assert overlay.size == Image.open(io.BytesIO(data)).size
     assert row["cam_class"] == row["label"]
     assert "cam_png" not in client.post("/v1/predict", files=upload(("a.png", data))).json()[0]
 

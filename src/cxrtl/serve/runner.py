@@ -74,7 +74,8 @@ def predict_uploads(
 ) -> list[dict[str, Any]]:
     """One JSON row per upload, as ``cxrtl predict --format json`` writes them, with ``path`` = file name.
 
-    ``cam`` adds ``cam_png`` (base64 Grad-CAM overlay on the model input) and ``image`` adds ``image_png``
+    ``cam`` adds ``cam_png`` (base64 Grad-CAM overlay on the image as sent, at most 512 px, like the overlays
+    ``cxrtl predict --cam`` writes at the image's own size) and ``image`` adds ``image_png``
     (the decoded image, at most 512 px, so a page can show a DICOM) to each row that was predicted.
     ``max_pixels``: the decoded pixels this request may cost, read from each file's header before it is
     decoded; the files past it get an error row. Each file is decoded once, and the model (Grad-CAM
@@ -86,6 +87,7 @@ def predict_uploads(
     with as_paths(uploads) as paths:
         rows = [Prediction(path=up.name) for up in uploads]
         extra: list[dict[str, Any]] = [{} for _ in uploads]
+        thumbs: dict[int, np.ndarray] = {}
         budget = _PixelBudget(max_pixels)
         for start in range(0, len(paths), batch_size):
             ok, inputs = [], []
@@ -94,8 +96,10 @@ def predict_uploads(
                     budget.take(paths[i])
                     gray = predictor.load(paths[i])
                     inputs.append(predictor.prepare(gray))
+                    if image or cam:
+                        thumbs[i] = thumbnail(gray)
                     if image:
-                        extra[i]["image_png"] = png_base64(thumbnail(gray))
+                        extra[i]["image_png"] = png_base64(thumbs[i])
                     del gray
                     ok.append(i)
                 except CxrtlError as exc:
@@ -114,7 +118,7 @@ def predict_uploads(
                 rows[i].positive = predictor.positive_flag(probs[j])
                 rows[i].prediction_set = predictor.prediction_set(probs[j])
             if cam:
-                add_cams(predictor, batch, [extra[i] for i in ok])
+                add_cams(predictor, batch, [extra[i] for i in ok], [thumbs.pop(i) for i in ok])
         out = []
         for up, path, row, more in zip(uploads, paths, rows, extra):
             d = row.to_dict()
@@ -147,9 +151,13 @@ class _PixelBudget:
         self.used += w * h
 
 
-def add_cams(predictor, batch: np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
-    """Grad-CAM of each prepared input's predicted class as ``cam_png``; else ``cam_error`` in each row."""
-    from ..evaluation.cam import grad_cam, overlay
+def add_cams(
+    predictor, batch: np.ndarray, rows: Sequence[dict[str, Any]], images: Sequence[np.ndarray]
+) -> None:
+    """Grad-CAM of each prepared input's predicted class as ``cam_png``, drawn on ``images`` (the uploads as
+    sent, thumbnailed): the CAM of the model's crop is placed back where the crop came from. Else
+    ``cam_error`` in each row."""
+    from ..evaluation.cam import cam_to_original, grad_cam, overlay
 
     try:
         cams, indices = grad_cam(predictor.torch_model, predictor.backend.normalize(batch))
@@ -157,8 +165,8 @@ def add_cams(predictor, batch: np.ndarray, rows: Sequence[dict[str, Any]]) -> No
         for row in rows:
             row["cam_error"] = str(exc)
         return
-    for row, inp, c, k in zip(rows, batch, cams, indices):
-        row["cam_png"] = png_base64(overlay(inp, c))
+    for row, image, c, k in zip(rows, images, cams, indices):
+        row["cam_png"] = png_base64(overlay(image, cam_to_original(c, image.shape, predictor.spec)))
         row["cam_class"] = predictor.classes[k]
 
 
