@@ -32,9 +32,8 @@ _REF = re.compile(rf"({_PART})/({_PART})(?:@([A-Za-z0-9._/-]{{1,200}}))?")
 # that are not empty and do not start or end with a dot, no "..", no ".lock" ending; "refs/pr/1" is a PR.
 _REV_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 ETAG_TIMEOUT_S = 5.0
-PUSH_READ_TIMEOUT_S = (
-    120.0  # the Hub may take a while to answer a commit; a silent one is not waited on forever
-)
+# The Hub may take a while to answer a commit; a host that says nothing is not waited on forever.
+PUSH_READ_TIMEOUT_S = 120.0
 # The top-level packages whose exceptions mean "the Hub could not be reached or answered an error".
 TRANSPORT_PACKAGES = frozenset(
     {"huggingface_hub", "hf_xet", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
@@ -74,11 +73,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _from_transport(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) comes from the Hub client or the HTTP stack beneath it."""
+    """Whether ``exc`` (or what caused it) comes from the Hub client, the HTTP stack beneath it or the OS."""
     return any(
-        type(e).__module__.split(".")[0] in TRANSPORT_PACKAGES
-        or isinstance(e, (ConnectionError, TimeoutError, socket.gaierror))
-        for e in _chain(exc)
+        type(e).__module__.split(".")[0] in TRANSPORT_PACKAGES or isinstance(e, OSError) for e in _chain(exc)
     )
 
 
@@ -175,7 +172,12 @@ def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
                 )
             return f"cannot connect to {endpoint} ({text})", "check the network, and HF_ENDPOINT if set"
     name = type(exc).__name__
-    return f"{name}: {(str(exc).strip().splitlines() or [name])[0][:160]}", f"check the network, or {login}"
+    cause = f"{name}: {(str(exc).strip().splitlines() or [name])[0][:160]}"
+    if isinstance(
+        exc, OSError
+    ):  # the disk, not the network: a cache or bundle that cannot be read or written
+        return cause, "check that the bundle folder is readable and the Hugging Face cache (HF_HOME) writable"
+    return cause, f"check the network, or {login}"
 
 
 def _hub():
