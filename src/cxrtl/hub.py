@@ -101,6 +101,23 @@ def _proxy() -> str | None:
     return None
 
 
+_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("Connection reset", "connection reset"),
+    ("Network is unreachable", "network unreachable"),
+    ("No route to host", "no route to host"),
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """A transport error's reason in a few words (requests nests it deep in a MaxRetryError's text)."""
+    text = str(exc)
+    for needle, short in _REASONS:
+        if needle in text:
+            return short
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:120]
+
+
 def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
     """(cause, fix) of a failed Hub call, the cause found anywhere in the exception chain."""
     from huggingface_hub import errors
@@ -147,9 +164,12 @@ def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
     proxy = _proxy()
     for e in chain:
         name = type(e).__name__
-        text = (str(e).strip().splitlines() or [name])[0][:120]
-        if "Proxy" in name:
-            return f"the proxy failed ({text})", "check HTTPS_PROXY / HTTP_PROXY"
+        text = _reason(e)
+        if "Proxy" in name or (proxy and ("Connect" in name or isinstance(e, ConnectionError))):
+            return (
+                f"cannot connect to {endpoint} through the proxy in {proxy or 'the environment'} ({text})",
+                f"check {proxy or 'HTTPS_PROXY'} and the network",
+            )
         if isinstance(e, socket.gaierror) or any(
             s in str(e) for s in ("Name or service not known", "nodename nor servname", "name resolution")
         ):
@@ -165,11 +185,6 @@ def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
                 "check SSL_CERT_FILE, or the proxy's certificate",
             )
         if "Connect" in name or isinstance(e, ConnectionError):
-            if proxy:
-                return (
-                    f"cannot connect to {endpoint} through the proxy in {proxy} ({text})",
-                    f"check {proxy} and the network",
-                )
             return f"cannot connect to {endpoint} ({text})", "check the network, and HF_ENDPOINT if set"
     name = type(exc).__name__
     cause = f"{name}: {(str(exc).strip().splitlines() or [name])[0][:160]}"
@@ -203,7 +218,8 @@ def _bounded(connect: float, read: float) -> Iterator[None]:
     connect and a read timeout; a request with a timeout of its own keeps it. Requests-based releases
     pass a timeout on every call and have no hooks; they are left alone.
     """
-    hooks = getattr(_hub().get_session(), "event_hooks", None)
+    get_session = getattr(_hub(), "get_session", None)
+    hooks = getattr(get_session(), "event_hooks", None) if get_session else None
     if not isinstance(hooks, dict) or not isinstance(hooks.get("request"), list):
         yield
         return
