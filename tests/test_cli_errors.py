@@ -34,6 +34,6 @@ def test_the_library_still_raises_what_is_not_the_hubs(monkeypatch, tmp_path):
         raise KeyError("a bug, not the network")
 
     monkeypatch.setattr(hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr("cxrtl.inference.bundle.verify_bundle", lambda folder: {"files": {}})
+    monkeypatch.setattr("cxrtl.bundle_manifest.verify_bundle", lambda folder: {"files": {}})
     with pytest.raises(KeyError, match="a bug"):
         cxrtl_hub.push(tmp_path, "alice/covid")

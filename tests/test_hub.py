@@ -17,9 +17,10 @@ from huggingface_hub import constants as hf_constants
 
 from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
-from cxrtl.hub import parse_ref, push, resolve_model, resolve_model_arg
+from cxrtl.hub import parse_ref, push
 from cxrtl.inference.bundle import make_bundle
 from cxrtl.inference.predict import Predictor
+from cxrtl.model_ref import local_path, resolve_model
 from test_bundle import make_covid_run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -98,7 +99,7 @@ def test_a_revision_that_is_a_path_is_refused_not_read(bundle, tmp_path, capsys,
         assert main(["predict", ref, str(image)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "a branch, tag or commit" in err
-    assert resolve_model_arg("imagenet") == "imagenet" and resolve_model_arg(None) is None
+    assert local_path("imagenet") == "imagenet" and local_path(None) is None
 
 
 def test_offline_and_not_cached_is_one_line_in_seconds(tmp_path, capsys, monkeypatch):
@@ -130,7 +131,7 @@ def test_predict_from_the_hub_cache(bundle, tmp_path, covid_root, monkeypatch, c
     assert main(["predict", "hf://alice/covid", *map(str, files), "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert (
-        Path(resolve_model_arg("hf://alice/covid")).resolve()
+        Path(local_path("hf://alice/covid")).resolve()
         == (tmp_path / "cache" / "models--alice--covid" / "snapshots" / COMMIT).resolve()
     )
 

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from .errors import CxrtlError
 
@@ -291,24 +291,6 @@ def _from_transport_cause(exc: BaseException) -> bool:
     )
 
 
-def resolve_model(ref: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A MODEL argument as a local path: ``hf://`` references are fetched, paths are returned expanded."""
-    if is_hub_ref(ref):
-        return download(str(ref), cache_dir)
-    if isinstance(ref, str) and ref.lower().startswith("hf:"):
-        parse_ref(ref)  # "hf:/x" or "HF://x": the malformed-reference error, not "no such file"
-    return Path(ref).expanduser()
-
-
-@overload
-def resolve_model_arg(ref: str) -> str: ...
-@overload
-def resolve_model_arg(ref: None) -> None: ...
-def resolve_model_arg(ref: str | None) -> str | None:
-    """For CLI options that keep a string (``train --init``): an ``hf://`` reference becomes a local path."""
-    return str(resolve_model(ref)) if ref is not None and is_hub_ref(ref) else ref
-
-
 def push(
     bundle: str | os.PathLike,
     repo: str,
@@ -317,7 +299,7 @@ def push(
     message: str | None = None,
 ) -> dict[str, Any]:
     """Upload a verified bundle folder to the Hub model repository ``repo`` (created when missing)."""
-    from .inference.bundle import verify_bundle
+    from .bundle_manifest import verify_bundle
 
     folder = Path(bundle).expanduser()
     meta = verify_bundle(folder)

@@ -172,7 +172,7 @@ def _history(path: Path) -> list[dict[str, float]]:
 
 def _tags(run_dir: Path, config: dict, extra: dict[str, str]) -> dict[str, str]:
     """Tags: dataset folder name, seed, synthetic (marker beside the data), init (random/imagenet/transfer)."""
-    from .inference.card import SYNTH_MARKER
+    from .inference.card_facts import SYNTH_MARKER
 
     data = Path(str(config.get("data") or ""))
     synthetic = any((p / SYNTH_MARKER).is_file() for p in (data, data.parent)) if config.get("data") else None
@@ -200,15 +200,18 @@ def _test_metrics(m: dict) -> dict[str, float]:
 
 def _card(run_dir: Path, tmp: Path) -> Path | None:
     """The run's model card (as a bundle would carry it), or None when it cannot be made."""
-    from .inference.card import gather_facts, render_card
+    from .inference.card import render_card
+    from .inference.card_facts import gather_facts
 
     if not (run_dir / "best.json").is_file():
         return None
     stage = tmp / "card"
     stage.mkdir(exist_ok=True)
-    for name in ("best.json", "best.calibration.json"):
-        if (run_dir / name).is_file():
-            (stage / name).write_bytes((run_dir / name).read_bytes())
+    from .decisions import record_files
+
+    for path in [run_dir / "best.json", *record_files(run_dir / "best.safetensors")]:
+        if path.is_file():
+            (stage / path.name).write_bytes(path.read_bytes())
     metrics = run_dir / "test" / "metrics.json"
     if metrics.is_file():
         (stage / "metrics.json").write_bytes(metrics.read_bytes())

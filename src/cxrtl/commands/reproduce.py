@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..paper.experiments import PROFILES
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,12 +80,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train each configuration with N seeds (--seed, --seed + 1, ...) on the same split; tables "
         "show mean ± sd and comparisons average the seeds' probabilities [1]",
     )
-    p.add_argument(
-        "--precision",
+    options.add_precision(
+        p,
+        ("fp32", "bf16", "auto"),
+        "numerics of the test evaluations: fp32 as the paper's numbers are; training keeps bf16 "
+        "autocast on CUDA (default fp32)",
         default="fp32",
-        choices=("fp32", "bf16", "auto"),
-        help="numerics of the test evaluations: fp32 as the paper's numbers are; training keeps bf16 "
-        "autocast on CUDA [fp32]",
     )
     p.add_argument(
         "--conformal",
@@ -93,10 +94,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ALPHA",
         help="alpha of the conformal prediction sets fitted on each run's validation split [0.1]",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
+    options.add_device(p)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers [0]")
     p.add_argument("--cache-dir", help="image cache (default: $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_progress(p)
     p.add_argument(
         "--track",
         choices=["mlflow"],
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     result = reproduce(opts)
     for r in result["runs"]:

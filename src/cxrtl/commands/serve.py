@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import options
+
 EPILOG = """\
 MODEL is a run directory, a checkpoint (.safetensors/.json) or an .onnx file written by `cxrtl export`.
 The API: GET /healthz, GET /v1/model, POST /v1/predict (multipart field `files`; ?cam=true adds Grad-CAM
@@ -22,22 +24,16 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("model", metavar="MODEL", help="run dir, checkpoint (.safetensors/.json) or exported .onnx")
+    options.add_model(p)
     a("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     a("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    a(
-        "--backend",
-        choices=("auto", "torch", "onnx"),
-        default="auto",
-        help="auto (by MODEL: .onnx -> onnx), torch or onnx (default auto)",
-    )
+    options.add_backend(p)
     a("--max-upload-mb", type=float, default=32, metavar="MB", help="largest request body (default 32)")
     a("--workers", type=int, default=1, metavar="N", help="inference threads sharing the model (default 1)")
     a("--max-queue", type=int, default=64, metavar="N", help="requests admitted at once; more get 503 (64)")
     a("--max-files", type=int, default=64, metavar="N", help="files per request (default 64)")
     a("--insecure", action="store_true", help="allow a non-loopback --host without a token (warns)")
-    a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N for PyTorch models")
-    a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
+    options.add_device(p)
     a(
         "--segmenter",
         metavar="SEG_RUN",

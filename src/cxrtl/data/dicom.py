@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CxrtlError
-from .image_io import ImageReadError
+from .pixels import ImageReadError, rgb_to_gray
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,6 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
         arr = apply_color_lut(arr, ds)
         samples = 3
     if samples == 3 or arr.ndim == 3:  # colour radiograph (rare): the grey its PNG would give
-        from .image_io import rgb_to_gray  # here, not at the top: image_io imports this module
-
         rgb = arr.astype(np.float64)
         if rgb.max() > 255:  # more than 8 bits per sample: onto the 0..255 scale first
             rgb = rgb * (255.0 / rgb.max())

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CxrtlError
+from .pixels import ImageReadError
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
@@ -40,15 +41,6 @@ RASTER_SUFFIXES = tuple(s for fmt, suffixes in SUFFIXES_OF_FORMAT.items() if fmt
 IMAGE_SUFFIXES = RASTER_SUFFIXES + SUFFIXES_OF_FORMAT["DICOM"]  # everything `predict` picks up in a folder
 # Pillow's default limit (about 89 Mpixel); a chest radiograph is at most ~10 Mpixel.
 DEFAULT_MAX_PIXELS = 89_478_485
-
-
-class ImageReadError(CxrtlError):
-    """An image file that cannot be decoded; ``reason`` is a short phrase such as ``"truncated"``."""
-
-    def __init__(self, path: str | os.PathLike, reason: str, fix: str = "replace or remove the file"):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {path}: {reason}; {fix}")
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -119,15 +111,6 @@ def _load_dicom(path: Path) -> np.ndarray:
             ) from None
         raise
     return load_dicom_gray(path)
-
-
-def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
-    """RGB(A) ``[H, W, 3|4]`` on a 0..255 scale -> uint8 grey, bit for bit as Pillow's ``convert("L")``."""
-    # ITU-R 601-2 luma in Pillow's fixed point (0.299/0.587/0.114 as n/65536) and its round-half-up, so a
-    # DICOM or array RGB gives the grey its PNG/JPEG would; float weights with np.rint differ by 1 in 1/1800.
-    c = np.asarray(rgb, dtype=np.float64)[..., :3]
-    luma = (c[..., 0] * 19595 + c[..., 1] * 38470 + c[..., 2] * 7471) / 65536.0
-    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)
 
 
 def _to_gray_array(im: Image.Image) -> np.ndarray:

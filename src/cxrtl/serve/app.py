@@ -89,7 +89,7 @@ def create_app(
             "--segmenter SEG_RUN (a `cxrtl segment train` run predicts each mask), or a model trained "
             "with --input raw"
         )
-    from .. import __version__
+    from .._version import __version__
 
     info = model_info(predictor)
     if predictor.segmenter is not None:  # masks predicted per upload (Predictor.use_segmenter)

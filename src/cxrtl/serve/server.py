@@ -6,7 +6,6 @@ import ipaddress
 import logging
 import os
 import socket
-from pathlib import Path
 
 from ..errors import CxrtlError
 
@@ -28,25 +27,10 @@ def require_extra() -> None:
 
 
 def load_predictor(model: str | os.PathLike, backend: str = "auto", device: str = "auto", threads=None):
-    """The Predictor for MODEL; ``backend`` onnx takes an .onnx file (or a folder holding model.onnx)."""
+    """The Predictor for MODEL on ``backend`` (auto, torch, onnx): :meth:`Predictor.from_checkpoint`."""
     from ..inference.predict import Predictor
 
-    path = Path(model).expanduser()
-    is_onnx = path.suffix.lower() == ".onnx"
-    if backend == "torch" and is_onnx:
-        raise CxrtlError(
-            f"--backend torch needs a run directory or checkpoint, but {path} is an ONNX file; "
-            "use --backend onnx or auto"
-        )
-    if backend == "onnx" and not is_onnx:
-        if path.is_dir() and (path / "model.onnx").is_file():
-            path = path / "model.onnx"
-        else:
-            raise CxrtlError(
-                f"--backend onnx needs an .onnx file, not {path}; export one with "
-                f"`cxrtl export {path} --onnx model.onnx`"
-            )
-    return Predictor.from_checkpoint(path, device=device, threads=threads)
+    return Predictor.from_checkpoint(model, device=device, threads=threads, backend=backend)
 
 
 def is_loopback(host: str) -> bool:
