@@ -24,6 +24,8 @@ class ClassMetrics(_ClassMetricsRequired, total=False):
     """One class of :class:`Metrics` ``per_class``; intervals are ``[lo, hi]`` or None when undefined."""
 
     f1_ci: list[float] | None  # bootstrap; absent when no bootstrap was run
+    ci_unreliable: bool  # fewer than 10 positive or negative images of this class: intervals say little
+    ci_note: str | None  # why, in words (None when reliable)
 
 
 class Average(TypedDict, total=False):
@@ -83,6 +85,7 @@ class Metrics(_MetricsRequired, total=False):
     figures: list[str]
     provenance: dict[str, Any]  # what produced it: cxrtl/torch/timm/Python versions, git commit, device
     conformal: ConformalResult  # with ``evaluate --conformal ALPHA``
+    bootstrap: dict[str, Any]  # resamples, seed, and per class how many resamples each interval used/dropped
 
 
 class ConformalResult(TypedDict, total=False):

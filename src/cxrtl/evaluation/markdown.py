@@ -56,7 +56,8 @@ def _class_table(m: dict) -> list[str]:
         auc_txt = (
             DASH if auc is None else f"{auc:.4f}" + (f" [{auc_ci[0]:.4f}, {auc_ci[1]:.4f}]" if auc_ci else "")
         )
-        lines.append(f"| {c} | {e['support']} | {_prf_cells(e)} | {auc_txt} |")
+        mark = " †" if e.get("ci_unreliable") else ""
+        lines.append(f"| {c}{mark} | {e['support']} | {_prf_cells(e)} | {auc_txt} |")
     for avg in ("weighted", "macro"):
         auc = m.get(f"roc_auc_{avg}")
         lines.append(f"| *{avg} avg* | {m['n']} | {_prf_cells(m[avg])} | {fmt_num(auc)} |")
@@ -64,7 +65,26 @@ def _class_table(m: dict) -> list[str]:
         lines.append(
             f"| *micro avg (AUC only)* | {m['n']} | {DASH} | {DASH} | {DASH} | {fmt_num(m['roc_auc_micro'])} |"
         )
-    return lines
+    return lines + _interval_notes(m)
+
+
+def _interval_notes(m: dict) -> list[str]:
+    """Which intervals rest on too few images (†), and how many bootstrap resamples each AUC interval used."""
+    lines = [
+        f"† {m['per_class'][c]['ci_note']}." for c in m["classes"] if m["per_class"][c].get("ci_unreliable")
+    ]
+    boot = m.get("bootstrap")
+    if boot:
+        dropped = [
+            f"{c} {v['used']} ({v['dropped']} lacked {c} or had only {c})"
+            for c, v in boot["roc_auc"].items()
+            if v["dropped"] and m["roc_auc"].get(c) is not None
+        ]
+        lines.append(
+            f"Bootstrap: {boot['resamples']} resamples of the images (seed {boot['seed']})"
+            + (f"; resamples used by the AUC intervals: {', '.join(dropped)}." if dropped else ", none dropped.")
+        )
+    return [""] + lines if lines else []
 
 
 def _confusion(m: dict) -> list[str]:
