@@ -260,12 +260,11 @@ def _training_data(f: dict) -> list[str]:
     lines += [f"- Dataset folder: `{Path(d['root']).name}` ({layout}).", f"- Synthetic: {synthetic}."]
     lines.append(f"- Split protocol: {_protocol(cfg, d.get('layout'))}, seed {cfg.get('seed', 'n/a')}.")
     if f["split"]:
-        lines += ["", "| class | " + " | ".join(SPLITS) + " |", "| --- |" + " ---: |" * len(SPLITS)]
+        cols = [s for s in SPLITS if s != "calibration" or f["split"].get(s)]  # calibration only when made
+        lines += ["", "| class | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
         for c in f["classes"]:
-            lines.append(
-                f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in SPLITS) + " |"
-            )
-        totals = [str(sum(f["split"].get(s, {}).values())) for s in SPLITS]
+            lines.append(f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in cols) + " |")
+        totals = [str(sum(f["split"].get(s, {}).values())) for s in cols]
         lines.append("| **all** | " + " | ".join(totals) + " |")
     lines += ["", *_leakage(d), ""]
     return lines
