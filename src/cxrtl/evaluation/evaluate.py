@@ -27,7 +27,7 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("test", "val", "train", "all")
+SUBSETS = ("test", "val", "calibration", "train", "all")
 PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
 
 
@@ -165,6 +165,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
 def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
+    from ..data.records import SPLITS
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
@@ -183,7 +184,7 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
         progress=progress,
     )
     records = (
-        [r for name in ("train", "val", "test") for r in data.split[name]]
+        [r for name in SPLITS for r in data.split.get(name, [])]
         if subset == "all"
         else list(data.split[subset])
     )
@@ -197,7 +198,9 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
+def _add_calibration(
+    result: dict, logits, labels, val, temperature, positive, target_sensitivity, fit_on: str = "val"
+) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
@@ -219,6 +222,19 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             target_sensitivity,
         )
         result["operating_point"]["temperature"] = t
+        result["operating_point"]["fitted_on"] = fit_on
+        fitting.warn_if_scored_on("operating point", fit_on, result["source"]["subset"])
+
+
+def _fitted_on(result: dict, record) -> dict[str, str]:
+    """Which subset each decision setting this evaluation reports was fitted on."""
+    parts = {}
+    if result.get("calibrated") and record.temperature is not None:
+        parts["temperature"] = record.temperature.fitted_on
+    for key in ("operating_point", "conformal"):
+        if result.get(key):
+            parts[key] = result[key]["fitted_on"]
+    return parts
 
 
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
@@ -283,6 +299,7 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
+    conformal_by_class: bool = False,
 ) -> Metrics:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
@@ -300,6 +317,11 @@ def evaluate(
     exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
     data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
     result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
+    ``conformal_by_class`` fits one threshold per class (class-conditional, Mondrian) instead.
+
+    The temperature, operating point and conformal threshold are fitted on the split's calibration subset
+    when it has one, else on the validation subset (which also chose the checkpoint); ``fitted_on`` in the
+    result and in each part of the decision record says which.
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
@@ -327,7 +349,8 @@ def evaluate(
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
-    fitting.check_conformal(conformal, data)
+    fitting.check_conformal(conformal, data, conformal_by_class)
+    fit_on = fitting.fit_subset(data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -358,13 +381,17 @@ def evaluate(
     }
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
+    val = fitting.fitting_scores((logits, labels), predict, data, subset) if needs_val else None
     before = read_decisions(ckpt, meta)
-    record = fitting.fit_temperature(before, val, calibrate, subset)
+    record = fitting.fit_temperature(before, val, calibrate, subset, fit_on)
     temperature = record.temperature.value if record.temperature else None
-    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity, fit_on)
     if conformal is not None and val is not None:
-        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
+        record = fitting.fit_conformal(
+            result, record, val, logits, labels, float(conformal), conformal_by_class, fit_on
+        )
+    if parts := _fitted_on(result, record):
+        result["fitted_on"] = parts
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
     fitting.store(ckpt, before, record, migrate=out is not None)
