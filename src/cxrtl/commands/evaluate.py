@@ -172,8 +172,9 @@ def run(args: argparse.Namespace) -> int:
         chance = (
             "" if cam.get("mask_share") is None else f" (lungs cover {cam['mask_share']:.3f} of the image)"
         )
+        ci = f" [{cam['ci'][0]:.3f}, {cam['ci'][1]:.3f}]" if cam.get("ci") else ""
         print(
-            f"Grad-CAM inside lungs: {cam['mean']:.3f}{chance} (n={cam['n']})"
+            f"Grad-CAM inside lungs (CAM of the predicted class): {cam['mean']:.3f}{ci}{chance} (n={cam['n']})"
             if cam["mean"] is not None
             else "Grad-CAM inside lungs: no masks"
         )

@@ -28,6 +28,7 @@ from . import metrics as M
 log = logging.getLogger(__name__)
 
 SUBSETS = ("test", "val", "calibration", "train", "all")
+CAM_BY = "CAM of the predicted class, grouped by true class"
 PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
 
 
@@ -125,7 +126,11 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance).
+
+    The CAM is each image's predicted class's, grouped by the image's true class; each mean has a 95%
+    Student-t interval over images (``ci``), to read beside the chance level.
+    """
     try:
         from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
@@ -134,7 +139,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
-        return {"by": "true class", "skipped": str(exc)}
+        return {"by": CAM_BY, "skipped": str(exc)}
     shares = mask_shares(data.index, records, pp)
     h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
 
@@ -143,12 +148,13 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
         return {
             "mean": float(np.mean(vals)) if vals else None,
+            "ci": M.mean_interval(vals),
             "n": len(vals),
             "mask_share": float(np.mean(chance)) if chance else None,
         }
 
     result = {
-        "by": "true class",
+        "by": CAM_BY,
         "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
         "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),

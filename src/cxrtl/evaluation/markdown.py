@@ -184,20 +184,21 @@ def _fitted_on(parts: dict) -> list[str]:
 
 
 def _cam(cam: dict) -> list[str]:
-    """Share of CAM energy inside the lungs per true class, beside the lungs' share of the image (chance)."""
+    """Share of CAM energy inside the lungs per true class (95% interval), beside the lungs' share (chance)."""
     if cam.get("skipped"):
         return ["", f"Grad-CAM mass inside the lung mask: not computed ({cam['skipped']})."]
 
     def cell(v: dict) -> str:
-        chance = v.get("mask_share")
+        chance, ci = v.get("mask_share"), v.get("ci")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         vs = "" if chance is None else f" vs {fmt_num(chance, 3)} lung area"
-        return f"{fmt_num(v.get('mean'), 3)}{vs} (n={v.get('n')})"
+        return f"{fmt_num(v.get('mean'), 3)}{interval}{vs} (n={v.get('n')})"
 
     lines = [
         "",
-        "Grad-CAM mass inside the lung mask (mean per true class), beside the lung mask's share of the image, "
-        "the level a CAM spread evenly would reach: "
-        + ", ".join(f"{c} {cell(v)}" for c, v in cam.get("per_class", {}).items()),
+        "Grad-CAM mass inside the lung mask (CAM of the predicted class, grouped by true class; mean with its "
+        "95% interval over images), beside the lung mask's share of the image, the level a CAM spread evenly "
+        "would reach: " + ", ".join(f"{c} {cell(v)}" for c, v in cam.get("per_class", {}).items()),
     ]
     if cam.get("warning"):
         lines.append(f"Caution: {cam['warning']}.")

@@ -50,6 +50,20 @@ def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE) 
     return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
+def mean_interval(values, confidence: float = CONFIDENCE, bounds=(0.0, 1.0)) -> list[float] | None:
+    """Student-t interval of the mean of ``values`` (clipped to ``bounds``); None for fewer than 2 values.
+
+    For a mean of per-image shares, e.g. the Grad-CAM lung share: images are the independent units.
+    """
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return None
+    half = t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return [max(bounds[0], float(x.mean() - half)), min(bounds[1], float(x.mean() + half))]
+
+
 def _percentile_ci(samples: np.ndarray, confidence: float) -> list[float] | None:
     """Percentile interval of bootstrap samples (NaNs, i.e. undefined resamples, ignored)."""
     samples = np.asarray(samples, dtype=np.float64)
