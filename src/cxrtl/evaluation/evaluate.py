@@ -226,6 +226,7 @@ def _add_calibration(
             result["classes"],
             positive,
             target_sensitivity,
+            chosen_on=fitting.SUBSET_WORDS[fit_on],
         )
         result["operating_point"]["temperature"] = t
         result["operating_point"]["fitted_on"] = fit_on
@@ -343,6 +344,8 @@ def evaluate(
         from .conformal import check_alpha
 
         check_alpha(conformal)
+    elif conformal_by_class:
+        fitting.check_conformal(None, None, by_class=True)  # refused before anything is written
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
     out = ensure_dir(out) if out is not None else None

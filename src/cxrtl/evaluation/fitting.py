@@ -182,7 +182,8 @@ def fit_operating_point(record, result: dict):
             positive=op["positive"],
             threshold=float(op["threshold"]),
             temperature=float(op.get("temperature", 1.0)),
-            method=f"lowest threshold reaching the target sensitivity on {SUBSET_WORDS[op.get('fitted_on', 'val')]}",
+            method="lowest threshold reaching the target sensitivity on the "
+            f"{SUBSET_WORDS[op.get('fitted_on', 'val')]} subset",
             target_sensitivity=op["target_sensitivity"],
             fitted_on=op.get("fitted_on", "val"),
             n=op["val"]["tp"] + op["val"]["fn"] + op["val"]["tn"] + op["val"]["fp"],

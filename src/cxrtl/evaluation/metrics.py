@@ -466,10 +466,12 @@ def operating_point(
     positive: str,
     target_sensitivity: float = 0.95,
     confidence: float = CONFIDENCE,
+    chosen_on: str = "validation",
 ) -> dict:
     """Pick the threshold on P(positive) reaching ``target_sensitivity`` on validation; report it on test.
 
-    Also reports the argmax rule on test for comparison (the paper's only operating point).
+    Also reports the argmax rule on test for comparison (the paper's only operating point). ``chosen_on``
+    names the subset ``val_*`` come from (the calibration subset, when the split has one), for the warning.
     """
     i = resolve_class(positive, classes)
     val_pos = np.asarray(val_y) == i
@@ -480,7 +482,7 @@ def operating_point(
     argmax_hit = np.asarray(test_probs).argmax(axis=1) == i
     n_pos = int(val_pos.sum())
     warning = (
-        f"the threshold was chosen on only {n_pos} validation {list(classes)[i]} image(s) (fewer than "
+        f"the threshold was chosen on only {n_pos} {chosen_on} {list(classes)[i]} image(s) (fewer than "
         f"{FEW_POSITIVES}); a threshold set for a target sensitivity on so few is unreliable, and the "
         "argmax rule may serve better"
         if n_pos < FEW_POSITIVES

@@ -135,8 +135,14 @@ def decision_sentences(record: Decisions, metrics: dict) -> list[str]:
         if isinstance(scored.get("coverage"), (int, float)):
             tested = (
                 f" On the test subset the sets covered the true class for {100 * scored['coverage']:.1f}% of "
-                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, a marginal guarantee, not "
-                f"per class), with {scored.get('mean_set_size', 0):.2f} classes per set on average."
+                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, "
+                + ("for each class" if c.class_thresholds else "a marginal guarantee, not per class")
+                + f"), with {scored.get('mean_set_size', 0):.2f} classes per set on average"
+                + (
+                    f" and {100 * scored['empty_fraction']:.1f}% empty sets (no class plausible: look at the image)."
+                    if scored.get("empty_fraction")
+                    else "."
+                )
             )
         kind = "one threshold per class" if c.class_thresholds else f"threshold {c.threshold:.3f}"
         lines.append(
