@@ -203,14 +203,18 @@ def test_evaluate_conformal_by_class_stores_per_class_thresholds(run_dir, tmp_pa
     classes = ["NORMAL", "PNEUMONIA"]
     args = ["evaluate", str(run), "--data", str(root), "--no-figures", "--no-progress", "--bootstrap", "0"]
     out = tmp_path / "ev"
-    assert main([*args, "--subset", "val", "--out", str(out), "--conformal", "0.1", "--conformal-by-class"]) == 0
+    assert (
+        main([*args, "--subset", "val", "--out", str(out), "--conformal", "0.1", "--conformal-by-class"]) == 0
+    )
     c = json.loads((out / "metrics.json").read_text())["conformal"]
     stored = json.loads((run / "best.decisions.json").read_text())["conformal"]
     assert stored["class_thresholds"] == c["class_thresholds"] and stored["method"] == "lac-mondrian"
     probs, labels = _probs_of(out / "predictions.csv", classes)  # the validation images, as fitted on
     for i, name in enumerate(classes):
         scores = sorted(1 - probs[labels == i, i])
-        assert c["class_thresholds"][name] == pytest.approx(scores[math.ceil((len(scores) + 1) * 0.9) - 1], abs=1e-6)
+        assert c["class_thresholds"][name] == pytest.approx(
+            scores[math.ceil((len(scores) + 1) * 0.9) - 1], abs=1e-6
+        )
     assert c["per_class_n"] == {"NORMAL": 40, "PNEUMONIA": 40}
     report = (out / "report.md").read_text()
     assert "## Conformal prediction sets" in report and "class-conditional (Mondrian)" in report
@@ -255,14 +259,21 @@ def test_a_calibration_subset_is_where_settings_are_fitted(run_dir, tmp_path, ca
     write_split_csv(run / "split.csv", make_split(load_dataset(root), ratios=(0.2, 0.2, 0.3, 0.3), seed=0))
     assert main([*args, "--out", str(tmp_path / "b"), *fit]) == 0
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())
-    assert m["fitted_on"] == {"temperature": "calibration", "operating_point": "calibration", "conformal": "calibration"}
+    assert m["fitted_on"] == {
+        "temperature": "calibration",
+        "operating_point": "calibration",
+        "conformal": "calibration",
+    }
     assert m["conformal"]["n_calibration"] == 60 and m["n"] == 60
     record = json.loads((run / "best.decisions.json").read_text())
     assert record["temperature"]["fitted_on"] == "calibration" and record["temperature"]["n"] == 60
     assert record["operating_point"]["fitted_on"] == "calibration" and record["operating_point"]["n"] == 60
     assert record["conformal"]["fitted_on"] == "calibration" and record["conformal"]["n"] == 60
     report = (tmp_path / "b" / "report.md").read_text()
-    assert "Decision settings fitted on: temperature: calibration subset; operating point: calibration subset" in report
+    assert (
+        "Decision settings fitted on: temperature: calibration subset; operating point: calibration subset"
+        in report
+    )
     assert "the one that chose the checkpoint" not in report
     assert "fitted on 60 calibration images" in report
 

@@ -233,7 +233,9 @@ def test_three_positive_class_flags_its_interval_and_counts_dropped_resamples():
     assert m["per_class"]["Normal"]["ci_unreliable"] is False
     assert m["per_class"]["Normal"]["ci_note"] is None
     # a class with 95 of 100 images has only 5 negatives: flagged too
-    m2 = M.compute_metrics(np.array([0] * 95 + [1] * 5), onehot_probs(np.zeros(100, int), 2), CLASSES[:2], n_boot=0)
+    m2 = M.compute_metrics(
+        np.array([0] * 95 + [1] * 5), onehot_probs(np.zeros(100, int), 2), CLASSES[:2], n_boot=0
+    )
     assert m2["per_class"]["COVID"]["ci_unreliable"] and "5 negative" in m2["per_class"]["COVID"]["ci_note"]
     report = evaluation_markdown(json.loads(json.dumps(m)))
     assert "| COVID † | 3 |" in report

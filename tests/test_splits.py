@@ -132,7 +132,9 @@ def test_four_ratios_make_a_calibration_subset_that_round_trips(tmp_path):
         (tmp_path / r.path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / r.path).write_bytes(b"")
     back = read_split_csv(path, DatasetIndex(tmp_path, "csv", index.classes, index.records))
-    assert {s: [r.path for r in v] for s, v in back.items()} == {s: [r.path for r in v] for s, v in split.items()}
+    assert {s: [r.path for r in v] for s, v in back.items()} == {
+        s: [r.path for r in v] for s, v in split.items()
+    }
 
 
 @pytest.mark.parametrize("patients", [False, True])
@@ -142,7 +144,9 @@ def test_calibration_fraction_comes_from_training_and_leaves_val_and_test(patien
     plain = make_split(index, ratios=(0.7, 0.15, 0.15), seed=4, group_by=group_by)
     split = make_split(index, ratios=(0.7, 0.15, 0.15), seed=4, group_by=group_by, calibration_fraction=0.2)
     assert split["val"] == plain["val"] and split["test"] == plain["test"]
-    assert sorted(r.path for r in split["train"] + split["calibration"]) == sorted(r.path for r in plain["train"])
+    assert sorted(r.path for r in split["train"] + split["calibration"]) == sorted(
+        r.path for r in plain["train"]
+    )
     for c in index.classes:
         n_train = sum(r.label == c for r in plain["train"])
         n_cal = sum(r.label == c for r in split["calibration"])

@@ -85,7 +85,9 @@ class Metrics(_MetricsRequired, total=False):
     figures: list[str]
     provenance: dict[str, Any]  # what produced it: cxrtl/torch/timm/Python versions, git commit, device
     conformal: ConformalResult  # with ``evaluate --conformal ALPHA``
-    fitted_on: dict[str, str]  # which subset ("calibration" or "val") each reported decision setting was fitted on
+    fitted_on: dict[
+        str, str
+    ]  # which subset ("calibration" or "val") each reported decision setting was fitted on
     bootstrap: dict[str, Any]  # resamples, seed, and per class how many resamples each interval used/dropped
 
 

@@ -158,11 +158,7 @@ def run(args: argparse.Namespace) -> int:
             f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
             f"single-class sets {fmt_pct(cp['singleton_fraction'])}, empty sets "
             f"{fmt_pct(cp['empty_fraction'])}; "
-            + (
-                "per-class thresholds"
-                if cp.get("class_thresholds")
-                else f"threshold {cp['threshold']:.4f}"
-            )
+            + ("per-class thresholds" if cp.get("class_thresholds") else f"threshold {cp['threshold']:.4f}")
             + f" saved in the decision record (fitted on {cp['fitted_on']})"
         )
     if m.get("cam_in_lungs", {}).get("skipped"):

@@ -92,7 +92,9 @@ def check_conformal(alpha: float | None, data, by_class: bool = False) -> None:
     """Refuse a bad alpha, or too few fitting images for it (of each class, ``by_class``), before any prediction."""
     if alpha is None:
         if by_class:
-            raise CxrtlError("--conformal-by-class needs --conformal ALPHA; e.g. --conformal 0.1 --conformal-by-class")
+            raise CxrtlError(
+                "--conformal-by-class needs --conformal ALPHA; e.g. --conformal 0.1 --conformal-by-class"
+            )
         return
     from .conformal import check_alpha, check_class_counts, needed_calibration
 
@@ -113,7 +115,14 @@ def check_conformal(alpha: float | None, data, by_class: bool = False) -> None:
 
 
 def fit_conformal(
-    result: dict, record, val: tuple, logits, labels, alpha: float, by_class: bool = False, fit_on: str = "val"
+    result: dict,
+    record,
+    val: tuple,
+    logits,
+    labels,
+    alpha: float,
+    by_class: bool = False,
+    fit_on: str = "val",
 ):
     """Fit LAC sets on ``fit_on`` at the prediction temperature and score them -> the updated record.
 

@@ -82,7 +82,11 @@ def _interval_notes(m: dict) -> list[str]:
         ]
         lines.append(
             f"Bootstrap: {boot['resamples']} resamples of the images (seed {boot['seed']})"
-            + (f"; resamples used by the AUC intervals: {', '.join(dropped)}." if dropped else ", none dropped.")
+            + (
+                f"; resamples used by the AUC intervals: {', '.join(dropped)}."
+                if dropped
+                else ", none dropped."
+            )
         )
     return [""] + lines if lines else []
 
@@ -130,7 +134,8 @@ def _conformal(c: dict) -> list[str]:
     )
     n_of = c.get("per_class_n") or {}
     per = ", ".join(
-        f"{k} {NA if v is None else fmt_pct(v)} (n={n_of.get(k, '?')})" for k, v in c["per_class_coverage"].items()
+        f"{k} {NA if v is None else fmt_pct(v)} (n={n_of.get(k, '?')})"
+        for k, v in c["per_class_coverage"].items()
     )
     kind = "class-conditional (Mondrian) LAC" if by_class else "LAC"
     guarantee = (
@@ -163,7 +168,11 @@ def _conformal(c: dict) -> list[str]:
 
 
 _SUBSET_WORDS = {"val": "validation", "calibration": "calibration"}
-_PART_WORDS = {"temperature": "temperature", "operating_point": "operating point", "conformal": "conformal threshold"}
+_PART_WORDS = {
+    "temperature": "temperature",
+    "operating_point": "operating point",
+    "conformal": "conformal threshold",
+}
 
 
 def _fitted_on(parts: dict) -> list[str]:
