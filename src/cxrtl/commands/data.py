@@ -168,7 +168,8 @@ def _print_check(report: dict) -> None:
             )
         )
     if "split" in report:
-        print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
+        sizes = {s: sum(d.values()) for s, d in report["split"].items()}
+        print("split: " + "; ".join(f"{s} {n}" for s, n in sizes.items() if n or s != "calibration"))
     if "leakage" in report:
         from ..integrity.leakage import leakage_lines
 
