@@ -100,10 +100,10 @@ def run(args: argparse.Namespace) -> int:
         raise CxrtlError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
     if not 0 < args.target_sensitivity <= 1:
         raise CxrtlError(f"--target-sensitivity must be in (0, 1], not {args.target_sensitivity}")
-    from ..hub import resolve_model_arg
+    from ..model_ref import local_path
 
     m = evaluate(
-        resolve_model_arg(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+        local_path(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
         args.data,
         split_csv=args.split,
         subset=args.subset,

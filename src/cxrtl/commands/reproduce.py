@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         d = seg["test"]["dice"]
         print(f"lung segmenter: test Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}]")
     print(f"report: {result['report']['html']}")
-    if args.track:
-        print(f"tracked in {track_reproduction(args.out, dict(result), args.track)}")
+    if args.track and (uri := track_reproduction(args.out, dict(result), args.track)):  # None: warned
+        print(f"tracked in {uri}")
     return 0
 
 

@@ -168,27 +168,49 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     return result
 
 
-def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
+def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool, model_path):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
+    from ..data.fingerprint import differing
     from ..data.records import SPLITS
+    from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
-    data = prepare_data(
-        data_root,
-        pp,
-        index=index,
-        split_csv=split_csv,
-        seed=int(cfg.get("seed", 2022)),
-        ratios=cfg.get("ratios"),
-        group_by=cfg.get("group_by"),
-        official=bool(cfg.get("official", False)),
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    run = Path(model_path).expanduser()
+    own_split = split_csv is not None and run.is_dir() and Path(split_csv) == run / "split.csv"
+    changed, compared = differing(run, index.root) if run.is_dir() else (0, 0)
+    if changed:
+        log.warning(
+            "%d of %d sampled training files of this run have other content under %s than when it trained: "
+            "is --data the run's dataset (or another copy or version of it)?",
+            changed,
+            compared,
+            index.root,
+        )
+    try:
+        data = prepare_data(
+            data_root,
+            pp,
+            index=index,
+            split_csv=split_csv,
+            seed=int(cfg.get("seed", 2022)),
+            ratios=cfg.get("ratios"),
+            group_by=cfg.get("group_by"),
+            official=bool(cfg.get("official", False)),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    except SplitFilesMissing as exc:
+        if not own_split:
+            raise
+        trained = cfg.get("data") or "the dataset it was trained on"
+        raise CxrtlError(
+            f"the run's split names {len(exc.missing)} image(s) that {index.root} does not have ({exc.shown}); "
+            f"--data should point at the run's dataset ({trained})"
+        ) from None
     records = (
         [r for name in SPLITS for r in data.split.get(name, [])]
         if subset == "all"
@@ -264,6 +286,44 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
+def _check_against_run_split(model_path, split_csv, records, data, subset, calibrate, positive, conformal):
+    """A split other than the run's own: count the scored images the run trained on (warned, and recorded in
+    ``metrics.json["trained_on"]``), and refuse to fit decision settings on images it trained on."""
+    import csv
+
+    run = Path(model_path).expanduser()
+    own = run / "split.csv"
+    if (
+        not run.is_dir()
+        or not own.is_file()
+        or split_csv is None
+        or Path(split_csv).resolve() == own.resolve()
+    ):
+        return None
+    with open(own, newline="", encoding="utf-8") as fh:
+        trained = {row["path"] for row in csv.DictReader(fh) if row.get("split") == "train"}
+    n = sum(r.path in trained for r in records)
+    if n:
+        log.warning(
+            "%d of the %d %s images of %s were training images of this run: their scores are optimistic",
+            n,
+            len(records),
+            subset,
+            split_csv,
+        )
+    fits = [name for name, on in (("--calibrate", calibrate), ("--positive", positive)) if on]
+    fits += ["--conformal"] if conformal is not None else []
+    fit_on = fitting.fit_subset(data)  # where the settings would be fitted: calibration, else validation
+    leaked = sum(r.path in trained for r in data.split[fit_on])
+    if fits and leaked:
+        raise CxrtlError(
+            f"{' and '.join(fits)} would be fitted on {leaked} {fitting.SUBSET_WORDS[fit_on]} image(s) of "
+            f"{split_csv} that the run "
+            "trained on, and stored with the model; fit them on the run's own split (leave --split out)"
+        )
+    return {"split": str(split_csv), "subset": subset, "n": len(records), "trained_on": n}
+
+
 def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
     """``data_root`` if given, else the one the run (or checkpoint) was trained on, from its config."""
     if data_root is not None:
@@ -281,8 +341,16 @@ def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | N
     root = cfg.get("data") if isinstance(cfg, dict) else None
     if not root:
         raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
-    if not Path(root).expanduser().exists():
-        raise CxrtlError(f"the run's dataset {root} is not there any more; pass --data ROOT")
+    # Runs now record absolute paths; an older run's relative root is tried from here, then from the run's
+    # folder and its parents (where a project keeps its data beside its runs).
+    base = path if path.is_dir() else path.parent
+    candidates = [Path(root).expanduser()] + [b / root for b in (base, base.parent, base.parent.parent)]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise CxrtlError(
+            f"the run's dataset {root} is not there any more (looked from here and from {base}); pass --data ROOT"
+        )
+    root = str(found)
     log.info("data root from the run's config: %s", root)
     return str(root)
 
@@ -357,7 +425,10 @@ def evaluate(
         fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
+    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path)
+    overlap = _check_against_run_split(
+        model_path, split_csv, records, data, subset, calibrate, positive, conformal
+    )
     fitting.check_conformal(conformal, data, conformal_by_class)
     fit_on = fitting.fit_subset(data)
 
@@ -377,6 +448,8 @@ def evaluate(
             labels, probs, classes, loss=fitting.ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
         )
     )  # filled in below, returned as Metrics
+    if overlap is not None:
+        result["trained_on"] = overlap
     result["source"] = {
         "checkpoint": str(ckpt),
         "data": str(data_root),
