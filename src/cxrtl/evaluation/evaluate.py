@@ -255,17 +255,6 @@ def _add_calibration(
         fitting.warn_if_scored_on("operating point", fit_on, result["source"]["subset"])
 
 
-def _fitted_on(result: dict, record) -> dict[str, str]:
-    """Which subset each decision setting this evaluation reports was fitted on."""
-    parts = {}
-    if result.get("calibrated") and record.temperature is not None:
-        parts["temperature"] = record.temperature.fitted_on
-    for key in ("operating_point", "conformal"):
-        if result.get(key):
-            parts[key] = result[key]["fitted_on"]
-    return parts
-
-
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
     """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
     from .markdown import evaluation_markdown
@@ -472,7 +461,7 @@ def evaluate(
         record = fitting.fit_conformal(
             result, record, val, logits, labels, float(conformal), conformal_by_class, fit_on
         )
-    if parts := _fitted_on(result, record):
+    if parts := fitting.fitted_on(result, record):
         result["fitted_on"] = parts
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)

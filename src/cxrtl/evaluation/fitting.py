@@ -203,6 +203,17 @@ def fit_operating_point(record, result: dict):
     )
 
 
+def fitted_on(result: dict, record) -> dict[str, str]:
+    """Which subset each decision setting an evaluation reports was fitted on (``calibration`` or ``val``)."""
+    parts = {}
+    if result.get("calibrated") and record.temperature is not None:
+        parts["temperature"] = record.temperature.fitted_on
+    for key in ("operating_point", "conformal"):
+        if result.get(key):
+            parts[key] = result[key]["fitted_on"]
+    return parts
+
+
 def store(ckpt: Path, before, after, migrate: bool) -> None:
     """Write the decision record when evaluation changed it (or, with ``migrate``, when it has old sidecars)."""
     from ..decisions import record_files, write_decisions
