@@ -86,7 +86,10 @@
     }
     body.append(el("p", { class: "caption", text: "Probability of each class:" }), bars);
     if (Array.isArray(row.prediction_set)) {
-      body.append(el("p", { class: "set", text: "Prediction set: {" + row.prediction_set.join(", ") + "}" }));
+      const members = row.prediction_set.length
+        ? "{" + row.prediction_set.join(", ") + "}"
+        : "empty: no class is plausible at this coverage; look at the image";
+      body.append(el("p", { class: "set", text: "Prediction set: " + members }));
     }
     if (row.cam_png) {
       const cam = el("img", { class: "cam-overlay", src: "data:image/png;base64," + row.cam_png,
