@@ -418,7 +418,11 @@ def evaluate(
     overlap = _check_against_run_split(
         model_path, split_csv, records, data, subset, calibrate, positive, conformal
     )
-    fitting.check_conformal(conformal, data, conformal_by_class)
+    refused = fitting.conformal_refusal(
+        conformal, data, conformal_by_class, others=bool(calibrate or positive)
+    )
+    if refused is not None:  # the other requested fits are done first; this one is refused at the end
+        conformal = None
     fit_on = fitting.fit_subset(data)
 
     def predict(recs):
@@ -470,6 +474,9 @@ def evaluate(
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
         _write_outputs(out, result, used, labels, probs, history, figures)
+    if refused is not None:
+        done = " and ".join(n for n, on in (("--calibrate", calibrate), ("--positive", positive)) if on)
+        raise CxrtlError(f"{refused} ({done} fitted and stored, and the evaluation written, all the same)")
     return cast(Metrics, result)
 
 

@@ -12,6 +12,7 @@ decision record (:mod:`cxrtl.decisions`); :func:`store` writes it once, at the e
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,18 @@ def fit_temperature(record, val: tuple | None, calibrate: bool, subset: str, fit
     )
 
 
+def conformal_refusal(alpha: float | None, data, by_class: bool, others: bool) -> CxrtlError | None:
+    """:func:`check_conformal`'s refusal, returned instead of raised when ``others`` (other fits were asked
+    for: they are done first, and the refusal raised after them)."""
+    try:
+        check_conformal(alpha, data, by_class)
+    except CxrtlError as exc:
+        if not others:
+            raise
+        return exc
+    return None
+
+
 def check_conformal(alpha: float | None, data, by_class: bool = False) -> None:
     """Refuse a bad alpha, or too few fitting images for it (of each class, ``by_class``), before any prediction."""
     if alpha is None:
@@ -96,16 +109,24 @@ def check_conformal(alpha: float | None, data, by_class: bool = False) -> None:
                 "--conformal-by-class needs --conformal ALPHA; e.g. --conformal 0.1 --conformal-by-class"
             )
         return
-    from .conformal import check_alpha, check_class_counts, needed_calibration
+    from .conformal import MIN_CALIBRATION, check_alpha, check_class_counts, needed_calibration
 
     alpha = check_alpha(alpha)
     fit_on = fit_subset(data)
     words = SUBSET_WORDS[fit_on]
     n, need = len(data.split[fit_on]), needed_calibration(alpha)
     if n < need:
+        total = sum(len(v) for v in data.split.values())
+        share = min(0.5, math.ceil(20 * need / max(total, 1)) / 20)  # the share, rounded up to 0.05
+        ratios = f"{1 - share - 0.15:.2f},{share:.2f},0.15"
+        fix = (
+            f"train on a split with at least {need} {words} images, e.g. `cxrtl data split ROOT --ratios {ratios} "
+            "--out SPLIT.csv`, then `cxrtl train --split SPLIT.csv`"
+        )
+        if need > MIN_CALIBRATION:  # only then does a larger alpha lower the need
+            fix += f", or a larger alpha (at least {MIN_CALIBRATION} images are always needed)"
         raise CxrtlError(
-            f"--conformal {alpha:g} needs at least {need} {words} images, the split has {n}; "
-            f"use a split with a larger {words} subset, or a larger alpha"
+            f"--conformal {alpha:g} needs at least {need} {words} images, the split has {n}; {fix}"
         )
     if by_class:
         counts = {c: 0 for c in data.classes}
