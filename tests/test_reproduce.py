@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from browser import SKIP_REASON, playwright_or_none, render
 from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
 from cxrtl.paper.experiments import COVID_BEST, plan_runs
@@ -169,6 +170,18 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
             in md
         )
     assert "](segmenter/test/overlays.png)" in md and html.count("data:image/png;base64,") >= 1
+    # Offline, ImageNet fine-tune started from random weights like the no-pre-training run: the same job,
+    # named as such and not tested.
+    same = [(c["a"], c["b"]) for c in results["comparisons"] if c.get("identical")]
+    assert same == [("pneumonia-none-finetune", "pneumonia-imagenet-finetune")]
+    assert "pneumonia-imagenet-finetune: both started from random weights: the same configuration" in md
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(playwright_or_none() is None, reason=SKIP_REASON)
+def test_tiny_reproduction_report_fits_a_laptop_screen(tiny_reproduction):
+    found = render(tiny_reproduction / "report.html", 1280, 800)
+    assert found["wide"] == [] and found["scrollWidth"] <= 1280, found["wide"][:5]
 
 
 @pytest.mark.slow

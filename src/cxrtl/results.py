@@ -177,20 +177,25 @@ class Configuration(TypedDict, total=False):
     auc: Summary  # binary tasks only
 
 
-class Comparison(TypedDict):
-    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
-
+class _ComparisonRequired(TypedDict):
     experiment: int
+    dataset: str  # "covid" or "pneumonia": whose test images
     a: str
     b: str
     metric: str  # "accuracy"
     difference: float  # a minus b
-    ci95: list[float]  # paired bootstrap
-    p_value: float  # McNemar exact
+    ci95: list[float] | None  # Newcombe's paired hybrid score interval; None when ``identical``
+    p_value: float | None  # McNemar exact; None when ``identical``
     method: str
     n: int
     seeds: list[int]  # how many seeds each side averaged: [a, b]
     discordant: list[int]  # [a right only, b right only]
+
+
+class Comparison(_ComparisonRequired, total=False):
+    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
+
+    identical: str  # why a and b are the same training job (not tested, not in the family)
 
 
 class ReproductionResults(TypedDict, total=False):
