@@ -12,7 +12,7 @@ import numpy as np
 from cxrtl.evaluation import figures as F
 from cxrtl.evaluation.metrics import compute_metrics, softmax
 from cxrtl.fsutil import write_csv
-from cxrtl.paper.comparisons import comparisons
+from cxrtl.paper.comparisons import bootstrap_seed, comparisons
 from cxrtl.paper.experiments import COVID_BEST, plan_runs
 from cxrtl.paper.seeds import configurations, run_name
 
@@ -92,7 +92,7 @@ def demo_like_payload(root: Path, seeds: int = 1, figures: bool = True) -> dict:
     return {
         "runs": runs,
         "configurations": configurations(runs, POSITIVE),
-        "comparisons": comparisons(runs, (1, 2, 3), 2000),
+        "comparisons": comparisons(runs, (1, 2, 3), 2000, bootstrap_seed(first)),
         "segmenter": None,
         "pneumonia_masks": None,
         "reproduction": {

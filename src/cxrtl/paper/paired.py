@@ -85,3 +85,53 @@ def min_resolvable(level: float = 0.05) -> int:
     while 2 * 0.5**k >= level:
         k += 1
     return k
+
+
+def _counts(idx: np.ndarray, size: int) -> np.ndarray:
+    """How often each of ``size`` items is drawn in each row of ``idx`` [rows, draws] -> [rows, size]."""
+    rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
+    out = np.zeros((idx.shape[0], size))
+    np.add.at(out, (rows, idx.ravel()), 1.0)
+    return out
+
+
+def two_level_bootstrap(
+    correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int, seed, confidence: float = 0.95
+) -> dict:
+    """Difference in mean accuracy over seeds, with training-seed variance in its interval.
+
+    ``correct_a`` [seeds of a, images] and ``correct_b`` [seeds of b, images]: which test images each run got
+    right. Each resample draws each side's seeds with replacement, then the test images with replacement,
+    the same images for both sides (paired by image); its statistic is the mean accuracy of a's drawn seeds
+    on the drawn images minus b's. Returns ``{difference, ci95, p_value, resamples}``: the difference of the
+    two mean accuracies (the tables' numbers), the percentile interval and the two-sided bootstrap p-value
+    (twice the smaller share of resamples on either side of 0).
+    """
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError("both sides need [seeds, images] correctness on the same images")
+    n = a.shape[1]
+    rng = np.random.default_rng(seed)
+    images = _counts(rng.integers(0, n, size=(n_boot, n)), n) / n  # image weights of each resample
+    seeds_a = _counts(rng.integers(0, len(a), size=(n_boot, len(a))), len(a)) / len(a)
+    seeds_b = _counts(rng.integers(0, len(b), size=(n_boot, len(b))), len(b)) / len(b)
+    acc_a = np.einsum("rs,rs->r", seeds_a, images @ a.T)
+    acc_b = np.einsum("rs,rs->r", seeds_b, images @ b.T)
+    samples = acc_a - acc_b
+    tail = 100 * (1 - confidence) / 2
+    p = min(1.0, 2 * min(float(np.mean(samples <= 0)), float(np.mean(samples >= 0))))
+    return {
+        "difference": float(a.mean() - b.mean()),
+        "ci95": [float(np.percentile(samples, tail)), float(np.percentile(samples, 100 - tail))],
+        "p_value": p,
+        "resamples": int(n_boot),
+    }
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (statsmodels' ``multipletests``), in the order given."""
+    if not p_values:
+        return []
+    from statsmodels.stats.multitest import multipletests
+
+    return [float(p) for p in multipletests(p_values, method="holm")[1]]

@@ -81,14 +81,19 @@ def _inline(text: str) -> str:
 
 # Header groups of report.html: a run of columns named "<prefix>..." sits under one group header, each
 # column keeping the rest of its name, so wide tables fit a laptop screen (report.md keeps the full names).
-GROUPS = (("Paper ", "Paper (published)"), ("Test ", "This reproduction, test set"))
+GROUPS = (  # (prefix, group header, capitalise the rest)
+    ("Paper ", "Paper (published)", True),
+    ("Test ", "This reproduction, test set", True),
+    ("Seeds: ", "Mean accuracy over seeds (two-level bootstrap)", False),
+    ("Ensemble: ", "Ensemble test (seed-averaged models)", False),
+)
 
 
 def _group_of(column: str) -> tuple[str, str] | None:
-    for prefix, label in GROUPS:
+    for prefix, label, capitalise in GROUPS:
         if column.startswith(prefix) and len(column) > len(prefix):
             rest = column[len(prefix) :]
-            return label, rest[0].upper() + rest[1:]
+            return label, rest[0].upper() + rest[1:] if capitalise else rest
     return None
 
 

@@ -149,8 +149,11 @@ def _summary(payload: dict) -> list[str]:
     text = text[0].upper() + text[1:] + "."
     n_comp = [c for c in payload.get("comparisons") or [] if not c.get("identical")]
     if n_comp:
-        better = sum(c["p_value"] < 0.05 and c["difference"] != 0 for c in n_comp)
-        text += f" Comparisons of the paper's with p < 0.05: {better} of {len(n_comp)} (see below)."
+        better = sum("is better" in (c.get("verdict") or "") for c in n_comp)
+        text += (
+            f" The paper's comparisons that show a difference after Holm's adjustment: {better} of "
+            f"{len(n_comp)} (see below)."
+        )
     return [
         text + " Configurations are chosen on validation; their test figures are reported, not maximised."
     ]
