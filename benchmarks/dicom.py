@@ -101,7 +101,7 @@ def main() -> None:
     from cxrtl.data.image_io import load_gray
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-") as tmp:
         folder = Path(args.out) if args.out else Path(tmp)

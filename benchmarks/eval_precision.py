@@ -43,7 +43,7 @@ def main() -> int:
     from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
     from cxrtl.data.synthetic import synthesize
     from cxrtl.evaluation.evaluate import evaluate
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     tmp = Path(tempfile.mkdtemp(prefix="cxrtl-evalprec-"))
     synthesize(tmp / "data", count=int(sys.argv[1]) if len(sys.argv) > 1 else 400, seed=0)

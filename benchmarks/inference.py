@@ -113,10 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.inference.backends import OnnxBackend, session_options
+    from cxrtl.inference.backends import OnnxBackend
     from cxrtl.inference.export import export_onnx
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
+    from cxrtl.onnx_session import session_options
+    from cxrtl.transfer import create_model
 
     print(
         f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "

@@ -42,7 +42,7 @@ def build(folder: Path, size: int, calibration: int) -> tuple[Path, Path]:
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.export import export_onnx
     from cxrtl.inference.quantize import quantize_onnx
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     torch.manual_seed(0)
     model = create_model(

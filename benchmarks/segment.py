@@ -28,9 +28,9 @@ def main() -> None:
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.backends import TorchBackend
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
     from cxrtl.segmentation.model import DECODER_CHANNELS, DEFAULT_ENCODER, build_segmenter
     from cxrtl.segmentation.predict import Segmenter
+    from cxrtl.transfer import create_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.inference.export import export_onnx
     from cxrtl.inference.predict import Predictor
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     print(
         f"cpu cores: {os.cpu_count()}, torch {torch.__version__}, {args.backbone} at {args.image_size}, fp32"

@@ -103,9 +103,9 @@ def measure_memory(args) -> dict:
     """Child process: cxrtl training on CPU at the memory settings -> peak RSS."""
     from cxrtl.data.preprocess import Preprocess
     from cxrtl.device import resolve_numerics
-    from cxrtl.model import create_model
     from cxrtl.training.engine import train_one_epoch
     from cxrtl.training.losses import WeightedCrossEntropy
+    from cxrtl.transfer import create_model
 
     torch.manual_seed(0)
     device = torch.device("cpu")
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
         return 0
 
     from cxrtl.device import resolve_device, resolve_numerics
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"

@@ -81,3 +81,14 @@ def make_segmenter_run(run: Path, seed: int = 3, **meta) -> Path:
     model = build_segmenter(SEGMENTER_META["encoder"], 1, False)
     save_segmenter(run / "best", model, {**SEGMENTER_META, **meta})
     return run
+
+
+def set_decisions(weights: Path, **parts) -> Path:
+    """Store decision settings (``temperature=Temperature(1.5)``, ...) in a checkpoint's record, as evaluate does."""
+    from cxrtl.checkpoint import read_meta
+    from cxrtl.decisions import read_decisions, write_decisions
+
+    weights = Path(weights)
+    if weights.is_dir():
+        weights = weights / "best.safetensors"
+    return write_decisions(weights, read_decisions(weights, read_meta(weights)).replace(**parts))

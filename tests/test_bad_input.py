@@ -449,7 +449,7 @@ def tiny_checkpoint(tmp_path) -> Path:
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     backbone = "test_resnet" if "test_resnet" in timm.list_models("test_*") else "resnet18"
     model = create_model(backbone=backbone, classes=["NORMAL", "PNEUMONIA"], in_chans=1, init="none")

@@ -16,15 +16,18 @@ import yaml
 
 pytest.importorskip("onnxruntime")
 
-from cxrtl.checkpoint import save_checkpoint, save_temperature
+from cxrtl.bundle_manifest import verify_bundle
+from cxrtl.checkpoint import save_checkpoint
 from cxrtl.cli import main
 from cxrtl.data import load_dataset
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.data.splits import make_split, write_split_csv
+from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
-from cxrtl.inference.bundle import make_bundle, verify_bundle
+from cxrtl.inference.bundle import make_bundle
 from cxrtl.inference.predict import Predictor
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
+from helpers import set_decisions
 
 COVID_CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -69,7 +72,7 @@ def evaluated(tmp_path_factory, covid_root):
 
     root = tmp_path_factory.mktemp("bundle")
     run = make_covid_run(root / "run", covid_root)
-    save_temperature(run / "best.safetensors", 1.5, fitted_on="val", n=9)
+    set_decisions(run / "best.safetensors", temperature=Temperature(1.5, fitted_on="val", n=9))
     evaluate(run, covid_root, out=run / "test", progress=False, n_boot=50, figures=False)
     bundle = root / "bundle"
     make_bundle(run, bundle, exporter="torchscript")
@@ -79,7 +82,7 @@ def evaluated(tmp_path_factory, covid_root):
 def test_bundle_files_and_checksums(evaluated):
     run, bundle = evaluated
     names = {p.name for p in bundle.iterdir()}
-    want = {"best.safetensors", "best.json", "best.calibration.json", "model.onnx", "config.yaml"}
+    want = {"best.safetensors", "best.json", "best.decisions.json", "model.onnx", "config.yaml"}
     assert want | {"metrics.json", "README.md", "bundle.json"} <= names
     meta = json.loads((bundle / "bundle.json").read_text())
     assert set(meta["files"]) == names - {"bundle.json"}
@@ -152,7 +155,7 @@ def test_card_of_an_evaluated_run(evaluated):
     assert "Started from random weights" in body[:first_section]
     assert "Never evaluated" not in body and "not a medical device" in body
     assert f"{100 * metrics['accuracy']:.1f}% [{100 * metrics['accuracy_ci'][0]:.1f}," in body
-    assert "T = 1.5000" in body and "no leakage found" in body
+    assert "T = 1.500, fitted on the val subset (9 images" in body and "no leakage found" in body
     # class counts per split, counted independently from split.csv
     with open(run / "split.csv", newline="") as fh:
         counts = Counter((r["label"], r["split"]) for r in csv.DictReader(fh))
@@ -206,3 +209,91 @@ def test_bad_bundle_requests(evaluated, tmp_path, capsys):
         assert err.startswith("cxrtl: error: ") and message in err and "\n" not in err
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m["files"].update({"best.json": "x"}), "no valid 'sha256' and 'bytes'"),
+        (lambda m: m["files"].update({"best.json": None}), "no valid 'sha256' and 'bytes'"),
+        (lambda m: m.update(files={}), "lists no files"),
+        (lambda m: m.update(files=[]), "lists no files"),
+        (lambda m: m["files"].update({"../best.json": m["files"]["best.json"]}), "not a plain file name"),
+        (lambda m: m["files"].pop("best.safetensors"), "best.safetensors is not listed"),
+        (lambda m: m["files"].pop("model.onnx"), "model.onnx is not listed"),
+    ],
+)
+def test_a_malformed_or_incomplete_manifest_is_refused_in_one_line(
+    evaluated, tmp_path, capsys, edit, message
+):
+    _, bundle = evaluated
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "bundle.json").read_text())
+    edit(manifest)
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    image = next((copy.parent).glob("*.png"), None) or _one_png(tmp_path)
+    for backend in ("torch", "onnx"):
+        capsys.readouterr()
+        assert main(["predict", str(copy), str(image), "--backend", backend]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("cxrtl: error:") and message in err and "\n" not in err
+
+
+def test_unlisted_files_are_never_loaded(evaluated, tmp_path, capsys):
+    # "files": {} with altered weights and best.json deleted used to load; an unlisted model.onnx was used.
+    _, bundle = evaluated
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "bundle.json").read_text())
+    del manifest["files"]["best.json"]
+    (copy / "best.json").unlink()
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    image = _one_png(tmp_path)
+    assert main(["predict", str(copy), str(image)]) == 0  # best.json is not needed; nothing unlisted is read
+    (copy / "extra.onnx").write_bytes((copy / "model.onnx").read_bytes())  # an unlisted file appears
+    assert main(["predict", str(copy), str(image)]) == 2
+    assert "extra.onnx is not listed" in capsys.readouterr().err
+
+
+def _one_png(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "one.png"
+    Image.fromarray((np.arange(48 * 40) % 251).astype(np.uint8).reshape(48, 40)).save(path)
+    return path
+
+
+def test_the_card_s_code_runs_against_its_bundle(evaluated, tmp_path):
+    """Every code block of a generated card runs, with its placeholders filled in (issue: a snippet that failed)."""
+    import re
+    import subprocess
+    import sys
+
+    _, bundle = evaluated
+    image = _one_png(tmp_path)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(image, scans / "a.png")
+    text = (bundle / "README.md").read_text()
+    blocks = re.findall(r"```(sh|python)\n(.*?)```", text, re.S)
+    assert {kind for kind, _ in blocks} == {"sh", "python"}
+    for kind, code in blocks:
+        code = code.replace("BUNDLE_DIR", str(bundle)).replace("scans/", str(scans) + "/")
+        code = code.replace('"a.png"', repr(str(scans / "a.png")))
+        if kind == "python":
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr[-1500:]
+            assert "COVID" in res.stdout
+            continue
+        for line in code.splitlines():
+            cmd = line.split("#")[0].split()
+            if not cmd or cmd[0] != "cxrtl" or any(c.startswith("hf://") for c in cmd):
+                continue  # pip install and the Hub need a network
+            assert main(cmd[1:]) == 0, line
+
+
+def test_a_bundle_is_not_exported_again_as_if_it_were_a_run(evaluated, tmp_path, capsys):
+    run, bundle = evaluated
+    assert main(["export", str(bundle), "--bundle", str(tmp_path / "b2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a bundle, not a run directory" in err and str(run.resolve()) in err and "\n" not in err
+    assert not (tmp_path / "b2").exists()

@@ -91,3 +91,90 @@ def test_bad_segmenter_for_a_bundle(seg_run, tmp_path, capsys):
         assert main(["export", *map(str, argv)]) == 2
         assert message in _error(capsys)
     assert not any((tmp_path / n).exists() for n in ("b1", "b2", "m.onnx"))
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    return 1.0 if not (a.any() or b.any()) else 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+@pytest.mark.slow
+def test_a_masked_bundle_runs_on_onnx_without_torch(seg_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cxrtl.inference.predict import Predictor
+    from cxrtl.segmentation.predict import Segmenter
+    from cxrtl.segmentation.runtime import OnnxSegmenter
+
+    run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
+    files = [save_png(tmp_path / "img" / f"x{i}.png", radiograph(60 + 8 * i, 72, seed=i)) for i in range(4)]
+    bundle = tmp_path / "bundle"
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--bundle",
+                str(bundle),
+                "--segmenter",
+                str(seg_run),
+                "--exporter",
+                "torchscript",
+            ]
+        )
+        == 0
+    )
+    listed = json.loads((bundle / "bundle.json").read_text())["files"]
+    assert "segmenter.onnx" in listed
+    record = json.loads((bundle / "best.decisions.json").read_text())
+    assert record["segmenter"]["onnx"] == "segmenter.onnx" and len(record["segmenter"]["sha256"]) == 64
+
+    # The ONNX masks match the torch masks (Dice >= 0.99 on each image).
+    torch_seg, onnx_seg = (
+        Segmenter.load(bundle / "segmenter.safetensors", "cpu"),
+        OnnxSegmenter.load(bundle / "segmenter.onnx"),
+    )
+    grays = [np.asarray(Image.open(f)) for f in files]
+    for g in grays:
+        assert _dice(torch_seg.predict(g), onnx_seg.predict(g)) >= 0.99
+
+    # Same rows, same keys, through both runtimes; the ONNX one never imports torch.
+    want = _predict_json(capsys, bundle, *files, "--backend", "torch")
+    got = _predict_json(capsys, bundle, *files, "--backend", "onnx")
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys() and g["label"] == w["label"]
+        np.testing.assert_allclose(
+            [g["probabilities"][c] for c in CLASSES], [w["probabilities"][c] for c in CLASSES], atol=1e-4
+        )
+    code = (
+        "import json, sys\n"
+        "from cxrtl.cli import main\n"
+        f"argv = ['predict', {str(bundle)!r}, *{[str(f) for f in files]!r}]\n"
+        "rc = main([*argv, '--backend', 'onnx', '--format', 'json', '--no-progress'])\n"
+        "assert rc == 0, rc\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(res.stdout)
+    assert [r["label"] for r in rows] == [w["label"] for w in want]
+
+    # Single-image latency of segment + classify, each runtime (printed for the record, not asserted).
+    for backend in ("torch", "onnx"):
+        p = Predictor.from_checkpoint(bundle, backend=backend, device="cpu")
+        p.predict([str(files[0])])
+        t0 = time.perf_counter()
+        for _ in range(5):
+            p.predict([str(files[0])])
+        print(f"segment+classify {backend}: {(time.perf_counter() - t0) / 5 * 1000:.1f} ms/image")

@@ -16,7 +16,7 @@ from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.data.records import DatasetIndex, Record
 from cxrtl.errors import CxrtlError
 from cxrtl.evaluation.cam import grad_cam, lung_fraction, lung_fractions, overlay, save_overlay
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 from test_predict import lung_mask, make_run, radiograph, save_png
 
 

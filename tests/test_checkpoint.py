@@ -3,7 +3,6 @@
 import json
 import os
 import pickle
-import shutil
 
 import pytest
 import torch
@@ -11,17 +10,13 @@ from safetensors.torch import save_file
 
 from cxrtl.checkpoint import (
     FORMAT,
-    calibration_path,
     load_checkpoint,
-    load_temperature,
-    read_meta,
     resolve_checkpoint,
     save_checkpoint,
-    save_temperature,
 )
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
-from cxrtl.model import create_model
+from cxrtl.transfer import create_model
 
 TINY = "test_resnet"
 
@@ -136,31 +131,6 @@ def test_meta_claiming_another_backbone_is_refused(saved, tmp_path):
     save_checkpoint(tmp_path / "liar", model, {})
     with pytest.raises(CxrtlError, match="does not fit"):
         load_checkpoint(tmp_path / "liar.safetensors")
-
-
-def test_temperature_round_trips_for_any_weights_name(saved, tmp_path):
-    # evaluate wrote <name>.calibration.json, prediction read <name minus suffix>.calibration.json: a weights
-    # file not named *.safetensors lost its calibration, and model.v2 / model.v3 would have shared one.
-    _, path = saved
-    for name in ("model.v2", "model.v3"):
-        shutil.copy(path, tmp_path / name)
-    written = save_temperature(tmp_path / "model.v2", 1.7, fitted_on="val")
-    assert written == tmp_path / "model.v2.calibration.json"
-    assert load_temperature(tmp_path / "model.v2") == 1.7
-    assert load_temperature(tmp_path / "model.v3") is None
-
-
-def test_temperature_beside_checkpoint(saved, tmp_path):
-    _, path = saved
-    assert load_temperature(path) is None
-    cal = calibration_path(tmp_path)
-    assert cal == tmp_path / "best.calibration.json"
-    cal.write_text(json.dumps({"temperature": 1.7, "nll_before": 0.3}))
-    assert load_temperature(tmp_path) == 1.7 and load_temperature(tmp_path / "best.json") == 1.7
-    cal.write_text(json.dumps({"temperature": -1}))
-    with pytest.raises(CxrtlError, match="temperature"):
-        load_temperature(path)
-    assert read_meta(path)["classes"] == ["NORMAL", "PNEUMONIA"]
 
 
 def _rewrite_embedded(path, edit):

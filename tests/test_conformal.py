@@ -64,7 +64,7 @@ def run_dir(tmp_path_factory):
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     base = tmp_path_factory.mktemp("conformal")
     root = base / "data"
@@ -102,8 +102,9 @@ def test_evaluate_conformal_covers_and_predict_shows_the_sets(run_dir, tmp_path,
     assert c["n"] == 80 and c["n_calibration"] == 80
     # Within sampling error of 0.9 on 80 test images (binomial sd 0.034; 3 sd, plus the 1/(n+1) slack).
     assert 0.9 - 3 * 0.034 <= c["coverage"] <= 0.9 + 1 / 81 + 3 * 0.034
-    sidecar = json.loads((run / "best.conformal.json").read_text())
-    assert sidecar["threshold"] == c["threshold"] and sidecar["alpha"] == ALPHA
+    stored = json.loads((run / "best.decisions.json").read_text())["conformal"]
+    assert stored["threshold"] == c["threshold"] and stored["alpha"] == ALPHA
+    assert stored["fitted_on"] == "val" and stored["n"] == 80 and stored["fitted_utc"]
 
     # The sets predict prints are {class: p >= 1 - threshold}, recomputed here from its probabilities.
     capsys.readouterr()
@@ -119,7 +120,7 @@ def test_evaluate_conformal_covers_and_predict_shows_the_sets(run_dir, tmp_path,
 def test_conformal_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys):
     root, run = run_dir
     args = ["evaluate", str(run), "--data", str(root), "--no-figures", "--no-progress", "--bootstrap", "0"]
-    before = (run / "best.conformal.json").read_bytes() if (run / "best.conformal.json").exists() else None
+    before = (run / "best.decisions.json").read_bytes() if (run / "best.decisions.json").exists() else None
     for alpha, message in (("1.5", "must be in (0, 1)"), ("0", "must be in (0, 1)")):
         capsys.readouterr()
         assert main([*args, "--out", str(tmp_path / "x"), "--conformal", alpha]) == 2
@@ -130,5 +131,5 @@ def test_conformal_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert "at least 99 validation images, the split has 80" in err and "\n" not in err
     assert not (tmp_path / "y" / "metrics.json").exists()
-    after = (run / "best.conformal.json").read_bytes() if (run / "best.conformal.json").exists() else None
+    after = (run / "best.decisions.json").read_bytes() if (run / "best.decisions.json").exists() else None
     assert after == before

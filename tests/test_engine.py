@@ -12,11 +12,11 @@ from cxrtl.config import TrainConfig
 from cxrtl.data.preprocess import Preprocess
 from cxrtl.device import resolve_device, resolve_numerics
 from cxrtl.errors import CxrtlError
-from cxrtl.model import create_model
 from cxrtl.training import engine, losses, resume
 from cxrtl.training.engine import evaluate_loader, fit, predict_logits
 from cxrtl.training.resume import STATE_FILE, read_state
 from cxrtl.training.run_dir import HISTORY_COLUMNS
+from cxrtl.transfer import create_model
 from helpers import ToyData
 
 TINY = "test_resnet"

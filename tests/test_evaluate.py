@@ -38,7 +38,7 @@ def evaluated(tmp_path_factory, covid_root):
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data import Preprocess, load_dataset, make_split, write_split_csv
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     base = tmp_path_factory.mktemp("eval")
     data = covid_root
@@ -147,11 +147,11 @@ def test_predictions_follow_split_and_recompute_metrics(evaluated):
 
 
 def test_calibration_saved_beside_checkpoint_and_operating_point(evaluated):
-    from cxrtl.checkpoint import load_temperature
-
-    t = load_temperature(evaluated.run / "best.safetensors")
-    assert t == pytest.approx(evaluated.metrics["calibrated"]["temperature"])
-    assert (evaluated.run / "best.calibration.json").is_file()
+    record = json.loads((evaluated.run / "best.decisions.json").read_text())
+    assert record["temperature"]["value"] == pytest.approx(evaluated.metrics["calibrated"]["temperature"])
+    assert record["temperature"]["fitted_on"] == "val" and record["temperature"]["fitted_utc"]
+    assert record["operating_point"]["positive"] == "COVID"  # one record holds every fitted setting
+    assert not (evaluated.run / "best.calibration.json").exists()
     op = evaluated.metrics["operating_point"]
     assert op["positive"] == "COVID" and 0 <= op["threshold"] <= 1
     assert op["val"]["sensitivity"] >= 0.9

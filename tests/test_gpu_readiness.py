@@ -22,11 +22,11 @@ from cxrtl.data import preprocess
 from cxrtl.data.preprocess import Preprocess, normalize_batch
 from cxrtl.device import Numerics, resolve_device, resolve_numerics
 from cxrtl.errors import CxrtlError
-from cxrtl.model import create_model
 from cxrtl.training import distributed as ddp
 from cxrtl.training.engine import fit, make_loader, predict_logits, train_one_epoch
 from cxrtl.training.optim import Warmup, resolve_warmup
 from cxrtl.training.resume import read_state, restore_state, write_state
+from cxrtl.transfer import create_model
 from helpers import ToyData as Toy
 
 TINY = "test_resnet"

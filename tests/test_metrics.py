@@ -168,19 +168,6 @@ def test_fit_temperature_recovers_true_temperature():
     assert 0.05 <= t_sep <= 20
 
 
-def test_save_temperature_beside_checkpoint(tmp_path):
-    ckpt = tmp_path / "best.safetensors"
-    ckpt.write_bytes(b"")  # only its name matters here
-    from cxrtl.checkpoint import calibration_path, load_temperature, save_temperature
-
-    path = save_temperature(ckpt, 1.7, fitted_on="val")
-    assert path == tmp_path / "best.calibration.json"
-    assert calibration_path(tmp_path / "best.json") == path
-    assert json.loads(path.read_text())["temperature"] == 1.7
-
-    assert load_temperature(ckpt) == pytest.approx(1.7)  # the reader prediction uses
-
-
 def test_threshold_for_sensitivity():
     pos = np.array([1, 1, 1, 1, 0, 0, 0], bool)
     s = np.array([0.9, 0.8, 0.7, 0.6, 0.75, 0.5, 0.1])

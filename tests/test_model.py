@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cxrtl.checkpoint import create_model, save_checkpoint
+from cxrtl.checkpoint import save_checkpoint
 from cxrtl.errors import CxrtlError
 from cxrtl.model import WEIGHTS_ENV, CxrModel, set_scheme
+from cxrtl.transfer import create_model
 
 TINY = "test_resnet"  # ~0.4M parameters, BatchNorm, first conv "conv1.0"
 
@@ -177,9 +178,12 @@ def test_unreachable_hub_fails_fast_or_uses_the_local_hub_cache(tmp_path, monkey
         assert torch.equal(v, sd[k]), k
 
 
-def test_model_module_leaves_checkpoint_init_to_checkpoint(tmp_path):
+def test_model_module_leaves_checkpoint_init_to_transfer(tmp_path):
     from cxrtl import model as model_mod
 
     _source_checkpoint(tmp_path)
-    with pytest.raises(CxrtlError, match="cxrtl.checkpoint.create_model"):
-        model_mod.create_model(None, ["a", "b"], 3, init=str(tmp_path / "src.safetensors"))
+    with pytest.raises(CxrtlError, match="use cxrtl.create_model"):
+        model_mod.new_model(None, ["a", "b"], 3, init=str(tmp_path / "src.safetensors"))
+    assert not hasattr(
+        model_mod, "create_model"
+    )  # one name, one idea: the public factory is cxrtl.create_model

@@ -10,15 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrtl.checkpoint import calibration_path, load_checkpoint, save_checkpoint
+from cxrtl.checkpoint import load_checkpoint, save_checkpoint
 from cxrtl.cli import main
 from cxrtl.data.image_io import apply_mask, prepare_image
+from cxrtl.data.inputs import collect_inputs, find_masks
 from cxrtl.data.preprocess import Preprocess, normalize_batch
+from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
-from cxrtl.fsutil import write_json
-from cxrtl.inference.predict import Predictor, collect_inputs, find_masks, softmax
-from cxrtl.model import create_model
-from helpers import bomb_png
+from cxrtl.inference.predict import Predictor, softmax
+from cxrtl.transfer import create_model
+from helpers import bomb_png, set_decisions
 
 CLASSES = ["COVID", "Normal", "Viral Pneumonia"]
 
@@ -37,7 +38,7 @@ def make_run(
     root.mkdir(parents=True, exist_ok=True)
     weights = save_checkpoint(root / "best", model, {"preprocess": pp.to_dict(), "epoch": 1})
     if temperature is not None:
-        write_json(calibration_path(weights), {"temperature": temperature})
+        set_decisions(weights, temperature=Temperature(temperature))
     return root
 
 

@@ -44,7 +44,7 @@ def test_export_keeps_onnxscript_info_for_verbose(tmp_path, caplog, verbose, sho
 
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data import Preprocess
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     torch.manual_seed(0)
     model = create_model("test_resnet", ["NORMAL", "PNEUMONIA"], in_chans=3, init="none")

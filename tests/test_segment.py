@@ -60,7 +60,7 @@ def test_train_on_dataset_without_masks_names_the_ones_that_have_them(pneumonia_
 
 def test_classifier_run_refused_as_segmenter(tmp_path, pneumonia_root, capsys):
     from cxrtl.checkpoint import save_checkpoint
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     run = tmp_path / "clf"
     run.mkdir()
@@ -149,7 +149,7 @@ def test_masked_model_predicts_with_segmenter_and_user_mask_wins(
 ):
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     clf = tmp_path / "masked"
     clf.mkdir()

@@ -64,7 +64,7 @@ def test_predict_with_a_segmenter_that_saw_the_classifier_test_images(
     caplog.set_level(logging.WARNING)
     from cxrtl.checkpoint import save_checkpoint
     from cxrtl.data.preprocess import Preprocess
-    from cxrtl.model import create_model
+    from cxrtl.transfer import create_model
 
     images = sorted(p.relative_to(pneumonia_root).as_posix() for p in pneumonia_root.rglob("*.jpeg"))
     clf = tmp_path / "masked"

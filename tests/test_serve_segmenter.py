@@ -21,6 +21,8 @@ from cxrtl.serve.app import create_app
 from helpers import make_segmenter_run
 from test_predict import CLASSES, make_run, radiograph, save_png
 
+LOCAL = "http://localhost"  # the server accepts only its bound host and localhost names in Host
+
 
 @pytest.fixture
 def seg_run(tmp_path):
@@ -52,8 +54,8 @@ def test_masked_model_served_with_segmenter_equals_predict_with_its_masks(seg_ru
     assert main(argv) == 0
     want = json.loads(capsys.readouterr().out)
 
-    client = TestClient(create_app(Predictor.from_checkpoint(run, segmenter=seg_run)))
-    assert client.get("/v1/model").json()["segmenter"] == str(seg_run)
+    client = TestClient(create_app(Predictor.from_checkpoint(run, segmenter=seg_run)), base_url=LOCAL)
+    assert client.get("/v1/model").json()["segmenter"] == seg_run.name  # its name, never a server path
     got = client.post(
         "/v1/predict", files=[("files", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it from here
+from ._version import __version__  # written once, in _version.py (pyproject.toml reads it there)
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -32,7 +32,7 @@ _EXPORTS = {
     "DatasetIndex": "cxrtl.data.records",
     "Record": "cxrtl.data.records",
     # model and training
-    "create_model": "cxrtl.checkpoint",
+    "create_model": "cxrtl.transfer",
     "create_loss": "cxrtl.training.losses",
     "TrainConfig": "cxrtl.config",
     "train": "cxrtl.training.train",
@@ -88,7 +88,7 @@ __all__ = [  # written out (not derived from _EXPORTS) so linters and IDEs can r
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily below
-    from .checkpoint import create_model, load_checkpoint
+    from .checkpoint import load_checkpoint
     from .config import TrainConfig
     from .data.preprocess import Preprocess
     from .data.records import DatasetIndex, Record
@@ -106,6 +106,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from .results import Metrics, ReproductionResults, ReproductionRun, RunSummary
     from .training.losses import create_loss
     from .training.train import train
+    from .transfer import create_model
 
 
 def __getattr__(name: str):

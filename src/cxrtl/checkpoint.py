@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,8 +17,8 @@ import torch
 from .data.preprocess import Preprocess
 from .errors import CxrtlError
 from .fsutil import json_safe, read_json, read_safetensors_header, sha256_file, write_json, write_safetensors
-from .model import CxrModel, build_backbone, check_backbone, check_classes
-from .model import create_model as new_model
+from .model import CxrModel, build_backbone, check_backbone
+from .model_ref import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +27,8 @@ VERSION = 1
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """Path of the weights: run dir -> its best.safetensors; x.json -> x.safetensors; x.safetensors itself."""
-    p = Path(path).expanduser()
-    if p.is_dir() and (p / "bundle.json").is_file():  # a bundle: its checksums are verified before use
-        from .inference.bundle import bundle_checkpoint
-
-        return bundle_checkpoint(p)
-    if p.is_dir():
-        best = p / "best.safetensors"
-        if not best.is_file():
-            raise CxrtlError(
-                f"{p} is not a cxrtl run directory (no best.safetensors); give a run dir or "
-                "a .safetensors checkpoint"
-            )
-        return best
-    if p.suffix == ".json" and not p.name.endswith(".calibration.json"):
-        return p.with_suffix(".safetensors")
-    if not p.exists():
-        raise CxrtlError(f"checkpoint {p} does not exist")
-    return p
+    """Path of the weights of a MODEL (run dir, bundle, .safetensors/.json, hf://): see :mod:`cxrtl.model_ref`."""
+    return resolve_model(path).require_weights()
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,6 +107,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
                 f"{weights} does not match the SHA-256 recorded in {sidecar.name} (changed "
                 "after saving); restore the original files or retrain"
             )
+        if want:
+            meta["weights_sha256"] = want  # binds the decision record to these weights
     for key in ("backbone", "classes", "in_chans"):
         if key not in meta:
             raise CxrtlError(f"{weights} metadata lacks {key!r}; use a file written by cxrtl train")
@@ -171,125 +155,3 @@ def checkpoint_preprocess(model: CxrModel, meta: dict[str, Any], weights: Path) 
             f"{model.in_chans}-channel model; it is damaged or was edited"
         )
     return pp
-
-
-def create_model(
-    backbone: str | None = "densenet121",
-    classes: Sequence[str] = ("0", "1"),
-    in_chans: int = 3,
-    init: str = "imagenet",
-    keep_hidden: bool = False,
-    pretrained_file: str | os.PathLike | None = None,
-) -> CxrModel:
-    """:func:`cxrtl.model.create_model`, where ``init`` may also be a checkpoint or run dir to transfer from.
-
-    A transfer (eq. 4-5) reuses the checkpoint's backbone (``backbone`` None takes the checkpoint's) and,
-    with ``keep_hidden``, its trained n->64 layer; the last layer is new, for ``classes``.
-    """
-    if init in ("imagenet", "none"):
-        return new_model(backbone, classes, in_chans, init, keep_hidden, pretrained_file)
-    return _transfer(init, backbone, check_classes(classes, in_chans), in_chans, keep_hidden)
-
-
-def _transfer(
-    path: str | os.PathLike, backbone: str | None, classes: list[str], in_chans: int, keep_hidden: bool
-) -> CxrModel:
-    """Backbone (and optionally the hidden layer) from a checkpoint, fresh last layer for ``classes``."""
-    source, _meta = load_checkpoint(path)
-    if backbone and backbone != source.backbone_name:
-        raise CxrtlError(
-            f"checkpoint {path} holds backbone {source.backbone_name}, not {backbone}; "
-            "leave --backbone out for a transfer"
-        )
-    if source.in_chans != in_chans:
-        raise CxrtlError(
-            f"checkpoint {path} takes {source.in_chans}-channel input, not {in_chans}; "
-            f"use --channels {source.in_chans}"
-        )
-    model = CxrModel(
-        source.backbone, classes, in_chans, source.backbone_name, hidden=source.head[0].out_features
-    )
-    if keep_hidden:
-        model.head[0].load_state_dict(source.head[0].state_dict())
-    log.info(
-        "transfer from %s (%s, classes %s): %s",
-        path,
-        source.backbone_name,
-        source.classes,
-        "kept hidden layer, new last layer" if keep_hidden else "new head",
-    )
-    return model
-
-
-def calibration_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where a checkpoint's temperature lives: ``<stem>.calibration.json`` beside ``<stem>.safetensors``.
-
-    A weights file with another name keeps its whole name (``model.v2`` -> ``model.v2.calibration.json``),
-    so two such files never share one calibration.
-    """
-    weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".calibration.json")
-
-
-def save_temperature(ckpt_path: str | os.PathLike, temperature: float, **extra) -> Path:
-    """Write ``{"temperature": T, ...}`` beside the checkpoint, where prediction picks it up."""
-    data = {
-        "format": "cxrtl-calibration",
-        "method": "temperature",
-        "temperature": float(temperature),
-        **extra,
-    }
-    return write_json(calibration_path(ckpt_path), data)
-
-
-def load_temperature(ckpt_path: str | os.PathLike) -> float | None:
-    """The calibration temperature saved beside a checkpoint, or None when it was never calibrated."""
-    path = calibration_path(ckpt_path)
-    if not path.is_file():
-        return None
-    data = read_json(path, "calibration file")
-    t = data.get("temperature") if isinstance(data, dict) else None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < float("inf")):
-        raise CxrtlError(
-            f"calibration file {path} has no valid positive 'temperature'; delete it or "
-            "recalibrate with cxrtl evaluate"
-        )
-    return float(t)
-
-
-def operating_point_path(ckpt_path: str | os.PathLike) -> Path:
-    """Where a checkpoint's operating point lives: ``<stem>.operating_point.json`` beside its weights."""
-    weights = resolve_checkpoint(ckpt_path)
-    return weights.with_name(weights.name.removesuffix(".safetensors") + ".operating_point.json")
-
-
-def save_threshold(
-    ckpt_path: str | os.PathLike, positive: str, threshold: float, temperature: float = 1.0, **extra
-) -> Path:
-    """Store the operating point chosen by ``evaluate --positive`` beside the checkpoint, for prediction.
-
-    ``threshold`` applies to P(``positive``) computed at ``temperature`` (the one in use when it was chosen).
-    """
-    data = {
-        "format": "cxrtl-operating-point",
-        "positive": str(positive),
-        "threshold": float(threshold),
-        "temperature": float(temperature),
-        **extra,
-    }
-    return write_json(operating_point_path(ckpt_path), data)
-
-
-def load_threshold(ckpt_path: str | os.PathLike) -> dict[str, Any] | None:
-    """``{"positive", "threshold", "temperature", ...}`` saved beside a checkpoint, or None when never chosen."""
-    path = operating_point_path(ckpt_path)
-    if not path.is_file():
-        return None
-    data = read_json(path, "operating point file")
-    t = data.get("threshold") if isinstance(data, dict) else None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1 or not data.get("positive"):
-        raise CxrtlError(
-            f"operating point file {path} has no valid 'positive' class and 'threshold' in [0, 1]; delete it "
-            "or choose it again with cxrtl evaluate --positive CLASS"
-        )
-    return data

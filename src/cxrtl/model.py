@@ -109,7 +109,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_weights_offline(name: str) -> Path | None:
+def imagenet_weights_offline(name: str) -> Path | None:
     """When the Hub cannot be reached: the backbone's weights from the local Hub cache, or a one-line error.
 
     Returns None when the Hub is reachable, so timm fetches the weights (or reads its cache) itself. With
@@ -143,7 +143,7 @@ def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Pat
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if file is None:
-        file = _hub_weights_offline(name)
+        file = imagenet_weights_offline(name)
     if file is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:
@@ -194,7 +194,7 @@ def check_classes(classes: Sequence[str], in_chans: int) -> list[str]:
     return classes
 
 
-def create_model(
+def new_model(
     backbone: str | None = "densenet121",
     classes: Sequence[str] = ("0", "1"),
     in_chans: int = 3,
@@ -204,8 +204,8 @@ def create_model(
 ) -> CxrModel:
     """Build the model from ImageNet weights or random weights.
 
-    A transfer from a checkpoint (``init`` a path) is :func:`cxrtl.checkpoint.create_model`, which takes
-    the same arguments: this module knows nothing of checkpoint files.
+    A transfer from a checkpoint (``init`` a path) is :func:`cxrtl.transfer.create_model` (the public
+    ``cxrtl.create_model``), which takes the same arguments: this module knows nothing of checkpoint files.
 
     Args:
         backbone: timm model name (None: densenet121).
@@ -218,8 +218,8 @@ def create_model(
     classes = check_classes(classes, in_chans)
     if init not in ("imagenet", "none"):
         raise CxrtlError(
-            f"cxrtl.model.create_model builds from 'imagenet' or 'none', not {init!r}; "
-            "a checkpoint init is a transfer: use cxrtl.checkpoint.create_model"
+            f"cxrtl.model.new_model builds from 'imagenet' or 'none', not {init!r}; "
+            "a checkpoint init is a transfer: use cxrtl.create_model"
         )
     if keep_hidden:
         raise CxrtlError("keep-hidden needs --init PATH of a cxrtl checkpoint")

@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 
 _PACKAGES = ("torch", "timm", "torchvision", "onnxruntime")
 

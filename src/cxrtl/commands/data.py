@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 
 from ..errors import CxrtlError
+from . import options
 from .dedup import add_parser as add_dedup_parser
 
 
@@ -27,9 +28,7 @@ def register(subparsers) -> None:
         "--count", type=int, default=400, help="COVID-like images (default 400); Kermany ~28%% of it"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
-    )
+    options.add_progress(p)
     p.set_defaults(func=run_synth)
 
     p = sub.add_parser(
@@ -39,15 +38,13 @@ def register(subparsers) -> None:
         "leakage (duplicates across splits, patients in more than one split): exit status 1 when any is found.",
     )
     p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    p.add_argument("--split", metavar="SPLIT.csv", help="also check this split (and its leakage)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
-    )
+    options.add_format(p, ("text", "json"), "text")
+    options.add_split(p, "also check this split (and its leakage)")
+    options.add_progress(p)
     p.set_defaults(func=run_check)
 
     p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
-    p.add_argument("root", metavar="ROOT")
+    p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
     p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
     p.add_argument(
         "--ratios",
@@ -63,15 +60,13 @@ def register(subparsers) -> None:
     _register_masks(sub)
 
     p = sub.add_parser("cache", help="decode, mask, resize and crop once into the uint8 cache")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--split", metavar="SPLIT.csv", help="cache the images of this split (default: all)")
+    p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
+    options.add_split(p, "cache the images of this split (default: all)")
     p.add_argument("--input", choices=("raw", "masked"), default="raw", help="raw or lung-masked (eq. 9)")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (pseudo-RGB)")
     p.add_argument("--image-size", type=int, default=224, help="crop size (default 224)")
     p.add_argument("--cache-dir", help="cache folder (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
-    p.add_argument(
-        "--no-progress", action="store_true", help="no progress bars (default: only on a terminal)"
-    )
+    options.add_progress(p)
     p.set_defaults(func=run_cache)
 
     add_dedup_parser(sub)
@@ -81,7 +76,7 @@ def run_synth(args) -> int:
     from ..data.sources import load_dataset
     from ..data.synthetic import synthesize
 
-    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed, progress=not args.no_progress)
+    covid, kermany = synthesize(args.out, count=args.count, seed=args.seed, progress=args.progress)
     for root in (covid, kermany):
         index = load_dataset(root)
         counts = Counter(r.label for r in index.records)
@@ -126,7 +121,7 @@ def run_check(args) -> int:
         }
         from ..integrity.leakage import check_split
 
-        report["leakage"] = check_split(index, split, progress=not args.no_progress)
+        report["leakage"] = check_split(index, split, progress=args.progress)
     leaks = "leakage" in report and not report["leakage"]["ok"]
     if args.format == "json":
         from ..fsutil import json_safe
@@ -219,7 +214,7 @@ def run_cache(args) -> int:
     if not getattr(args, "verbose", False):
         cache_log.setLevel(logging.WARNING)
     try:
-        cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=not args.no_progress)
+        cache = build_cache(index, records, pp, cache_dir=args.cache_dir, progress=args.progress)
     finally:
         cache_log.setLevel(level)
     state = "built" if cache.built else "reused"
@@ -242,8 +237,8 @@ def _register_masks(sub) -> None:
     p.add_argument("root", metavar="ROOT", help="dataset folder (e.g. Kermany's chest_xray)")
     p.add_argument("--segmenter", required=True, metavar="SEG_RUN", help="run dir of `cxrtl segment train`")
     p.add_argument("--out", required=True, metavar="MASK_DIR", help="folder for the masks (outside ROOT)")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    options.add_device(p)
+    options.add_progress(p)
     p.set_defaults(func=run_masks)
 
 

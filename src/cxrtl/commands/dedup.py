@@ -9,6 +9,7 @@ from ..errors import CxrtlError
 from ..fsutil import write_json
 from ..integrity.dedup import dedup_dataset
 from ..integrity.duplicates import DEFAULT_THRESHOLD
+from . import options
 
 
 def add_parser(data_subparsers) -> None:
@@ -21,10 +22,8 @@ def add_parser(data_subparsers) -> None:
     )
     p.add_argument("root", metavar="ROOT", help="dataset root")
     p.add_argument("root2", metavar="ROOT2", nargs="?", help="second dataset root (cross-dataset duplicates)")
-    p.add_argument(
-        "--split", metavar="SPLIT.csv", help="split CSV of the last root: report cross-split leakage"
-    )
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    options.add_split(p, "split CSV of the last root: report cross-split leakage")
+    options.add_format(p, ("text", "json"), "text")
     p.add_argument("--out", metavar="REPORT.json", help="also write the JSON report here")
     p.add_argument(
         "--drop",
@@ -42,7 +41,7 @@ def add_parser(data_subparsers) -> None:
     p.add_argument(
         "--cache-dir", default=None, help="hash cache (default $CXRTL_CACHE_DIR or ~/.cache/cxrtl)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    options.add_progress(p)
     p.set_defaults(func=run_cli)
 
 
@@ -59,7 +58,7 @@ def run_cli(args) -> int:
         split_csv=args.split,
         threshold=args.threshold,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=args.progress,
         workers=args.workers,
     )
     if args.drop:

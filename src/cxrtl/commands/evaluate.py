@@ -1,8 +1,10 @@
-"""``cxrtl evaluate RUN_DIR|CKPT --data ROOT --out DIR``: predictions, metrics with intervals, figures."""
+"""``cxrtl evaluate MODEL --data ROOT --out DIR``: predictions, metrics with intervals, figures."""
 
 from __future__ import annotations
 
 import argparse
+
+from . import options
 
 
 def register(subparsers) -> None:
@@ -13,17 +15,11 @@ def register(subparsers) -> None:
         "of a dataset. Writes predictions.csv, metrics.json, report.md and ROC / confusion / "
         "reliability (and training-curve) figures as PNG and SVG.",
     )
-    p.add_argument("model", metavar="RUN_DIR|CKPT", help="run directory or .safetensors/.json checkpoint")
-    p.add_argument(
-        "--data",
-        metavar="ROOT",
-        help="dataset root (default: the one in the run's config, for a run or checkpoint)",
-    )
-    p.add_argument(
-        "--split",
-        metavar="SPLIT.csv",
-        help="split CSV (default: the run's split.csv, else the "
-        "split remade with the checkpoint's training settings)",
+    options.add_model(p)
+    options.add_data(p, help="dataset root (default: the one in the run's config, for a run or checkpoint)")
+    options.add_split(
+        p,
+        "split CSV (default: the run's split.csv, else the split remade with the checkpoint's training settings)",
     )
     p.add_argument(
         "--subset",
@@ -35,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="fit a temperature on the validation subset and save it beside the checkpoint",
+        help="fit a temperature on the validation subset and store it in the model's decision record",
     )
     p.add_argument(
         "--positive", metavar="CLASS", help="positive class for an operating point (e.g. COVID, PNEUMONIA)"
@@ -52,16 +48,16 @@ def register(subparsers) -> None:
         type=float,
         metavar="ALPHA",
         help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
-        "(e.g. 0.1), save the threshold beside the checkpoint for predict, report them on --subset",
+        "(e.g. 0.1), store the threshold in the model's decision record for predict, report them on --subset",
     )
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "auto"),
-        help="numerics of the evaluation passes; fp32 on every device by default, as the paper's numbers "
+    options.add_precision(
+        p,
+        ("fp32", "bf16", "auto"),
+        "numerics of the evaluation passes; fp32 on every device by default, as the paper's numbers "
         "are (auto: bf16 autocast on CUDA)",
+        default="fp32",
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    options.add_device(p)
     p.add_argument("--batch-size", type=int, default=64, help="inference batch size (default 64)")
     p.add_argument(
         "--cam-in-lungs",
@@ -80,7 +76,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -95,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
         raise CxrtlError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
     if not 0 < args.target_sensitivity <= 1:
         raise CxrtlError(f"--target-sensitivity must be in (0, 1], not {args.target_sensitivity}")
-    from ..hub import resolve_model_arg
+    from ..model_ref import local_path
 
     m = evaluate(
-        resolve_model_arg(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+        local_path(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
         args.data,
         split_csv=args.split,
         subset=args.subset,
@@ -110,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cam_in_lungs=args.cam_in_lungs,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=args.progress,
         seed=args.seed,
         n_boot=args.bootstrap,
         figures=not args.no_figures,
@@ -141,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{op['positive']} at threshold {op['threshold']:.4f}: sensitivity "
             f"{fmt_pct(te['sensitivity'], te['sensitivity_ci'])}, specificity "
-            f"{fmt_pct(te['specificity'], te['specificity_ci'])} (threshold saved beside the checkpoint)"
+            f"{fmt_pct(te['specificity'], te['specificity_ci'])} (threshold saved in the decision record)"
         )
         if op.get("warning"):
             print(f"  caution: {op['warning']}")
@@ -151,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
             f"conformal sets (LAC, alpha {cp['alpha']:g}): coverage {fmt_pct(cp['coverage'])} "
             f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
             f"single-class sets {fmt_pct(cp['singleton_fraction'])}; threshold {cp['threshold']:.4f} saved "
-            "beside the checkpoint"
+            "in the decision record"
         )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from . import options
+
 EPILOG = """\
 The ONNX file takes uint8 grey images [N,1,S,S] (N dynamic) prepared like in training and outputs
 `logits` and `probabilities`; classes, preprocessing and calibration temperature are in its metadata.
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("model", metavar="MODEL", help="run dir (or checkpoint .safetensors/.json for --onnx)")
+    options.add_model(p, help="run directory, bundle or checkpoint (.safetensors/.json; --onnx only)")
     a("--onnx", metavar="OUT.onnx", help="ONNX file to write")
     a("--bundle", metavar="DIR", help="bundle folder to write (new, empty, or an existing bundle)")
     a("--int8", action="store_true", help="statically quantize to int8 (needs --calibration-data)")
@@ -65,7 +67,7 @@ def register(subparsers) -> None:
         action="store_false",
         help="skip the onnxruntime-vs-PyTorch check after export",
     )
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 

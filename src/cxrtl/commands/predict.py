@@ -8,9 +8,14 @@ import io
 import json
 import sys
 
+from . import options
+
 EPILOG = """\
-MODEL is a run directory (its best checkpoint), a .safetensors/.json checkpoint, or an .onnx file written
-by `cxrtl export`. `label` (and, in JSON, `pred`) is the predicted class, the argmax. After
+MODEL is a run directory (its best checkpoint), a bundle (`cxrtl export --bundle`), a .safetensors/.json
+checkpoint, an .onnx file written by `cxrtl export`, or hf://OWNER/NAME[@REVISION] (a bundle on the Hub).
+The model's decision record (temperature, operating point, conformal sets, segmenter) is applied whichever
+backend runs it: --backend onnx on a bundle uses its model.onnx (and segmenter.onnx) without torch.
+`label` (and, in JSON, `pred`) is the predicted class, the argmax. After
 `cxrtl evaluate --positive CLASS`, each row also flags P(CLASS) >= the threshold chosen there
 (JSON `positive`: {class, threshold, flag}; CSV/table columns positive_threshold, positive_flag).
 A file that cannot be read gets a row with its error and the others continue; the exit
@@ -28,9 +33,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
-    a("model", metavar="MODEL", help="run dir, checkpoint (.safetensors/.json) or exported .onnx")
+    options.add_model(p)
     a("paths", metavar="PATH", nargs="+", help="image file (PNG/JPEG/DICOM...) or folder of them")
-    a("--format", choices=("table", "json", "csv"), default="table", help="output format (default table)")
+    options.add_format(p, ("table", "json", "csv"), "table")
     a("--batch-size", type=int, default=16, metavar="N", help="images per forward pass (default 16)")
     a("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR (PyTorch models only)")
     a("--cam-class", metavar="CLASS", help="class for Grad-CAM (name or index; default: the predicted one)")
@@ -39,26 +44,24 @@ def register(subparsers) -> None:
     m.add_argument("--mask-dir", metavar="DIR", help="folder of lung masks named like their images")
     a("--segmenter", metavar="SEG_RUN", help="predict lung masks for a masked model (--mask still wins)")
     a("--save-masks", metavar="DIR", help="with --segmenter: write the masks used, as <image stem>.png")
-    a(
-        "--device",
-        default="auto",
-        metavar="DEV",
-        help="auto, cpu, cuda or cuda:N for PyTorch models (default auto: cuda if available)",
-    )
-    a("--threads", type=int, metavar="N", help="onnxruntime threads (default: one per core)")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    options.add_device(p)
+    options.add_backend(p)
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from ..data.inputs import collect_inputs, find_masks
     from ..errors import CxrtlError
-    from ..inference.predict import Predictor, collect_inputs, find_masks
+    from ..inference.predict import Predictor
 
     if args.batch_size < 1:
         raise CxrtlError(f"--batch-size must be at least 1, not {args.batch_size}")
-    predictor = Predictor.from_checkpoint(args.model, device=args.device, threads=args.threads)
+    predictor = Predictor.from_checkpoint(
+        args.model, device=args.device, threads=args.threads, backend=args.backend
+    )
     if args.segmenter:
         predictor.use_segmenter(args.segmenter, save_masks=args.save_masks)
     elif args.save_masks and predictor.segmenter is not None:  # the segmenter a bundle carries

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..paper.experiments import PROFILES
+from . import options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -80,12 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "show mean ± sd; with N >= 2 each comparison bootstraps over seeds and test images, beside the "
         "test of the seed-averaged ensembles [1]",
     )
-    p.add_argument(
-        "--precision",
+    options.add_precision(
+        p,
+        ("fp32", "bf16", "auto"),
+        "numerics of the test evaluations: fp32 as the paper's numbers are; training keeps bf16 "
+        "autocast on CUDA (default fp32)",
         default="fp32",
-        choices=("fp32", "bf16", "auto"),
-        help="numerics of the test evaluations: fp32 as the paper's numbers are; training keeps bf16 "
-        "autocast on CUDA [fp32]",
     )
     p.add_argument(
         "--conformal",
@@ -94,10 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="ALPHA",
         help="alpha of the conformal prediction sets fitted on each run's validation split [0.1]",
     )
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="[auto]")
+    options.add_device(p)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers [0]")
     p.add_argument("--cache-dir", help="image cache (default: $CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_progress(p)
     p.add_argument(
         "--track",
         choices=["mlflow"],
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         workers=args.workers,
         cache_dir=args.cache_dir,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     result = reproduce(opts)
     for r in result["runs"]:
@@ -149,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
         d = seg["test"]["dice"]
         print(f"lung segmenter: test Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}]")
     print(f"report: {result['report']['html']}")
-    if args.track:
-        print(f"tracked in {track_reproduction(args.out, dict(result), args.track)}")
+    if args.track and (uri := track_reproduction(args.out, dict(result), args.track)):  # None: warned
+        print(f"tracked in {uri}")
     return 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
 from ..errors import CxrtlError
+from . import options
 
 
 def register(subparsers) -> None:
@@ -22,9 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("seg_run", metavar="SEG_RUN", help="run directory of `cxrtl segment train`")
     p.add_argument("--data", required=True, metavar="ROOT", help="dataset with true masks")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.json and overlays.png")
-    p.add_argument("--split", metavar="SPLIT.csv", help="split whose test images to use (default: the run's)")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    options.add_split(p, "split whose test images to use (default: the run's)")
+    options.add_device(p)
+    options.add_progress(p)
     p.set_defaults(func=run_evaluate)
 
     p = sub.add_parser("predict", help="write one 0/255 PNG lung mask per image, mirroring folders")
@@ -32,8 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("paths", metavar="PATH", nargs="+", help="image file (PNG/JPEG/DICOM) or folder")
     p.add_argument("--out", required=True, metavar="MASK_DIR", help="folder for the masks")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per pass (default 8)")
-    p.add_argument("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    options.add_device(p)
+    options.add_progress(p)
     p.set_defaults(func=run_predict)
 
 
@@ -41,33 +39,45 @@ def _register_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a lung U-Net on a dataset's image/mask pairs (the COVID-19 Radiography DB)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a lung U-Net (segmentation-models-pytorch, timm encoder) on image/mask pairs.",
     )
     a = p.add_argument
     a("--data", metavar="ROOT", help="dataset with lung masks (COVID-19 Radiography Database)")
     a("--out", metavar="SEG_RUN", help="run directory to create")
     a("--resume", metavar="SEG_RUN", help="continue an interrupted run")
-    a("--split", metavar="SPLIT.csv", help="reuse a split (e.g. a classifier run's split.csv)")
-    a("--encoder", default="tu-mobilenetv3_small_100", help="timm encoder of the U-Net")
-    a("--init", choices=("imagenet", "none"), default="imagenet", help="encoder weights")
-    a("--channels", type=int, choices=(1, 3), default=1, help="input channels")
-    a("--image-size", type=int, default=256, help="input size (a multiple of 32)")
-    a("--epochs", type=int, default=20)
-    a("--batch-size", type=int, default=8)
-    a("--lr", type=float, default=1e-3)
-    a("--seed", type=int, default=2022)
+    options.add_split(p, "reuse a split (e.g. a classifier run's split.csv)")
+    a(
+        "--encoder",
+        default="tu-mobilenetv3_small_100",
+        help="timm encoder of the U-Net (default tu-mobilenetv3_small_100)",
+    )
+    a(
+        "--init",
+        choices=("imagenet", "none"),
+        default="imagenet",
+        help="encoder weights: ImageNet (needs the Hub or its cache) or random (default imagenet)",
+    )
+    a("--channels", type=int, choices=(1, 3), default=1, help="input channels (default 1)")
+    a("--image-size", type=int, default=256, help="input size, a multiple of 32 (default 256)")
+    a("--epochs", type=int, default=20, metavar="N", help="training epochs (default 20)")
+    a("--batch-size", type=int, default=8, metavar="N", help="images per step (default 8)")
+    a("--lr", type=float, default=1e-3, metavar="LR", help="NAdam learning rate (default 0.001)")
+    a(
+        "--seed",
+        type=int,
+        default=2022,
+        metavar="N",
+        help="seed of split, initialisation and shuffling (default 2022)",
+    )
     a("--ratios", metavar="A,B,C", help="train,val,test ratios (default: the dataset's)")
     a("--group-by", choices=("patient",), help="keep a patient's images in one split")
-    a("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N")
-    a(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="bf16 autocast on CUDA by default",
+    options.add_device(p)
+    options.add_precision(
+        p, ("auto", "fp32", "bf16"), "auto: bf16 autocast on CUDA, else fp32 (default auto)", default="auto"
     )
-    a("--workers", type=int, default=0, help="DataLoader workers")
+    a("--workers", type=int, default=0, metavar="N", help="DataLoader workers (default 0)")
     a("--overwrite", action="store_true", help="replace a run in --out")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run_train)
 
 
@@ -113,7 +123,10 @@ def run_evaluate(args) -> int:
     print(f"test images: {m['n_images']}")
     print(f"Dice {d['mean']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f})")
     print(f"IoU  {i['mean']:.4f} (95% CI {i['ci_low']:.4f}-{i['ci_high']:.4f})")
-    print("worst: " + json.dumps([(w["path"], round(w["dice"], 4)) for w in m["worst"]]))
+    if m["worst"]:
+        print("worst images (lowest Dice):")
+        for w in m["worst"]:
+            print(f"  {w['dice']:.4f}  {w['path']}")
     print(f"wrote {args.out}/metrics.json and {args.out}/overlays.png")
     return 0
 

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from ..config import (
-    DEVICES,
     FOCAL_ALPHAS,
     LOSSES,
     PRECISIONS,
@@ -17,6 +16,7 @@ from ..config import (
     load_config,
 )
 from ..errors import CxrtlError
+from . import options
 
 EPILOG = """\
 RUN_DIR receives config.yaml, split.csv, history.csv, best/last .safetensors+.json, state.safetensors
@@ -36,9 +36,9 @@ def register(subparsers) -> None:
         argument_default=argparse.SUPPRESS,
     )
     a = p.add_argument
-    a("--data", metavar="ROOT", help="dataset root (COVID-19 Radiography, Kermany chest_xray, class folders)")
+    options.add_data(p)
     a("--out", metavar="RUN_DIR", help="run directory to create")
-    a("--split", metavar="SPLIT.csv", help="split CSV (default: make the dataset's default split)")
+    options.add_split(p, "split CSV (default: make the dataset's default split)")
     a("--config", metavar="FILE.yaml", help="YAML with the same keys as these options; options override it")
     a("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     a(
@@ -109,12 +109,15 @@ def register(subparsers) -> None:
         metavar="A,B,C",
         help="train,val,test split ratios, e.g. 0.7,0.2,0.1 (as `cxrtl data split`; spaces also work)",
     )
-    a("--device", choices=DEVICES, help="device (default auto)")
+    options.add_device(
+        p,
+        help="auto, cpu or cuda (default auto: a CUDA GPU when there is one; under torchrun each process "
+        "takes its local rank's GPU)",
+        default=argparse.SUPPRESS,
+    )
     a("--workers", type=int, metavar="N", help="DataLoader workers (default 0)")
-    a(
-        "--precision",
-        choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8+), else fp32",
+    options.add_precision(
+        p, PRECISIONS, "auto: bf16 autocast on CUDA GPUs with native bf16 (compute capability 8+), else fp32"
     )
     a(
         "--channels-last",
@@ -130,7 +133,7 @@ def register(subparsers) -> None:
     )
     a("--cache-dir", metavar="DIR", help="image cache (default env CXRTL_CACHE_DIR or ~/.cache/cxrtl)")
     a("--overwrite", action="store_true", help="replace a run already in --out")
-    a("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    options.add_progress(p)
     p.set_defaults(func=run)
 
 
@@ -177,7 +180,7 @@ def explicit_keys(args: argparse.Namespace) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import resolve_model_arg
+    from ..model_ref import local_path
     from ..tracking import check_tracker, track_train
     from ..training.distributed import env_info
     from ..training.train import inherit_input_settings, train
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     track = getattr(args, "track", None)
     check_tracker(track)
     cfg, resume = build_config(args)
-    cfg.init = resolve_model_arg(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+    cfg.init = local_path(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
     if not resume:
         cfg = inherit_input_settings(cfg, explicit_keys(args))
     summary = train(cfg, resume=resume)
@@ -196,6 +199,6 @@ def run(args: argparse.Namespace) -> int:
         f"val acc {summary['best_val_acc']:.4f}, val loss {summary['best_val_loss']:.4f}"
     )
     print(f"run dir: {summary['run_dir']}")
-    if track:
-        print(f"tracked in {track_train(summary['run_dir'], track)}")
+    if track and (uri := track_train(summary["run_dir"], track)):  # None: a warning, the run is complete
+        print(f"tracked in {uri}")
     return 0

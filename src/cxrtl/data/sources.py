@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CxrtlError
-from .image_io import SUFFIXES_OF_FORMAT, header_size, looks_truncated, max_pixels, sniff_format
+from .image_io import SUFFIXES_OF_FORMAT, header_size, looks_truncated, shape_problem, sniff_format
 from .records import SPLITS, DatasetIndex, Record, Skipped
 
 logger = logging.getLogger(__name__)
@@ -192,9 +192,9 @@ def _fingerprint(path: Path) -> tuple[str | None, int, bytes, str | None]:
         return "DICOM", size, hashlib.blake2b(head + tail, digest_size=16).digest(), header_problem(path)
     if fmt:
         dims = header_size(fmt, head)
-        if dims and dims[0] * dims[1] > max_pixels():
-            problem = f"decompression bomb ({dims[0]}x{dims[1]} pixels exceeds the {max_pixels()} limit)"
-        elif looks_truncated(fmt, tail):
+        if dims:  # a bomb, or a strip beyond 1:20 that no radiograph is
+            problem = shape_problem(*dims)
+        if problem is None and looks_truncated(fmt, tail):
             problem = "truncated (no end-of-image marker)"
     return fmt, size, hashlib.blake2b(head + tail, digest_size=16).digest(), problem
 

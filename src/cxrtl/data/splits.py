@@ -211,9 +211,21 @@ def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
             Record(rel, label, mask, row.get("patient_id") or None, base.source_split if base else None)
         )
     if missing:
-        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-        raise CxrtlError(
-            f"split CSV {path} names {len(missing)} file(s) that no longer exist under "
-            f"{index.root}: {shown}; regenerate it with `cxrtl data split`"
-        )
+        raise SplitFilesMissing(path, index.root, missing)
     return out
+
+
+class SplitFilesMissing(CxrtlError):
+    """A split CSV names files the dataset does not have (``missing``: their relative paths)."""
+
+    def __init__(self, split: Path, root: Path, missing: list[str]):
+        self.split, self.root, self.missing = split, root, missing
+        super().__init__(
+            f"split CSV {split} names {len(missing)} file(s) that no longer exist under {root}: {self.shown}; "
+            "regenerate it with `cxrtl data split`"
+        )
+
+    @property
+    def shown(self) -> str:
+        m = self.missing
+        return ", ".join(m[:3]) + (f" and {len(m) - 3} more" if len(m) > 3 else "")

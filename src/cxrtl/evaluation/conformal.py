@@ -9,21 +9,18 @@ larger sets); its coverage can differ between classes, which is why ``per_class_
 It is a few lines of numpy, so no library (MAPIE) is needed; the ONNX prediction path, which must not
 import torch, can use it too.
 
-The threshold lives beside the checkpoint in ``<stem>.conformal.json``, as the temperature lives in
-``<stem>.calibration.json``; it was fitted on probabilities at the temperature it records, and prediction
-uses it only at that temperature.
+The fitted threshold is kept in the model's decision record (:mod:`cxrtl.decisions`), which applies it to
+new images; it was fitted on probabilities at the temperature it records, and prediction uses it only at
+that temperature.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import CxrtlError
-from ..fsutil import read_json, write_json
 
 METHOD = "lac"
 MIN_CALIBRATION = 20  # below this the threshold's own sampling error swamps the guarantee
@@ -78,47 +75,3 @@ def set_report(probs: np.ndarray, labels: np.ndarray, threshold: float, classes:
         "empty_fraction": float(np.mean(sizes == 0)),
         "n": int(len(labels)),
     }
-
-
-# ------------------------------------------------------------------------------------------ sidecar
-def conformal_path(ckpt_path: str | os.PathLike) -> Path:
-    """``<stem>.conformal.json`` beside the checkpoint (named as its ``.calibration.json`` is)."""
-    from ..checkpoint import calibration_path
-
-    cal = calibration_path(ckpt_path)
-    return cal.with_name(cal.name.removesuffix(".calibration.json") + ".conformal.json")
-
-
-def save_conformal(ckpt_path: str | os.PathLike, record: dict) -> Path:
-    """Write the fitted threshold (with alpha, method, temperature, n) beside the checkpoint."""
-    return write_json(conformal_path(ckpt_path), {"format": "cxrtl-conformal", **record})
-
-
-def read_conformal(path: Path) -> dict | None:
-    """A conformal sidecar's record, None when the file is absent; a one-line error when it is broken."""
-    if not path.is_file():
-        return None
-    data = read_json(path, "conformal file")
-    t = data.get("threshold") if isinstance(data, dict) else None
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
-        raise CxrtlError(
-            f"conformal file {path} has no valid 'threshold' in [0, 1]; delete it or refit with "
-            "cxrtl evaluate --conformal ALPHA"
-        )
-    return data
-
-
-def set_names(
-    probs_row, classes: list[str], record: dict | None, temperature: float | None
-) -> list[str] | None:
-    """The class names in one image's prediction set, or None without a usable conformal record.
-
-    A record fitted at another temperature (the model was recalibrated since) gives no set: its coverage
-    guarantee would not hold.
-    """
-    if record is None:
-        return None
-    if abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
-        return None
-    member = prediction_sets(np.asarray(probs_row)[None, :], float(record["threshold"]))[0]
-    return [c for c, m in zip(classes, member) if m]

@@ -4,7 +4,7 @@ Outputs in ``out``: ``predictions.csv`` (path,label,pred,prob_<class>...), ``met
 ``report.md`` and PNG+SVG figures (ROC, confusion matrix, reliability diagram, training curves for a
 run directory). The metrics are computed from exactly the probabilities written to predictions.csv,
 so they can be recomputed from that file alone. Headline metrics use the model's own softmax
-(temperature 1, as in the paper); a temperature, when fitted or found beside the checkpoint, is
+(temperature 1, as in the paper); a temperature, when fitted or found in the model's decision record, is
 reported under ``calibrated`` and used for the operating point, as prediction uses it.
 """
 
@@ -22,6 +22,7 @@ from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
 from ..provenance import provenance
 from ..results import Metrics
+from . import fitting
 from . import metrics as M
 
 log = logging.getLogger(__name__)
@@ -123,13 +124,6 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return np.vectorize(lambda v: float(format(v, PROB_FORMAT)))(p) if p.size else p
 
 
-def _ce_from_logits(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    from scipy.special import logsumexp
-
-    z = logits / temperature
-    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
-
-
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
     try:
@@ -168,32 +162,48 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     return result
 
 
-def _check_positive(positive: str, classes: list[str], target_sensitivity: float) -> None:
-    M.resolve_class(positive, classes)
-    if not 0 < target_sensitivity <= 1:
-        raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
-
-
-def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
+def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool, model_path):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
+    from ..data.fingerprint import differing
+    from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
-    data = prepare_data(
-        data_root,
-        pp,
-        index=index,
-        split_csv=split_csv,
-        seed=int(cfg.get("seed", 2022)),
-        ratios=cfg.get("ratios"),
-        group_by=cfg.get("group_by"),
-        official=bool(cfg.get("official", False)),
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    run = Path(model_path).expanduser()
+    own_split = split_csv is not None and run.is_dir() and Path(split_csv) == run / "split.csv"
+    changed, compared = differing(run, index.root) if run.is_dir() else (0, 0)
+    if changed:
+        log.warning(
+            "%d of %d sampled training files of this run have other content under %s than when it trained: "
+            "is --data the run's dataset (or another copy or version of it)?",
+            changed,
+            compared,
+            index.root,
+        )
+    try:
+        data = prepare_data(
+            data_root,
+            pp,
+            index=index,
+            split_csv=split_csv,
+            seed=int(cfg.get("seed", 2022)),
+            ratios=cfg.get("ratios"),
+            group_by=cfg.get("group_by"),
+            official=bool(cfg.get("official", False)),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    except SplitFilesMissing as exc:
+        if not own_split:
+            raise
+        trained = cfg.get("data") or "the dataset it was trained on"
+        raise CxrtlError(
+            f"the run's split names {len(exc.missing)} image(s) that {index.root} does not have ({exc.shown}); "
+            f"--data should point at the run's dataset ({trained})"
+        ) from None
     records = (
         [r for name in ("train", "val", "test") for r in data.split[name]]
         if subset == "all"
@@ -209,44 +219,11 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _validation(scored: tuple, predict, data, subset: str) -> tuple:
-    """(logits, labels) of the validation subset: reused when it is the subset scored, else predicted."""
-    val = scored if subset == "val" else predict(list(data.split["val"]))[:2]
-    if len(val[1]) == 0:
-        raise CxrtlError(
-            "calibration and --positive need a non-empty validation subset; "
-            "use a split with validation images"
-        )
-    return val
-
-
-def _temperature(ckpt: Path, val: tuple | None, calibrate: bool, subset: str) -> float | None:
-    """Fit a temperature on validation and save it beside the checkpoint, or read the one saved there."""
-    from ..checkpoint import load_temperature, save_temperature
-
-    if not calibrate:
-        return load_temperature(ckpt)
-    assert val is not None  # the caller passes validation scores whenever it calibrates
-    temperature = M.fit_temperature(*val)
-    path = save_temperature(
-        ckpt,
-        temperature,
-        fitted_on="val",
-        n=len(val[1]),
-        val_nll_before=_ce_from_logits(*val),
-        val_nll_after=_ce_from_logits(val[0], val[1], temperature),
-    )
-    log.info("saved temperature %.4f to %s", temperature, path)
-    if subset == "val":
-        log.warning("the temperature was fitted on the subset it is evaluated on")
-    return temperature
-
-
 def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
-        loss = _ce_from_logits(logits, labels, temperature)
+        loss = fitting.ce_from_logits(logits, labels, temperature)
         result["calibrated"] = {
             "temperature": temperature,
             "loss": loss,
@@ -264,36 +241,6 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             target_sensitivity,
         )
         result["operating_point"]["temperature"] = t
-
-
-def _check_conformal(alpha: float | None, data) -> None:
-    """Refuse a bad alpha, or too few validation images for it, before any prediction."""
-    if alpha is None:
-        return
-    from .conformal import check_alpha, needed_calibration
-
-    alpha = check_alpha(alpha)
-    n, need = len(data.split["val"]), needed_calibration(alpha)
-    if n < need:
-        raise CxrtlError(
-            f"--conformal {alpha:g} needs at least {need} validation images, the split has {n}; "
-            "use a split with a larger validation subset, or a larger alpha"
-        )
-
-
-def _add_conformal(result: dict, ckpt: Path, val: tuple, logits, labels, temperature, alpha: float) -> None:
-    """Fit LAC sets on validation at the prediction temperature, save them beside the checkpoint, score."""
-    from .conformal import METHOD, fit_threshold, save_conformal, set_report
-
-    t = temperature or 1.0
-    threshold = fit_threshold(M.softmax(val[0], t), val[1], alpha)
-    record = {"alpha": alpha, "method": METHOD, "threshold": threshold, "temperature": t, "fitted_on": "val"}
-    path = save_conformal(ckpt, {**record, "n": len(val[1])})
-    log.info("saved conformal threshold %.4f (alpha %g) to %s", threshold, alpha, path)
-    scored = set_report(M.softmax(logits, t), labels, threshold, result["classes"])
-    result["conformal"] = {**record, "n_calibration": len(val[1]), **scored}
-    if result["source"]["subset"] == "val":
-        log.warning("the conformal threshold was fitted on the subset it is evaluated on")
 
 
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
@@ -316,24 +263,40 @@ def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path |
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
-def _store_operating_point(ckpt: Path, result: dict) -> None:
-    """Save ``evaluate --positive``'s threshold beside the checkpoint, where ``predict`` picks it up."""
-    from ..checkpoint import save_threshold
+def _check_against_run_split(model_path, split_csv, records, data, subset, calibrate, positive, conformal):
+    """A split other than the run's own: count the scored images the run trained on (warned, and recorded in
+    ``metrics.json["trained_on"]``), and refuse to fit decision settings on images it trained on."""
+    import csv
 
-    op = result.get("operating_point")
-    if not op:
-        return
-    path = save_threshold(
-        ckpt,
-        op["positive"],
-        op["threshold"],
-        op.get("temperature", 1.0),
-        target_sensitivity=op["target_sensitivity"],
-        chosen_on="val",
-        val_positives=op["val"]["tp"] + op["val"]["fn"],
-        warning=op.get("warning"),
-    )
-    log.info("saved the %s threshold %.4f to %s", op["positive"], op["threshold"], path)
+    run = Path(model_path).expanduser()
+    own = run / "split.csv"
+    if (
+        not run.is_dir()
+        or not own.is_file()
+        or split_csv is None
+        or Path(split_csv).resolve() == own.resolve()
+    ):
+        return None
+    with open(own, newline="", encoding="utf-8") as fh:
+        trained = {row["path"] for row in csv.DictReader(fh) if row.get("split") == "train"}
+    n = sum(r.path in trained for r in records)
+    if n:
+        log.warning(
+            "%d of the %d %s images of %s were training images of this run: their scores are optimistic",
+            n,
+            len(records),
+            subset,
+            split_csv,
+        )
+    fits = [name for name, on in (("--calibrate", calibrate), ("--positive", positive)) if on]
+    fits += ["--conformal"] if conformal is not None else []
+    leaked = sum(r.path in trained for r in data.split["val"])
+    if fits and leaked:
+        raise CxrtlError(
+            f"{' and '.join(fits)} would be fitted on {leaked} validation image(s) of {split_csv} that the run "
+            "trained on, and stored with the model; fit them on the run's own split (leave --split out)"
+        )
+    return {"split": str(split_csv), "subset": subset, "n": len(records), "trained_on": n}
 
 
 def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
@@ -353,8 +316,16 @@ def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | N
     root = cfg.get("data") if isinstance(cfg, dict) else None
     if not root:
         raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
-    if not Path(root).expanduser().exists():
-        raise CxrtlError(f"the run's dataset {root} is not there any more; pass --data ROOT")
+    # Runs now record absolute paths; an older run's relative root is tried from here, then from the run's
+    # folder and its parents (where a project keeps its data beside its runs).
+    base = path if path.is_dir() else path.parent
+    candidates = [Path(root).expanduser()] + [b / root for b in (base, base.parent, base.parent.parent)]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise CxrtlError(
+            f"the run's dataset {root} is not there any more (looked from here and from {base}); pass --data ROOT"
+        )
+    root = str(found)
     log.info("data root from the run's config: %s", root)
     return str(root)
 
@@ -385,21 +356,23 @@ def evaluate(
     Without a split CSV the split is remade with the checkpoint's training settings (seed, ratios,
     grouping); ``subset="all"`` scores every image of ``data_root`` (an external test set).
     ``data_root=None`` takes the dataset the run was trained on (its ``config.yaml`` or checkpoint config).
-    With ``positive`` and an ``out``, the chosen threshold is also saved beside the checkpoint, where
+    With ``positive`` and an ``out``, the chosen threshold is also saved in the decision record, where
     ``predict`` uses it to flag rows.
 
     ``out=None`` writes no output: no directory, predictions.csv, metrics.json, report.md or figures
     (``figures`` is then ignored and the result has no ``"figures"`` key); the metrics are the same.
-    Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature beside
-    the checkpoint, because the caller asked for exactly that, and decoded images still go to the image
-    cache (``cache_dir``) as on every read of the data. ``conformal=ALPHA`` likewise saves its threshold
-    beside the checkpoint (:mod:`cxrtl.evaluation.conformal`) and adds ``"conformal"`` to the result.
+    Two writes do not depend on ``out``: ``calibrate=True`` still saves the fitted temperature in the
+    model's decision record (:mod:`cxrtl.decisions`, ``best.decisions.json``), because the caller asked for
+    exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
+    data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
+    result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
+    from ..decisions import read_decisions
     from ..device import resolve_device
 
     if subset not in SUBSETS:
@@ -416,11 +389,14 @@ def evaluate(
     model, meta = load_checkpoint(ckpt, map_location="cpu")
     classes = list(meta["classes"])
     if positive:  # fail before any work on a class the checkpoint does not have
-        _check_positive(positive, classes, target_sensitivity)
+        fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
-    _check_conformal(conformal, data)
+    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path)
+    overlap = _check_against_run_split(
+        model_path, split_csv, records, data, subset, calibrate, positive, conformal
+    )
+    fitting.check_conformal(conformal, data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -435,9 +411,11 @@ def evaluate(
     probs = _written_probs(logits)
     result: dict[str, Any] = dict(
         M.compute_metrics(
-            labels, probs, classes, loss=_ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
+            labels, probs, classes, loss=fitting.ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
         )
     )  # filled in below, returned as Metrics
+    if overlap is not None:
+        result["trained_on"] = overlap
     result["source"] = {
         "checkpoint": str(ckpt),
         "data": str(data_root),
@@ -451,13 +429,16 @@ def evaluate(
     }
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = _validation((logits, labels), predict, data, subset) if needs_val else None
-    temperature = _temperature(ckpt, val, calibrate, subset)
+    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
+    before = read_decisions(ckpt, meta)
+    record = fitting.fit_temperature(before, val, calibrate, subset)
+    temperature = record.temperature.value if record.temperature else None
     _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
     if conformal is not None and val is not None:
-        _add_conformal(result, ckpt, val, logits, labels, temperature, float(conformal))
-    if out is not None:  # out=None writes nothing beside the checkpoint but a requested temperature
-        _store_operating_point(ckpt, result)
+        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
+    if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
+        record = fitting.fit_operating_point(record, result)
+    fitting.store(ckpt, before, record, migrate=out is not None)
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CxrtlError
+from ..onnx_session import open_session
 
 if TYPE_CHECKING:
     import torch
@@ -57,36 +58,6 @@ class TorchBackend:
         return normalize_batch(torch.from_numpy(batch), self.pp, self.device)
 
 
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise CxrtlError(
-            "running ONNX models needs onnxruntime; install it with `pip install 'cxrtl[onnx]'`"
-        ) from None
-    return onnxruntime
-
-
-def session_options(threads: int | None = None):
-    """onnxruntime settings tuned for CPU latency: full graph optimisation, one thread per physical core,
-    no spin-waiting.
-
-    ORT_ENABLE_ALL folds constants and fuses Conv+BatchNorm(+ReLU) and layouts (NCHWc); threads that
-    spin-wait between runs steal cores from image decoding and from other processes on a shared machine
-    (interleaved A/B on the busy 2-core dev box, DenseNet-121 at 224: 272 vs 364 ms median in one run,
-    155 vs 155 ms in another; never worse).
-    """
-    ort = _onnxruntime()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = int(threads) if threads else 0  # 0: onnxruntime uses the physical cores
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3  # errors only
-    return so
-
-
 class OnnxBackend:
     """Runs a cxrtl ONNX file: uint8 ``[B, 1, S, S]`` -> float32 logits ``[B, k]``."""
 
@@ -124,25 +95,31 @@ def read_onnx_meta(session, path: Path) -> dict[str, Any]:
         raise CxrtlError(
             f"{path} was written by a newer cxrtl (ONNX format {meta['version']}); upgrade cxrtl"
         )
+    meta["decisions"] = _onnx_decisions(props, meta, path)
     names = [i.name for i in session.get_inputs()]
     if names != [INPUT_NAME]:
         raise CxrtlError(f"{path} has inputs {names}, not [{INPUT_NAME!r}]; export it again")
     return meta
 
 
+def _onnx_decisions(props: dict[str, str], meta: dict[str, Any], path: Path):
+    """The decision record embedded by export; older exports carried only the temperature."""
+    from ..decisions import Decisions, Temperature
+
+    text = props.get(KEY_PREFIX + "decisions")
+    if text is not None:
+        record = Decisions.from_json(text, f"the decision record in {path}")
+        if list(record.classes) != meta["classes"]:
+            raise CxrtlError(f"{path} has a decision record for other classes; export it again")
+        return record
+    t = meta.get("temperature")
+    return Decisions(
+        tuple(meta["classes"]), dict(meta["preprocess"]), Temperature(float(t)) if t is not None else None
+    ).checked(str(path))
+
+
 def load_onnx(path: str | os.PathLike, threads: int | None = None) -> tuple[OnnxBackend, dict[str, Any]]:
     """Open a cxrtl ONNX file under onnxruntime (CPU) -> (backend, metadata). Never imports torch."""
-    ort = _onnxruntime()
     path = Path(path)
-    if not path.is_file():
-        raise CxrtlError(f"ONNX file {path} does not exist")
-    try:
-        session = ort.InferenceSession(
-            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own types for invalid files)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CxrtlError(
-            f"{path} is not a loadable ONNX model ({first}); export it again with `cxrtl export`"
-        ) from None
+    session = open_session(path, threads)
     return OnnxBackend(session), read_onnx_meta(session, path)

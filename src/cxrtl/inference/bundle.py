@@ -1,7 +1,8 @@
 """Model bundles: one folder that carries a trained model, its ONNX export, its config, metrics and card.
 
-A bundle holds the run's best checkpoint (``best.safetensors``/``best.json``, and ``best.calibration.json``
-when calibrated), ``model.onnx`` (and ``model.int8.onnx`` with ``--int8``), ``config.yaml``,
+A bundle holds the run's best checkpoint (``best.safetensors``/``best.json``, and its decision record
+``best.decisions.json`` when evaluated: see :mod:`cxrtl.decisions`),
+``model.onnx`` (and ``model.int8.onnx`` with ``--int8``), ``config.yaml``,
 ``metrics.json`` when the run was evaluated, the generated model card ``README.md`` and ``bundle.json``,
 which records the SHA-256 and size of every other file. Because the checkpoint keeps its run-directory
 names, everything that takes a run directory (predict, evaluate, ``train --init``) takes a bundle; they
@@ -22,68 +23,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
+from ..bundle_manifest import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    META_FILE,
+    SEGMENTER_FILE,
+    SEGMENTER_ONNX,
+    is_bundle,
+)
 from ..errors import CxrtlError
 from ..fsutil import UMASK, read_json, sha256_file, write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = "cxrtl-bundle"
-BUNDLE_VERSION = 1
-META_FILE = "bundle.json"
-CHECKPOINT_FILES = ("best.safetensors", "best.json", "best.calibration.json")
-SEGMENTER_FILE = "segmenter.safetensors"  # with segmenter.json: a masked model's lung U-Net (--segmenter)
-
-
-def is_bundle(path: str | os.PathLike) -> bool:
-    """True for a folder holding a ``bundle.json`` (checked, with its files, by :func:`verify_bundle`)."""
-    return (Path(path) / META_FILE).is_file()
-
-
-def read_bundle_meta(folder: str | os.PathLike) -> dict[str, Any]:
-    """``bundle.json`` of ``folder``, checked to be a cxrtl bundle this version can read."""
-    folder = Path(folder)
-    if not is_bundle(folder):
-        raise CxrtlError(
-            f"{folder} is not a cxrtl bundle (no {META_FILE}); make one with `cxrtl export RUN --bundle DIR`"
-        )
-    meta = read_json(folder / META_FILE, "bundle metadata")
-    if (
-        not isinstance(meta, dict)
-        or meta.get("format") != BUNDLE_FORMAT
-        or not isinstance(meta.get("files"), dict)
-    ):
-        raise CxrtlError(
-            f"{folder / META_FILE} is not cxrtl bundle metadata; export the bundle again with `cxrtl export`"
-        )
-    version = meta.get("version")
-    if not isinstance(version, int) or version > BUNDLE_VERSION:
-        raise CxrtlError(f"{folder} is a cxrtl bundle of version {version!r}; upgrade cxrtl to read it")
-    return meta
-
-
-def verify_bundle(folder: str | os.PathLike, only: str | None = None) -> dict[str, Any]:
-    """Check every file listed in ``bundle.json`` (or just ``only``) against its size and SHA-256.
-
-    Raises a one-line CxrtlError naming the first file that is missing, truncated or changed.
-    """
-    folder = Path(folder)
-    meta = read_bundle_meta(folder)
-    for name, want in sorted(meta["files"].items()):
-        if only is not None and name != only:
-            continue
-        path = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts or not path.is_file():
-            raise CxrtlError(
-                f"bundle {folder} lacks {name}, which its {META_FILE} lists (incomplete copy or download); "
-                "download or export the bundle again"
-            )
-        if path.stat().st_size != want.get("bytes") or sha256_file(path) != want.get("sha256"):
-            raise CxrtlError(
-                f"bundle {folder}: {name} does not match the SHA-256 in {META_FILE} (tampered with or "
-                "truncated); download or export the bundle again"
-            )
-    return meta
+CHECKPOINT_FILES = ("best.safetensors", "best.json")
 
 
 def check_bundle_target(out: Path) -> None:
@@ -104,13 +58,19 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _checkpoint_files(run: Path, stage: Path) -> None:
-    """The best checkpoint (and its calibration) into the staging folder, verified on the way."""
-    from ..checkpoint import read_meta
+    """The best checkpoint and its decision record into the staging folder, verified on the way.
 
-    read_meta(run / "best.safetensors")  # a cxrtl checkpoint whose weights match best.json
+    A run that still has the older sidecars gets them folded into one ``best.decisions.json`` in the bundle.
+    """
+    from ..checkpoint import read_meta
+    from ..decisions import read_decisions, record_files, write_decisions
+
+    meta = read_meta(run / "best.safetensors")  # a cxrtl checkpoint whose weights match best.json
     for name in CHECKPOINT_FILES:
         if (run / name).is_file():
             _copy(run / name, stage / name)
+    if record_files(run / "best.safetensors"):
+        write_decisions(stage / "best.safetensors", read_decisions(run / "best.safetensors", meta))
 
 
 def _config_yaml(run: Path, stage: Path) -> None:
@@ -133,7 +93,7 @@ def find_metrics(run: Path) -> Path | None:
 
 
 def check_source_run(run: str | os.PathLike) -> Path:
-    """A run directory (or bundle) with a best checkpoint, or a one-line error."""
+    """A run directory with a best checkpoint, or a one-line error (a bundle is refused: see below)."""
     path = Path(run).expanduser()
     if not path.is_dir():
         raise CxrtlError(
@@ -146,7 +106,12 @@ def check_source_run(run: str | os.PathLike) -> Path:
             "let training finish at least one epoch"
         )
     if is_bundle(path):
-        verify_bundle(path)
+        source = (read_json(path / META_FILE, "bundle metadata") or {}).get("source_run")
+        there = f" ({source})" if isinstance(source, str) and Path(source).is_dir() else ""
+        raise CxrtlError(
+            f"{path} is a bundle, not a run directory: its card needs the run's summary, split and history, "
+            f"which a bundle does not carry; export the run it was made from{there}, or copy the bundle"
+        )
     return path
 
 
@@ -190,9 +155,7 @@ def make_bundle(
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     os.chmod(stage, 0o777 & ~UMASK)  # mkdtemp makes 0700; a bundle gets the user's usual permissions
     try:
-        _build(src, stage, metrics_path, exporter, opset, verify)
-        if segmenter is not None:
-            _segmenter_files(Path(segmenter), stage)
+        _build(src, stage, metrics_path, exporter, opset, verify, segmenter)
         quant = None
         if int8:
             from .quantize import quantize_run
@@ -227,39 +190,58 @@ def check_bundle_segmenter(run: Path, segmenter: str | os.PathLike) -> None:
     read_segmenter_meta(segmenter)  # names a classifier run given as the segmenter
 
 
-def _segmenter_files(segmenter: Path, stage: Path) -> None:
+def _segmenter_files(segmenter: Path, stage: Path, exporter: str, opset: int) -> None:
+    """The segmenter's weights, its ONNX export, and its reference in the model's decision record."""
+    from ..checkpoint import read_meta
+    from ..decisions import SegmenterRef, read_decisions, write_decisions
     from ..segmentation.model import resolve_segmenter
+    from .export import export_segmenter
 
     weights = resolve_segmenter(segmenter)
     _copy(weights, stage / SEGMENTER_FILE)
     if weights.with_suffix(".json").is_file():
         _copy(weights.with_suffix(".json"), stage / Path(SEGMENTER_FILE).with_suffix(".json"))
-
-
-def bundled_segmenter(folder: str | os.PathLike) -> Path | None:
-    """The segmenter a bundle carries (verified with the bundle), or None."""
-    folder = Path(folder)
-    folder = folder if folder.is_dir() else folder.parent  # the bundle, or its best.safetensors
-    path = folder / SEGMENTER_FILE
-    return path if is_bundle(folder) and path.is_file() else None
+    export_segmenter(stage / SEGMENTER_FILE, stage / SEGMENTER_ONNX, exporter=exporter, opset=opset)
+    best = stage / "best.safetensors"
+    ref = SegmenterRef(SEGMENTER_FILE, sha256_file(stage / SEGMENTER_FILE), onnx=SEGMENTER_ONNX)
+    write_decisions(best, read_decisions(best, read_meta(best)).replace(segmenter=ref))
 
 
 def _build(
-    src: Path, stage: Path, metrics_path: Path | None, exporter: str, opset: int | None, verify: bool
+    src: Path,
+    stage: Path,
+    metrics_path: Path | None,
+    exporter: str,
+    opset: int | None,
+    verify: bool,
+    segmenter: str | os.PathLike | None,
 ) -> None:
-    """The checkpoint, config, metrics and fp32 ONNX export into ``stage``."""
+    """The checkpoint, config, metrics, segmenter and fp32 ONNX export into ``stage``.
+
+    The segmenter comes before the export, so that ``model.onnx`` embeds the record that names it.
+    """
     from .export import DEFAULT_OPSET, export_onnx
 
     _checkpoint_files(src, stage)
     _config_yaml(src, stage)
     if metrics_path is not None:
         _copy(metrics_path, stage / "metrics.json")
-    export_onnx(stage, stage / "model.onnx", exporter=exporter, opset=opset or DEFAULT_OPSET, verify=verify)
+    if segmenter is not None:
+        _segmenter_files(Path(segmenter), stage, exporter, opset or DEFAULT_OPSET)
+    export_onnx(
+        stage,
+        stage / "model.onnx",
+        exporter=exporter,
+        opset=opset or DEFAULT_OPSET,
+        verify=verify,
+        label=f"{src} to the bundle's model.onnx",
+    )
 
 
 def _finish(src: Path, stage: Path, quant: dict | None, leakage_check: bool, license_id: str, progress: bool):
     """The model card and bundle.json (checksums of every other file); returns bundle.json's content."""
-    from .card import gather_facts, render_card
+    from .card import render_card
+    from .card_facts import gather_facts
 
     facts = gather_facts(src, stage, int8=quant, leakage_check=leakage_check, progress=progress)
     facts["license"] = license_id
@@ -298,9 +280,3 @@ def _swap_into_place(stage: Path, out: Path) -> None:
     os.replace(stage, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def bundle_checkpoint(folder: str | os.PathLike) -> Path:
-    """The verified ``best.safetensors`` of a bundle (what a run directory would give)."""
-    verify_bundle(folder)
-    return Path(folder) / "best.safetensors"

@@ -3,7 +3,9 @@
 The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: uint8 grey images
 ``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
 graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
-logits / temperature). Classes, preprocessing, backbone and temperature travel as ``metadata_props``.
+logits / temperature). Classes, preprocessing, backbone and the model's whole decision record
+(:mod:`cxrtl.decisions`: temperature, operating point, conformal threshold, segmenter) travel as
+``metadata_props``, so onnxruntime gives the same rows as torch.
 The export needs torch (imported lazily); running the file is :mod:`cxrtl.inference.backends`' job.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from ..errors import CxrtlError
 from .backends import INPUT_NAME, KEY_PREFIX, ONNX_FORMAT, ONNX_VERSION, OUTPUT_NAMES, load_onnx
 
@@ -29,31 +31,46 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 DEFAULT_OPSET = 18
 
 
-def _wrap_for_export(model, pp, temperature: float | None):
-    """The CxrModel with input scaling/normalisation in front and temperature softmax behind."""
+def _deployable(net, pp, head):
+    """``net`` with uint8 input scaling and normalisation in front (as the training loop normalises) and
+    ``head(outputs)`` behind: the module an export traces."""
     import torch
 
     class _Deployable(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model = net
             self.channels = pp.channels
             self.register_buffer("mean", torch.tensor(pp.mean, dtype=torch.float32).view(1, -1, 1, 1))
             self.register_buffer("std", torch.tensor(pp.std, dtype=torch.float32).view(1, -1, 1, 1))
-            self.register_buffer("inv_t", torch.tensor(1.0 / (temperature or 1.0), dtype=torch.float32))
 
         def forward(self, image):
             # Same arithmetic as cxrtl.data.preprocess.normalize_batch, so both paths agree to rounding.
             x = image.float() / 255.0
             if self.channels == 3:
                 x = x.expand(-1, 3, -1, -1)
-            logits = self.model((x - self.mean) / self.std)
-            return logits, torch.softmax(logits * self.inv_t, dim=1)
+            return head(self.model((x - self.mean) / self.std))
 
     return _Deployable().eval()
 
 
-def _export_graph(module, example, path: Path, exporter: str, opset: int) -> None:
+def _wrap_for_export(model, pp, temperature: float | None):
+    """The CxrModel with input scaling/normalisation in front and temperature softmax behind."""
+    import torch
+
+    inv_t = 1.0 / (temperature or 1.0)
+    return _deployable(model, pp, lambda logits: (logits, torch.softmax(logits * inv_t, dim=1)))
+
+
+def _export_graph(
+    module,
+    example,
+    path: Path,
+    exporter: str,
+    opset: int,
+    inputs: tuple[str, ...] = (INPUT_NAME,),
+    outputs: tuple[str, ...] = OUTPUT_NAMES,
+) -> None:
     """torch.onnx.export with a dynamic batch dimension, torch's chatter routed to the debug log."""
     import torch
 
@@ -66,8 +83,8 @@ def _export_graph(module, example, path: Path, exporter: str, opset: int) -> Non
                 module,
                 (example,),
                 str(path),
-                input_names=[INPUT_NAME],
-                output_names=list(OUTPUT_NAMES),
+                input_names=list(inputs),
+                output_names=list(outputs),
                 opset_version=opset,
                 dynamo=True,
                 external_data=False,
@@ -83,12 +100,12 @@ def _export_graph(module, example, path: Path, exporter: str, opset: int) -> Non
                     module,
                     (example,),
                     str(path),
-                    input_names=[INPUT_NAME],
-                    output_names=list(OUTPUT_NAMES),
+                    input_names=list(inputs),
+                    output_names=list(outputs),
                     opset_version=opset,
                     dynamo=False,
                     do_constant_folding=True,
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in OUTPUT_NAMES}},
+                    dynamic_axes={name: {0: "batch"} for name in (*inputs, *outputs)},
                 )
     if chatter.getvalue().strip():
         log.debug("torch.onnx.export (%s) said:\n%s", exporter, chatter.getvalue())
@@ -100,8 +117,11 @@ def export_onnx(
     exporter: str = "auto",
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    label: str | None = None,
 ) -> Path:
     """Export a cxrtl checkpoint (run dir, .safetensors or .json) to a self-describing ONNX file.
+
+    ``label``: what the log calls the result (a bundle being built names itself, not its staging folder).
 
     Args:
         exporter: "dynamo" (torch.export based), "torchscript" (legacy), or "auto": dynamo, falling
@@ -110,7 +130,8 @@ def export_onnx(
     """
     import torch
 
-    from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+    from ..checkpoint import checkpoint_preprocess, load_checkpoint, resolve_checkpoint
+    from ..decisions import read_decisions
     from ..fsutil import write_bytes
 
     if exporter not in EXPORTERS:
@@ -122,7 +143,8 @@ def export_onnx(
     model, meta = load_checkpoint(weights)
     model.eval()
     pp = checkpoint_preprocess(model, meta, weights)
-    temperature = load_temperature(weights)
+    decisions = read_decisions(weights, meta)
+    temperature = decisions.temperature.value if decisions.temperature else None
     module = _wrap_for_export(model, pp, temperature)
     example = torch.randint(
         0,
@@ -141,6 +163,7 @@ def export_onnx(
         "backbone": str(meta["backbone"]),
         "in_chans": str(model.in_chans),
         "temperature": json.dumps(temperature),
+        "decisions": decisions.to_json(),  # operating point, conformal sets, segmenter: as under torch
         "exporter": used,
         "input": f"{INPUT_NAME}: uint8 grey [N,1,{pp.image_size},{pp.image_size}] from prepare_image; "
         "scaling and normalisation are inside the graph",
@@ -153,13 +176,21 @@ def export_onnx(
         f"{', '.join(model.classes)}. Research tool, not a medical device.",
     )
     write_bytes(out, proto.SerializeToString())
-    log.info("exported %s to %s with the %s exporter", weights, out, used)
+    log.info("exported %s with the %s exporter", label or f"{weights} to {out}", used)
     if verify:
         _verify(out, module, pp)
     return out
 
 
-def _export_with_fallback(module, example, exporter: str, opset: int, backbone: str):
+def _export_with_fallback(
+    module,
+    example,
+    exporter: str,
+    opset: int,
+    backbone: str,
+    inputs: tuple[str, ...] = (INPUT_NAME,),
+    outputs: tuple[str, ...] = OUTPUT_NAMES,
+):
     """Export to an ONNX proto with ``exporter`` ("auto": dynamo, then torchscript) -> (proto, name used)."""
     import onnx
 
@@ -168,7 +199,7 @@ def _export_with_fallback(module, example, exporter: str, opset: int, backbone: 
         tried = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
         for i, name in enumerate(tried):
             try:
-                _export_graph(module, example, graph, name, opset)
+                _export_graph(module, example, graph, name, opset, inputs, outputs)
             except Exception as exc:  # noqa: BLE001  (exporters raise many types; fall back or report)
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
                 if i + 1 < len(tried):
@@ -214,3 +245,68 @@ def _verify(path: Path, module, pp) -> None:
                 f"{err:.2g}); try the other --exporter"
             )
     log.debug("verified %s against PyTorch at batch 1 and 3", path)
+
+
+# ------------------------------------------------------------------------------------------- segmenter
+def export_segmenter(
+    segmenter: str | os.PathLike, out: str | os.PathLike, exporter: str = "auto", opset: int = DEFAULT_OPSET
+) -> Path:
+    """Export a ``cxrtl segment train`` run to ONNX: uint8 grey ``[N, 1, S, S]`` -> lung probability map.
+
+    Normalisation and the sigmoid are inside the graph; :class:`cxrtl.segmentation.runtime.OnnxSegmenter`
+    resizes and thresholds around it exactly as the PyTorch segmenter does. Verified against PyTorch.
+    """
+    import torch
+
+    from ..data.preprocess import Preprocess
+    from ..fsutil import sha256_file, write_bytes
+    from ..segmentation.model import load_segmenter, resolve_segmenter
+    from ..segmentation.runtime import SEG_INPUT, SEG_ONNX_FORMAT, SEG_ONNX_VERSION, SEG_OUTPUT
+
+    weights = resolve_segmenter(segmenter)
+    model, meta = load_segmenter(weights, "cpu")
+    size, chans = int(meta["image_size"]), int(meta["in_chans"])
+    pp = Preprocess("raw", chans, size)
+
+    module = _deployable(model, pp, torch.sigmoid)
+    example = torch.randint(
+        0, 256, (2, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    proto, used = _export_with_fallback(
+        module, example, exporter, opset, str(meta.get("encoder")), (SEG_INPUT,), (SEG_OUTPUT,)
+    )
+    info = {k: meta[k] for k in ("image_size", "in_chans", "encoder") if k in meta}
+    props = {
+        "format": SEG_ONNX_FORMAT,
+        "version": str(SEG_ONNX_VERSION),
+        "cxrtl_version": __version__,
+        "segmenter": json.dumps({**info, "source_sha256": sha256_file(weights)}),
+        "exporter": used,
+    }
+    _describe(proto, props, "cxrtl lung segmenter (U-Net). Research tool, not a medical device.")
+    out = Path(out)
+    write_bytes(out, proto.SerializeToString())
+    _verify_segmenter(out, module, size)
+    log.info("exported the lung segmenter to %s with the %s exporter", out.name, used)
+    return out
+
+
+def _verify_segmenter(path: Path, module, size: int) -> None:
+    import torch
+
+    from ..onnx_session import open_session
+    from ..segmentation.runtime import SEG_INPUT, SEG_OUTPUT
+
+    session = open_session(path)
+    x = torch.randint(
+        0, 256, (3, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.inference_mode():
+        want = module(x).numpy()
+    got = session.run([SEG_OUTPUT], {SEG_INPUT: x.numpy()})[0]
+    err = float(np.abs(got - want).max())
+    if not np.isfinite(err) or err > 1e-3:
+        path.unlink(missing_ok=True)
+        raise CxrtlError(
+            f"the segmenter's ONNX export disagrees with PyTorch (max error {err:.2g}); try --exporter"
+        )

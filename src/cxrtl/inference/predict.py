@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..data.image_io import IMAGE_SUFFIXES, rgb_to_gray
+from ..data.pixels import rgb_to_gray
 from ..data.preprocess import Preprocess
+from ..decisions import Decisions
 from ..errors import CxrtlError
 
 log = logging.getLogger(__name__)
 
 
 ImageLike = str | os.PathLike | np.ndarray  # a file path, or a uint8 grey [H, W] (or RGB) array
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass
@@ -75,31 +77,41 @@ def softmax(logits: np.ndarray, temperature: float | None = None) -> np.ndarray:
 
 
 class Predictor:
-    """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order."""
+    """Class probabilities for radiographs from a cxrtl checkpoint or ONNX export, in its class order.
+
+    The model's decision settings (temperature, operating point, conformal threshold, segmenter) come as
+    one :class:`cxrtl.decisions.Decisions` record, the same whichever backend runs the model.
+    """
 
     def __init__(
         self,
         backend,
         classes: Sequence[str],
         spec: Preprocess,
-        temperature: float | None = None,
+        decisions: Decisions | None = None,
         source: str | None = None,
         backbone: str | None = None,
-        operating_point: dict[str, Any] | None = None,
-        conformal: dict | None = None,
     ):
         self.backend = backend
         self.classes = list(classes)
         self.spec = spec  # the checkpoint's preprocessing
-        self.temperature = temperature
+        self.decisions = decisions or Decisions(tuple(self.classes), spec.to_dict())
+        if list(self.decisions.classes) != self.classes:
+            raise CxrtlError(
+                f"the decision record is for classes {list(self.decisions.classes)}, the model has "
+                f"{self.classes}; export or evaluate the model again"
+            )
         self.source = source
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
-        self.operating_point = (
-            operating_point  # from `evaluate --positive`: flags rows, argmax stays the label
-        )
-        self.conformal = conformal  # {"threshold", "alpha", "temperature", ...} from evaluate --conformal
+        for note in self.decisions.stale_notes():
+            log.warning("%s: %s", source or "model", note)
+
+    @property
+    def temperature(self) -> float | None:
+        """The calibration temperature, or None when the model was never calibrated."""
+        return self.decisions.temperature.value if self.decisions.temperature else None
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -109,63 +121,83 @@ class Predictor:
         device: str = "auto",
         threads: int | None = None,
         segmenter: str | os.PathLike | None = None,
+        backend: str = "auto",
     ) -> Predictor:
-        """Load a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx`` export,
-        or ``hf://OWNER/NAME[@REVISION]`` (a bundle on the Hugging Face Hub, or in its local cache).
+        """Load a MODEL: a run directory, a bundle, a ``.safetensors``/``.json`` checkpoint, a cxrtl ``.onnx``
+        export, or ``hf://OWNER/NAME[@REVISION]`` (see :mod:`cxrtl.model_ref`).
 
-        ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a masked model needs; a bundle
-        exported with ``--segmenter`` brings its own (an explicit ``segmenter`` wins).
+        ``backend``: "torch", "onnx" (a bundle's ``model.onnx``; never imports torch), or "auto" (ONNX for an
+        ``.onnx`` file, torch otherwise). ``segmenter``: a ``cxrtl segment train`` run that predicts the masks a
+        masked model needs; a bundle exported with ``--segmenter`` brings its own (an explicit one wins).
         """
-        from ..hub import resolve_model
+        from ..model_ref import resolve_model
 
-        path = resolve_model(path)
-        predictor = (
-            cls._from_onnx(path, threads) if path.suffix.lower() == ".onnx" else cls._from_torch(path, device)
-        )
-        if segmenter is None and predictor.needs_mask and path.suffix.lower() != ".onnx":
-            from .bundle import bundled_segmenter
-
-            segmenter = bundled_segmenter(path)  # a masked model's bundle may carry its segmenter
-        return predictor.use_segmenter(segmenter) if segmenter else predictor
+        if backend not in BACKENDS:
+            raise CxrtlError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        ref = resolve_model(path)
+        use_onnx = backend == "onnx" or (backend == "auto" and ref.kind == "onnx")
+        if use_onnx:
+            if ref.onnx is None:
+                raise CxrtlError(
+                    f"--backend onnx needs an ONNX export, and {ref.given} has none; export one with "
+                    f"`cxrtl export {ref.given} --onnx model.onnx` (or --bundle DIR), or use --backend torch"
+                )
+            predictor = cls._from_onnx(ref.onnx, threads)
+        else:
+            if ref.weights is None:
+                raise CxrtlError(
+                    f"--backend torch needs a run directory, bundle or checkpoint, but {ref.given} is an ONNX "
+                    "file; use --backend onnx or auto"
+                )
+            predictor = cls._from_torch(ref.weights, device)
+        if segmenter is not None:
+            return predictor.use_segmenter(segmenter)
+        if predictor.needs_mask:  # a masked model's bundle carries its segmenter, for each runtime
+            if use_onnx and ref.segmenter_onnx is not None:
+                return predictor.use_onnx_segmenter(ref.segmenter_onnx, threads)
+            if ref.segmenter is not None:
+                return predictor.use_segmenter(ref.segmenter)
+        return predictor
 
     @classmethod
     def _from_onnx(cls, path: Path, threads: int | None) -> Predictor:
         from .backends import load_onnx
-        from .bundle import is_bundle, verify_bundle
 
-        if is_bundle(path.parent):  # an ONNX file inside a bundle is checked against its checksum
-            verify_bundle(path.parent, only=path.name)
         backend, meta = load_onnx(path, threads=threads)
         return cls(
             backend,
             meta["classes"],
             Preprocess.from_dict(meta["preprocess"]),
-            meta.get("temperature"),
+            meta["decisions"],
             source=str(path),
             backbone=meta.get("backbone"),
         )
 
     @classmethod
-    def _from_torch(cls, path: Path, device: str) -> Predictor:
-        from ..checkpoint import checkpoint_preprocess, load_checkpoint, load_temperature, resolve_checkpoint
+    def _from_torch(cls, weights: Path, device: str) -> Predictor:
+        from ..checkpoint import checkpoint_preprocess, load_checkpoint
+        from ..decisions import read_decisions
         from ..device import resolve_device
         from .backends import TorchBackend
 
-        weights = resolve_checkpoint(path)
         dev = resolve_device(device)
         model, meta = load_checkpoint(weights, map_location=dev)
         pp = checkpoint_preprocess(model, meta, weights)
-        temperature = load_temperature(weights)
         return cls(
             TorchBackend(model, pp, dev),
             model.classes,
             pp,
-            temperature,
+            read_decisions(weights, meta),
             source=str(weights),
             backbone=meta.get("backbone"),
-            operating_point=_stored_operating_point(weights, model.classes, temperature),
-            conformal=_load_conformal(weights, temperature),
         )
+
+    def use_onnx_segmenter(self, path: str | os.PathLike, threads: int | None = None) -> Predictor:
+        """Predict each image's lung mask with a segmenter's ONNX export (no torch)."""
+        from ..segmentation.runtime import OnnxSegmenter
+
+        self.segmenter = OnnxSegmenter.load(path, threads)
+        return self
 
     def use_segmenter(
         self, seg_run: str | os.PathLike, save_masks: str | os.PathLike | None = None
@@ -319,8 +351,8 @@ class Predictor:
                 for j, i in enumerate(ok):
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
-                    rows[i].positive = self.positive_flag(probs[j])
-                    rows[i].prediction_set = self.prediction_set(probs[j])
+                    rows[i].positive = self.decisions.positive_flag(probs[j])
+                    rows[i].prediction_set = self.decisions.prediction_set(probs[j])
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
@@ -329,24 +361,15 @@ class Predictor:
 
     def positive_flag(self, probs: np.ndarray) -> dict[str, Any] | None:
         """``{"class", "threshold", "flag"}``: P(class) >= the stored threshold; None without one."""
-        op = self.operating_point
-        if op is None:
-            return None
-        p = float(probs[self.classes.index(op["positive"])])
-        return {
-            "class": op["positive"],
-            "threshold": float(op["threshold"]),
-            "flag": p >= float(op["threshold"]),
-        }
+        return self.decisions.positive_flag(probs)
 
     def prediction_set(self, probs_row: np.ndarray) -> list[str] | None:
         """The conformal prediction set of one probability row, or None when the model has no threshold.
 
-        More than one class is the model saying "unsure" at the coverage it was fitted for.
+        More than one class is the model saying "unsure" at the coverage it was fitted for; an empty set
+        says no class is plausible at that coverage.
         """
-        from ..evaluation.conformal import set_names
-
-        return set_names(probs_row, self.classes, self.conformal, self.temperature)
+        return self.decisions.prediction_set(probs_row)
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:
@@ -401,115 +424,6 @@ class Predictor:
                     row.lung_share = mask_share(pmask)
             except CxrtlError as exc:
                 row.error = f"Grad-CAM: {exc}"
-
-
-def _stored_operating_point(weights: Path, classes: Sequence[str], temperature: float | None):
-    """The operating point saved beside ``weights`` by ``evaluate --positive``, checked against the model."""
-    from ..checkpoint import load_threshold
-
-    op = load_threshold(weights)
-    if op is None:
-        return None
-    if op["positive"] not in classes:
-        raise CxrtlError(
-            f"the stored operating point is for class {op['positive']!r}, not one of {list(classes)}; "
-            "delete it or choose it again with cxrtl evaluate --positive CLASS"
-        )
-    if abs(float(op.get("temperature", 1.0)) - float(temperature or 1.0)) > 1e-9:
-        log.warning(
-            "the stored %s threshold was chosen at temperature %s, but the checkpoint now uses %s; "
-            "choose it again with cxrtl evaluate --positive",
-            op["positive"],
-            op.get("temperature", 1.0),
-            temperature or 1.0,
-        )
-    return op
-
-
-# ---------------------------------------------------------------------------------------- inputs
-
-
-def _load_conformal(weights: Path, temperature: float | None) -> dict | None:
-    """The conformal record beside ``weights``; None (with a warning) when fitted at another temperature."""
-    from ..evaluation.conformal import conformal_path, read_conformal
-
-    path = conformal_path(weights)
-    record = read_conformal(path)
-    if record is not None and abs(float(record.get("temperature") or 1.0) - float(temperature or 1.0)) > 1e-9:
-        log.warning(
-            "%s was fitted at temperature %s, the model now uses %s; no prediction sets until "
-            "`cxrtl evaluate --conformal ALPHA` refits it",
-            path,
-            record.get("temperature"),
-            temperature or 1.0,
-        )
-        return None
-    return record
-
-
-def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expand folders (recursively) into their image files, sorted; explicit files are kept as given.
-
-    A folder contributes only files with an image/DICOM suffix; a file named explicitly is always tried,
-    so a wrong file gives an error row rather than vanishing. A path that does not exist is a usage
-    error (a typo), raised before any work.
-    """
-    inputs = [Path(p).expanduser() for p in paths]
-    missing = [str(p) for p in inputs if not p.exists()]
-    if missing:
-        raise CxrtlError(
-            f"{'input does' if len(missing) == 1 else 'inputs do'} not exist: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check the path"
-        )
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not found:
-                log.warning("no PNG/JPEG/DICOM images under %s", p)
-            out.extend(found)
-        else:
-            out.append(p)
-    return out
-
-
-def find_masks(
-    images: Sequence[Path], mask: str | os.PathLike | None = None, mask_dir: str | os.PathLike | None = None
-) -> list[Path | None]:
-    """The lung mask of each image: one --mask for a single image, or the same file name in --mask-dir.
-
-    In --mask-dir a mask is matched by file name, then by stem with any image suffix (the COVID-19
-    Radiography Database stores masks under the image's own name).
-    """
-    if mask is not None and mask_dir is not None:
-        raise CxrtlError("give either --mask or --mask-dir, not both")
-    if mask is not None:
-        if len(images) != 1:
-            raise CxrtlError(
-                f"--mask is for one image, but {len(images)} were given; use --mask-dir DIR "
-                "with masks named like their images"
-            )
-        return [Path(mask)]
-    if mask_dir is None:
-        return [None] * len(images)
-    mask_dir = Path(mask_dir)
-    if not mask_dir.is_dir():
-        raise CxrtlError(f"mask directory {mask_dir} does not exist")
-    by_stem: dict[str, Path] = {}
-    for f in sorted(mask_dir.iterdir()):
-        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-            by_stem.setdefault(f.stem, f)
-    out: list[Path | None] = []
-    for img in images:
-        exact = mask_dir / img.name
-        out.append(exact if exact.is_file() else by_stem.get(img.stem))
-    return out
 
 
 def _check_masks(images: Sequence[Any], masks: Sequence[Any] | None) -> list[Any]:

@@ -41,10 +41,10 @@ def is_synthetic(index: DatasetIndex) -> bool:
 
 def _imagenet_available(backbone: str, pretrained_file: str | None) -> str | None:
     """None when ImageNet weights can be had (hub or local file), else the one-line reason."""
-    from ..model import create_model
+    from ..model import new_model
 
     try:
-        create_model(backbone, ["a", "b"], 3, init="imagenet", pretrained_file=pretrained_file)
+        new_model(backbone, ["a", "b"], 3, init="imagenet", pretrained_file=pretrained_file)
     except CxrtlError as exc:
         return str(exc)
     return None

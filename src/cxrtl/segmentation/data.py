@@ -13,13 +13,7 @@ from torch.utils.data import Dataset
 from ..data.image_io import ImageReadError, load_gray
 from ..data.records import DatasetIndex, Record
 from ..errors import CxrtlError
-
-
-def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[H, W]`` -> uint8 ``[size, size]`` (bilinear): the segmenter's input geometry."""
-    return np.asarray(
-        Image.fromarray(np.asarray(gray, np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    )
+from .runtime import resize_gray
 
 
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

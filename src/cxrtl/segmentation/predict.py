@@ -43,24 +43,15 @@ class Segmenter:
         import torch
 
         from ..data.preprocess import normalize_batch
-        from .data import resize_gray
-        from .postprocess import clean_mask
+        from .runtime import probability_to_mask, resize_gray
 
         if not grays:
             return []
         batch = torch.from_numpy(np.stack([resize_gray(g, self.image_size) for g in grays])).unsqueeze(1)
         with torch.inference_mode():
             logits = self.model(normalize_batch(batch, self.pp, self.device)).float()
-            probs = torch.sigmoid(logits)
-        out = []
-        for g, prob in zip(grays, probs):
-            # Resize the probability map (bilinear), then threshold: smoother edges than a nearest upscale.
-            up = torch.nn.functional.interpolate(
-                prob[None], size=g.shape[:2], mode="bilinear", align_corners=False
-            )
-            mask = (up[0, 0] > 0.5).cpu().numpy()
-            out.append(clean_mask(mask) if clean else mask.astype(np.uint8) * 255)
-        return out
+            probs = torch.sigmoid(logits).cpu().numpy()
+        return [probability_to_mask(p[0], g.shape, clean) for g, p in zip(grays, probs)]
 
     def predict(self, gray: np.ndarray, clean: bool = True) -> np.ndarray:
         """One grey uint8 image ``[H, W]`` -> its lung mask, uint8 0/255 ``[H, W]``."""
@@ -75,7 +66,7 @@ def mask_name(image: Path, base: Path | None) -> Path:
 
 def plan_outputs(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
     """(image, relative mask path) for files and folders; folders are mirrored below their own name."""
-    from ..inference.predict import collect_inputs
+    from ..data.inputs import collect_inputs
 
     plan: list[tuple[Path, Path]] = []
     for p in paths:

@@ -121,7 +121,7 @@ def train_segmenter(cfg: SegmentConfig, resume: bool = False) -> dict:
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             row = _epoch(parts, cfg, epoch)
-            improved = _record(state, row)
+            improved = state.record(row, row["seconds"], score="val_dice")
             log.info(
                 "epoch %d/%d: train loss %.4f | val loss %.4f dice %.4f iou %.4f | %.1fs%s",
                 epoch, cfg.epochs, row["train_loss"], row["val_loss"], row["val_dice"], row["val_iou"],
@@ -307,20 +307,6 @@ def _validate(p: _Parts) -> tuple[float, float, float]:
         ious.append(torch.where(union > 0, inter / union.clamp(min=1), 1.0).cpu())
     d, i = torch.cat(dices), torch.cat(ious)
     return loss_sum / max(len(d), 1), float(d.mean()), float(i.mean())
-
-
-def _record(state: resume_state.FitState, row: dict) -> bool:
-    """Append the row; the best epoch is the highest validation Dice (kept in FitState's best_val_acc)."""
-    state.history.append(row)
-    state.epoch, state.seconds = row["epoch"], state.seconds + row["seconds"]
-    improved = row["val_dice"] > state.best_val_acc
-    if improved:
-        state.best_epoch, state.best_val_acc, state.best_val_loss = (
-            row["epoch"],
-            row["val_dice"],
-            row["val_loss"],
-        )
-    return improved
 
 
 def _write_epoch(run_dir: Path, p: _Parts, state, cfg: SegmentConfig, meta: dict, improved: bool) -> None:

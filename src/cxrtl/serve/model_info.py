@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .._version import __version__
 
 
 def model_info(predictor) -> dict[str, Any]:
@@ -90,20 +90,12 @@ def _training(source: Path | None, meta: dict[str, Any]) -> dict[str, Any] | Non
 
 
 def _calibration(predictor, source: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
-    """Temperature, and the conformal threshold where the model carries one (sidecar or metadata)."""
-    sidecar: dict[str, Any] = {}
-    if source is not None and source.suffix == ".safetensors":
-        sidecar = (
-            _read(source.with_name(source.name.removesuffix(".safetensors") + ".calibration.json")) or {}
-        )
-    conformal = getattr(predictor, "conformal", None) or sidecar.get("conformal") or meta.get("conformal")
-    threshold = None
-    if isinstance(conformal, dict):
-        threshold = conformal.get("threshold", conformal.get("qhat"))
-    elif isinstance(conformal, (int, float)):
-        threshold = conformal
+    """The model's decision settings (:mod:`cxrtl.decisions`), as the predictor applies them."""
+    summary = predictor.decisions.summary()
+    conformal = summary["conformal"]
     return {
         "temperature": predictor.temperature,
-        "conformal_threshold": threshold,
-        "conformal": conformal if isinstance(conformal, dict) else None,
+        "conformal_threshold": conformal["threshold"] if conformal else None,
+        "conformal": conformal,
+        "operating_point": summary["operating_point"],
     }

@@ -278,7 +278,7 @@ def fit(
     try:
         for epoch in range(state.epoch + 1, cfg.epochs + 1):
             row, seconds, val_seconds = _train_epoch(parts, cfg, epoch, info.rank, show)
-            improved = _record(state, row, seconds, cfg.select_by)
+            improved = state.record(row, seconds, by_loss=cfg.select_by == "val_loss")
             log.info(
                 "epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs (val %.1fs)%s",
                 epoch,
@@ -426,24 +426,6 @@ def _train_epoch(p: _Parts, cfg: TrainConfig, epoch: int, rank: int, show: bool)
         "seconds": round(seconds, 3),
     }
     return row, seconds, time.perf_counter() - t_val
-
-
-def _record(state: FitState, row: dict, seconds: float, select_by: str = "val_acc") -> bool:
-    """Add the epoch's row to ``state`` -> whether it is the new best epoch (by ``select_by``)."""
-    state.history.append(row)
-    state.epoch, state.seconds = row["epoch"], state.seconds + seconds
-    if select_by == "val_loss":  # lower is better; strict, so a tie keeps the earlier epoch
-        best = state.best_val_loss
-        improved = state.best_epoch == 0 or math.isnan(best) or row["val_loss"] < best  # NaN never stays best
-    else:
-        improved = row["val_acc"] > state.best_val_acc  # strict: a tie keeps the earlier epoch
-    if improved:
-        state.best_epoch, state.best_val_acc, state.best_val_loss = (
-            row["epoch"],
-            row["val_acc"],
-            row["val_loss"],
-        )
-    return improved
 
 
 def _open_tensorboard(run_dir: Path, enabled: bool):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,10 +18,10 @@ from ..checkpoint import unwrap
 from ..config import TrainConfig, config_from_dict, load_config
 from ..errors import CxrtlError
 from ..fsutil import json_safe, write_safetensors
+from .run_dir import STATE_FILE, check_writable, run_status
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.safetensors"
 STATE_FORMAT = "cxrtl-train-state"
 # Options that may change when resuming: where and how the run executes, not what it computes.
 RESUME_OPTIONS = ("data", "device", "workers", "progress", "tensorboard", "compile", "cache_dir")
@@ -37,6 +38,24 @@ class FitState:
     best_val_acc: float = -1.0
     best_val_loss: float = float("nan")
     seconds: float = 0.0
+
+    def record(self, row: dict, seconds: float, score: str = "val_acc", by_loss: bool = False) -> bool:
+        """Add an epoch's history row -> whether it is the new best epoch.
+
+        The best epoch has the highest ``row[score]`` (validation accuracy for a classifier, Dice for a
+        segmenter; kept in ``best_val_acc``), or with ``by_loss`` the lowest validation loss. Both are strict,
+        so a tie keeps the earlier epoch, and a NaN loss never stays best.
+        """
+        self.history.append(row)
+        self.epoch, self.seconds = row["epoch"], self.seconds + seconds
+        if by_loss:
+            best = self.best_val_loss
+            improved = self.best_epoch == 0 or math.isnan(best) or row["val_loss"] < best
+        else:
+            improved = row[score] > self.best_val_acc
+        if improved:
+            self.best_epoch, self.best_val_acc, self.best_val_loss = row["epoch"], row[score], row["val_loss"]
+        return improved
 
     def to_info(self, cfg: TrainConfig, classes: list[str]) -> dict:
         """The JSON part of the state file (keys in the order runs have always been written)."""
@@ -182,7 +201,6 @@ def match_parameter_layout(optimizer: torch.optim.Optimizer) -> None:
 # ----------------------------------------------------------------------------- --resume RUN_DIR
 def load_resume(run_dir: Path, overrides: TrainConfig):
     """(saved config with runtime overrides, (tensors, state) | RESTART) for ``--resume RUN_DIR``."""
-    from .run_dir import check_writable, run_status  # run_dir imports STATE_FILE from here
 
     status = run_status(run_dir)
     if status == "finished":

@@ -11,7 +11,8 @@ from ..checkpoint import save_checkpoint
 from ..config import TrainConfig
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_csv, write_json, write_text
-from .resume import STATE_FILE
+
+STATE_FILE = "state.safetensors"  # the resumable training state (cxrtl.training.resume)
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 # Files a run writes; --overwrite removes exactly these (never anything else in the directory).
@@ -20,13 +21,20 @@ RUN_FILES = (
     "split.csv",
     "history.csv",
     "summary.json",
+    "data_fingerprint.json",
     STATE_FILE,
     "best.safetensors",
     "best.json",
-    "best.calibration.json",
+    "best.decisions.json",
     "last.safetensors",
     "last.json",
-    "last.calibration.json",
+    "last.decisions.json",
+    # the decision sidecars of older runs (cxrtl.decisions folds them into *.decisions.json)
+    *(
+        f"{stem}.{kind}.json"
+        for stem in ("best", "last")
+        for kind in ("calibration", "operating_point", "conformal")
+    ),
 )
 
 
@@ -92,8 +100,9 @@ def clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
-def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool) -> None:
-    """Create the run directory with split.csv and config.yaml (``cfg.split`` then names that split.csv)."""
+def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool, data_root: Path | None = None) -> None:
+    """Create the run directory with split.csv and config.yaml (``cfg.split`` then names that split.csv), and
+    the content fingerprint of a sample of the training files under ``data_root``."""
     from ..data import write_split_csv
 
     ensure_dir(run_dir)
@@ -102,6 +111,12 @@ def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool) -> None:
     cfg.split = str((run_dir / "split.csv").resolve())
     write_split_csv(run_dir / "split.csv", split)
     write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if (
+        data_root is not None
+    ):  # which dataset this is, by content: evaluate warns when another has the same names
+        from ..data.fingerprint import write_fingerprint
+
+        write_fingerprint(run_dir, data_root, [r.path for r in split["train"]])
 
 
 def write_epoch_files(run_dir: Path, model, history: list[dict], improved: bool, meta: dict) -> None:
