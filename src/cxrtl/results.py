@@ -186,20 +186,33 @@ class Configuration(TypedDict, total=False):
     auc: Summary  # binary tasks only
 
 
-class Comparison(TypedDict):
-    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
-
+class _ComparisonRequired(TypedDict):
     experiment: int
+    dataset: str  # "covid" or "pneumonia": whose test images
     a: str
     b: str
     metric: str  # "accuracy"
     difference: float  # a minus b
-    ci95: list[float]  # paired bootstrap
-    p_value: float  # McNemar exact
+    ci95: list[float] | None  # Newcombe's paired hybrid score interval; None when ``identical``
+    p_value: float | None  # McNemar exact; None when ``identical``
     method: str
     n: int
     seeds: list[int]  # how many seeds each side averaged: [a, b]
     discordant: list[int]  # [a right only, b right only]
+
+
+class Comparison(_ComparisonRequired, total=False):
+    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
+
+    identical: str  # why a and b are the same training job (not tested, not in the family)
+    difference_of: str  # what ``difference`` is: the two runs' or the seed-averaged ensembles' accuracies
+    p_adjusted: float | None  # Holm over the family of tested comparisons; None when ``identical``
+    adjustment: str  # "holm"
+    family: int  # how many comparisons were adjusted together
+    headline: str | None  # "seed_level" (>= 2 seeds a side) or "ensemble": which test the verdict uses
+    verdict: str  # "<a or b> is better", "not distinguishable", "the same configuration, not tested"
+    seed_level: dict[str, Any]  # two-level bootstrap: difference (of the tables' mean accuracies), ci95,
+    # p_value, p_adjusted, adjustment, family, resamples, bootstrap_seed, method
 
 
 class ReproductionResults(TypedDict, total=False):

@@ -50,7 +50,7 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
             if (r["test"].get("cam_in_lungs") or {}).get("skipped")
         }
     )
-    title = f"Grad-CAM energy inside the lungs{where} (test set)"
+    title = f"Grad-CAM energy inside the lungs{where} (test set; CAM of the predicted class, grouped by true class)"
     if not rows:
         if not skipped:
             return None
@@ -60,9 +60,9 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
     t = Table(
         key,
         title,
-        ["Run", "Input", "Channels", "Overall"]
-        + (["Lung share (chance)"] if chance else [])
-        + list(rows[0]["test"]["classes"]),
+        ["Run", "Input", "Channels", "All test images"]
+        + (["Lung share of the image (chance)"] if chance else [])
+        + [f"True {c}" for c in rows[0]["test"]["classes"]],
     )
     for r in rows:
         cam = r["test"]["cam_in_lungs"]
@@ -77,9 +77,10 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
             + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3) for c in r["test"]["classes"]]
         )
     t.notes.append(
-        "Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
-        "class. A model reading the lungs scores near 1; one reading markers, borders or body "
-        "habitus scores low (DeGrave et al. 2021)."
+        "CAM of the predicted class, grouped by true class: the fraction of each image's Grad-CAM mass "
+        "for the class the model predicted that falls inside its lung mask, averaged over all test images "
+        "and over the images of each true class. A model reading the lungs scores near 1; one reading "
+        "markers, borders or body habitus scores low (DeGrave et al. 2021)."
         + (
             " A model that ignores position scores about the lung share of the image (chance)."
             if chance
