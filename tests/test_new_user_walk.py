@@ -163,3 +163,26 @@ def test_a_folder_walk_says_what_it_skipped(tmp_path, caplog):
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     assert collect_inputs([tmp_path / "in"]) == [tmp_path / "in" / "a.png"]
     assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_a_conformal_refusal_gives_the_fix_that_works_after_the_other_fits(relative_run, tmp_path, capsys):
+    project, run = relative_run
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    args = [
+        "evaluate",
+        str(run),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-figures",
+        "--bootstrap",
+        "0",
+        "--no-progress",
+    ]
+    assert main([*args, "--calibrate", "--conformal", "0.1"]) == 2
+    err = _error(capsys)
+    assert "needs at least 20 validation images" in err and "--ratios" in err and "cxrtl train --split" in err
+    assert "larger alpha" not in err  # at alpha 0.1 the minimum of 20 does not depend on alpha
+    assert "--calibrate fitted and stored" in err
+    record = json.loads((run / "best.decisions.json").read_text())
+    assert record["temperature"] and record["conformal"] is None
+    assert (tmp_path / "e" / "metrics.json").is_file()

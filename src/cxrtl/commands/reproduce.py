@@ -78,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="train each configuration with N seeds (--seed, --seed + 1, ...) on the same split; tables "
-        "show mean ± sd and comparisons average the seeds' probabilities [1]",
+        "show mean ± sd; with N >= 2 each comparison bootstraps over seeds and test images, beside the "
+        "test of the seed-averaged ensembles [1]",
     )
     options.add_precision(
         p,

@@ -27,7 +27,8 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("test", "val", "train", "all")
+SUBSETS = ("test", "val", "calibration", "train", "all")
+CAM_BY = "CAM of the predicted class, grouped by true class"
 PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
 
 
@@ -125,7 +126,11 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance).
+
+    The CAM is each image's predicted class's, grouped by the image's true class; each mean has a 95%
+    Student-t interval over images (``ci``), to read beside the chance level.
+    """
     try:
         from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
@@ -134,7 +139,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
-        return {"by": "true class", "skipped": str(exc)}
+        return {"by": CAM_BY, "skipped": str(exc)}
     shares = mask_shares(data.index, records, pp)
     h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
 
@@ -143,12 +148,13 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
         return {
             "mean": float(np.mean(vals)) if vals else None,
+            "ci": M.mean_interval(vals),
             "n": len(vals),
             "mask_share": float(np.mean(chance)) if chance else None,
         }
 
     result = {
-        "by": "true class",
+        "by": CAM_BY,
         "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
         "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),
@@ -166,6 +172,7 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
     from ..data.fingerprint import differing
+    from ..data.records import SPLITS
     from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
@@ -205,7 +212,7 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
             f"--data should point at the run's dataset ({trained})"
         ) from None
     records = (
-        [r for name in ("train", "val", "test") for r in data.split[name]]
+        [r for name in SPLITS for r in data.split.get(name, [])]
         if subset == "all"
         else list(data.split[subset])
     )
@@ -219,7 +226,9 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
+def _add_calibration(
+    result: dict, logits, labels, val, temperature, positive, target_sensitivity, fit_on: str = "val"
+) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
@@ -239,8 +248,11 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             result["classes"],
             positive,
             target_sensitivity,
+            chosen_on=fitting.SUBSET_WORDS[fit_on],
         )
         result["operating_point"]["temperature"] = t
+        result["operating_point"]["fitted_on"] = fit_on
+        fitting.warn_if_scored_on("operating point", fit_on, result["source"]["subset"])
 
 
 def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
@@ -290,10 +302,12 @@ def _check_against_run_split(model_path, split_csv, records, data, subset, calib
         )
     fits = [name for name, on in (("--calibrate", calibrate), ("--positive", positive)) if on]
     fits += ["--conformal"] if conformal is not None else []
-    leaked = sum(r.path in trained for r in data.split["val"])
+    fit_on = fitting.fit_subset(data)  # where the settings would be fitted: calibration, else validation
+    leaked = sum(r.path in trained for r in data.split[fit_on])
     if fits and leaked:
         raise CxrtlError(
-            f"{' and '.join(fits)} would be fitted on {leaked} validation image(s) of {split_csv} that the run "
+            f"{' and '.join(fits)} would be fitted on {leaked} {fitting.SUBSET_WORDS[fit_on]} image(s) of "
+            f"{split_csv} that the run "
             "trained on, and stored with the model; fit them on the run's own split (leave --split out)"
         )
     return {"split": str(split_csv), "subset": subset, "n": len(records), "trained_on": n}
@@ -349,6 +363,7 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
+    conformal_by_class: bool = False,
 ) -> Metrics:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
@@ -366,6 +381,11 @@ def evaluate(
     exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
     data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
     result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
+    ``conformal_by_class`` fits one threshold per class (class-conditional, Mondrian) instead.
+
+    The temperature, operating point and conformal threshold are fitted on the split's calibration subset
+    when it has one, else on the validation subset (which also chose the checkpoint); ``fitted_on`` in the
+    result and in each part of the decision record says which.
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
@@ -381,6 +401,8 @@ def evaluate(
         from .conformal import check_alpha
 
         check_alpha(conformal)
+    elif conformal_by_class:
+        fitting.check_conformal(None, None, by_class=True)  # refused before anything is written
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
     out = ensure_dir(out) if out is not None else None
@@ -396,7 +418,12 @@ def evaluate(
     overlap = _check_against_run_split(
         model_path, split_csv, records, data, subset, calibrate, positive, conformal
     )
-    fitting.check_conformal(conformal, data)
+    refused = fitting.conformal_refusal(
+        conformal, data, conformal_by_class, others=bool(calibrate or positive)
+    )
+    if refused is not None:  # the other requested fits are done first; this one is refused at the end
+        conformal = None
+    fit_on = fitting.fit_subset(data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -429,13 +456,17 @@ def evaluate(
     }
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
+    val = fitting.fitting_scores((logits, labels), predict, data, subset) if needs_val else None
     before = read_decisions(ckpt, meta)
-    record = fitting.fit_temperature(before, val, calibrate, subset)
+    record = fitting.fit_temperature(before, val, calibrate, subset, fit_on)
     temperature = record.temperature.value if record.temperature else None
-    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity, fit_on)
     if conformal is not None and val is not None:
-        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
+        record = fitting.fit_conformal(
+            result, record, val, logits, labels, float(conformal), conformal_by_class, fit_on
+        )
+    if parts := fitting.fitted_on(result, record):
+        result["fitted_on"] = parts
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
     fitting.store(ckpt, before, record, migrate=out is not None)
@@ -443,6 +474,9 @@ def evaluate(
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
         _write_outputs(out, result, used, labels, probs, history, figures)
+    if refused is not None:
+        done = " and ".join(n for n, on in (("--calibrate", calibrate), ("--positive", positive)) if on)
+        raise CxrtlError(f"{refused} ({done} fitted and stored, and the evaluation written, all the same)")
     return cast(Metrics, result)
 
 

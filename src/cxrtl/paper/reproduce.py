@@ -29,6 +29,7 @@ from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_json
 from ..provenance import provenance
 from ..results import ReproductionResults
+from .comparisons import bootstrap_seed
 from .comparisons import comparisons as _comparisons
 from .experiments import get_profile, parse_experiments, plan_runs
 from .options import MANIFEST, POSITIVE, PROTOCOLS, ReproduceOptions
@@ -89,10 +90,11 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
 
     # 4. Results and report.
     run_list = list(results.values())
+    boot_seed = bootstrap_seed(opts.seed)
     payload = {
         "runs": run_list,
         "configurations": configurations(run_list, POSITIVE),
-        "comparisons": _comparisons(run_list, experiments, prof.n_boot),
+        "comparisons": _comparisons(run_list, experiments, prof.comparison_resamples, boot_seed),
         "segmenter": segmenter,
         "pneumonia_masks": lung_masks,
         "reproduction": {
@@ -101,6 +103,11 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
             "seeds": seeds,
             "eval_precision": opts.precision,
             "conformal_alpha": opts.conformal,
+            "bootstrap": {
+                "resamples": prof.comparison_resamples,
+                "seed": boot_seed,
+                "derived_from_seed": opts.seed,
+            },
             "seconds": time.time() - started,
             "covid_best": covid_best,
             "synthetic": is_synthetic(covid) or bool(pneu and is_synthetic(pneu)),
