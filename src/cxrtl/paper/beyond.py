@@ -163,11 +163,23 @@ def conformal_table(runs: list[dict]) -> Table | None:
     t = Table(
         "conformal",
         "Conformal prediction sets of the headline models (LAC, fitted on validation, scored on test)",
-        ["Run", "alpha", "Test coverage", "Mean set size", "Single-class sets", "Per-class coverage"],
+        [
+            "Run",
+            "alpha",
+            "Test coverage",
+            "Mean set size",
+            "Single-class sets",
+            "Empty sets",
+            "Per-class coverage (n)",
+        ],
     )
     for r in rows:
         c = r["test"]["conformal"]
-        per = ", ".join(f"{k} {fmt_pct(v)}" for k, v in c["per_class_coverage"].items())
+        counts = c.get("per_class_n") or {}
+        per = ", ".join(
+            f"{k} {fmt_pct(v)}" + (f" (n = {counts[k]})" if k in counts else "")
+            for k, v in c["per_class_coverage"].items()
+        )
         t.rows.append(
             [
                 r["name"],
@@ -175,13 +187,17 @@ def conformal_table(runs: list[dict]) -> Table | None:
                 f"{fmt_pct(c['coverage'])} (target {fmt_pct(1 - c['alpha'])})",
                 f"{c['mean_set_size']:.2f}",
                 fmt_pct(c["singleton_fraction"]),
+                fmt_pct(c.get("empty_fraction")),
                 per,
             ]
         )
     t.notes.append(
         "A set holds the true class with probability at least 1 - alpha over test images (split conformal, "
-        "LAC: every class with probability at least 1 - threshold). A set with more than one class is the "
-        "model saying it is unsure; `cxrtl predict` prints these sets as `prediction_set`."
+        "LAC: every class with probability at least 1 - threshold). The guarantee is marginal, over all test "
+        "images: a single class's coverage is not guaranteed, and a rare class's can fall well below the target "
+        "(hence each class's n). A set with more than one class is the model saying it is unsure; an empty set "
+        "says no class is plausible at this coverage, a reason to look at the image. `cxrtl predict` prints these "
+        "sets as `prediction_set`."
     )
     return t
 
