@@ -41,6 +41,7 @@ VERSION = 1
 SUFFIX = ".decisions.json"
 LEGACY_SUFFIXES = (".calibration.json", ".operating_point.json", ".conformal.json")
 _TOL = 1e-9  # two temperatures closer than this are the same temperature
+OOD_LAYERS = ("hidden", "pooled")  # the features an OOD guard may be fitted on
 
 
 def now_utc() -> str:
@@ -99,6 +100,43 @@ class Conformal:
 
 
 @dataclass(frozen=True)
+class OutOfDistribution:
+    """The out-of-distribution guard: a Mahalanobis score on the model's features (Lee et al. 2018).
+
+    Class-conditional Gaussians with one shared covariance, fitted on the training split's ``layer``
+    features (``"hidden"``: the head's 64-d layer after Mish; ``"pooled"``: the backbone's pooled features).
+    Stored whitened: ``z = whiten @ f`` and ``means`` are the whitened class means, so the score of a feature
+    vector ``f`` is ``min_c ||z - means[c]||^2`` (the smallest squared Mahalanobis distance to a class).
+    A row is flagged when its score exceeds ``threshold``, the ``percentile``-th percentile of the validation
+    scores: about ``100 - percentile`` % of in-distribution images are flagged by design.
+    """
+
+    layer: str
+    whiten: list[list[float]]  # [d, d]
+    means: list[list[float]]  # [k, d], whitened
+    threshold: float
+    percentile: float = 99.0
+    shrinkage: float | None = None
+    fitted_on: str = "train"
+    n: int | None = None
+    threshold_on: str = "val"
+    n_threshold: int | None = None
+    fitted_utc: str | None = None
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Scores ``[N]`` (float64) of features ``[N, d]`` of this guard's layer."""
+        f = np.asarray(features, dtype=np.float64)
+        z = f @ np.asarray(self.whiten, dtype=np.float64).T
+        means = np.asarray(self.means, dtype=np.float64)
+        d2 = ((z[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+        return d2.min(axis=1)
+
+    def flag(self, score: float) -> dict[str, Any]:
+        """``{"score", "threshold", "flag"}`` of one image: flag True when it is unlike the training images."""
+        return {"score": float(score), "threshold": float(self.threshold), "flag": bool(score > self.threshold)}
+
+
+@dataclass(frozen=True)
 class SegmenterRef:
     """The lung segmenter a masked-input model needs: a file name (in a bundle) or a run folder, and its hash."""
 
@@ -118,6 +156,7 @@ class Decisions:
     conformal: Conformal | None = None
     segmenter: SegmenterRef | None = None
     weights_sha256: str | None = None  # the weights this record was fitted for
+    ood: OutOfDistribution | None = None  # the out-of-distribution guard (runs trained before it have none)
 
     # ------------------------------------------------------------------------ what prediction uses
     @property
@@ -169,9 +208,20 @@ class Decisions:
         )
         return [name for name, ok in zip(self.classes, (1.0 - p) <= limits + 1e-12) if ok]
 
-    def decide(self, probs_row: Sequence[float] | np.ndarray) -> dict[str, Any]:
-        """The decision fields of one prediction row: ``positive`` and ``prediction_set`` where carried."""
+    def ood_flag(self, score: float | None) -> dict[str, Any] | None:
+        """``{"score", "threshold", "flag"}`` for one image's OOD score, or None without a guard (or score)."""
+        if self.ood is None or score is None:
+            return None
+        return self.ood.flag(score)
+
+    def decide(
+        self, probs_row: Sequence[float] | np.ndarray, ood_score: float | None = None
+    ) -> dict[str, Any]:
+        """The decision fields of one prediction row: ``positive``, ``prediction_set`` and ``ood`` where carried."""
         out: dict[str, Any] = {}
+        ood = self.ood_flag(ood_score)
+        if ood is not None:
+            out["ood"] = ood
         flag = self.positive_flag(probs_row)
         if flag is not None:
             out["positive"] = flag
@@ -217,6 +267,7 @@ class Decisions:
                 conformal=_part(Conformal, data.get("conformal")),
                 segmenter=_part(SegmenterRef, data.get("segmenter")),
                 weights_sha256=data.get("weights_sha256"),
+                ood=_part(OutOfDistribution, data.get("ood")),
             )
         except (TypeError, ValueError) as exc:
             raise CxrtlError(f"{where} is damaged ({exc}); delete it and evaluate the model again") from None
@@ -260,6 +311,21 @@ class Decisions:
                 )
             if not (_finite(c.alpha) and 0 < c.alpha < 1):
                 raise CxrtlError(f"{where} has a conformal alpha outside (0, 1); refit it")
+        g = self.ood
+        if g is not None:
+            w, m = np.asarray(g.whiten, dtype=np.float64), np.asarray(g.means, dtype=np.float64)
+            if (
+                g.layer not in OOD_LAYERS
+                or w.ndim != 2
+                or w.shape[0] != w.shape[1]
+                or m.shape != (len(self.classes), w.shape[0])
+                or not (np.isfinite(w).all() and np.isfinite(m).all())
+                or not (_finite(g.threshold) and g.threshold >= 0)
+            ):
+                raise CxrtlError(
+                    f"{where} has a damaged out-of-distribution guard; refit it with "
+                    "cxrtl evaluate RUN --fit-ood"
+                )
         return self
 
     # ------------------------------------------------------------------------------ for people
@@ -270,7 +336,18 @@ class Decisions:
             "operating_point": None,
             "conformal": None,
             "segmenter": self.segmenter.name if self.segmenter else None,
+            "ood": None,
         }
+        if self.ood:
+            g = self.ood
+            out["ood"] = {
+                "layer": g.layer,
+                "threshold": g.threshold,
+                "percentile": g.percentile,
+                "fitted_on": g.fitted_on,
+                "n": g.n,
+                "fitted_utc": g.fitted_utc,
+            }
         if self.operating_point:
             op = self.operating_point
             out["operating_point"] = {

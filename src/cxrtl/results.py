@@ -78,6 +78,8 @@ class Metrics(_MetricsRequired, total=False):
 
     source: MetricsSource
     calibrated: dict[str, Any]  # temperature scaling: temperature, loss, ece, calibration bins
+    ood: dict[str, Any]  # the OOD guard on this subset: false-flag rate (+ --ood-data: AUROC, true-flag rate)
+    external: dict[str, Any]  # an external set: class map, dropped per label, absent classes, overlap check
     operating_point: dict[str, Any]  # threshold chosen on validation for a target sensitivity
     cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
     figures: list[str]
@@ -114,8 +116,7 @@ class FitResult(TypedDict):
     history: list[dict[str, float]]
 
 
-class RunSummary(TypedDict):
-    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
+class _RunSummaryRequired(TypedDict):
 
     run_dir: str
     finished: bool
@@ -133,6 +134,12 @@ class RunSummary(TypedDict):
     device: str
     config: dict[str, Any]
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name
+
+
+class RunSummary(_RunSummaryRequired, total=False):
+    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
+
+    ood: dict[str, Any] | None  # the OOD guard fitted at the end: layer, threshold, percentile, n
 
 
 class ReproductionRun(TypedDict):
