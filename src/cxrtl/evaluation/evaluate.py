@@ -10,6 +10,7 @@ reported under ``calibrated`` and used for the operating point, as prediction us
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from contextlib import contextmanager
@@ -221,23 +222,43 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
         result["operating_point"]["temperature"] = t
 
 
-def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
-    """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
+def _write_outputs(
+    out: Path,
+    result: dict,
+    used,
+    labels,
+    probs,
+    history: Path | None,
+    figures: bool,
+    source_of: dict[str, str] | None = None,
+) -> None:
+    """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md.
+
+    ``source_of``: an external set's own label of each path, written beside the mapped one (``source_label``).
+    """
     from .markdown import evaluation_markdown
 
     classes = result["classes"]
+    source = ["source_label"] if source_of is not None else []
     write_csv(
         out / "predictions.csv",
-        ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
+        ["path", "label", *source, "pred"] + [f"prob_{c}" for c in classes],
         (
-            [r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
+            [r.path, classes[y]]
+            + ([source_of.get(r.path, "")] if source_of is not None else [])
+            + [classes[int(np.argmax(p))]]
+            + [format(v, PROB_FORMAT) for v in p]
             for r, y, p in zip(used, labels, probs)
         ),
     )
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
-    title = f"Evaluation on the {result['source']['subset']} subset"
+    title = (
+        f"External evaluation on {result['source']['data']}"
+        if result["source"]["subset"] == "external"
+        else f"Evaluation on the {result['source']['subset']} subset"
+    )
     write_text(out / "report.md", evaluation_markdown(result, title))
 
 
@@ -283,6 +304,12 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
+    class_map: str | None = None,
+    allow_overlap: bool = False,
+    fit_ood: bool = False,
+    ood_percentile: float | None = None,
+    ood_layer: str | None = None,
+    ood_data: str | os.PathLike | None = None,
 ) -> Metrics:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
@@ -303,6 +330,16 @@ def evaluate(
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
+
+    External validation: with ``class_map`` (inline ``"SOURCE=CLASS,..."`` or a YAML file), or with data the
+    run's split does not describe, every image of ``data_root`` (a folder or manifest) whose label maps onto a
+    model class is scored (subset ``"external"``); unmapped labels are dropped and counted, absent classes
+    named and left out of averages, and the set is refused when it shares images with the run's training or
+    validation images unless ``allow_overlap`` (see :mod:`cxrtl.evaluation.external`).
+
+    Out-of-distribution guard: with a guard in the decision record (fitted at the end of training, or here with
+    ``fit_ood``), ``result["ood"]`` gives its false-flag rate on the scored images; ``ood_data`` (a folder of
+    images that are not chest radiographs) adds the detection AUROC and true-flag rate.
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
@@ -317,6 +354,13 @@ def evaluate(
         check_alpha(conformal)
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
+    if fit_ood or ood_percentile is not None or ood_layer is not None:
+        from .ood import check_layer, check_percentile
+
+        check_percentile(99.0 if ood_percentile is None else ood_percentile)
+        check_layer(ood_layer or "hidden")
+        fit_ood = True
+    ood_inputs = _ood_inputs(ood_data) if ood_data is not None else None
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     numerics = _numerics(dev, precision)
@@ -326,7 +370,26 @@ def evaluate(
         fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
+    source_of: dict[str, str] | None = None
+    external_info: dict[str, Any] | None = None
+    if _is_external(class_map, split_csv, data_root):
+        from . import external
+
+        if calibrate or positive or conformal is not None or fit_ood:
+            raise CxrtlError(
+                "--calibrate, --positive, --conformal and --fit-ood fit on the training data's validation "
+                "subset; run them without the external set, then evaluate it with the fitted settings"
+            )
+        data, records, external_info, source_of = external.prepare_external(
+            meta, pp, data_root, class_map, cache_dir, progress
+        )
+        external_info["overlap"] = external.overlap_check(
+            model_path, split_csv, [data.index.abspath(r.path) for r in records], cache_dir, progress
+        )
+        _refuse_overlap(external_info, allow_overlap)
+        subset = "external"
+    else:
+        data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
     fitting.check_conformal(conformal, data)
 
     def predict(recs):
@@ -355,7 +418,13 @@ def evaluate(
         "preprocess": pp.to_dict(),
         "device": str(dev),
         "precision": precision,
+        "weights_sha256": meta.get("weights_sha256"),
     }
+    if external_info is not None:
+        from .external import restrict_to_present
+
+        result["external"] = external_info
+        restrict_to_present(result, labels, probs, seed=seed, n_boot=n_boot)
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
     val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
@@ -367,12 +436,127 @@ def evaluate(
         record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
+    if fit_ood:
+        record = _fit_ood(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
     fitting.store(ckpt, before, record, migrate=out is not None)
+    if record.ood is not None:
+        result["ood"] = _ood_report(record.ood, model, data, used, class_to_idx, pp, dev, ood_inputs)
+    elif ood_inputs is not None:
+        raise CxrtlError(
+            f"{ckpt} has no out-of-distribution guard to measure on --ood-data; add --fit-ood (it is fitted "
+            "at the end of training for new runs)"
+        )
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
-        _write_outputs(out, result, used, labels, probs, history, figures)
+        _write_outputs(out, result, used, labels, probs, history, figures, source_of)
     return cast(Metrics, result)
+
+
+def _is_external(class_map, split_csv: Path | None, data_root) -> bool:
+    """An external set: a class map is given, or the run's split lists none of the data's files."""
+    if class_map is not None:
+        return True
+    if split_csv is None:
+        return False
+    from ..data import load_dataset
+    from .external import split_fits
+
+    with contextlib.suppress(CxrtlError):
+        if Path(data_root_of(split_csv.parent, None)).resolve() == Path(data_root).resolve():
+            return False  # the data the run was trained on
+
+    return not split_fits(split_csv, load_dataset(data_root))
+
+
+def _refuse_overlap(info: dict, allow_overlap: bool) -> None:
+    check = info["overlap"]
+    if not check.get("checked"):
+        log.warning("no overlap check between training and the external set: %s", check.get("reason"))
+        return
+    if check["overlap"] and not allow_overlap:
+        raise CxrtlError(
+            f"{check['overlap']} image(s) of the external set duplicate images the model was trained or "
+            f"selected on (e.g. {check['examples'][0]}), so it is not external; remove them, or pass "
+            "--allow-overlap to evaluate anyway (the report says so)"
+        )
+    if check["overlap"]:
+        check["allowed"] = True
+        log.warning(
+            "%d image(s) of the external set duplicate training images; evaluating anyway (--allow-overlap)",
+            check["overlap"],
+        )
+
+
+def _ood_inputs(folder) -> list[Path]:
+    """The image files of ``--ood-data`` (a folder of anything but chest radiographs)."""
+    from ..data.inputs import collect_inputs
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CxrtlError(f"--ood-data {folder} is not a folder; give a folder of images")
+    files = collect_inputs([folder])
+    if not files:
+        raise CxrtlError(f"--ood-data {folder} has no PNG/JPEG/DICOM image; give a folder of images")
+    return files
+
+
+def _fit_ood(record, model, data, class_to_idx, pp, dev, layer, percentile):
+    """The record with an OOD guard fitted on the split's training images, thresholded on validation."""
+    from ..data import CachedDataset
+    from .ood import DEFAULT_LAYER, DEFAULT_PERCENTILE, fit_for_model
+
+    datasets = {name: CachedDataset(data.cache, list(data.split[name]), class_to_idx) for name in ("train", "val")}
+    if len(datasets["train"]) < 2 or not len(datasets["val"]):
+        raise CxrtlError("--fit-ood needs the training and validation images of the run's split")
+    guard = fit_for_model(
+        model,
+        datasets,
+        pp,
+        dev,
+        layer or DEFAULT_LAYER,
+        DEFAULT_PERCENTILE if percentile is None else float(percentile),
+    )
+    return record.replace(ood=guard)
+
+
+def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs) -> dict:
+    """The guard on the scored images (false-flag rate) and on ``--ood-data`` (AUROC, true-flag rate)."""
+    from ..data import CachedDataset
+    from .ood import detection_report, extract_features
+
+    feats, _ = extract_features(model, CachedDataset(data.cache, list(used), class_to_idx), pp, dev, guard.layer)
+    in_scores = guard.score(feats) if len(feats) else np.zeros(0)
+    out_scores = names = None
+    if ood_inputs is not None:
+        out_scores, names = _score_files(guard, model, ood_inputs, pp, dev)
+    return detection_report(guard, in_scores, out_scores, names)
+
+
+def _score_files(guard, model, files: list[Path], pp, dev) -> tuple[np.ndarray, list[str]]:
+    """OOD scores of image files, preprocessed as the model's inputs; unreadable ones are skipped."""
+    from ..data.image_io import load_gray, prepare_image
+    from .ood import extract_features
+
+    if pp.input == "masked":
+        raise CxrtlError(
+            "--ood-data needs lung masks for a masked-input model, and arbitrary images have none; "
+            "measure the guard with predict --segmenter instead"
+        )
+    arrays, names = [], []
+    for f in files:
+        try:
+            arrays.append(prepare_image(load_gray(f, target_short_side=pp.resize_size), pp))
+            names.append(str(f))
+        except CxrtlError as exc:
+            log.warning("--ood-data: skipping %s", exc)
+    if not arrays:
+        raise CxrtlError(
+            f"--ood-data has no readable image among {len(files)} file(s); give a folder of PNG/JPEG/DICOM images"
+        )
+    stack = np.stack(arrays)[:, None]
+    feats, _ = extract_features(model, [(x, -1) for x in stack], pp, dev, guard.layer)
+    return guard.score(feats), names
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:

@@ -1,0 +1,456 @@
+"""External validation: someone else's data through a class map, checked for overlap with training, and
+evaluations of one model compared side by side (``cxrtl evaluate --class-map``, ``cxrtl compare``).
+
+A model that scores well on its own test split may not carry over to another hospital's images (Roberts et
+al. 2021; DeGrave et al. 2021). This module
+
+* maps an external set's labels onto the model's classes (:func:`parse_class_map`, :func:`map_records`),
+  dropping unmapped labels and counting them;
+* reports metrics honestly when some model classes have no images there (:func:`restrict_to_present`:
+  averages over the classes present only, the absent ones named);
+* refuses to call a set "external" when it shares images with the training data (:func:`overlap_check`);
+* compares evaluations of one model on different image sets (:func:`compare_evaluations`): differences with
+  an unpaired two-sample bootstrap (different images, so not paired like :mod:`cxrtl.evaluation.compare`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CxrtlError
+from . import metrics as M
+
+log = logging.getLogger(__name__)
+
+UNPAIRED_METHOD = (
+    "unpaired two-sample percentile bootstrap: each evaluation's images resampled independently"
+)
+
+
+# ------------------------------------------------------------------------------------------ class map
+def parse_class_map(text: str | os.PathLike, classes: Sequence[str]) -> dict[str, str]:
+    """``"COVID-19=COVID,No finding=Normal"`` or a YAML file of ``source: model class`` -> {source: class}.
+
+    One-line error when a target is not one of the model's ``classes`` (they are listed).
+    """
+    path = Path(str(text)).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise CxrtlError(f"class map file {path} does not exist; give a YAML file or SOURCE=CLASS,...")
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise CxrtlError(f"cannot read class map {path}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict) or not data:
+            raise CxrtlError(f"class map {path} should be a YAML mapping of source label: model class")
+        mapping = {str(k).strip(): str(v).strip() for k, v in data.items() if v is not None}
+    else:
+        mapping = {}
+        for item in str(text).split(","):
+            if not item.strip():
+                continue
+            source, sep, target = item.partition("=")
+            if not sep or not source.strip() or not target.strip():
+                raise CxrtlError(
+                    f"class map entry {item.strip()!r} should be SOURCE=CLASS; e.g. "
+                    '--class-map "COVID-19=COVID,No finding=Normal"'
+                )
+            mapping[source.strip()] = target.strip()
+    if not mapping:
+        raise CxrtlError("the class map is empty; give SOURCE=CLASS pairs or a YAML file")
+    unknown = sorted({t for t in mapping.values() if t not in classes})
+    if unknown:
+        raise CxrtlError(
+            f"the class map names {', '.join(repr(u) for u in unknown)}, which the model does not have; "
+            f"its classes are {', '.join(classes)}"
+        )
+    return mapping
+
+
+def map_records(records, class_map: Mapping[str, str] | None, classes: Sequence[str]):
+    """(mapped records, source label of each kept path, images dropped per unmapped label).
+
+    Without a class map, labels that are model classes keep their name and the rest are dropped.
+    """
+    from ..data.records import Record
+
+    kept: list[Record] = []
+    source_of: dict[str, str] = {}
+    dropped: Counter[str] = Counter()
+    for r in records:
+        target = class_map.get(r.label) if class_map is not None else (r.label if r.label in classes else None)
+        if target is None:
+            dropped[r.label] += 1
+            continue
+        kept.append(Record(r.path, target, r.mask_path, r.patient_id, r.source_split))
+        source_of[r.path] = r.label
+    return kept, source_of, dict(sorted(dropped.items()))
+
+
+def split_fits(split_csv: Path | None, index) -> bool:
+    """True when ``split_csv`` lists at least one file of ``index`` (so the data is the split's data)."""
+    import csv
+
+    if split_csv is None or not Path(split_csv).is_file():
+        return True
+    try:
+        with open(split_csv, newline="", encoding="utf-8") as fh:
+            paths = [row.get("path") or "" for row in csv.DictReader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return True  # let the split reader give its own error
+    return any(p and index.abspath(p).is_file() for p in paths[:200]) or not paths
+
+
+def prepare_external(meta: dict, pp, data_root, class_map: str | None, cache_dir, progress: bool):
+    """(prepared data with every mapped image under "test", records, the ``external`` report part)."""
+    from ..data import load_dataset
+    from ..data.cache import build_cache, check_masks
+    from ..data.dataset import PreparedData
+
+    classes = [str(c) for c in meta["classes"]]
+    mapping = parse_class_map(class_map, classes) if class_map is not None else None
+    index = load_dataset(data_root)
+    records, source_of, dropped = map_records(index.records, mapping, classes)
+    if not records:
+        labels = ", ".join(sorted({r.label for r in index.records})) or "(none)"
+        raise CxrtlError(
+            f"the class map leaves no image of {data_root} (its labels: {labels}); map at least one of them "
+            f"onto the model's classes {', '.join(classes)}"
+        )
+    if mapping is None and dropped:
+        raise CxrtlError(
+            f"{data_root} has labels the model does not have: {', '.join(dropped)} "
+            f"({sum(dropped.values())} images); map them with --class-map (the model's classes are "
+            f"{', '.join(classes)})"
+        )
+    if pp.input == "masked":
+        check_masks(index, records)
+    cache = build_cache(index, records, pp, cache_dir=cache_dir, progress=progress)
+    failed = sorted(cache.failed)
+    records = [r for r in records if r.path not in cache.failed]
+    if not records:
+        raise CxrtlError(f"none of the mapped images of {data_root} could be decoded; check them")
+    counts = Counter(r.label for r in records)
+    absent = [c for c in classes if counts[c] == 0]
+    info: dict[str, Any] = {
+        "data": str(data_root),
+        "class_map": mapping,
+        "images": len(index.records),
+        "kept": len(records),
+        "kept_per_class": {c: counts[c] for c in classes},
+        "dropped_per_label": dropped,
+        "undecodable": len(failed),
+        "absent_classes": absent,
+    }
+    for label, n in dropped.items():
+        log.info("dropped %d image(s) labelled %r: the class map does not map it", n, label)
+    if absent:
+        log.warning(
+            "the external set has no images of %s: their recall and AUC are not reported, and averages are "
+            "over the classes present",
+            ", ".join(absent),
+        )
+    split: dict[str, list] = {"train": [], "val": [], "test": records}
+    data = PreparedData(index=index, classes=classes, split=split, datasets={}, cache=cache)
+    return data, records, info, source_of
+
+
+def present_classes(labels: np.ndarray, k: int) -> list[int]:
+    return [i for i in range(k) if np.any(labels == i)]
+
+
+def restrict_to_present(
+    result: dict, labels: np.ndarray, probs: np.ndarray, seed: int = 0, n_boot: int = M.N_BOOT
+) -> None:
+    """Macro averages (and micro AUC) over the classes present, in place; absent classes are named.
+
+    scikit-learn's macro average counts a class with no images as F1 0; on an external set missing a class
+    that is not the model's fault, so the average is taken over the classes with images, and said so.
+    """
+    classes = result["classes"]
+    k = len(classes)
+    present = present_classes(labels, k)
+    absent = [classes[i] for i in range(k) if i not in present]
+    result.setdefault("external", {})["absent_classes"] = absent
+    if not absent:
+        return
+    pred = np.argmax(probs, axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    prf = M._prf_from_cm(cm)
+    macro = {m: float(np.mean(prf[m][present])) for m in ("precision", "recall", "f1")}
+    if n_boot:
+        rng = np.random.default_rng(seed)
+        samples: dict[str, list[float]] = {m: [] for m in macro}
+        n = len(labels)
+        for _ in range(n_boot):
+            idx = rng.integers(0, n, n)
+            cmb = np.zeros((k, k), dtype=np.int64)
+            np.add.at(cmb, (labels[idx], pred[idx]), 1)
+            pb = M._prf_from_cm(cmb)
+            for m in macro:
+                samples[m].append(float(np.mean(pb[m][present])))
+        for m in list(macro):
+            macro[f"{m}_ci"] = M._percentile_ci(np.asarray(samples[m]), M.CONFIDENCE)  # type: ignore[assignment]
+    result["macro"] = {**macro, "over": [classes[i] for i in present]}
+    if len(present) >= 2:
+        from sklearn.metrics import roc_auc_score
+
+        onehot = np.eye(k, dtype=np.int64)[labels][:, present]
+        result["roc_auc_micro"] = float(roc_auc_score(onehot, probs[:, present], average="micro"))
+    else:
+        result["roc_auc_micro"] = None
+    result["external"]["note"] = (
+        f"no images of {', '.join(absent)}: their recall and AUC are undefined, and the macro averages and "
+        f"micro AUC are over {', '.join(classes[i] for i in present)} only"
+    )
+
+
+# ------------------------------------------------------------------------------------- overlap check
+def overlap_check(
+    model_path, split_csv: Path | None, external_paths: Sequence[Path], cache_dir, progress: bool
+) -> dict[str, Any]:
+    """Duplicates (exact and near, perceptual hash) between the run's training and validation images and
+    the external set: ``{"checked", "training_images", "overlap", "examples", "reason"}``."""
+    from ..data import load_dataset, read_split_csv
+    from ..integrity.duplicates import overlap_with
+    from .evaluate import data_root_of
+
+    if split_csv is None or not Path(split_csv).is_file():
+        return {"checked": False, "reason": "the model has no split.csv to say which images it trained on"}
+    try:
+        train_root = data_root_of(model_path, None)
+        split = read_split_csv(split_csv, load_dataset(train_root))
+    except CxrtlError as exc:
+        return {"checked": False, "reason": f"the training data could not be read ({exc})"}
+    index = load_dataset(train_root)
+    fitted = [index.abspath(r.path) for name in ("train", "val") for r in split[name]]
+    shared = overlap_with(fitted, list(external_paths), cache_dir=cache_dir, progress=progress)
+    return {
+        "checked": True,
+        "training_data": str(train_root),
+        "training_images": len(fitted),
+        "overlap": len(shared),
+        "examples": sorted(str(p) for p in shared)[:10],
+    }
+
+
+# ------------------------------------------------------------------------------------------ compare
+def _load_eval(folder: Path) -> dict[str, Any]:
+    from ..fsutil import read_json
+    from .compare import read_predictions
+
+    folder = Path(folder).expanduser()
+    if not (folder / "metrics.json").is_file() or not (folder / "predictions.csv").is_file():
+        raise CxrtlError(
+            f"{folder} is not an evaluation folder (no metrics.json and predictions.csv); "
+            "give folders written by `cxrtl evaluate --out DIR`"
+        )
+    metrics = read_json(folder / "metrics.json", "metrics")
+    paths, labels, classes, probs = read_predictions(folder / "predictions.csv")
+    unknown = sorted(set(labels) - set(classes))
+    if unknown:
+        raise CxrtlError(f"{folder}/predictions.csv has labels {unknown} outside its classes; evaluate again")
+    y = np.asarray([classes.index(lab) for lab in labels], dtype=np.int64)
+    src = metrics.get("source") or {}
+    return {
+        "folder": folder,
+        "name": folder.name,
+        "metrics": metrics,
+        "classes": classes,
+        "y": y,
+        "probs": probs,
+        "images": {(str(src.get("data")), p) for p in paths},
+        "model": src.get("weights_sha256") or str(Path(str(src.get("checkpoint"))).resolve()),
+        "subset": src.get("subset"),
+    }
+
+
+def _stats(y: np.ndarray, p: np.ndarray, shared: list[int]) -> dict[str, float]:
+    """accuracy, macro F1 over ``shared`` classes, and recall/AUC of each shared class of one sample."""
+    from sklearn.metrics import roc_auc_score
+
+    k = p.shape[1]
+    pred = p.argmax(axis=1)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    prf = M._prf_from_cm(cm)
+    out = {"accuracy": float(np.mean(pred == y)), "macro_f1": float(np.mean(prf["f1"][shared]))}
+    for i in shared:
+        pos = y == i
+        out[f"recall:{i}"] = float(prf["recall"][i]) if pos.any() else float("nan")
+        out[f"auc:{i}"] = float(roc_auc_score(pos, p[:, i])) if 0 < pos.sum() < len(y) else float("nan")
+    return out
+
+
+def _boot(y: np.ndarray, p: np.ndarray, shared: list[int], n_boot: int, rng) -> dict[str, np.ndarray]:
+    rows = [_stats(y[idx], p[idx], shared) for idx in (rng.integers(0, len(y), len(y)) for _ in range(n_boot))]
+    return {key: np.array([r[key] for r in rows]) for key in rows[0]} if rows else {}
+
+
+def compare_evaluations(
+    folders: Sequence[str | os.PathLike],
+    allow_different_models: bool = False,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Two or more evaluations of one model side by side: each metric with its interval, and each later
+    evaluation's difference from the first with an unpaired bootstrap interval."""
+    if len(folders) < 2:
+        raise CxrtlError("compare needs at least two evaluation folders")
+    evals = [_load_eval(Path(f)) for f in folders]
+    first = evals[0]
+    for e in evals[1:]:
+        if e["classes"] != first["classes"]:
+            raise CxrtlError(
+                f"{first['folder']} and {e['folder']} are for different classes ({first['classes']} vs "
+                f"{e['classes']}); compare evaluations of one model"
+            )
+        if e["model"] != first["model"] and not allow_different_models:
+            raise CxrtlError(
+                f"{first['folder']} and {e['folder']} evaluate different models; compare evaluations of one "
+                "model, or pass --allow-different-models"
+            )
+    for i, a in enumerate(evals):
+        for b in evals[i + 1 :]:
+            if a["images"] == b["images"]:
+                raise CxrtlError(
+                    f"{a['folder']} and {b['folder']} scored the same images; compare evaluations of one "
+                    "model on different image sets (internal test beside external)"
+                )
+    classes = first["classes"]
+    shared = [i for i in range(len(classes)) if all(np.any(e["y"] == i) for e in evals)]
+    if not shared:
+        raise CxrtlError("the evaluations share no class with images in each; nothing to compare")
+    rng = np.random.default_rng(seed)
+    points = [_stats(e["y"], e["probs"], shared) for e in evals]
+    boots = [_boot(e["y"], e["probs"], shared, n_boot, rng) for e in evals] if n_boot else [{} for _ in evals]
+
+    def ci(samples: np.ndarray | None) -> list[float] | None:
+        return None if samples is None else M._percentile_ci(samples, M.CONFIDENCE)
+
+    def label(key: str) -> str:
+        kind, _, idx = key.partition(":")
+        return {"accuracy": "accuracy", "macro_f1": "macro F1"}.get(kind) or f"{kind} {classes[int(idx)]}"
+
+    rows = []
+    for key in points[0]:
+        row: dict[str, Any] = {"metric": label(key), "key": key, "values": [], "differences": []}
+        for e, pt, bt in zip(evals, points, boots):
+            row["values"].append({"eval": e["name"], "value": _none(pt[key]), "ci": ci(bt.get(key))})
+        for e, pt, bt in zip(evals[1:], points[1:], boots[1:]):
+            diff = pt[key] - points[0][key]
+            samples = bt[key] - boots[0][key] if bt else None
+            row["differences"].append(
+                {"eval": e["name"], "minus": first["name"], "difference": _none(diff), "ci": ci(samples)}
+            )
+        rows.append(row)
+    return {
+        "evaluations": [
+            {
+                "name": e["name"],
+                "folder": str(e["folder"]),
+                "subset": e["subset"],
+                "n": len(e["y"]),
+                "data": e["metrics"].get("source", {}).get("data"),
+                "absent_classes": [c for i, c in enumerate(classes) if not np.any(e["y"] == i)],
+            }
+            for e in evals
+        ],
+        "classes": classes,
+        "shared_classes": [classes[i] for i in shared],
+        "macro_f1_over": [classes[i] for i in shared],
+        "metrics": rows,
+        "method": UNPAIRED_METHOD + (f", {n_boot} resamples, seed {seed}" if n_boot else " (none)"),
+        "confidence": M.CONFIDENCE,
+        "_evals": evals,
+    }
+
+
+def _none(v: float) -> float | None:
+    return None if not np.isfinite(v) else float(v)
+
+
+def plot_shared_roc(result: dict, out_stem: Path) -> list[Path]:
+    """One figure: a panel per shared class, the ROC curve of each evaluation in it."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from .figures import _new_figure, save_figure
+
+    shared = result["shared_classes"]
+    classes = result["classes"]
+    cols = min(3, len(shared))
+    rows = (len(shared) + cols - 1) // cols
+    fig = _new_figure(4.2 * cols, 4.0 * rows)
+    for j, c in enumerate(shared):
+        ax = fig.add_subplot(rows, cols, j + 1)
+        i = classes.index(c)
+        for e in result["_evals"]:
+            pos = e["y"] == i
+            if 0 < pos.sum() < len(pos):
+                fpr, tpr, _ = roc_curve(pos, e["probs"][:, i])
+                auc = roc_auc_score(pos, e["probs"][:, i])
+                ax.plot(fpr, tpr, lw=1.5, label=f"{e['name']} (AUC {auc:.3f}, n {len(pos)})")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity", ylabel="sensitivity", title=c)
+        ax.legend(loc="lower right", fontsize=7)
+    return save_figure(fig, out_stem)
+
+
+def comparison_markdown(result: dict, figure: str | None) -> str:
+    def fmt(v, ci_=None, signed=False) -> str:
+        if v is None:
+            return "n/a"
+        s = f"{v:+.3f}" if signed else f"{v:.3f}"
+        return s + (f" [{ci_[0]:+.3f}, {ci_[1]:+.3f}]" if signed and ci_ else f" [{ci_[0]:.3f}, {ci_[1]:.3f}]" if ci_ else "")
+
+    evals = result["evaluations"]
+    lines = ["# Evaluations compared", ""]
+    for e in evals:
+        absent = f"; no images of {', '.join(e['absent_classes'])}" if e["absent_classes"] else ""
+        lines.append(f"- **{e['name']}**: {e['subset']} of {e['data']}, n = {e['n']}{absent}")
+    lines += [
+        "",
+        f"Values with {int(result['confidence'] * 100)}% intervals; differences are each evaluation minus "
+        f"**{evals[0]['name']}** ({result['method']}). Different images, so the test is not paired. "
+        f"Macro F1 is over the classes with images in every set: {', '.join(result['macro_f1_over'])}.",
+        "",
+        "| metric | " + " | ".join(e["name"] for e in evals) + " | "
+        + " | ".join(f"{e['name']} - {evals[0]['name']}" for e in evals[1:]) + " |",
+        "|---" * (len(evals) * 2) + "|---|",
+    ]
+    for row in result["metrics"]:
+        cells = [fmt(v["value"], v["ci"]) for v in row["values"]]
+        cells += [fmt(d["difference"], d["ci"], signed=True) for d in row["differences"]]
+        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
+    if figure:
+        lines += ["", f"![ROC curves per shared class]({figure})"]
+    lines += [
+        "",
+        "A difference whose interval excludes 0 is unlikely to be sampling noise alone; it may still come from "
+        "a different class mix, image source or labelling between the sets.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(result: dict, out: str | os.PathLike, figures: bool = True) -> Path:
+    from ..fsutil import ensure_dir, write_json, write_text
+
+    out = ensure_dir(out)
+    figure = None
+    if figures:
+        plot_shared_roc(result, out / "roc_shared")
+        figure = "roc_shared.png"
+    public = {k: v for k, v in result.items() if not k.startswith("_")}
+    write_json(out / "comparison.json", public)
+    write_text(out / "report.md", comparison_markdown(result, figure))
+    return out
