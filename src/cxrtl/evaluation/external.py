@@ -120,17 +120,17 @@ def prepare_external(meta: dict, pp, data_root, class_map: str | None, cache_dir
     mapping = parse_class_map(class_map, classes) if class_map is not None else None
     index = load_dataset(data_root)
     records, source_of, dropped = map_records(index.records, mapping, classes)
-    if not records:
-        labels = ", ".join(sorted({r.label for r in index.records})) or "(none)"
-        raise CxrtlError(
-            f"the class map leaves no image of {data_root} (its labels: {labels}); map at least one of them "
-            f"onto the model's classes {', '.join(classes)}"
-        )
     if mapping is None and dropped:
         raise CxrtlError(
             f"{data_root} has labels the model does not have: {', '.join(dropped)} "
             f"({sum(dropped.values())} images); map them with --class-map (the model's classes are "
             f"{', '.join(classes)})"
+        )
+    if not records:
+        labels = ", ".join(sorted({r.label for r in index.records})) or "(none)"
+        raise CxrtlError(
+            f"the class map leaves no image of {data_root} (its labels: {labels}); map at least one of them "
+            f"onto the model's classes {', '.join(classes)}"
         )
     if pp.input == "masked":
         check_masks(index, records)
