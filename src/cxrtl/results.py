@@ -210,6 +210,7 @@ class ReproductionResults(TypedDict, total=False):
     pneumonia_masks: (
         dict[str, Any] | None
     )  # source (segmenter/given), dir, split, written: Exp. 3's CAM masks
+    external: dict[str, Any] | None  # reproduce --external: the best COVID model on an external set, compared
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

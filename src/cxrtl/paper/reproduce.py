@@ -77,6 +77,8 @@ class ReproduceOptions:
     pneumonia_masks: str | None = (
         None  # lung masks for the pneumonia set (default: the segmenter writes them)
     )
+    external: str | None = None  # an external COVID set (folder or manifest) for the best COVID model
+    external_class_map: str | None = None  # its labels -> the COVID classes (inline or YAML)
     device: str = "auto"
     workers: int = 0
     cache_dir: str | None = None
@@ -572,6 +574,59 @@ def _lung_masks(opts: ReproduceOptions, pneu, split_paths: dict, out: Path, segm
 
 
 # ------------------------------------------------------------------------------------------ entry point
+def _check_external(opts: ReproduceOptions, covid: DatasetIndex) -> None:
+    """Refuse a bad --external or --external-class-map before any training."""
+    if opts.external_class_map and not opts.external:
+        raise CxrtlError("--external-class-map maps the labels of --external ROOT|MANIFEST; give that too")
+    if not opts.external:
+        return
+    from ..data import load_dataset
+    from ..evaluation.external import parse_class_map
+
+    load_dataset(opts.external)  # exists and has images
+    if opts.external_class_map:
+        parse_class_map(opts.external_class_map, covid.classes)
+
+
+def _external_validation(opts: ReproduceOptions, prof: Profile, results: dict, out: Path) -> dict | None:
+    """The best COVID run (by validation accuracy) evaluated on ``--external`` and compared with its test."""
+    if not opts.external:
+        return None
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.external import compare_evaluations, write_comparison
+
+    covid_runs = [r for r in results.values() if r["dataset"] == "covid"]
+    if not covid_runs:
+        return {"skipped": "no COVID run was trained (experiments 1 or 2)"}
+    best = max(covid_runs, key=lambda r: (r.get("best_val_acc") or 0.0, -covid_runs.index(r)))
+    run_dir = Path(best["run_dir"])
+    target = out / "external" / best["name"]
+    m = evaluate(
+        run_dir,
+        opts.external,
+        out=target,
+        class_map=opts.external_class_map,
+        allow_overlap=True,  # a finished reproduction is not thrown away: the report says it in bold
+        device=opts.device,
+        cache_dir=opts.cache_dir,
+        progress=opts.progress,
+        n_boot=prof.n_boot,
+        precision=opts.precision,
+    )
+    comparison = compare_evaluations([run_dir / "test", target], n_boot=prof.n_boot)
+    write_comparison(comparison, out / "external" / "comparison")
+    return {
+        "run": best["name"],
+        "data": str(opts.external),
+        "n": m["n"],
+        "accuracy": m["accuracy"],
+        "accuracy_ci": m["accuracy_ci"],
+        "external": m.get("external"),
+        "comparison": {k: v for k, v in comparison.items() if not k.startswith("_")},
+        "folder": str(target),
+    }
+
+
 def reproduce(opts: ReproduceOptions) -> ReproductionResults:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
     from .report import write_report
@@ -592,6 +647,7 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
 
     # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
     covid, pneu, no_weights = _check_inputs(opts, prof, runs)
+    _check_external(opts, covid)
     seg_plan = _plan_segmenter(opts, prof, covid, no_weights)
     out = Path(opts.out)
     max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
@@ -613,7 +669,8 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
         lung_masks = _lung_masks(opts, pneu, split_paths, out, segmenter)
     results, covid_best = _run_all(runs, opts, prof, roots, split_paths, out, no_weights)
 
-    # 4. Results and report.
+    # 4. External validation of the best COVID model, then results and report.
+    external = _external_validation(opts, prof, results, out)
     run_list = list(results.values())
     payload = {
         "runs": run_list,
@@ -621,6 +678,7 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
         "comparisons": _comparisons(run_list, experiments, prof.n_boot),
         "segmenter": segmenter,
         "pneumonia_masks": lung_masks,
+        "external": external,
         "reproduction": {
             **identity,
             "experiments": list(experiments),
