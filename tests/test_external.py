@@ -20,10 +20,33 @@ from cxrtl.evaluation.external import parse_class_map
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]  # the synthetic COVID set's
 # The covid-chestxray-dataset's metadata.csv columns (Cohen et al.), in its order
 COHEN_COLUMNS = [
-    "patientid", "offset", "sex", "age", "finding", "RT_PCR_positive", "survival", "intubated",
-    "went_icu", "needed_supplemental_O2", "extubated", "temperature", "pO2_saturation", "leukocyte_count",
-    "neutrophil_count", "lymphocyte_count", "view", "modality", "date", "location", "folder", "filename",
-    "doi", "url", "license", "clinical_notes", "other_notes",
+    "patientid",
+    "offset",
+    "sex",
+    "age",
+    "finding",
+    "RT_PCR_positive",
+    "survival",
+    "intubated",
+    "went_icu",
+    "needed_supplemental_O2",
+    "extubated",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "view",
+    "modality",
+    "date",
+    "location",
+    "folder",
+    "filename",
+    "doi",
+    "url",
+    "license",
+    "clinical_notes",
+    "other_notes",
 ]
 
 
@@ -34,15 +57,33 @@ def cohen_table(folder: Path, images: Path, rows: list[tuple[str, str, str, str,
         w = csv.DictWriter(fh, COHEN_COLUMNS)
         w.writeheader()
         for pid, finding, view, modality, filename in rows:
-            w.writerow({"patientid": pid, "finding": finding, "view": view, "modality": modality,
-                        "folder": images.name, "filename": filename, "license": "CC BY"})
+            w.writerow(
+                {
+                    "patientid": pid,
+                    "finding": finding,
+                    "view": view,
+                    "modality": modality,
+                    "folder": images.name,
+                    "filename": filename,
+                    "license": "CC BY",
+                }
+            )
     return table
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _image(path: Path, seed: int, size: int = 48) -> Path:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
-    img = 80 + 90 * np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2)) + rng.normal(0, 10, (size, size))
+    img = (
+        80
+        + 90 * np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+        + rng.normal(0, 10, (size, size))
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
     return path
@@ -54,9 +95,12 @@ def collection(tmp_path):
     file and labels of the collection's own names."""
     images = tmp_path / "covid-chestxray-dataset" / "images"
     rows = []
-    findings = ["Pneumonia/Viral/COVID-19"] * 6 + ["No Finding"] * 5 + ["Pneumonia/Viral/SARS"] * 3 + [
-        "Pneumonia/Bacterial/Streptococcus"
-    ] * 2
+    findings = (
+        ["Pneumonia/Viral/COVID-19"] * 6
+        + ["No Finding"] * 5
+        + ["Pneumonia/Viral/SARS"] * 3
+        + ["Pneumonia/Bacterial/Streptococcus"] * 2
+    )
     for i, finding in enumerate(findings):
         name = f"img{i:02d}.png"
         _image(images / name, seed=100 + i)
@@ -71,16 +115,42 @@ def collection(tmp_path):
 def test_manifest_from_a_cohen_table(collection, tmp_path, capsys):
     table, images = collection
     out = tmp_path / "external.csv"
-    code = main(["data", "manifest", str(table), "--images", str(images), "--path-column", "filename",
-                 "--label-column", "finding", "--patient-column", "patientid", "--where", "view=PA,AP",
-                 "--where", "modality=X-ray", "--out", str(out)])
+    code = main(
+        [
+            "data",
+            "manifest",
+            str(table),
+            "--images",
+            str(images),
+            "--path-column",
+            "filename",
+            "--label-column",
+            "finding",
+            "--patient-column",
+            "patientid",
+            "--where",
+            "view=PA,AP",
+            "--where",
+            "modality=X-ray",
+            "--out",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
-    assert "wrote" in printed and "16 of 19 rows" in printed and "1 row(s) name a file that is not there" in printed
-    rows = list(csv.DictReader(open(out)))
+    assert (
+        "wrote" in printed
+        and "16 of 19 rows" in printed
+        and "1 row(s) name a file that is not there" in printed
+    )
+    rows = _rows(out)
     assert len(rows) == 16 and set(rows[0]) == {"path", "label", "patient_id"}
-    assert {r["label"] for r in rows} == {"Pneumonia/Viral/COVID-19", "No Finding", "Pneumonia/Viral/SARS",
-                                          "Pneumonia/Bacterial/Streptococcus"}  # source names kept
+    assert {r["label"] for r in rows} == {
+        "Pneumonia/Viral/COVID-19",
+        "No Finding",
+        "Pneumonia/Viral/SARS",
+        "Pneumonia/Bacterial/Streptococcus",
+    }  # source names kept
     assert (out.parent / rows[0]["path"]).resolve() == (images / "img00.png").resolve()
     from cxrtl.data import load_dataset
 
@@ -104,24 +174,57 @@ def test_manifest_from_an_excel_table(collection, tmp_path):
 
 def test_manifest_bad_input_is_one_line(collection, tmp_path, capsys):
     table, images = collection
-    code = main(["data", "manifest", str(table), "--images", str(images), "--path-column", "imagename",
-                 "--label-column", "finding", "--out", str(tmp_path / "m.csv")])
+    code = main(
+        [
+            "data",
+            "manifest",
+            str(table),
+            "--images",
+            str(images),
+            "--path-column",
+            "imagename",
+            "--label-column",
+            "finding",
+            "--out",
+            str(tmp_path / "m.csv"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "no column --path-column 'imagename'" in err[0] and "patientid, offset, sex" in err[0]
     assert not (tmp_path / "m.csv").exists()
-    code = main(["data", "manifest", str(table), "--images", str(images), "--path-column", "filename",
-                 "--label-column", "finding", "--where", "view", "--out", str(tmp_path / "m.csv")])
+    code = main(
+        [
+            "data",
+            "manifest",
+            str(table),
+            "--images",
+            str(images),
+            "--path-column",
+            "filename",
+            "--label-column",
+            "finding",
+            "--where",
+            "view",
+            "--out",
+            str(tmp_path / "m.csv"),
+        ]
+    )
     assert code == 2 and "COLUMN=VALUE" in capsys.readouterr().err
 
 
 def test_class_map_inline_yaml_and_unknown_class(tmp_path):
     assert parse_class_map("COVID-19=COVID, No finding = Normal", CLASSES) == {
-        "COVID-19": "COVID", "No finding": "Normal"}
+        "COVID-19": "COVID",
+        "No finding": "Normal",
+    }
     (tmp_path / "map.yaml").write_text("Pneumonia/Viral/COVID-19: COVID\nNo Finding: Normal\n")
     assert parse_class_map(str(tmp_path / "map.yaml"), CLASSES)["No Finding"] == "Normal"
-    with pytest.raises(CxrtlError, match="'Pneumonia', which the model does not have; its classes are COVID, "
-                       "Lung_Opacity, Normal, Viral Pneumonia"):
+    with pytest.raises(
+        CxrtlError,
+        match="'Pneumonia', which the model does not have; its classes are COVID, "
+        "Lung_Opacity, Normal, Viral Pneumonia",
+    ):
         parse_class_map("Pneumonia/Bacterial=Pneumonia", CLASSES)
     with pytest.raises(CxrtlError, match="SOURCE=CLASS"):
         parse_class_map("COVID-19", CLASSES)
@@ -143,15 +246,25 @@ def run(tmp_path_factory, covid_root):
     torch.manual_seed(0)
     model = create_model("test_resnet", CLASSES, in_chans=3, init="none")
     pp = Preprocess("raw", 3, 32)
-    save_checkpoint(run / "best", model, {"preprocess": pp.to_dict(), "epoch": 1,
-                                          "config": {"seed": 0, "data": str(covid_root)}})
+    save_checkpoint(
+        run / "best",
+        model,
+        {"preprocess": pp.to_dict(), "epoch": 1, "config": {"seed": 0, "data": str(covid_root)}},
+    )
     return run
 
 
 def _manifest(collection, tmp_path) -> Path:
     table, images = collection
-    build_manifest(table, images, tmp_path / "external.csv", "filename", "finding", "patientid",
-                   ["view=PA,AP", "modality=X-ray"])
+    build_manifest(
+        table,
+        images,
+        tmp_path / "external.csv",
+        "filename",
+        "finding",
+        "patientid",
+        ["view=PA,AP", "modality=X-ray"],
+    )
     return tmp_path / "external.csv"
 
 
@@ -164,8 +277,24 @@ def test_external_evaluation_through_a_class_map_and_compare(run, collection, tm
     internal, external = tmp_path / "internal", tmp_path / "external"
     assert main(["evaluate", str(run), "--out", str(internal), "--bootstrap", "50", "--no-progress"]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--data", str(manifest), "--class-map", MAP, "--out", str(external),
-                 "--bootstrap", "50", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--data",
+                str(manifest),
+                "--class-map",
+                MAP,
+                "--out",
+                str(external),
+                "--bootstrap",
+                "50",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert printed.startswith("external: n=14") and "Pneumonia/Bacterial/Streptococcus 2" in printed
     m = json.loads((external / "metrics.json").read_text())
@@ -180,11 +309,17 @@ def test_external_evaluation_through_a_class_map_and_compare(run, collection, tm
     assert m["macro"]["over"] == ["COVID", "Normal", "Viral Pneumonia"]
     f1 = [m["per_class"][c]["f1"] for c in ("COVID", "Normal", "Viral Pneumonia")]
     assert m["macro"]["f1"] == pytest.approx(np.mean(f1))
-    rows = list(csv.DictReader(open(external / "predictions.csv")))
+    rows = _rows(external / "predictions.csv")
     assert {(r["source_label"], r["label"]) for r in rows} == {
-        ("Pneumonia/Viral/COVID-19", "COVID"), ("No Finding", "Normal"), ("Pneumonia/Viral/SARS", "Viral Pneumonia")}
+        ("Pneumonia/Viral/COVID-19", "COVID"),
+        ("No Finding", "Normal"),
+        ("Pneumonia/Viral/SARS", "Viral Pneumonia"),
+    }
     report = (external / "report.md").read_text()
-    assert "## External set" in report and "Dropped (label not mapped): Pneumonia/Bacterial/Streptococcus 2" in report
+    assert (
+        "## External set" in report
+        and "Dropped (label not mapped): Pneumonia/Bacterial/Streptococcus 2" in report
+    )
 
     out = tmp_path / "cmp"
     assert main(["compare", str(internal), str(external), "--out", str(out), "--bootstrap", "200"]) == 0
@@ -202,7 +337,10 @@ def test_external_evaluation_through_a_class_map_and_compare(run, collection, tm
 
 def test_compare_refuses_the_same_images_twice_and_other_models(run, tmp_path, capsys):
     a = tmp_path / "a"
-    assert main(["evaluate", str(run), "--out", str(a), "--bootstrap", "0", "--no-figures", "--no-progress"]) == 0
+    assert (
+        main(["evaluate", str(run), "--out", str(a), "--bootstrap", "0", "--no-figures", "--no-progress"])
+        == 0
+    )
     shutil.copytree(a, tmp_path / "b")
     capsys.readouterr()
     assert main(["compare", str(a), str(tmp_path / "b"), "--out", str(tmp_path / "c")]) == 2
@@ -219,12 +357,23 @@ def test_compare_refuses_the_same_images_twice_and_other_models(run, tmp_path, c
 
 def test_overlap_with_training_is_refused_unless_allowed(run, covid_root, collection, tmp_path, capsys):
     table, images = collection
-    split = list(csv.DictReader(open(run / "split.csv")))
+    split = _rows(run / "split.csv")
     train = next(r for r in split if r["split"] == "train")
     shutil.copy(covid_root / train["path"], images / "img00.png")  # a training image re-published
     manifest = _manifest(collection, tmp_path)
-    args = ["evaluate", str(run), "--data", str(manifest), "--class-map", MAP, "--bootstrap", "0",
-            "--no-figures", "--no-progress", "--out"]
+    args = [
+        "evaluate",
+        str(run),
+        "--data",
+        str(manifest),
+        "--class-map",
+        MAP,
+        "--bootstrap",
+        "0",
+        "--no-figures",
+        "--no-progress",
+        "--out",
+    ]
     assert main([*args, str(tmp_path / "e1")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 image(s) of the external set duplicate images the model was trained" in err[0]

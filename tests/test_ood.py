@@ -77,7 +77,11 @@ def test_the_guard_round_trips_in_the_record_and_a_damaged_one_is_refused(tmp_pa
     record = Decisions(tuple(CLASSES), ood=_guard())
     again = Decisions.from_json(record.to_json())
     assert again == record and again.summary()["ood"]["threshold"] == 2.0
-    assert again.decide([0.2, 0.3, 0.5], ood_score=3.0)["ood"] == {"score": 3.0, "threshold": 2.0, "flag": True}
+    assert again.decide([0.2, 0.3, 0.5], ood_score=3.0)["ood"] == {
+        "score": 3.0,
+        "threshold": 2.0,
+        "flag": True,
+    }
     assert again.decide([0.2, 0.3, 0.5], ood_score=1.0)["ood"]["flag"] is False
     assert "ood" not in Decisions(tuple(CLASSES)).decide([0.2, 0.3, 0.5], ood_score=9.0)  # no guard, no flag
     bad = record.to_dict()
@@ -105,7 +109,9 @@ def _run_with_guard(root: Path, images: list[Path]) -> Path:
     weights = run / "best.safetensors"
     model, meta = load_checkpoint(weights)
     prepared = np.stack([Predictor.from_checkpoint(run).prepare(p) for p in images])[:, None]
-    feats, _ = extract_features(model, [(torch.from_numpy(x), i % 3) for i, x in enumerate(prepared)], model_pp(meta), "cpu")
+    feats, _ = extract_features(
+        model, [(torch.from_numpy(x), i % 3) for i, x in enumerate(prepared)], model_pp(meta), "cpu"
+    )
     guard = fit_guard(feats, np.arange(len(feats)) % 3, feats, 3)
     write_decisions(weights, read_decisions(weights, meta).replace(ood=guard))
     return run
@@ -191,7 +197,18 @@ def out_of_distribution_images(folder: Path, radiograph: Path) -> dict[str, Path
     skdata = pytest.importorskip("skimage.data")
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "brick", "clock", "page"):
+    for name in (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "camera",
+        "coins",
+        "moon",
+        "brick",
+        "clock",
+        "page",
+    ):
         out[name] = folder / f"{name}.png"
         Image.fromarray(getattr(skdata, name)()).save(out[name])
     text = Image.new("L", (320, 200), 255)
@@ -221,8 +238,20 @@ def test_a_trained_run_gets_a_guard_that_evaluate_measures(tmp_path, covid_root,
     assert (
         main(
             [
-                "train", "--data", str(covid_root), "--out", str(run), "--backbone", "test_resnet",
-                "--init", "none", "--image-size", "32", "--epochs", "2", "--no-progress",
+                "train",
+                "--data",
+                str(covid_root),
+                "--out",
+                str(run),
+                "--backbone",
+                "test_resnet",
+                "--init",
+                "none",
+                "--image-size",
+                "32",
+                "--epochs",
+                "2",
+                "--no-progress",
             ]
         )
         == 0
@@ -236,15 +265,43 @@ def test_a_trained_run_gets_a_guard_that_evaluate_measures(tmp_path, covid_root,
     capsys.readouterr()
     photo_dir = tmp_path / "photos"
     photo_dir.mkdir()
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "brick", "clock", "page"):
+    for name in (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "camera",
+        "coins",
+        "moon",
+        "brick",
+        "clock",
+        "page",
+    ):
         photos[name].rename(photo_dir / photos[name].name)
-    assert main(["evaluate", str(run), "--out", str(tmp_path / "eval"), "--ood-data", str(photo_dir),
-                 "--bootstrap", "0", "--no-figures", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--out",
+                str(tmp_path / "eval"),
+                "--ood-data",
+                str(photo_dir),
+                "--bootstrap",
+                "0",
+                "--no-figures",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "OOD guard (hidden" in printed and "--ood-data: AUROC" in printed
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())["ood"]
     assert report["n"] == json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"]
-    assert report["false_flag_rate_ci"][0] <= 0.01 <= report["false_flag_rate_ci"][1] or report["flagged"] <= 2
+    assert (
+        report["false_flag_rate_ci"][0] <= 0.01 <= report["false_flag_rate_ci"][1] or report["flagged"] <= 2
+    )
     assert report["ood_data"]["n"] == 10 and report["ood_data"]["auroc"] >= 0.8
     assert "## Out-of-distribution guard" in (tmp_path / "eval" / "report.md").read_text()
 
@@ -258,8 +315,21 @@ def test_ood_data_without_a_readable_image_is_one_line(guarded, tmp_path, capsys
     bad.mkdir()
     (bad / "x.png").write_bytes(b"not a png")
     for folder, message in ((empty, "has no PNG/JPEG/DICOM image"), (bad, "no readable image")):
-        code = main(["evaluate", str(run), "--data", str(_dataset(root)), "--subset", "all",
-                     "--out", str(tmp_path / "e"), "--ood-data", str(folder), "--no-progress"])
+        code = main(
+            [
+                "evaluate",
+                str(run),
+                "--data",
+                str(_dataset(root)),
+                "--subset",
+                "all",
+                "--out",
+                str(tmp_path / "e"),
+                "--ood-data",
+                str(folder),
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0] and err[0].startswith("cxrtl: error:")
 

@@ -90,8 +90,17 @@ def tiny_reproduction(tmp_path_factory, synth_roots):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("CXRTL_CACHE_DIR", str(out.parent / "cache"))
         argv = _args(
-            covid, pneumonia, out, "--allow-random-init", "--exclude-overlap", "--segmenter-epochs", "1",
-            "--external", str(pneumonia), "--external-class-map", "NORMAL=Normal,PNEUMONIA=Viral Pneumonia",
+            covid,
+            pneumonia,
+            out,
+            "--allow-random-init",
+            "--exclude-overlap",
+            "--segmenter-epochs",
+            "1",
+            "--external",
+            str(pneumonia),
+            "--external-class-map",
+            "NORMAL=Normal,PNEUMONIA=Viral Pneumonia",
         )
         assert main(argv) == 0
     return out
@@ -209,12 +218,23 @@ def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
         (_args(covid, pneumonia, tmp_path / "f", "--conformal", "1.5"), "--conformal must be in (0, 1)")
     )
     cases.append(
-        (_args(covid, pneumonia, tmp_path / "g", "--allow-random-init", "--external-class-map", "A=COVID"), "give that too")
+        (
+            _args(covid, pneumonia, tmp_path / "g", "--allow-random-init", "--external-class-map", "A=COVID"),
+            "give that too",
+        )
     )
     cases.append(
         (
-            _args(covid, pneumonia, tmp_path / "h", "--allow-random-init", "--external", str(pneumonia), "--external-class-map",
-                  "PNEUMONIA=Pneumonia"),
+            _args(
+                covid,
+                pneumonia,
+                tmp_path / "h",
+                "--allow-random-init",
+                "--external",
+                str(pneumonia),
+                "--external-class-map",
+                "PNEUMONIA=Pneumonia",
+            ),
             "which the model does not have; its classes are COVID, Lung_Opacity, Normal, Viral Pneumonia",
         )
     )

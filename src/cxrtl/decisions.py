@@ -133,7 +133,11 @@ class OutOfDistribution:
 
     def flag(self, score: float) -> dict[str, Any]:
         """``{"score", "threshold", "flag"}`` of one image: flag True when it is unlike the training images."""
-        return {"score": float(score), "threshold": float(self.threshold), "flag": bool(score > self.threshold)}
+        return {
+            "score": float(score),
+            "threshold": float(self.threshold),
+            "flag": bool(score > self.threshold),
+        }
 
 
 @dataclass(frozen=True)

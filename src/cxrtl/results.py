@@ -117,7 +117,6 @@ class FitResult(TypedDict):
 
 
 class _RunSummaryRequired(TypedDict):
-
     run_dir: str
     finished: bool
     best_epoch: int

@@ -14,7 +14,9 @@ def register(subparsers) -> None:
         "set's difference from the first with an unpaired two-sample bootstrap interval (different images, "
         "so not paired). Writes comparison.json, report.md and one ROC figure (a panel per shared class).",
     )
-    p.add_argument("evaluations", nargs="+", metavar="EVAL_DIR", help="evaluation folders; the first is the reference")
+    p.add_argument(
+        "evaluations", nargs="+", metavar="EVAL_DIR", help="evaluation folders; the first is the reference"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--allow-different-models",
@@ -41,9 +43,7 @@ def run(args: argparse.Namespace) -> int:
     out = write_comparison(result, args.out, figures=not args.no_figures)
     names = [e["name"] for e in result["evaluations"]]
     for row in result["metrics"]:
-        values = "  ".join(
-            f"{n} {_fmt(v['value'])}" for n, v in zip(names, row["values"])
-        )
+        values = "  ".join(f"{n} {_fmt(v['value'])}" for n, v in zip(names, row["values"]))
         diffs = "  ".join(
             f"diff {_fmt(d['difference'], signed=True)}"
             + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "")

@@ -274,7 +274,9 @@ def _register_manifest(sub) -> None:
     )
     p.add_argument("table", metavar="TABLE", help="the metadata table: .csv, .tsv or .xlsx")
     p.add_argument("--images", required=True, metavar="DIR", help="the folder the table's file names are in")
-    p.add_argument("--path-column", required=True, metavar="C", help="column of image file names (e.g. filename)")
+    p.add_argument(
+        "--path-column", required=True, metavar="C", help="column of image file names (e.g. filename)"
+    )
     p.add_argument("--label-column", required=True, metavar="C", help="column of labels (e.g. finding)")
     p.add_argument("--patient-column", metavar="C", help="column of patient ids (e.g. patientid)")
     p.add_argument(

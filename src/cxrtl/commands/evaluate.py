@@ -221,7 +221,10 @@ def _print_external(m) -> None:
     if not ext:
         return
     if ext.get("dropped_per_label"):
-        print("dropped (label not in the class map): " + ", ".join(f"{k} {v}" for k, v in ext["dropped_per_label"].items()))
+        print(
+            "dropped (label not in the class map): "
+            + ", ".join(f"{k} {v}" for k, v in ext["dropped_per_label"].items())
+        )
     if ext.get("note"):
         print(f"note: {ext['note']}")
     check = ext.get("overlap") or {}
@@ -239,7 +242,8 @@ def _print_ood(m) -> None:
         return
     line = (
         f"OOD guard ({o['layer']}, threshold {o['threshold']:.4g}): flags {o['flagged']} of {o['n']} here "
-        f"({fmt_pct(o['false_flag_rate'], o['false_flag_rate_ci'])}; expected ~{fmt_pct(o['expected_false_flag_rate'])})"
+        f"({fmt_pct(o['false_flag_rate'], o['false_flag_rate_ci'])}; "
+        f"expected ~{fmt_pct(o['expected_false_flag_rate'])})"
     )
     print(line)
     d = o.get("ood_data")

@@ -119,7 +119,9 @@ def render(rows, classes: list[str], fmt: str) -> str:
         if with_positive:
             cells += _positive_cells(r.positive)
         if with_ood:
-            cells += ["", ""] if r.ood is None else [f"{r.ood['score']:.4g}", "yes" if r.ood["flag"] else "no"]
+            cells += (
+                ["", ""] if r.ood is None else [f"{r.ood['score']:.4g}", "yes" if r.ood["flag"] else "no"]
+            )
         if with_cam:
             cells += [r.cam or ""] + [
                 "" if v is None else f"{v:.3f}" for v in (r.lung_fraction, r.lung_share)

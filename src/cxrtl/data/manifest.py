@@ -114,7 +114,9 @@ def build_manifest(
     images = Path(images).expanduser()
     out = Path(out).expanduser()
     if not images.is_dir():
-        raise CxrtlError(f"image folder {images} does not exist; give the folder the table's file names are in")
+        raise CxrtlError(
+            f"image folder {images} does not exist; give the folder the table's file names are in"
+        )
     if out.suffix.lower() != ".csv":
         raise CxrtlError(f"the manifest {out} should end in .csv; e.g. --out external.csv")
     filters = parse_where(where)

@@ -506,7 +506,9 @@ def _fit_ood(record, model, data, class_to_idx, pp, dev, layer, percentile):
     from ..data import CachedDataset
     from .ood import DEFAULT_LAYER, DEFAULT_PERCENTILE, fit_for_model
 
-    datasets = {name: CachedDataset(data.cache, list(data.split[name]), class_to_idx) for name in ("train", "val")}
+    datasets = {
+        name: CachedDataset(data.cache, list(data.split[name]), class_to_idx) for name in ("train", "val")
+    }
     if len(datasets["train"]) < 2 or not len(datasets["val"]):
         raise CxrtlError("--fit-ood needs the training and validation images of the run's split")
     guard = fit_for_model(
@@ -525,7 +527,9 @@ def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs) -> 
     from ..data import CachedDataset
     from .ood import detection_report, extract_features
 
-    feats, _ = extract_features(model, CachedDataset(data.cache, list(used), class_to_idx), pp, dev, guard.layer)
+    feats, _ = extract_features(
+        model, CachedDataset(data.cache, list(used), class_to_idx), pp, dev, guard.layer
+    )
     in_scores = guard.score(feats) if len(feats) else np.zeros(0)
     out_scores = names = None
     if ood_inputs is not None:

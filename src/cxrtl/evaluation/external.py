@@ -29,9 +29,7 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-UNPAIRED_METHOD = (
-    "unpaired two-sample percentile bootstrap: each evaluation's images resampled independently"
-)
+UNPAIRED_METHOD = "unpaired two-sample percentile bootstrap: each evaluation's images resampled independently"
 
 
 # ------------------------------------------------------------------------------------------ class map
@@ -87,7 +85,9 @@ def map_records(records, class_map: Mapping[str, str] | None, classes: Sequence[
     source_of: dict[str, str] = {}
     dropped: Counter[str] = Counter()
     for r in records:
-        target = class_map.get(r.label) if class_map is not None else (r.label if r.label in classes else None)
+        target = (
+            class_map.get(r.label) if class_map is not None else (r.label if r.label in classes else None)
+        )
         if target is None:
             dropped[r.label] += 1
             continue
@@ -293,7 +293,9 @@ def _stats(y: np.ndarray, p: np.ndarray, shared: list[int]) -> dict[str, float]:
 
 
 def _boot(y: np.ndarray, p: np.ndarray, shared: list[int], n_boot: int, rng) -> dict[str, np.ndarray]:
-    rows = [_stats(y[idx], p[idx], shared) for idx in (rng.integers(0, len(y), len(y)) for _ in range(n_boot))]
+    rows = [
+        _stats(y[idx], p[idx], shared) for idx in (rng.integers(0, len(y), len(y)) for _ in range(n_boot))
+    ]
     return {key: np.array([r[key] for r in rows]) for key in rows[0]} if rows else {}
 
 
@@ -411,7 +413,13 @@ def comparison_markdown(result: dict, figure: str | None) -> str:
         if v is None:
             return "n/a"
         s = f"{v:+.3f}" if signed else f"{v:.3f}"
-        return s + (f" [{ci_[0]:+.3f}, {ci_[1]:+.3f}]" if signed and ci_ else f" [{ci_[0]:.3f}, {ci_[1]:.3f}]" if ci_ else "")
+        return s + (
+            f" [{ci_[0]:+.3f}, {ci_[1]:+.3f}]"
+            if signed and ci_
+            else f" [{ci_[0]:.3f}, {ci_[1]:.3f}]"
+            if ci_
+            else ""
+        )
 
     evals = result["evaluations"]
     lines = ["# Evaluations compared", ""]
@@ -424,8 +432,11 @@ def comparison_markdown(result: dict, figure: str | None) -> str:
         f"**{evals[0]['name']}** ({result['method']}). Different images, so the test is not paired. "
         f"Macro F1 is over the classes with images in every set: {', '.join(result['macro_f1_over'])}.",
         "",
-        "| metric | " + " | ".join(e["name"] for e in evals) + " | "
-        + " | ".join(f"{e['name']} - {evals[0]['name']}" for e in evals[1:]) + " |",
+        "| metric | "
+        + " | ".join(e["name"] for e in evals)
+        + " | "
+        + " | ".join(f"{e['name']} - {evals[0]['name']}" for e in evals[1:])
+        + " |",
         "|---" * (len(evals) * 2) + "|---|",
     ]
     for row in result["metrics"]:

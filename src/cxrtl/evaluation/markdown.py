@@ -211,7 +211,7 @@ def _ood(o: dict) -> list[str]:
             f"{100 * d['true_flag_rate']:.1f}%{_interval(d['true_flag_rate_ci'])}."
         )
     lines.append(
-        "The guard asks \"is this like the training images?\"; a radiograph from another hospital usually is, "
+        'The guard asks "is this like the training images?"; a radiograph from another hospital usually is, '
         "and may still shift the classifier: measure that with an external evaluation."
     )
     return lines

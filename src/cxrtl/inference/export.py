@@ -4,8 +4,9 @@ The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: u
 ``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
 graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
 logits / temperature), and for a model with an out-of-distribution guard ``ood_score`` (the guard's
-Mahalanobis score, :mod:`cxrtl.evaluation.ood`; flag when above the record's threshold). Classes, preprocessing, backbone and the model's whole decision record
-(:mod:`cxrtl.decisions`: temperature, operating point, conformal threshold, segmenter) travel as
+Mahalanobis score, :mod:`cxrtl.evaluation.ood`; flag when above the record's threshold). Classes,
+preprocessing, backbone and the model's whole decision record (:mod:`cxrtl.decisions`: temperature,
+operating point, conformal threshold, OOD guard, segmenter) travel as
 ``metadata_props``, so onnxruntime gives the same rows as torch.
 The export needs torch (imported lazily); running the file is :mod:`cxrtl.inference.backends`' job.
 """
@@ -83,9 +84,7 @@ def _wrap_for_export(model, pp, temperature: float | None, guard=None):
             logits, feats = features_of(self.model, x, guard.layer)
             return logits, self.guard(feats)
 
-    return _deployable(
-        _Scored(), pp, lambda out: (out[0], torch.softmax(out[0] * inv_t, dim=1), out[1])
-    )
+    return _deployable(_Scored(), pp, lambda out: (out[0], torch.softmax(out[0] * inv_t, dim=1), out[1]))
 
 
 def _export_graph(
@@ -177,9 +176,7 @@ def export_onnx(
         dtype=torch.uint8,
         generator=torch.Generator().manual_seed(0),
     )
-    proto, used = _export_with_fallback(
-        module, example, exporter, opset, meta["backbone"], outputs=outputs
-    )
+    proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"], outputs=outputs)
     props = {
         "format": ONNX_FORMAT,
         "version": str(ONNX_VERSION),

@@ -296,7 +296,9 @@ class Predictor:
             chunk = images[start : start + max(1, batch_size)]
             _, scores = self.predict_prepared_ood(np.stack([self.prepare(im) for im in chunk]))
             if scores is None:
-                raise CxrtlError(f"{self.source} carries a guard but its graph has no OOD output; export it again")
+                raise CxrtlError(
+                    f"{self.source} carries a guard but its graph has no OOD output; export it again"
+                )
             out[start : start + len(chunk)] = scores
         return out
 

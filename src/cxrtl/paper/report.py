@@ -371,8 +371,10 @@ def _external_section(ext: dict | None) -> Section | None:
     for row in cmp["metrics"]:
         a, b = row["values"]
         d = row["differences"][0]
-        cell = "n/a" if d["difference"] is None else f"{d['difference']:+.3f}" + (
-            f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else ""
+        cell = (
+            "n/a"
+            if d["difference"] is None
+            else f"{d['difference']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "")
         )
         t.rows.append([row["metric"], _num(a["value"]), _num(b["value"]), cell])
     info = ext.get("external") or {}
@@ -384,7 +386,8 @@ def _external_section(ext: dict | None) -> Section | None:
     ]
     if info.get("dropped_per_label"):
         paras.append(
-            "Dropped (label not mapped): " + ", ".join(f"{k} {v}" for k, v in info["dropped_per_label"].items())
+            "Dropped (label not mapped): "
+            + ", ".join(f"{k} {v}" for k, v in info["dropped_per_label"].items())
         )
     if info.get("note"):
         paras.append(f"Note: {info['note']}.")
