@@ -150,6 +150,10 @@ def test_every_answered_row_carries_ood_and_a_run_without_a_guard_predicts_unfla
     ok = [r.to_dict() for r in rows[:2]]
     assert all(set(r["ood"]) == {"score", "threshold", "flag"} for r in ok)
     assert ok[1]["ood"]["score"] > ok[0]["ood"]["score"]
+    predictor = Predictor.from_checkpoint(run)
+    np.testing.assert_allclose(
+        predictor.ood_scores([images[0], noise]), [r["ood"]["score"] for r in ok], rtol=1e-9
+    )
     assert "ood" not in rows[2].to_dict() and rows[2].error  # an unreadable file has no score
     old = make_run(tmp_path / "old", Preprocess(input="raw", channels=1, image_size=32))
     (row,) = Predictor.from_checkpoint(old).predict_files([images[0]])

@@ -384,7 +384,11 @@ def evaluate(
             meta, pp, data_root, class_map, cache_dir, progress
         )
         external_info["overlap"] = external.overlap_check(
-            model_path, split_csv, [data.index.abspath(r.path) for r in records], cache_dir, progress
+            _training_root(model_path),
+            split_csv,
+            [data.index.abspath(r.path) for r in records],
+            cache_dir,
+            progress,
         )
         _refuse_overlap(external_info, allow_overlap)
         subset = "external"
@@ -467,6 +471,14 @@ def _is_external(class_map, split_csv: Path | None, data_root) -> bool:
             return False  # the data the run was trained on
 
     return not split_fits(split_csv, load_dataset(data_root))
+
+
+def _training_root(model_path) -> str | None:
+    """The data root the run was trained on, or None when it is not recorded or not there any more."""
+    try:
+        return data_root_of(model_path, None)
+    except CxrtlError:
+        return None
 
 
 def _refuse_overlap(info: dict, allow_overlap: bool) -> None:

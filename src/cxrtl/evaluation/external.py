@@ -217,22 +217,23 @@ def restrict_to_present(
 
 # ------------------------------------------------------------------------------------- overlap check
 def overlap_check(
-    model_path, split_csv: Path | None, external_paths: Sequence[Path], cache_dir, progress: bool
+    train_root, split_csv: Path | None, external_paths: Sequence[Path], cache_dir, progress: bool
 ) -> dict[str, Any]:
-    """Duplicates (exact and near, perceptual hash) between the run's training and validation images and
-    the external set: ``{"checked", "training_images", "overlap", "examples", "reason"}``."""
+    """Duplicates (exact and near, perceptual hash) between the run's training and validation images (of
+    ``split_csv`` under ``train_root``) and the external set:
+    ``{"checked", "training_images", "overlap", "examples", "reason"}``."""
     from ..data import load_dataset, read_split_csv
     from ..integrity.duplicates import overlap_with
-    from .evaluate import data_root_of
 
     if split_csv is None or not Path(split_csv).is_file():
         return {"checked": False, "reason": "the model has no split.csv to say which images it trained on"}
+    if train_root is None:
+        return {"checked": False, "reason": "the run does not record its training data, or it moved"}
     try:
-        train_root = data_root_of(model_path, None)
-        split = read_split_csv(split_csv, load_dataset(train_root))
+        index = load_dataset(train_root)
+        split = read_split_csv(split_csv, index)
     except CxrtlError as exc:
         return {"checked": False, "reason": f"the training data could not be read ({exc})"}
-    index = load_dataset(train_root)
     fitted = [index.abspath(r.path) for name in ("train", "val") for r in split[name]]
     shared = overlap_with(fitted, list(external_paths), cache_dir=cache_dir, progress=progress)
     return {
