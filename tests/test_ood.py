@@ -349,3 +349,26 @@ def _dataset(root: Path) -> Path:
             for i in range(3):
                 Image.fromarray(radiograph(40, 40, seed=10 * k + i)).save(data / c / f"{i}.png")
     return data
+
+
+def test_the_server_answers_with_ood_and_the_page_warns(guarded, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from cxrtl.inference.predict import Predictor
+    from cxrtl.serve.app import create_app
+
+    run, images, _ = guarded
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)).save(noise)
+    client = TestClient(create_app(Predictor.from_checkpoint(run)))
+    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in (images[0], noise)]
+    rows = client.post("/v1/predict", files=files).json()
+    assert [r["ood"]["flag"] for r in rows] == [False, True]
+    script = client.get("/static/app.js")  # the page's script shows the warning on a flagged row
+    assert script.status_code == 200 and "row.ood && row.ood.flag" in script.text
+    assert (
+        "unlike the chest radiographs the model was trained on; its prediction is not meaningful"
+        in script.text
+    )
