@@ -308,6 +308,31 @@ def test_a_trained_run_gets_a_guard_that_evaluate_measures(tmp_path, covid_root,
     )
     assert report["ood_data"]["n"] == 10 and report["ood_data"]["auroc"] >= 0.8
     assert "## Out-of-distribution guard" in (tmp_path / "eval" / "report.md").read_text()
+    # refit on the pooled features at another percentile: the record says so
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                "--out",
+                str(tmp_path / "eval2"),
+                "--fit-ood",
+                "--ood-layer",
+                "pooled",
+                "--ood-percentile",
+                "95",
+                "--bootstrap",
+                "0",
+                "--no-figures",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    refit = json.loads((run / "best.decisions.json").read_text())["ood"]
+    assert refit["layer"] == "pooled" and refit["percentile"] == 95.0 and refit["fitted_utc"]
+    again = json.loads((tmp_path / "eval2" / "metrics.json").read_text())["ood"]
+    assert again["layer"] == "pooled" and again["threshold"] == refit["threshold"]
 
 
 def test_ood_data_without_a_readable_image_is_one_line(guarded, tmp_path, capsys):

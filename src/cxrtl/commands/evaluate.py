@@ -240,10 +240,14 @@ def _print_ood(m) -> None:
     o = m.get("ood")
     if not o:
         return
+    external = "flag_rate" in o
+    rate, ci = (
+        (o["flag_rate"], o["flag_rate_ci"]) if external else (o["false_flag_rate"], o["false_flag_rate_ci"])
+    )
     line = (
-        f"OOD guard ({o['layer']}, threshold {o['threshold']:.4g}): flags {o['flagged']} of {o['n']} here "
-        f"({fmt_pct(o['false_flag_rate'], o['false_flag_rate_ci'])}; "
-        f"expected ~{fmt_pct(o['expected_false_flag_rate'])})"
+        f"OOD guard ({o['layer']}, threshold {o['threshold']:.4g}): flags {o['flagged']} of {o['n']} "
+        f"{'of the external set' if external else 'here'} ({fmt_pct(rate, ci)}; "
+        f"~{fmt_pct(o['expected_false_flag_rate'])} of in-distribution images by design)"
     )
     print(line)
     d = o.get("ood_data")

@@ -444,7 +444,9 @@ def evaluate(
         record = _fit_ood(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
     fitting.store(ckpt, before, record, migrate=out is not None)
     if record.ood is not None:
-        result["ood"] = _ood_report(record.ood, model, data, used, class_to_idx, pp, dev, ood_inputs)
+        result["ood"] = _ood_report(
+            record.ood, model, data, used, class_to_idx, pp, dev, ood_inputs, subset == "external"
+        )
     elif ood_inputs is not None:
         raise CxrtlError(
             f"{ckpt} has no out-of-distribution guard to measure on --ood-data; add --fit-ood (it is fitted "
@@ -534,7 +536,7 @@ def _fit_ood(record, model, data, class_to_idx, pp, dev, layer, percentile):
     return record.replace(ood=guard)
 
 
-def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs) -> dict:
+def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs, external: bool) -> dict:
     """The guard on the scored images (false-flag rate) and on ``--ood-data`` (AUROC, true-flag rate)."""
     from ..data import CachedDataset
     from .ood import detection_report, extract_features
@@ -546,7 +548,7 @@ def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs) -> 
     out_scores = names = None
     if ood_inputs is not None:
         out_scores, names = _score_files(guard, model, ood_inputs, pp, dev)
-    return detection_report(guard, in_scores, out_scores, names)
+    return detection_report(guard, in_scores, out_scores, names, external)
 
 
 def _score_files(guard, model, files: list[Path], pp, dev) -> tuple[np.ndarray, list[str]]:

@@ -194,14 +194,19 @@ def _external(ext: dict) -> list[str]:
 
 def _ood(o: dict) -> list[str]:
     """The out-of-distribution guard on this subset (and on --ood-data)."""
+    external = "flag_rate" in o
+    rate, ci = (
+        (o["flag_rate"], o["flag_rate_ci"]) if external else (o["false_flag_rate"], o["false_flag_rate_ci"])
+    )
     lines = [
         "",
         "## Out-of-distribution guard",
         "",
         f"Mahalanobis score on {o['layer']} features; threshold {o['threshold']:.4g} (the {o['percentile']:g}th "
-        f"percentile of validation scores). Flagged here: {o['flagged']} of {o['n']} = "
-        + (f"{100 * o['false_flag_rate']:.1f}%{_interval(o['false_flag_rate_ci'])}" if o["n"] else "n/a")
-        + f" (expected about {100 * o['expected_false_flag_rate']:.1f}% on in-distribution images).",
+        f"percentile of validation scores). Flagged {'on this external set' if external else 'here'}: "
+        f"{o['flagged']} of {o['n']} = "
+        + (f"{100 * rate:.1f}%{_interval(ci)}" if o["n"] else "n/a")
+        + f" (about {100 * o['expected_false_flag_rate']:.1f}% of in-distribution images are, by design).",
     ]
     d = o.get("ood_data")
     if d:

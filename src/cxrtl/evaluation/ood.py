@@ -123,9 +123,14 @@ def detection_report(
     in_scores: np.ndarray,
     out_scores: np.ndarray | None = None,
     out_names: Sequence[str] | None = None,
+    external: bool = False,
 ) -> dict[str, Any]:
     """The guard measured: false-flag rate on in-distribution scores (Wilson interval), and given
-    out-of-distribution scores the detection AUROC and the true-flag rate at the threshold."""
+    out-of-distribution scores the detection AUROC and the true-flag rate at the threshold.
+
+    ``external``: the scored images are an external set, whose flags are not false by definition (another
+    source may truly be unlike the training images): the rate is reported as ``flag_rate``.
+    """
     from .metrics import wilson_interval
 
     in_scores = np.asarray(in_scores, dtype=np.float64)
@@ -137,9 +142,10 @@ def detection_report(
         "expected_false_flag_rate": round(1 - guard.percentile / 100, 6),
         "n": len(in_scores),
         "flagged": flagged,
-        "false_flag_rate": flagged / len(in_scores) if len(in_scores) else None,
-        "false_flag_rate_ci": wilson_interval(flagged, len(in_scores)),
     }
+    rate = "flag_rate" if external else "false_flag_rate"
+    report[rate] = flagged / len(in_scores) if len(in_scores) else None
+    report[f"{rate}_ci"] = wilson_interval(flagged, len(in_scores))
     if out_scores is not None:
         from sklearn.metrics import roc_auc_score
 
