@@ -192,6 +192,23 @@ def test_onnx_computes_the_same_score_in_its_graph(guarded, tmp_path):
     for ra, rb in zip(a, b):
         assert ra.ood["flag"] == rb.ood["flag"] and ra.ood["threshold"] == rb.ood["threshold"]
         assert abs(ra.ood["score"] - rb.ood["score"]) <= 1e-4 * max(1.0, abs(ra.ood["score"]))
+    # the ONNX path scores and flags without torch
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from cxrtl.inference.predict import Predictor\n"
+        f"rows = Predictor.from_checkpoint({str(out)!r}).predict_files({[str(f) for f in files]!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(json.dumps([r.ood for r in rows]))\n"
+    )
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["flag"] for r in json.loads(res.stdout.strip().splitlines()[-1])] == [r.ood["flag"] for r in a]
 
 
 # --------------------------------------------------------------------------------- images no one drew
