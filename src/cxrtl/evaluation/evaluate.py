@@ -10,7 +10,6 @@ reported under ``calibrated`` and used for the operating point, as prediction us
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from contextlib import contextmanager
@@ -360,7 +359,11 @@ def evaluate(
         check_percentile(99.0 if ood_percentile is None else ood_percentile)
         check_layer(ood_layer or "hidden")
         fit_ood = True
-    ood_inputs = _ood_inputs(ood_data) if ood_data is not None else None
+    ood_inputs = None
+    if ood_data is not None:
+        from .ood import ood_inputs as collect_ood
+
+        ood_inputs = collect_ood(ood_data)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     numerics = _numerics(dev, precision)
@@ -373,24 +376,13 @@ def evaluate(
     source_of: dict[str, str] | None = None
     external_info: dict[str, Any] | None = None
     if _is_external(class_map, split_csv, data_root):
-        from . import external
+        from .external import prepare_checked
 
-        if calibrate or positive or conformal is not None or fit_ood:
-            raise CxrtlError(
-                "--calibrate, --positive, --conformal and --fit-ood fit on the training data's validation "
-                "subset; run them without the external set, then evaluate it with the fitted settings"
-            )
-        data, records, external_info, source_of = external.prepare_external(
-            meta, pp, data_root, class_map, cache_dir, progress
-        )
-        external_info["overlap"] = external.overlap_check(
-            _training_root(model_path),
-            split_csv,
-            [data.index.abspath(r.path) for r in records],
-            cache_dir,
-            progress,
-        )
-        _refuse_overlap(external_info, allow_overlap)
+        fits = calibrate or bool(positive) or conformal is not None or fit_ood
+        data, records, external_info, source_of = prepare_checked(
+            meta, pp, data_root, class_map, split_csv, _training_root(model_path), allow_overlap, fits,
+            cache_dir, progress,
+        )  # fmt: skip
         subset = "external"
     else:
         data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
@@ -441,10 +433,14 @@ def evaluate(
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
     if fit_ood:
-        record = _fit_ood(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
+        from .ood import fit_on_split
+
+        record = fit_on_split(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
     fitting.store(ckpt, before, record, migrate=out is not None)
     if record.ood is not None:
-        result["ood"] = _ood_report(
+        from .ood import measure
+
+        result["ood"] = measure(
             record.ood, model, data, used, class_to_idx, pp, dev, ood_inputs, subset == "external"
         )
     elif ood_inputs is not None:
@@ -461,16 +457,16 @@ def evaluate(
 
 def _is_external(class_map, split_csv: Path | None, data_root) -> bool:
     """An external set: a class map is given, or the run's split lists none of the data's files."""
+    from .external import split_fits
+
     if class_map is not None:
         return True
     if split_csv is None:
         return False
+    trained_on = _training_root(split_csv.parent)
+    if trained_on is not None and Path(trained_on).resolve() == Path(data_root).resolve():
+        return False  # the data the run was trained on
     from ..data import load_dataset
-    from .external import split_fits
-
-    with contextlib.suppress(CxrtlError):
-        if Path(data_root_of(split_csv.parent, None)).resolve() == Path(data_root).resolve():
-            return False  # the data the run was trained on
 
     return not split_fits(split_csv, load_dataset(data_root))
 
@@ -481,100 +477,6 @@ def _training_root(model_path) -> str | None:
         return data_root_of(model_path, None)
     except CxrtlError:
         return None
-
-
-def _refuse_overlap(info: dict, allow_overlap: bool) -> None:
-    check = info["overlap"]
-    if not check.get("checked"):
-        log.warning("no overlap check between training and the external set: %s", check.get("reason"))
-        return
-    if check["overlap"] and not allow_overlap:
-        raise CxrtlError(
-            f"{check['overlap']} image(s) of the external set duplicate images the model was trained or "
-            f"selected on (e.g. {check['examples'][0]}), so it is not external; remove them, or pass "
-            "--allow-overlap to evaluate anyway (the report says so)"
-        )
-    if check["overlap"]:
-        check["allowed"] = True
-        log.warning(
-            "%d image(s) of the external set duplicate training images; evaluating anyway (--allow-overlap)",
-            check["overlap"],
-        )
-
-
-def _ood_inputs(folder) -> list[Path]:
-    """The image files of ``--ood-data`` (a folder of anything but chest radiographs)."""
-    from ..data.inputs import collect_inputs
-
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise CxrtlError(f"--ood-data {folder} is not a folder; give a folder of images")
-    files = collect_inputs([folder])
-    if not files:
-        raise CxrtlError(f"--ood-data {folder} has no PNG/JPEG/DICOM image; give a folder of images")
-    return files
-
-
-def _fit_ood(record, model, data, class_to_idx, pp, dev, layer, percentile):
-    """The record with an OOD guard fitted on the split's training images, thresholded on validation."""
-    from ..data import CachedDataset
-    from .ood import DEFAULT_LAYER, DEFAULT_PERCENTILE, fit_for_model
-
-    datasets = {
-        name: CachedDataset(data.cache, list(data.split[name]), class_to_idx) for name in ("train", "val")
-    }
-    if len(datasets["train"]) < 2 or not len(datasets["val"]):
-        raise CxrtlError("--fit-ood needs the training and validation images of the run's split")
-    guard = fit_for_model(
-        model,
-        datasets,
-        pp,
-        dev,
-        layer or DEFAULT_LAYER,
-        DEFAULT_PERCENTILE if percentile is None else float(percentile),
-    )
-    return record.replace(ood=guard)
-
-
-def _ood_report(guard, model, data, used, class_to_idx, pp, dev, ood_inputs, external: bool) -> dict:
-    """The guard on the scored images (false-flag rate) and on ``--ood-data`` (AUROC, true-flag rate)."""
-    from ..data import CachedDataset
-    from .ood import detection_report, extract_features
-
-    feats, _ = extract_features(
-        model, CachedDataset(data.cache, list(used), class_to_idx), pp, dev, guard.layer
-    )
-    in_scores = guard.score(feats) if len(feats) else np.zeros(0)
-    out_scores = names = None
-    if ood_inputs is not None:
-        out_scores, names = _score_files(guard, model, ood_inputs, pp, dev)
-    return detection_report(guard, in_scores, out_scores, names, external)
-
-
-def _score_files(guard, model, files: list[Path], pp, dev) -> tuple[np.ndarray, list[str]]:
-    """OOD scores of image files, preprocessed as the model's inputs; unreadable ones are skipped."""
-    from ..data.image_io import load_gray, prepare_image
-    from .ood import extract_features
-
-    if pp.input == "masked":
-        raise CxrtlError(
-            "--ood-data needs lung masks for a masked-input model, and arbitrary images have none; "
-            "measure the guard with predict --segmenter instead"
-        )
-    arrays, names = [], []
-    for f in files:
-        try:
-            arrays.append(prepare_image(load_gray(f, target_short_side=pp.resize_size), pp))
-            names.append(str(f))
-        except CxrtlError as exc:
-            log.warning("--ood-data: skipping %s", exc)
-    if not arrays:
-        raise CxrtlError(
-            f"--ood-data has no readable image among {len(files)} file(s); give a folder of PNG/JPEG/DICOM images"
-        )
-    stack = np.stack(arrays)[:, None]
-    feats, _ = extract_features(model, [(x, -1) for x in stack], pp, dev, guard.layer)
-    return guard.score(feats), names
 
 
 def _figures(result: dict, labels, probs, classes, out: Path, history: Path | None) -> list[Path]:

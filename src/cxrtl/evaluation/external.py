@@ -164,6 +164,33 @@ def prepare_external(meta: dict, pp, data_root, class_map: str | None, cache_dir
     return data, records, info, source_of
 
 
+def prepare_checked(
+    meta,
+    pp,
+    data_root,
+    class_map,
+    split_csv,
+    training_root,
+    allow_overlap: bool,
+    fits: bool,
+    cache_dir,
+    progress,
+):
+    """:func:`prepare_external` after refusing fits on an external set, then the overlap check (refusing a
+    set that shares images with training unless ``allow_overlap``) -> (data, records, info, source_of)."""
+    if fits:
+        raise CxrtlError(
+            "--calibrate, --positive, --conformal and --fit-ood fit on the training data's validation "
+            "subset; run them without the external set, then evaluate it with the fitted settings"
+        )
+    data, records, info, source_of = prepare_external(meta, pp, data_root, class_map, cache_dir, progress)
+    info["overlap"] = overlap_check(
+        training_root, split_csv, [data.index.abspath(r.path) for r in records], cache_dir, progress
+    )
+    refuse_overlap(info, allow_overlap)
+    return data, records, info, source_of
+
+
 def present_classes(labels: np.ndarray, k: int) -> list[int]:
     return [i for i in range(k) if np.any(labels == i)]
 
@@ -243,6 +270,25 @@ def overlap_check(
         "overlap": len(shared),
         "examples": sorted(str(p) for p in shared)[:10],
     }
+
+
+def refuse_overlap(info: dict, allow_overlap: bool) -> None:
+    check = info["overlap"]
+    if not check.get("checked"):
+        log.warning("no overlap check between training and the external set: %s", check.get("reason"))
+        return
+    if check["overlap"] and not allow_overlap:
+        raise CxrtlError(
+            f"{check['overlap']} image(s) of the external set duplicate images the model was trained or "
+            f"selected on (e.g. {check['examples'][0]}), so it is not external; remove them, or pass "
+            "--allow-overlap to evaluate anyway (the report says so)"
+        )
+    if check["overlap"]:
+        check["allowed"] = True
+        log.warning(
+            "%d image(s) of the external set duplicate training images; evaluating anyway (--allow-overlap)",
+            check["overlap"],
+        )
 
 
 # ------------------------------------------------------------------------------------------ compare

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -231,3 +232,76 @@ def guard_module(guard: OutOfDistribution):
             return d2.min(dim=1).values
 
     return _Guard()
+
+
+# ------------------------------------------------------------------------------ evaluate's measures
+def ood_inputs(folder) -> list[Path]:
+    """The image files of ``--ood-data`` (a folder of anything but chest radiographs)."""
+    from ..data.inputs import collect_inputs
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise CxrtlError(f"--ood-data {folder} is not a folder; give a folder of images")
+    files = collect_inputs([folder])
+    if not files:
+        raise CxrtlError(f"--ood-data {folder} has no PNG/JPEG/DICOM image; give a folder of images")
+    return files
+
+
+def fit_on_split(record, model, data, class_to_idx, pp, dev, layer, percentile):
+    """The record with an OOD guard fitted on the split's training images, thresholded on validation."""
+    from ..data import CachedDataset
+
+    datasets = {
+        name: CachedDataset(data.cache, list(data.split[name]), class_to_idx) for name in ("train", "val")
+    }
+    if len(datasets["train"]) < 2 or not len(datasets["val"]):
+        raise CxrtlError("--fit-ood needs the training and validation images of the run's split")
+    guard = fit_for_model(
+        model,
+        datasets,
+        pp,
+        dev,
+        layer or DEFAULT_LAYER,
+        DEFAULT_PERCENTILE if percentile is None else float(percentile),
+    )
+    return record.replace(ood=guard)
+
+
+def measure(guard, model, data, used, class_to_idx, pp, dev, ood_inputs, external: bool) -> dict:
+    """The guard on the scored images (false-flag rate) and on ``--ood-data`` (AUROC, true-flag rate)."""
+    from ..data import CachedDataset
+
+    feats, _ = extract_features(
+        model, CachedDataset(data.cache, list(used), class_to_idx), pp, dev, guard.layer
+    )
+    in_scores = guard.score(feats) if len(feats) else np.zeros(0)
+    out_scores = names = None
+    if ood_inputs is not None:
+        out_scores, names = _score_files(guard, model, ood_inputs, pp, dev)
+    return detection_report(guard, in_scores, out_scores, names, external)
+
+
+def _score_files(guard, model, files: list[Path], pp, dev) -> tuple[np.ndarray, list[str]]:
+    """OOD scores of image files, preprocessed as the model's inputs; unreadable ones are skipped."""
+    from ..data.image_io import load_gray, prepare_image
+
+    if pp.input == "masked":
+        raise CxrtlError(
+            "--ood-data needs lung masks for a masked-input model, and arbitrary images have none; "
+            "measure the guard with predict --segmenter instead"
+        )
+    arrays, names = [], []
+    for f in files:
+        try:
+            arrays.append(prepare_image(load_gray(f, target_short_side=pp.resize_size), pp))
+            names.append(str(f))
+        except CxrtlError as exc:
+            log.warning("--ood-data: skipping %s", exc)
+    if not arrays:
+        raise CxrtlError(
+            f"--ood-data has no readable image among {len(files)} file(s); give a folder of PNG/JPEG/DICOM images"
+        )
+    stack = np.stack(arrays)[:, None]
+    feats, _ = extract_features(model, [(x, -1) for x in stack], pp, dev, guard.layer)
+    return guard.score(feats), names
