@@ -595,28 +595,41 @@ def _external_validation(opts: ReproduceOptions, prof: Profile, results: dict, o
     from ..evaluation.evaluate import evaluate
     from ..evaluation.external import compare_evaluations, write_comparison
 
+    from ..data import load_dataset
+
     covid_runs = [r for r in results.values() if r["dataset"] == "covid"]
+    note = None
+    if not any(r.mask_path for r in load_dataset(opts.external).records):
+        raw = [r for r in covid_runs if r["config"].get("input", "raw") == "raw"]
+        if len(raw) < len(covid_runs):
+            note = "masked-input models need lung masks, which the external set lacks: best raw-input model"
+        covid_runs = raw
     if not covid_runs:
-        return {"skipped": "no COVID run was trained (experiments 1 or 2)"}
+        return {"skipped": "no COVID run that can score the external set was trained (experiments 1 or 2)"}
     best = max(covid_runs, key=lambda r: (r.get("best_val_acc") or 0.0, -covid_runs.index(r)))
     run_dir = Path(best["run_dir"])
     target = out / "external" / best["name"]
-    m = evaluate(
-        run_dir,
-        opts.external,
-        out=target,
-        class_map=opts.external_class_map,
-        allow_overlap=True,  # a finished reproduction is not thrown away: the report says it in bold
-        device=opts.device,
-        cache_dir=opts.cache_dir,
-        progress=opts.progress,
-        n_boot=prof.n_boot,
-        precision=opts.precision,
-    )
+    try:
+        m = evaluate(
+            run_dir,
+            opts.external,
+            out=target,
+            class_map=opts.external_class_map,
+            allow_overlap=True,  # a finished reproduction is not thrown away: the report says it in bold
+            device=opts.device,
+            cache_dir=opts.cache_dir,
+            progress=opts.progress,
+            n_boot=prof.n_boot,
+            precision=opts.precision,
+        )
+    except CxrtlError as exc:  # the runs are done; say why there is no external section rather than fail
+        log.warning("no external validation: %s", exc)
+        return {"skipped": str(exc)}
     comparison = compare_evaluations([run_dir / "test", target], n_boot=prof.n_boot)
     write_comparison(comparison, out / "external" / "comparison")
     return {
         "run": best["name"],
+        "choice": note or "best COVID model by validation accuracy",
         "data": str(opts.external),
         "n": m["n"],
         "accuracy": m["accuracy"],
