@@ -379,7 +379,8 @@ def _external_section(ext: dict | None) -> Section | None:
         t.rows.append([row["metric"], _num(a["value"]), _num(b["value"]), cell])
     info = ext.get("external") or {}
     paras = [
-        f"The {ext.get('choice', 'best COVID model by validation accuracy')} (`{ext['run']}`) scored on {ext['n']} external images "
+        f"The {ext.get('choice', 'best COVID model by validation accuracy')} (`{ext['run']}`) scored on "
+        f"{ext['n']} external images "
         f"(`{names[1]}`) and on its own test split (`{names[0]}`). Differences use an unpaired bootstrap "
         "(different images). The guard against shared images ran first: "
         + _overlap_words(info.get("overlap") or {})

@@ -592,10 +592,9 @@ def _external_validation(opts: ReproduceOptions, prof: Profile, results: dict, o
     """The best COVID run (by validation accuracy) evaluated on ``--external`` and compared with its test."""
     if not opts.external:
         return None
+    from ..data import load_dataset
     from ..evaluation.evaluate import evaluate
     from ..evaluation.external import compare_evaluations, write_comparison
-
-    from ..data import load_dataset
 
     covid_runs = [r for r in results.values() if r["dataset"] == "covid"]
     note = None
