@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   ?= demo_out
 
-.PHONY: install demo test test-fast bench lint format clean
+.PHONY: install demo test test-fast test-latest latest-venv bench lint format clean
 
 install: $(STAMP)
 
@@ -29,6 +29,36 @@ test: $(STAMP)
 test-fast: $(STAMP)      # everything but the few end-to-end tests marked slow
 	$(PY) -m pytest -q -m "not slow"
 
+# The optional parts against today's newest releases (hub, mlflow, serve, dicom, onnx, segment), in a venv of
+# their own: the extras at their newest versions (upgrade-strategy eager), torch and torchvision at the main
+# venv's versions (so no second multi-GB download). Versions go to $(LATEST)/versions.txt. `make test` stays
+# the main job, on the versions the README names.
+LATEST       ?= .venv-latest
+LATEST_TESTS ?= tests/test_hub.py tests/test_hub_failures.py tests/test_tracking.py tests/test_tracking_stores.py \
+	tests/test_serve.py tests/test_serve_segmenter.py tests/test_serve_browser.py \
+	tests/test_dicom.py tests/test_dicom_codecs.py tests/test_dicom_corpus.py \
+	tests/test_export.py tests/test_quantize.py tests/test_bundle.py tests/test_bundle_segmenter.py \
+	tests/test_segment.py tests/test_segment_hygiene.py tests/test_segment_metrics.py
+EXTRAS_PKGS  := huggingface-hub httpx httpx2 mlflow mlflow-skinny fastapi uvicorn python-multipart pydicom \
+	pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg onnx onnxruntime onnxscript segmentation-models-pytorch \
+	timm torch torchvision
+
+latest-venv: $(STAMP)
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[all,mlflow,dev]' \
+		"torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')" \
+		"torchvision==$$($(PY) -c 'import torchvision; print(torchvision.__version__.split("+")[0])')"
+	$(LATEST)/bin/python -m pip freeze 2>/dev/null \
+		| grep -iE '^($(shell echo $(EXTRAS_PKGS) | sed 's/[-_]/[-_]/g' | tr ' ' '|'))==' > $(LATEST)/versions.txt
+	cat $(LATEST)/versions.txt
+
+test-latest:
+	test -x $(LATEST)/bin/python || $(MAKE) latest-venv
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
+	@echo "test-latest ran with:"; cat $(LATEST)/versions.txt
+
 bench: $(STAMP)
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/train_step.py
@@ -49,4 +79,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks examples
 
 clean:
-	rm -rf $(DEMO) .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf $(DEMO) $(LATEST) .pytest_cache build *.egg-info src/*.egg-info

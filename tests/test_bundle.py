@@ -16,6 +16,7 @@ import yaml
 
 pytest.importorskip("onnxruntime")
 
+from cxrtl.bundle_manifest import verify_bundle
 from cxrtl.checkpoint import save_checkpoint
 from cxrtl.cli import main
 from cxrtl.data import load_dataset
@@ -23,7 +24,7 @@ from cxrtl.data.preprocess import Preprocess
 from cxrtl.data.splits import make_split, write_split_csv
 from cxrtl.decisions import Temperature
 from cxrtl.errors import CxrtlError
-from cxrtl.inference.bundle import make_bundle, verify_bundle
+from cxrtl.inference.bundle import make_bundle
 from cxrtl.inference.predict import Predictor
 from cxrtl.transfer import create_model
 from helpers import set_decisions
@@ -259,3 +260,40 @@ def _one_png(folder: Path) -> Path:
     path = folder / "one.png"
     Image.fromarray((np.arange(48 * 40) % 251).astype(np.uint8).reshape(48, 40)).save(path)
     return path
+
+
+def test_the_card_s_code_runs_against_its_bundle(evaluated, tmp_path):
+    """Every code block of a generated card runs, with its placeholders filled in (issue: a snippet that failed)."""
+    import re
+    import subprocess
+    import sys
+
+    _, bundle = evaluated
+    image = _one_png(tmp_path)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    shutil.copy(image, scans / "a.png")
+    text = (bundle / "README.md").read_text()
+    blocks = re.findall(r"```(sh|python)\n(.*?)```", text, re.S)
+    assert {kind for kind, _ in blocks} == {"sh", "python"}
+    for kind, code in blocks:
+        code = code.replace("BUNDLE_DIR", str(bundle)).replace("scans/", str(scans) + "/")
+        code = code.replace('"a.png"', repr(str(scans / "a.png")))
+        if kind == "python":
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stderr[-1500:]
+            assert "COVID" in res.stdout
+            continue
+        for line in code.splitlines():
+            cmd = line.split("#")[0].split()
+            if not cmd or cmd[0] != "cxrtl" or any(c.startswith("hf://") for c in cmd):
+                continue  # pip install and the Hub need a network
+            assert main(cmd[1:]) == 0, line
+
+
+def test_a_bundle_is_not_exported_again_as_if_it_were_a_run(evaluated, tmp_path, capsys):
+    run, bundle = evaluated
+    assert main(["export", str(bundle), "--bundle", str(tmp_path / "b2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a bundle, not a run directory" in err and str(run.resolve()) in err and "\n" not in err
+    assert not (tmp_path / "b2").exists()

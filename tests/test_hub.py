@@ -17,9 +17,10 @@ from huggingface_hub import constants as hf_constants
 
 from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
-from cxrtl.hub import parse_ref, push, resolve_model, resolve_model_arg
+from cxrtl.hub import parse_ref, push
 from cxrtl.inference.bundle import make_bundle
 from cxrtl.inference.predict import Predictor
+from cxrtl.model_ref import local_path, resolve_model
 from test_bundle import make_covid_run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -60,6 +61,15 @@ def hf_cache(cache: Path, repo_id: str, bundle: Path, commit: str = COMMIT) -> P
         "hf://../b",
         "hf:/alice/b",
         "HF://a/b",
+        "hf://alice/b\n",
+        "hf://alice/b@main\n",
+        "hf://alice/b@/etc/passwd",
+        "hf://alice/b@main/",
+        "hf://alice/b@a//b",
+        "hf://alice/b@.git",
+        "hf://alice/b@refs/.x",
+        "hf://alice/b@v1.lock",
+        "hf://alice/b@v1.",
     ],
 )
 def test_malformed_references(ref):
@@ -70,7 +80,26 @@ def test_malformed_references(ref):
 def test_well_formed_references():
     assert parse_ref("hf://alice/covid-densenet") == ("alice/covid-densenet", None)
     assert parse_ref("hf://alice/covid.v2@refs/pr/1") == ("alice/covid.v2", "refs/pr/1")
-    assert resolve_model_arg("imagenet") == "imagenet" and resolve_model_arg(None) is None
+    assert parse_ref("hf://alice/covid@v1.2.0") == ("alice/covid", "v1.2.0")
+    assert parse_ref(f"hf://alice/covid@{COMMIT}") == ("alice/covid", COMMIT)
+
+
+def test_a_revision_that_is_a_path_is_refused_not_read(bundle, tmp_path, capsys, monkeypatch):
+    """Offline, ``@/some/file`` was read as a ref file and resolved to a folder outside the cache."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    hf_cache(tmp_path / "cache", "alice/model", bundle)
+    outside = tmp_path / "elsewhere" / "snapshots" / COMMIT
+    outside.mkdir(parents=True)
+    (tmp_path / "elsewhere" / "ref").write_text(COMMIT)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    for ref in (f"hf://alice/model@{tmp_path / 'elsewhere' / 'ref'}", "hf://alice/model@main\n"):
+        with pytest.raises(CxrtlError, match="malformed Hub reference"):
+            resolve_model(ref)
+        assert main(["predict", ref, str(image)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a branch, tag or commit" in err
+    assert local_path("imagenet") == "imagenet" and local_path(None) is None
 
 
 def test_offline_and_not_cached_is_one_line_in_seconds(tmp_path, capsys, monkeypatch):
@@ -102,7 +131,7 @@ def test_predict_from_the_hub_cache(bundle, tmp_path, covid_root, monkeypatch, c
     assert main(["predict", "hf://alice/covid", *map(str, files), "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert (
-        Path(resolve_model_arg("hf://alice/covid")).resolve()
+        Path(local_path("hf://alice/covid")).resolve()
         == (tmp_path / "cache" / "models--alice--covid" / "snapshots" / COMMIT).resolve()
     )
 

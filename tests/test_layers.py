@@ -186,3 +186,12 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
     graph = import_graph()
     assert "cxrtl.inference.predict" in graph["cxrtl.commands.predict"]  # imported inside run()
+
+
+def test_no_module_is_over_500_lines():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 500
+    }
+    assert long == {}  # split a module by job before it grows past a screenful of screens

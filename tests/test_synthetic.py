@@ -92,3 +92,11 @@ def test_some_kermany_images_reappear_in_the_covid_set(synth_roots):
             found.append((r.label, small[digest].label))
     assert found and {c for c, _ in found} <= {"Normal", "Viral Pneumonia"}
     assert ("Normal", "NORMAL") in found
+
+
+@pytest.mark.parametrize("count", [8, 50, 120, 121, 1000])
+def test_count_is_the_number_of_images_made(count):
+    from cxrtl.data.synthetic import COVID_COUNTS, _scaled_counts
+
+    counts = _scaled_counts(count, COVID_COUNTS, 2)
+    assert sum(counts.values()) == count and min(counts.values()) >= 2

@@ -34,6 +34,7 @@ RUN_FILES = [
     "best.json",
     "best.safetensors",
     "config.yaml",
+    "data_fingerprint.json",
     "history.csv",
     "last.json",
     "last.safetensors",

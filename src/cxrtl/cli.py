@@ -1,7 +1,9 @@
 """The ``cxrtl`` command line: a thin shell over the library.
 
 Each area registers its own subcommands from ``cxrtl.commands.<area>``; this file only wires them up and
-turns a :class:`~cxrtl.errors.CxrtlError` into one line on stderr and exit code 2.
+turns a :class:`~cxrtl.errors.CxrtlError` into one line on stderr and exit code 2. Any other exception is
+one line too (its type and message, exit 1), and its traceback with ``-v``: the library itself never
+swallows it, so the tests, which call the library, still fail on it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parsers_by_command(parser: argparse.ArgumentParser) -> dict:
+    """Each command's function -> its own parser (for ``cxrtl data split``, the ``split`` parser)."""
+    found = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if sub._defaults.get("func") is not None:
+                    found[sub._defaults["func"]] = sub
+                found.update(_parsers_by_command(sub))
+    return found
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown option is refused by its own command, with the closest option it has."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        own = _parsers_by_command(parser).get(getattr(args, "func", None), parser)
+        options = [o for a in own._actions for o in a.option_strings if o.startswith("--")]
+        guess = next(
+            (difflib.get_close_matches(e.split("=")[0], options, n=1) for e in extra if e.startswith("-")), []
+        )
+        hint = f"; did you mean {guess[0]}?" if guess else f"; see cxrtl {args.command} --help"
+        own.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     progress_only_on_a_terminal(args, sys.stderr.isatty())
     configure_logging(args.verbose)  # decoder libraries' tracebacks only with -v
     if not getattr(args, "func", None):
@@ -69,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except MemoryError:
         print("cxrtl: error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unforeseen failure (a dependency's): one line, the traceback with -v
+        if args.verbose:
+            raise
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"cxrtl: error: {type(exc).__name__}: {text}; run with -v for the traceback", file=sys.stderr)
         return 1
 
 

@@ -81,6 +81,9 @@ class OperatingPoint:
     warning: str | None = None
 
 
+EMPTY_SET = "(empty)"  # an empty conformal set in CSV and table output: no class is plausible (JSON: [])
+
+
 @dataclass(frozen=True)
 class Conformal:
     """Split-conformal (LAC) prediction sets at coverage ``1 - alpha``, fitted at ``temperature``.

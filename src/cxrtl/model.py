@@ -109,7 +109,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_weights_offline(name: str) -> Path | None:
+def imagenet_weights_offline(name: str) -> Path | None:
     """When the Hub cannot be reached: the backbone's weights from the local Hub cache, or a one-line error.
 
     Returns None when the Hub is reachable, so timm fetches the weights (or reads its cache) itself. With
@@ -143,7 +143,7 @@ def build_backbone(name: str, in_chans: int, pretrained: bool = False, file: Pat
     if not pretrained:
         return timm.create_model(name, pretrained=False, **kwargs)
     if file is None:
-        file = _hub_weights_offline(name)
+        file = imagenet_weights_offline(name)
     if file is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
     try:

@@ -15,6 +15,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from .bundle_manifest import (
     SEGMENTER_FILE,
@@ -124,6 +125,18 @@ def resolve_model(ref: str | os.PathLike, cache_dir: str | os.PathLike | None = 
         if kind == "checkpoint":
             _verify_checkpoint_files(bundle)
     return ModelRef(given, kind, path, bundle)
+
+
+@overload
+def local_path(ref: str) -> str: ...
+@overload
+def local_path(ref: None) -> None: ...
+def local_path(ref: str | None) -> str | None:
+    """For options that keep a string (``train --init``, ``evaluate MODEL``): an ``hf://`` reference becomes
+    its local (downloaded or cached, verified) folder; anything else is returned as given."""
+    from .hub import is_hub_ref
+
+    return str(resolve_model(ref).path) if ref is not None and is_hub_ref(ref) else ref
 
 
 def _folder(given: str, path: Path) -> ModelRef:

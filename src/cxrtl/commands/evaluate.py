@@ -24,14 +24,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--subset",
         default="test",
-        choices=("test", "val", "train", "all"),
+        choices=("test", "val", "calibration", "train", "all"),
         help="which part of the split to score; 'all' scores every image (default: test)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="fit a temperature on the validation subset and store it in the model's decision record",
+        help="fit a temperature on the calibration subset (the validation subset when the split has none) "
+        "and store it in the model's decision record",
     )
     p.add_argument(
         "--positive", metavar="CLASS", help="positive class for an operating point (e.g. COVID, PNEUMONIA)"
@@ -41,14 +42,22 @@ def register(subparsers) -> None:
         type=float,
         default=0.95,
         metavar="S",
-        help="sensitivity the operating point must reach on validation (default 0.95)",
+        help="sensitivity the operating point must reach on the calibration (else validation) subset "
+        "(default 0.95)",
     )
     p.add_argument(
         "--conformal",
         type=float,
         metavar="ALPHA",
-        help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
-        "(e.g. 0.1), store the threshold in the model's decision record for predict, report them on --subset",
+        help="fit split-conformal (LAC) prediction sets on the calibration (else validation) subset with "
+        "coverage 1 - ALPHA (e.g. 0.1), store the threshold in the model's decision record for predict, "
+        "report them on --subset; the coverage is marginal (over all images, not per class)",
+    )
+    p.add_argument(
+        "--conformal-by-class",
+        action="store_true",
+        help="with --conformal: class-conditional (Mondrian) sets, one threshold per class, so each class "
+        "gets coverage 1 - ALPHA; needs at least max(20, 1/ALPHA - 1) fitting images of every class",
     )
     options.add_precision(
         p,
@@ -125,10 +134,10 @@ def run(args: argparse.Namespace) -> int:
         raise CxrtlError(f"--bootstrap must be 0 or more, not {args.bootstrap}")
     if not 0 < args.target_sensitivity <= 1:
         raise CxrtlError(f"--target-sensitivity must be in (0, 1], not {args.target_sensitivity}")
-    from ..hub import resolve_model_arg
+    from ..model_ref import local_path
 
     m = evaluate(
-        resolve_model_arg(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+        local_path(args.model),  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
         args.data,
         split_csv=args.split,
         subset=args.subset,
@@ -146,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         precision=args.precision,
         conformal=args.conformal,
+        conformal_by_class=args.conformal_by_class,
         class_map=args.class_map,
         allow_overlap=args.allow_overlap,
         fit_ood=args.fit_ood,
@@ -186,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"conformal sets (LAC, alpha {cp['alpha']:g}): coverage {fmt_pct(cp['coverage'])} "
             f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
-            f"single-class sets {fmt_pct(cp['singleton_fraction'])}; threshold {cp['threshold']:.4f} saved "
-            "in the decision record"
+            f"single-class sets {fmt_pct(cp['singleton_fraction'])}, empty sets "
+            f"{fmt_pct(cp['empty_fraction'])}; "
+            + ("per-class thresholds" if cp.get("class_thresholds") else f"threshold {cp['threshold']:.4f}")
+            + f" saved in the decision record (fitted on {cp['fitted_on']})"
         )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
@@ -196,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
         chance = (
             "" if cam.get("mask_share") is None else f" (lungs cover {cam['mask_share']:.3f} of the image)"
         )
+        ci = f" [{cam['ci'][0]:.3f}, {cam['ci'][1]:.3f}]" if cam.get("ci") else ""
         print(
-            f"Grad-CAM inside lungs: {cam['mean']:.3f}{chance} (n={cam['n']})"
+            f"Grad-CAM inside lungs (CAM of the predicted class): {cam['mean']:.3f}{ci}{chance} (n={cam['n']})"
             if cam["mean"] is not None
             else "Grad-CAM inside lungs: no masks"
         )

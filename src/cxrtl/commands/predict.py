@@ -18,6 +18,9 @@ backend runs it: --backend onnx on a bundle uses its model.onnx (and segmenter.o
 `label` (and, in JSON, `pred`) is the predicted class, the argmax. After
 `cxrtl evaluate --positive CLASS`, each row also flags P(CLASS) >= the threshold chosen there
 (JSON `positive`: {class, threshold, flag}; CSV/table columns positive_threshold, positive_flag).
+After `cxrtl evaluate --conformal ALPHA`, each row also has its conformal prediction set (JSON list;
+CSV/table classes joined by |). An empty set is written `(empty)` (JSON `[]`): no class is plausible at
+coverage 1 - ALPHA, a reason to look at the image, not a prediction; `label` still shows the argmax.
 A file that cannot be read gets a row with its error and the others continue; the exit
 status is 1 if any file failed. A model trained on lung-masked images needs --mask or --mask-dir.
 Research tool, not a medical device.
@@ -115,7 +118,7 @@ def render(rows, classes: list[str], fmt: str) -> str:
     table = []
     for r in rows:
         probs = [(f"{r.probabilities[c]:.4f}" if r.probabilities else "") for c in classes]
-        cells = [r.path, r.label or "", *probs] + (["|".join(r.prediction_set or [])] if with_set else [])
+        cells = [r.path, r.label or "", *probs] + ([_set_cell(r.prediction_set)] if with_set else [])
         if with_positive:
             cells += _positive_cells(r.positive)
         if with_ood:
@@ -139,6 +142,15 @@ def render(rows, classes: list[str], fmt: str) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     return "\n".join(lines) + "\n"
+
+
+def _set_cell(members: list[str] | None) -> str:
+    """A row's conformal set as one cell: classes joined by |, the empty-set marker, or blank (no set)."""
+    from ..decisions import EMPTY_SET
+
+    if members is None:  # an error row, or a model without conformal sets
+        return ""
+    return "|".join(members) if members else EMPTY_SET
 
 
 def _positive_cells(positive: dict | None) -> list[str]:

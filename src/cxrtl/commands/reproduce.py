@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="train each configuration with N seeds (--seed, --seed + 1, ...) on the same split; tables "
-        "show mean ± sd and comparisons average the seeds' probabilities [1]",
+        "show mean ± sd; with N >= 2 each comparison bootstraps over seeds and test images, beside the "
+        "test of the seed-averaged ensembles [1]",
     )
     options.add_precision(
         p,
@@ -164,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if "accuracy" in ext:
         print(f"external validation of {ext['run']}: accuracy {ext['accuracy']:.4f} on {ext['n']} images")
     print(f"report: {result['report']['html']}")
-    if args.track:
-        print(f"tracked in {track_reproduction(args.out, dict(result), args.track)}")
+    if args.track and (uri := track_reproduction(args.out, dict(result), args.track)):  # None: warned
+        print(f"tracked in {uri}")
     return 0
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from ..errors import CxrtlError
 from . import options
 
@@ -125,7 +123,10 @@ def run_evaluate(args) -> int:
     print(f"test images: {m['n_images']}")
     print(f"Dice {d['mean']:.4f} (95% CI {d['ci_low']:.4f}-{d['ci_high']:.4f})")
     print(f"IoU  {i['mean']:.4f} (95% CI {i['ci_low']:.4f}-{i['ci_high']:.4f})")
-    print("worst: " + json.dumps([(w["path"], round(w["dice"], 4)) for w in m["worst"]]))
+    if m["worst"]:
+        print("worst images (lowest Dice):")
+        for w in m["worst"]:
+            print(f"  {w['dice']:.4f}  {w['path']}")
     print(f"wrote {args.out}/metrics.json and {args.out}/overlays.png")
     return 0
 

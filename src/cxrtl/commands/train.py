@@ -107,7 +107,8 @@ def register(subparsers) -> None:
         "--ratios",
         nargs="+",
         metavar="A,B,C",
-        help="train,val,test split ratios, e.g. 0.7,0.2,0.1 (as `cxrtl data split`; spaces also work)",
+        help="train,val,test split ratios, e.g. 0.7,0.2,0.1, or train,val,calibration,test, e.g. "
+        "0.7,0.1,0.05,0.15 (as `cxrtl data split`; spaces also work)",
     )
     options.add_device(
         p,
@@ -180,7 +181,7 @@ def explicit_keys(args: argparse.Namespace) -> set[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hub import resolve_model_arg
+    from ..model_ref import local_path
     from ..tracking import check_tracker, track_train
     from ..training.distributed import env_info
     from ..training.train import inherit_input_settings, train
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     track = getattr(args, "track", None)
     check_tracker(track)
     cfg, resume = build_config(args)
-    cfg.init = resolve_model_arg(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
+    cfg.init = local_path(cfg.init)  # hf://OWNER/NAME -> the downloaded (or cached) bundle folder
     if not resume:
         cfg = inherit_input_settings(cfg, explicit_keys(args))
     summary = train(cfg, resume=resume)
@@ -199,6 +200,6 @@ def run(args: argparse.Namespace) -> int:
         f"val acc {summary['best_val_acc']:.4f}, val loss {summary['best_val_loss']:.4f}"
     )
     print(f"run dir: {summary['run_dir']}")
-    if track:
-        print(f"tracked in {track_train(summary['run_dir'], track)}")
+    if track and (uri := track_train(summary["run_dir"], track)):  # None: a warning, the run is complete
+        print(f"tracked in {uri}")
     return 0

@@ -30,13 +30,21 @@ def collect_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(
+            files = sorted(
                 f
                 for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in IMAGE_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                if f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts)
             )
+            found = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+            skipped = [f for f in files if f.suffix.lower() not in IMAGE_SUFFIXES]
+            if skipped:
+                log.warning(
+                    "skipped %d file(s) under %s that are not PNG/JPEG/DICOM by name (e.g. %s); give a file "
+                    "explicitly to try it anyway",
+                    len(skipped),
+                    p,
+                    skipped[0].relative_to(p),
+                )
             if not found:
                 log.warning("no PNG/JPEG/DICOM images under %s", p)
             out.extend(found)

@@ -199,8 +199,25 @@ def _finish(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, out_hw)
 
 
 def _scaled_counts(total: int, real: dict[str, int], minimum: int) -> dict[str, int]:
+    """``total`` images split in the real set's proportions (largest remainders), at least ``minimum`` each.
+
+    The counts add up to ``total`` exactly (rounding each class alone made 121 of ``--count 120``), unless
+    the minimums alone exceed it.
+    """
     full = sum(real.values())
-    return {k: max(minimum, round(total * v / full)) for k, v in real.items()}
+    exact = {k: total * v / full for k, v in real.items()}
+    counts = {k: max(minimum, int(x)) for k, x in exact.items()}
+    by_remainder = sorted(real, key=lambda k: exact[k] - int(exact[k]), reverse=True)
+    i = 0
+    while sum(counts.values()) < total:
+        counts[by_remainder[i % len(by_remainder)]] += 1
+        i += 1
+    while sum(counts.values()) > total:
+        above = [k for k in real if counts[k] > minimum]
+        if not above:
+            break
+        counts[max(above, key=lambda k: counts[k] - exact[k])] -= 1
+    return counts
 
 
 def _rng(seed: int, *keys) -> np.random.Generator:

@@ -27,7 +27,8 @@ from . import metrics as M
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("test", "val", "train", "all")
+SUBSETS = ("test", "val", "calibration", "train", "all")
+CAM_BY = "CAM of the predicted class, grouped by true class"
 PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
 
 
@@ -125,7 +126,11 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance).
+
+    The CAM is each image's predicted class's, grouped by the image's true class; each mean has a 95%
+    Student-t interval over images (``ci``), to read beside the chance level.
+    """
     try:
         from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
@@ -134,7 +139,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
-        return {"by": "true class", "skipped": str(exc)}
+        return {"by": CAM_BY, "skipped": str(exc)}
     shares = mask_shares(data.index, records, pp)
     h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
 
@@ -143,12 +148,13 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
         return {
             "mean": float(np.mean(vals)) if vals else None,
+            "ci": M.mean_interval(vals),
             "n": len(vals),
             "mask_share": float(np.mean(chance)) if chance else None,
         }
 
     result = {
-        "by": "true class",
+        "by": CAM_BY,
         "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
         "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),
@@ -162,28 +168,51 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
     return result
 
 
-def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool):
+def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir, progress: bool, model_path):
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
+    from ..data.fingerprint import differing
+    from ..data.records import SPLITS
+    from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
     index = load_dataset(data_root)
     if not set(classes) & set(index.classes):  # refuse the wrong dataset before building its cache
         _check_classes(classes, index.classes, [], subset)
-    data = prepare_data(
-        data_root,
-        pp,
-        index=index,
-        split_csv=split_csv,
-        seed=int(cfg.get("seed", 2022)),
-        ratios=cfg.get("ratios"),
-        group_by=cfg.get("group_by"),
-        official=bool(cfg.get("official", False)),
-        cache_dir=cache_dir,
-        progress=progress,
-    )
+    run = Path(model_path).expanduser()
+    own_split = split_csv is not None and run.is_dir() and Path(split_csv) == run / "split.csv"
+    changed, compared = differing(run, index.root) if run.is_dir() else (0, 0)
+    if changed:
+        log.warning(
+            "%d of %d sampled training files of this run have other content under %s than when it trained: "
+            "is --data the run's dataset (or another copy or version of it)?",
+            changed,
+            compared,
+            index.root,
+        )
+    try:
+        data = prepare_data(
+            data_root,
+            pp,
+            index=index,
+            split_csv=split_csv,
+            seed=int(cfg.get("seed", 2022)),
+            ratios=cfg.get("ratios"),
+            group_by=cfg.get("group_by"),
+            official=bool(cfg.get("official", False)),
+            cache_dir=cache_dir,
+            progress=progress,
+        )
+    except SplitFilesMissing as exc:
+        if not own_split:
+            raise
+        trained = cfg.get("data") or "the dataset it was trained on"
+        raise CxrtlError(
+            f"the run's split names {len(exc.missing)} image(s) that {index.root} does not have ({exc.shown}); "
+            f"--data should point at the run's dataset ({trained})"
+        ) from None
     records = (
-        [r for name in ("train", "val", "test") for r in data.split[name]]
+        [r for name in SPLITS for r in data.split.get(name, [])]
         if subset == "all"
         else list(data.split[subset])
     )
@@ -197,7 +226,9 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
+def _add_calibration(
+    result: dict, logits, labels, val, temperature, positive, target_sensitivity, fit_on: str = "val"
+) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
@@ -217,8 +248,11 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             result["classes"],
             positive,
             target_sensitivity,
+            chosen_on=fitting.SUBSET_WORDS[fit_on],
         )
         result["operating_point"]["temperature"] = t
+        result["operating_point"]["fitted_on"] = fit_on
+        fitting.warn_if_scored_on("operating point", fit_on, result["source"]["subset"])
 
 
 def _write_outputs(
@@ -231,21 +265,16 @@ def _write_outputs(
     figures: bool,
     source_of: dict[str, str] | None = None,
 ) -> None:
-    """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md.
-
-    ``source_of``: an external set's own label of each path, written beside the mapped one (``source_label``).
-    """
+    """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
     from .markdown import evaluation_markdown
 
     classes = result["classes"]
-    source = ["source_label"] if source_of is not None else []
+    extra = ["source_label"] if source_of is not None else []  # an external set's own label, beside
     write_csv(
         out / "predictions.csv",
-        ["path", "label", *source, "pred"] + [f"prob_{c}" for c in classes],
+        ["path", "label", *extra, "pred"] + [f"prob_{c}" for c in classes],
         (
-            [r.path, classes[y]]
-            + ([source_of.get(r.path, "")] if source_of is not None else [])
-            + [classes[int(np.argmax(p))]]
+            [r.path, classes[y], *([source_of[r.path]] if source_of else []), classes[int(np.argmax(p))]]
             + [format(v, PROB_FORMAT) for v in p]
             for r, y, p in zip(used, labels, probs)
         ),
@@ -259,6 +288,44 @@ def _write_outputs(
         else f"Evaluation on the {result['source']['subset']} subset"
     )
     write_text(out / "report.md", evaluation_markdown(result, title))
+
+
+def _check_against_run_split(model_path, split_csv, records, data, subset, calibrate, positive, conformal):
+    """A split other than the run's own: count the scored images the run trained on (warned, and recorded in
+    ``metrics.json["trained_on"]``), and refuse to fit decision settings on images it trained on."""
+    import csv
+
+    run = Path(model_path).expanduser()
+    own = run / "split.csv"
+    if (
+        not run.is_dir()
+        or not own.is_file()
+        or split_csv is None
+        or Path(split_csv).resolve() == own.resolve()
+    ):
+        return None
+    with open(own, newline="", encoding="utf-8") as fh:
+        trained = {row["path"] for row in csv.DictReader(fh) if row.get("split") == "train"}
+    n = sum(r.path in trained for r in records)
+    if n:
+        log.warning(
+            "%d of the %d %s images of %s were training images of this run: their scores are optimistic",
+            n,
+            len(records),
+            subset,
+            split_csv,
+        )
+    fits = [name for name, on in (("--calibrate", calibrate), ("--positive", positive)) if on]
+    fits += ["--conformal"] if conformal is not None else []
+    fit_on = fitting.fit_subset(data)  # where the settings would be fitted: calibration, else validation
+    leaked = sum(r.path in trained for r in data.split[fit_on])
+    if fits and leaked:
+        raise CxrtlError(
+            f"{' and '.join(fits)} would be fitted on {leaked} {fitting.SUBSET_WORDS[fit_on]} image(s) of "
+            f"{split_csv} that the run "
+            "trained on, and stored with the model; fit them on the run's own split (leave --split out)"
+        )
+    return {"split": str(split_csv), "subset": subset, "n": len(records), "trained_on": n}
 
 
 def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
@@ -278,8 +345,16 @@ def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | N
     root = cfg.get("data") if isinstance(cfg, dict) else None
     if not root:
         raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
-    if not Path(root).expanduser().exists():
-        raise CxrtlError(f"the run's dataset {root} is not there any more; pass --data ROOT")
+    # Runs now record absolute paths; an older run's relative root is tried from here, then from the run's
+    # folder and its parents (where a project keeps its data beside its runs).
+    base = path if path.is_dir() else path.parent
+    candidates = [Path(root).expanduser()] + [b / root for b in (base, base.parent, base.parent.parent)]
+    found = next((c for c in candidates if c.exists()), None)
+    if found is None:
+        raise CxrtlError(
+            f"the run's dataset {root} is not there any more (looked from here and from {base}); pass --data ROOT"
+        )
+    root = str(found)
     log.info("data root from the run's config: %s", root)
     return str(root)
 
@@ -303,6 +378,7 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
+    conformal_by_class: bool = False,
     class_map: str | None = None,
     allow_overlap: bool = False,
     fit_ood: bool = False,
@@ -326,19 +402,18 @@ def evaluate(
     exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
     data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
     result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
+    ``conformal_by_class`` fits one threshold per class (class-conditional, Mondrian) instead.
+
+    The temperature, operating point and conformal threshold are fitted on the split's calibration subset
+    when it has one, else on the validation subset (which also chose the checkpoint); ``fitted_on`` in the
+    result and in each part of the decision record says which.
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
 
-    External validation: with ``class_map`` (inline ``"SOURCE=CLASS,..."`` or a YAML file), or with data the
-    run's split does not describe, every image of ``data_root`` (a folder or manifest) whose label maps onto a
-    model class is scored (subset ``"external"``); unmapped labels are dropped and counted, absent classes
-    named and left out of averages, and the set is refused when it shares images with the run's training or
-    validation images unless ``allow_overlap`` (see :mod:`cxrtl.evaluation.external`).
-
-    Out-of-distribution guard: with a guard in the decision record (fitted at the end of training, or here with
-    ``fit_ood``), ``result["ood"]`` gives its false-flag rate on the scored images; ``ood_data`` (a folder of
-    images that are not chest radiographs) adds the detection AUROC and true-flag rate.
+    ``class_map`` (or data the run's split does not describe) scores an external set
+    (:mod:`cxrtl.evaluation.external`); a guard in the decision record, or ``fit_ood``, adds ``result["ood"]``,
+    and ``ood_data`` its AUROC on images that are not chest radiographs (:mod:`cxrtl.evaluation.ood`).
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
@@ -351,19 +426,13 @@ def evaluate(
         from .conformal import check_alpha
 
         check_alpha(conformal)
+    elif conformal_by_class:
+        fitting.check_conformal(None, None, by_class=True)  # refused before anything is written
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
-    if fit_ood or ood_percentile is not None or ood_layer is not None:
-        from .ood import check_layer, check_percentile
+    from .ood import check_options
 
-        check_percentile(99.0 if ood_percentile is None else ood_percentile)
-        check_layer(ood_layer or "hidden")
-        fit_ood = True
-    ood_inputs = None
-    if ood_data is not None:
-        from .ood import ood_inputs as collect_ood
-
-        ood_inputs = collect_ood(ood_data)
+    fit_ood, ood_inputs = check_options(fit_ood, ood_percentile, ood_layer, ood_data)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     numerics = _numerics(dev, precision)
@@ -375,18 +444,29 @@ def evaluate(
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
     source_of: dict[str, str] | None = None
     external_info: dict[str, Any] | None = None
-    if _is_external(class_map, split_csv, data_root):
+    overlap = None
+    trained_on = _training_root(model_path)
+    if class_map is not None or _foreign(split_csv, data_root):
         from .external import prepare_checked
 
         fits = calibrate or bool(positive) or conformal is not None or fit_ood
         data, records, external_info, source_of = prepare_checked(
-            meta, pp, data_root, class_map, split_csv, _training_root(model_path), allow_overlap, fits,
-            cache_dir, progress,
-        )  # fmt: skip
+            meta, pp, data_root, class_map, split_csv, trained_on, allow_overlap, fits, cache_dir, progress
+        )
         subset = "external"
     else:
-        data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress)
-    fitting.check_conformal(conformal, data)
+        data, records = _subset_records(
+            meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path
+        )
+        overlap = _check_against_run_split(
+            model_path, split_csv, records, data, subset, calibrate, positive, conformal
+        )
+    refused = fitting.conformal_refusal(
+        conformal, data, conformal_by_class, others=bool(calibrate or positive)
+    )
+    if refused is not None:  # the other requested fits are done first; this one is refused at the end
+        conformal = None
+    fit_on = fitting.fit_subset(data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -404,6 +484,8 @@ def evaluate(
             labels, probs, classes, loss=fitting.ce_from_logits(logits, labels), seed=seed, n_boot=n_boot
         )
     )  # filled in below, returned as Metrics
+    if overlap is not None:
+        result["trained_on"] = overlap
     result["source"] = {
         "checkpoint": str(ckpt),
         "data": str(data_root),
@@ -419,17 +501,20 @@ def evaluate(
     if external_info is not None:
         from .external import restrict_to_present
 
-        result["external"] = external_info
-        restrict_to_present(result, labels, probs, seed=seed, n_boot=n_boot)
+        restrict_to_present(result, labels, probs, external_info, seed=seed, n_boot=n_boot)
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
+    val = fitting.fitting_scores((logits, labels), predict, data, subset) if needs_val else None
     before = read_decisions(ckpt, meta)
-    record = fitting.fit_temperature(before, val, calibrate, subset)
+    record = fitting.fit_temperature(before, val, calibrate, subset, fit_on)
     temperature = record.temperature.value if record.temperature else None
-    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity, fit_on)
     if conformal is not None and val is not None:
-        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
+        record = fitting.fit_conformal(
+            result, record, val, logits, labels, float(conformal), conformal_by_class, fit_on
+        )
+    if parts := fitting.fitted_on(result, record):
+        result["fitted_on"] = parts
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
     if fit_ood:
@@ -437,37 +522,29 @@ def evaluate(
 
         record = fit_on_split(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
     fitting.store(ckpt, before, record, migrate=out is not None)
-    if record.ood is not None:
+    if record.ood is not None or ood_inputs is not None:
         from .ood import measure
 
-        result["ood"] = measure(
-            record.ood, model, data, used, class_to_idx, pp, dev, ood_inputs, subset == "external"
-        )
-    elif ood_inputs is not None:
-        raise CxrtlError(
-            f"{ckpt} has no out-of-distribution guard to measure on --ood-data; add --fit-ood (it is fitted "
-            "at the end of training for new runs)"
-        )
+        args = (model, data, used, class_to_idx, pp, dev, ood_inputs, subset == "external")
+        result["ood"] = measure(record.ood, *args, where=str(ckpt))
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
         _write_outputs(out, result, used, labels, probs, history, figures, source_of)
+    if refused is not None:
+        done = " and ".join(n for n, on in (("--calibrate", calibrate), ("--positive", positive)) if on)
+        raise CxrtlError(f"{refused} ({done} fitted and stored, and the evaluation written, all the same)")
     return cast(Metrics, result)
 
 
-def _is_external(class_map, split_csv: Path | None, data_root) -> bool:
-    """An external set: a class map is given, or the run's split lists none of the data's files."""
+def _foreign(split_csv: Path | None, data_root) -> bool:
+    """True when the run's split lists none of ``data_root``'s files: an external set, not the run's data."""
+    from ..data import load_dataset
     from .external import split_fits
 
-    if class_map is not None:
-        return True
-    if split_csv is None:
+    trained_on = None if split_csv is None else _training_root(split_csv.parent)
+    if split_csv is None or (trained_on and Path(trained_on).resolve() == Path(data_root).resolve()):
         return False
-    trained_on = _training_root(split_csv.parent)
-    if trained_on is not None and Path(trained_on).resolve() == Path(data_root).resolve():
-        return False  # the data the run was trained on
-    from ..data import load_dataset
-
     return not split_fits(split_csv, load_dataset(data_root))
 
 

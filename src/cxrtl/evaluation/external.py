@@ -196,13 +196,20 @@ def present_classes(labels: np.ndarray, k: int) -> list[int]:
 
 
 def restrict_to_present(
-    result: dict, labels: np.ndarray, probs: np.ndarray, seed: int = 0, n_boot: int = M.N_BOOT
+    result: dict,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    info: dict | None = None,
+    seed: int = 0,
+    n_boot: int = M.N_BOOT,
 ) -> None:
     """Macro averages (and micro AUC) over the classes present, in place; absent classes are named.
 
     scikit-learn's macro average counts a class with no images as F1 0; on an external set missing a class
     that is not the model's fault, so the average is taken over the classes with images, and said so.
     """
+    if info is not None:
+        result["external"] = info
     classes = result["classes"]
     k = len(classes)
     present = present_classes(labels, k)

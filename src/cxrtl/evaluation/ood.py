@@ -248,6 +248,15 @@ def ood_inputs(folder) -> list[Path]:
     return files
 
 
+def check_options(fit: bool, percentile, layer, ood_data) -> tuple[bool, list[Path] | None]:
+    """(whether to fit a guard, the files of ``--ood-data``) after checking evaluate's OOD options."""
+    if fit or percentile is not None or layer is not None:
+        check_percentile(DEFAULT_PERCENTILE if percentile is None else percentile)
+        check_layer(layer or DEFAULT_LAYER)
+        fit = True
+    return fit, (ood_inputs(ood_data) if ood_data is not None else None)
+
+
 def fit_on_split(record, model, data, class_to_idx, pp, dev, layer, percentile):
     """The record with an OOD guard fitted on the split's training images, thresholded on validation."""
     from ..data import CachedDataset
@@ -268,8 +277,15 @@ def fit_on_split(record, model, data, class_to_idx, pp, dev, layer, percentile):
     return record.replace(ood=guard)
 
 
-def measure(guard, model, data, used, class_to_idx, pp, dev, ood_inputs, external: bool) -> dict:
+def measure(
+    guard, model, data, used, class_to_idx, pp, dev, ood_inputs, external: bool, where: str = ""
+) -> dict:
     """The guard on the scored images (false-flag rate) and on ``--ood-data`` (AUROC, true-flag rate)."""
+    if guard is None:
+        raise CxrtlError(
+            f"{where or 'the model'} has no out-of-distribution guard to measure on --ood-data; add --fit-ood "
+            "(it is fitted at the end of training for new runs)"
+        )
     from ..data import CachedDataset
 
     feats, _ = extract_features(

@@ -31,7 +31,6 @@ from ..bundle_manifest import (
     SEGMENTER_FILE,
     SEGMENTER_ONNX,
     is_bundle,
-    verify_bundle,
 )
 from ..errors import CxrtlError
 from ..fsutil import UMASK, read_json, sha256_file, write_bytes, write_json, write_text
@@ -94,7 +93,7 @@ def find_metrics(run: Path) -> Path | None:
 
 
 def check_source_run(run: str | os.PathLike) -> Path:
-    """A run directory (or bundle) with a best checkpoint, or a one-line error."""
+    """A run directory with a best checkpoint, or a one-line error (a bundle is refused: see below)."""
     path = Path(run).expanduser()
     if not path.is_dir():
         raise CxrtlError(
@@ -107,7 +106,12 @@ def check_source_run(run: str | os.PathLike) -> Path:
             "let training finish at least one epoch"
         )
     if is_bundle(path):
-        verify_bundle(path)
+        source = (read_json(path / META_FILE, "bundle metadata") or {}).get("source_run")
+        there = f" ({source})" if isinstance(source, str) and Path(source).is_dir() else ""
+        raise CxrtlError(
+            f"{path} is a bundle, not a run directory: its card needs the run's summary, split and history, "
+            f"which a bundle does not carry; export the run it was made from{there}, or copy the bundle"
+        )
     return path
 
 
@@ -224,12 +228,20 @@ def _build(
         _copy(metrics_path, stage / "metrics.json")
     if segmenter is not None:
         _segmenter_files(Path(segmenter), stage, exporter, opset or DEFAULT_OPSET)
-    export_onnx(stage, stage / "model.onnx", exporter=exporter, opset=opset or DEFAULT_OPSET, verify=verify)
+    export_onnx(
+        stage,
+        stage / "model.onnx",
+        exporter=exporter,
+        opset=opset or DEFAULT_OPSET,
+        verify=verify,
+        label=f"{src} to the bundle's model.onnx",
+    )
 
 
 def _finish(src: Path, stage: Path, quant: dict | None, leakage_check: bool, license_id: str, progress: bool):
     """The model card and bundle.json (checksums of every other file); returns bundle.json's content."""
-    from .card import gather_facts, render_card
+    from .card import render_card
+    from .card_facts import gather_facts
 
     facts = gather_facts(src, stage, int8=quant, leakage_check=leakage_check, progress=progress)
     facts["license"] = license_id

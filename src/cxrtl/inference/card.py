@@ -1,104 +1,19 @@
 """The model card of a bundle: generated from what cxrtl recorded about a run, never written by hand.
 
-:func:`gather_facts` collects the run's summary, config, split, metrics, calibration, Grad-CAM lung share,
-leakage check and int8 comparison into one dict; :func:`render_card` turns it into a Hugging Face model
-card (YAML front matter with ``model-index``, then Markdown). What was never measured is said to be
-unmeasured, never shown as an empty table; synthetic data and random initial weights are stated first.
+:func:`cxrtl.inference.card_facts.gather_facts` collects the facts into one dict; :func:`render_card` turns it
+into a Hugging Face model card (YAML front matter with ``model-index``, then Markdown). What was never
+measured is said to be unmeasured, never shown as an empty table; synthetic data and random initial weights
+are stated first.
 """
 
 from __future__ import annotations
 
-import csv
-import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ..data.records import SPLITS
-from ..decisions import Decisions, read_decisions
-from ..fsutil import read_json
-
-log = logging.getLogger(__name__)
-
-SYNTH_MARKER = ".cxrtl-synth.json"  # written by `cxrtl data synth` beside the dataset folders
-LAYOUT_NAMES = {
-    "covid-radiography": "COVID-19 Radiography Database layout (`<class>/images`, `<class>/masks`)",
-    "kermany": "Kermany chest_xray layout (`{train,val,test}/{NORMAL,PNEUMONIA}`)",
-    "class-folders": "class-per-folder layout",
-    "csv": "CSV manifest",
-}
-
-
-# ------------------------------------------------------------------------------------------ facts
-def _read(path: Path, what: str) -> Any:
-    return read_json(path, what) if path.is_file() else None
-
-
-def split_counts(split_csv: Path) -> dict[str, dict[str, int]] | None:
-    """``{split: {label: n}}`` from a split CSV, read as text (no data needed)."""
-    if not split_csv.is_file():
-        return None
-    counts: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    with open(split_csv, newline="", encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            counts.setdefault(row["split"], Counter())[row["label"]] += 1
-    return {s: dict(sorted(c.items())) for s, c in counts.items()}
-
-
-def _init_facts(config: dict) -> dict[str, Any]:
-    """Where the weights started: ImageNet, random, or another checkpoint (and where that one started)."""
-    init = str(config.get("init") or "imagenet")
-    if init in ("imagenet", "none"):
-        return {"init": init, "random": init == "none", "source_random": False}
-    source = Path(init)
-    meta = _read(source / "best.json" if source.is_dir() else source.with_suffix(".json"), "checkpoint")
-    source_init = ((meta or {}).get("config") or {}).get("init")
-    return {"init": init, "random": False, "source_random": source_init == "none", "source_init": source_init}
-
-
-def _data_facts(config: dict, split: Path, leakage_check: bool, progress: bool) -> dict[str, Any]:
-    """Layout, synthetic marker and (optionally) the split's leakage check, when the data folder exists."""
-    root = Path(str(config.get("data") or ""))
-    facts: dict[str, Any] = {"root": str(root), "available": bool(config.get("data")) and root.exists()}
-    if not facts["available"]:
-        return facts
-    from ..data import load_dataset
-
-    index = load_dataset(root)
-    facts["layout"] = index.layout
-    facts["synthetic"] = any((p / SYNTH_MARKER).is_file() for p in (index.root, index.root.parent))
-    if leakage_check and split.is_file():
-        from ..data.splits import read_split_csv
-        from ..integrity.leakage import check_split
-
-        facts["leakage"] = check_split(index, read_split_csv(split, index), progress=progress)
-    return facts
-
-
-def gather_facts(
-    run: Path, bundle: Path, int8: dict | None = None, leakage_check: bool = True, progress: bool = False
-) -> dict[str, Any]:
-    """Everything the card states, read from the run directory and the (staged) bundle folder."""
-    meta = read_json(bundle / "best.json", "checkpoint metadata")
-    summary = _read(run / "summary.json", "run summary") or {}
-    config = meta.get("config") or summary.get("config") or {}
-    metrics = _read(bundle / "metrics.json", "metrics")
-    return {
-        "name": run.resolve().name,
-        "classes": list(meta["classes"]),
-        "backbone": meta["backbone"],
-        "preprocess": meta.get("preprocess") or {},
-        "epoch": meta.get("epoch"),
-        "summary": summary,
-        "config": config,
-        "split": split_counts(run / "split.csv"),
-        "data": _data_facts(config, run / "split.csv", leakage_check, progress),
-        "init": _init_facts(config),
-        "metrics": metrics,
-        "decisions": read_decisions(bundle / "best.safetensors", meta),
-        "int8": int8,
-        "segmenter": (bundle / "segmenter.safetensors").is_file(),
-    }
+from ..decisions import Decisions
+from .card_facts import LAYOUT_NAMES
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -135,8 +50,14 @@ def decision_sentences(record: Decisions, metrics: dict) -> list[str]:
         if isinstance(scored.get("coverage"), (int, float)):
             tested = (
                 f" On the test subset the sets covered the true class for {100 * scored['coverage']:.1f}% of "
-                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, a marginal guarantee, not "
-                f"per class), with {scored.get('mean_set_size', 0):.2f} classes per set on average."
+                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, "
+                + ("for each class" if c.class_thresholds else "a marginal guarantee, not per class")
+                + f"), with {scored.get('mean_set_size', 0):.2f} classes per set on average"
+                + (
+                    f" and {100 * scored['empty_fraction']:.1f}% empty sets (no class plausible: look at the image)."
+                    if scored.get("empty_fraction")
+                    else "."
+                )
             )
         kind = "one threshold per class" if c.class_thresholds else f"threshold {c.threshold:.3f}"
         lines.append(
@@ -260,12 +181,11 @@ def _training_data(f: dict) -> list[str]:
     lines += [f"- Dataset folder: `{Path(d['root']).name}` ({layout}).", f"- Synthetic: {synthetic}."]
     lines.append(f"- Split protocol: {_protocol(cfg, d.get('layout'))}, seed {cfg.get('seed', 'n/a')}.")
     if f["split"]:
-        lines += ["", "| class | " + " | ".join(SPLITS) + " |", "| --- |" + " ---: |" * len(SPLITS)]
+        cols = [s for s in SPLITS if s != "calibration" or f["split"].get(s)]  # calibration only when made
+        lines += ["", "| class | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
         for c in f["classes"]:
-            lines.append(
-                f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in SPLITS) + " |"
-            )
-        totals = [str(sum(f["split"].get(s, {}).values())) for s in SPLITS]
+            lines.append(f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in cols) + " |")
+        totals = [str(sum(f["split"].get(s, {}).values())) for s in cols]
         lines.append("| **all** | " + " | ".join(totals) + " |")
     lines += ["", *_leakage(d), ""]
     return lines
@@ -391,10 +311,20 @@ def _calibration(f: dict) -> list[str]:
     lines += decision_sentences(record, m)
     cam = m.get("cam_in_lungs")
     if isinstance(cam, dict) and cam.get("overall"):
-        lines.append(
-            f"- Grad-CAM share inside the lung masks (test, mean): {_pct(cam['overall'].get('mean'))} over "
-            f"{cam['overall'].get('n')} images; a low share suggests the model looks outside the lungs."
+        overall = cam["overall"]
+        chance = overall.get("mask_share")
+        line = (
+            f"- Grad-CAM energy inside the lung masks (test, mean over {overall.get('n')} images): "
+            f"{_pct(overall.get('mean'))}"
         )
+        if chance is not None:
+            line += (
+                f", against {_pct(chance)} of the image that the lungs cover (the chance level: a map that "
+                "ignores anatomy scores about this; only a share well above it says the model looks at the lungs)"
+            )
+        lines.append(line + ".")
+        if cam.get("warning"):
+            lines.append(f"  Not informative here: {cam['warning']}.")
     elif isinstance(cam, dict) and cam.get("skipped"):
         lines.append(f"- Grad-CAM lung share: not measured ({cam['skipped']}).")
     else:
@@ -444,21 +374,24 @@ def _limitations(f: dict) -> list[str]:
 
 
 def _usage(f: dict) -> list[str]:
-    mask = " --mask-dir MASKS/" if f["preprocess"].get("input") == "masked" else ""
+    needs_masks = f["preprocess"].get("input") == "masked" and not f.get("segmenter")
+    mask = " --mask-dir MASKS/" if needs_masks else ""
+    masks_arg = ', masks=["a_mask.png"]' if needs_masks else ""
     return [
         "## How to use",
         "",
         "```sh",
         "pip install 'cxrtl[onnx]'",
-        f"cxrtl predict BUNDLE_DIR scans/{mask} --format json   # the PyTorch checkpoint",
-        f"cxrtl predict BUNDLE_DIR/model.onnx scans/{mask}      # onnxruntime only, no torch",
-        f"cxrtl predict hf://OWNER/NAME scans/{mask}            # from the Hugging Face Hub",
+        f"cxrtl predict BUNDLE_DIR scans/{mask} --format json                 # the PyTorch checkpoint",
+        f"cxrtl predict BUNDLE_DIR scans/{mask} --backend onnx --format json  # onnxruntime only, no torch",
+        f"cxrtl predict hf://OWNER/NAME scans/{mask}                          # from the Hugging Face Hub",
         "```",
         "",
         "```python",
-        "from cxrtl.predict import Predictor",
-        'p = Predictor.from_checkpoint("BUNDLE_DIR")   # checksums are verified first',
-        'probs = p.predict(["a.png"])                  # [N, k] in p.classes order',
+        "import cxrtl",
+        'p = cxrtl.Predictor.from_checkpoint("BUNDLE_DIR")   # checksums are verified first',
+        f'probs = p.predict_proba(["a.png"]{masks_arg})  # [N, k] in p.classes order',
+        "print(dict(zip(p.classes, probs[0].round(3))))",
         "```",
         "",
         "Every file of this folder is listed with its SHA-256 in `bundle.json`; cxrtl refuses a bundle whose "

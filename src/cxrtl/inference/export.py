@@ -142,8 +142,11 @@ def export_onnx(
     exporter: str = "auto",
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    label: str | None = None,
 ) -> Path:
     """Export a cxrtl checkpoint (run dir, .safetensors or .json) to a self-describing ONNX file.
+
+    ``label``: what the log calls the result (a bundle being built names itself, not its staging folder).
 
     Args:
         exporter: "dynamo" (torch.export based), "torchscript" (legacy), or "auto": dynamo, falling
@@ -199,7 +202,7 @@ def export_onnx(
         f"{', '.join(model.classes)}. Research tool, not a medical device.",
     )
     write_bytes(out, proto.SerializeToString())
-    log.info("exported %s to %s with the %s exporter", weights, out, used)
+    log.info("exported %s with the %s exporter", label or f"{weights} to {out}", used)
     if verify:
         _verify(out, module, pp, decisions.ood is not None)
     return out
@@ -321,7 +324,7 @@ def export_segmenter(
     out = Path(out)
     write_bytes(out, proto.SerializeToString())
     _verify_segmenter(out, module, size)
-    log.info("exported segmenter %s to %s with the %s exporter", weights, out, used)
+    log.info("exported the lung segmenter to %s with the %s exporter", out.name, used)
     return out
 
 

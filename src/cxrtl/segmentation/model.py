@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,21 @@ def _encoder_name(encoder: str) -> str:
     return "tu-" + name
 
 
+@contextmanager
+def _hub_offline(on: bool):
+    """huggingface_hub in offline mode for the block (its cache only, no retries), when ``on``."""
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants
+
+    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def build_segmenter(
     encoder: str = DEFAULT_ENCODER,
     in_chans: int = 1,
@@ -63,8 +79,21 @@ def build_segmenter(
         "decoder_channels": tuple(decoder_channels),
         "encoder_depth": len(decoder_channels),
     }
+    offline = False
+    if pretrained and name.startswith("tu-"):  # timm encoder: offline, fail in seconds, not after retries
+        from ..model import imagenet_weights_offline
+
+        try:
+            offline = imagenet_weights_offline(name.removeprefix("tu-")) is not None  # cached: read it there
+        except CxrtlError:
+            raise CxrtlError(
+                f"cannot get ImageNet weights for encoder {name}: the Hugging Face Hub is unreachable "
+                "(offline?) and they are not in its local cache; use --init none to train the encoder from "
+                "random weights"
+            ) from None
     try:
-        return smp.Unet(encoder_weights="imagenet" if pretrained else None, **kwargs)
+        with _hub_offline(offline):
+            return smp.Unet(encoder_weights="imagenet" if pretrained else None, **kwargs)
     except (OSError, RuntimeError, ValueError, KeyError) as exc:
         if not pretrained:
             raise CxrtlError(f"cannot build a U-Net with encoder {name} ({str(exc)[:160]})") from None

@@ -21,6 +21,7 @@ RUN_FILES = (
     "split.csv",
     "history.csv",
     "summary.json",
+    "data_fingerprint.json",
     STATE_FILE,
     "best.safetensors",
     "best.json",
@@ -99,8 +100,9 @@ def clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
 
 
-def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool) -> None:
-    """Create the run directory with split.csv and config.yaml (``cfg.split`` then names that split.csv)."""
+def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool, data_root: Path | None = None) -> None:
+    """Create the run directory with split.csv and config.yaml (``cfg.split`` then names that split.csv), and
+    the content fingerprint of a sample of the training files under ``data_root``."""
     from ..data import write_split_csv
 
     ensure_dir(run_dir)
@@ -109,6 +111,12 @@ def start_run(run_dir: Path, cfg: TrainConfig, split, clear: bool) -> None:
     cfg.split = str((run_dir / "split.csv").resolve())
     write_split_csv(run_dir / "split.csv", split)
     write_text(run_dir / "config.yaml", cfg.to_yaml())
+    if (
+        data_root is not None
+    ):  # which dataset this is, by content: evaluate warns when another has the same names
+        from ..data.fingerprint import write_fingerprint
+
+        write_fingerprint(run_dir, data_root, [r.path for r in split["train"]])
 
 
 def write_epoch_files(run_dir: Path, model, history: list[dict], improved: bool, meta: dict) -> None:

@@ -45,11 +45,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> RunSummary:
     cfg.validate()
     if not cfg.data:
         raise CxrtlError("no dataset; pass --data ROOT")
+    cfg = absolute_paths(cfg)
     info, device = ddp.start(resolve_device(cfg.device))
     try:
         return cast(RunSummary, _run(cfg, run_dir, resume_payload, info, device))
     finally:
         ddp.teardown()
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its file paths absolute, so the run's config.yaml names the same files from any folder."""
+
+    def absolute(value: str | None) -> str | None:
+        return str(Path(value).expanduser().resolve()) if value else value
+
+    init = (
+        cfg.init
+        if cfg.init in ("imagenet", "none") or not Path(cfg.init).expanduser().exists()
+        else absolute(cfg.init)
+    )
+    return dataclasses.replace(
+        cfg,
+        data=absolute(cfg.data),
+        split=absolute(cfg.split),
+        cache_dir=absolute(cfg.cache_dir),
+        pretrained_file=absolute(cfg.pretrained_file),
+        init=init or cfg.init,
+    )
 
 
 INHERITED = ("input", "channels", "image_size")  # a transfer takes these from its source unless given
@@ -156,6 +178,10 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
     elif resume_payload is None:
         check_out_dir(run_dir, cfg.overwrite)
     split_csv = str(run_dir / "split.csv") if (resume_payload is not None or restart) else cfg.split
+    if resume_payload is None and cfg.init == "imagenet" and not cfg.pretrained_file:
+        from ..model import imagenet_weights_offline
+
+        imagenet_weights_offline(cfg.backbone or DEFAULT_BACKBONE)  # offline: one line now, before any cache
     pp, prepared = _prepare(cfg, info, device, split_csv)
     if info.is_main:
         _warn_patient_leak(prepared.split)
@@ -167,7 +193,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
 
     # 2. Write the run dir (rank 0 only).
     if info.is_main and resume_payload is None:
-        start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart)
+        start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart, data_root=prepared.index.root)
     ddp.barrier()
     n = {name: len(ds) for name, ds in prepared.datasets.items()}
     log.info(
