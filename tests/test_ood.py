@@ -404,7 +404,7 @@ def test_the_server_answers_with_ood_and_the_page_warns(guarded, tmp_path):
     run, images, _ = guarded
     noise = tmp_path / "noise.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8)).save(noise)
-    client = TestClient(create_app(Predictor.from_checkpoint(run)))
+    client = TestClient(create_app(Predictor.from_checkpoint(run)), base_url="http://localhost")
     files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in (images[0], noise)]
     rows = client.post("/v1/predict", files=files).json()
     assert [r["ood"]["flag"] for r in rows] == [False, True]

@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import CxrtlError
 from .fsutil import read_json, write_json
+from .guard import OOD_LAYERS, OutOfDistribution  # noqa: F401  (the record's OOD part, re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ VERSION = 1
 SUFFIX = ".decisions.json"
 LEGACY_SUFFIXES = (".calibration.json", ".operating_point.json", ".conformal.json")
 _TOL = 1e-9  # two temperatures closer than this are the same temperature
-OOD_LAYERS = ("hidden", "pooled")  # the features an OOD guard may be fitted on
 
 
 def now_utc() -> str:
@@ -100,47 +100,6 @@ class Conformal:
     n: int | None = None
     class_thresholds: dict[str, float] | None = None
     fitted_utc: str | None = None
-
-
-@dataclass(frozen=True)
-class OutOfDistribution:
-    """The out-of-distribution guard: a Mahalanobis score on the model's features (Lee et al. 2018).
-
-    Class-conditional Gaussians with one shared covariance, fitted on the training split's ``layer``
-    features (``"hidden"``: the head's 64-d layer after Mish; ``"pooled"``: the backbone's pooled features).
-    Stored whitened: ``z = whiten @ f`` and ``means`` are the whitened class means, so the score of a feature
-    vector ``f`` is ``min_c ||z - means[c]||^2`` (the smallest squared Mahalanobis distance to a class).
-    A row is flagged when its score exceeds ``threshold``, the ``percentile``-th percentile of the validation
-    scores: about ``100 - percentile`` % of in-distribution images are flagged by design.
-    """
-
-    layer: str
-    whiten: list[list[float]]  # [d, d]
-    means: list[list[float]]  # [k, d], whitened
-    threshold: float
-    percentile: float = 99.0
-    shrinkage: float | None = None
-    fitted_on: str = "train"
-    n: int | None = None
-    threshold_on: str = "val"
-    n_threshold: int | None = None
-    fitted_utc: str | None = None
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Scores ``[N]`` (float64) of features ``[N, d]`` of this guard's layer."""
-        f = np.asarray(features, dtype=np.float64)
-        z = f @ np.asarray(self.whiten, dtype=np.float64).T
-        means = np.asarray(self.means, dtype=np.float64)
-        d2 = ((z[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
-        return d2.min(axis=1)
-
-    def flag(self, score: float) -> dict[str, Any]:
-        """``{"score", "threshold", "flag"}`` of one image: flag True when it is unlike the training images."""
-        return {
-            "score": float(score),
-            "threshold": float(self.threshold),
-            "flag": bool(score > self.threshold),
-        }
 
 
 @dataclass(frozen=True)
@@ -318,21 +277,8 @@ class Decisions:
                 )
             if not (_finite(c.alpha) and 0 < c.alpha < 1):
                 raise CxrtlError(f"{where} has a conformal alpha outside (0, 1); refit it")
-        g = self.ood
-        if g is not None:
-            w, m = np.asarray(g.whiten, dtype=np.float64), np.asarray(g.means, dtype=np.float64)
-            if (
-                g.layer not in OOD_LAYERS
-                or w.ndim != 2
-                or w.shape[0] != w.shape[1]
-                or m.shape != (len(self.classes), w.shape[0])
-                or not (np.isfinite(w).all() and np.isfinite(m).all())
-                or not (_finite(g.threshold) and g.threshold >= 0)
-            ):
-                raise CxrtlError(
-                    f"{where} has a damaged out-of-distribution guard; refit it with "
-                    "cxrtl evaluate RUN --fit-ood"
-                )
+        if self.ood is not None:
+            self.ood.check(len(self.classes), where)
         return self
 
     # ------------------------------------------------------------------------------ for people

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import CxrtlError
-    from ..evaluation.external import compare_evaluations, write_comparison
+    from ..evaluation.across_sets import compare_evaluations, write_comparison
 
     if args.bootstrap < 0:
         raise CxrtlError(f"--bootstrap must be 0 or more, not {args.bootstrap}")

@@ -73,8 +73,8 @@ def _external_validation(opts: ReproduceOptions, prof: Profile, results: dict, o
     if not opts.external:
         return None
     from ..data import load_dataset
+    from ..evaluation.across_sets import compare_evaluations, write_comparison
     from ..evaluation.evaluate import evaluate
-    from ..evaluation.external import compare_evaluations, write_comparison
 
     covid_runs = [r for r in results.values() if r["dataset"] == "covid"]
     note = None
