@@ -75,10 +75,13 @@ def test_another_split_warns_about_trained_images_and_refuses_to_fit_on_them(
     assert metrics["trained_on"]["trained_on"] == metrics["trained_on"]["n"] > 0
     assert "were training images of this run" in caplog.text
     capsys.readouterr()
+    record = run / "best.decisions.json"  # training wrote the OOD guard there; a refused fit changes nothing
+    before = record.read_bytes() if record.exists() else None
     assert main([*args, "--out", str(tmp_path / "f"), "--calibrate"]) == 2
     err = _error(capsys)
     assert "--calibrate would be fitted on" in err and "that the run trained on" in err
-    assert not (run / "best.decisions.json").exists() and not (tmp_path / "f" / "metrics.json").exists()
+    assert (record.read_bytes() if record.exists() else None) == before
+    assert not (tmp_path / "f" / "metrics.json").exists()
 
 
 def test_a_missing_model_names_the_closest_run(relative_run, tmp_path, capsys):

@@ -107,7 +107,17 @@ def tiny_reproduction(tmp_path_factory, synth_roots):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("CXRTL_CACHE_DIR", str(out.parent / "cache"))
         argv = _args(
-            covid, pneumonia, out, "--allow-random-init", "--exclude-overlap", "--segmenter-epochs", "1"
+            covid,
+            pneumonia,
+            out,
+            "--allow-random-init",
+            "--exclude-overlap",
+            "--segmenter-epochs",
+            "1",
+            "--external",
+            str(pneumonia),
+            "--external-class-map",
+            "NORMAL=Normal,PNEUMONIA=Viral Pneumonia",
         )
         assert main(argv) == 0
     return out
@@ -124,6 +134,12 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
         assert set(r) >= {"name", "experiment", "dataset", "config", "best_epoch", "seconds", "test"}
         assert r["dataset"] in ("covid", "pneumonia")
         assert {"accuracy", "per_class", "confusion_matrix", "roc_auc"} <= set(r["test"])
+    # The best COVID model on an external set (here the Kermany set through a class map), beside its test.
+    ext = results["external"]
+    assert ext["external"]["class_map"] == {"NORMAL": "Normal", "PNEUMONIA": "Viral Pneumonia"}
+    assert ext["external"]["absent_classes"] == ["COVID", "Lung_Opacity"]
+    assert [r["metric"] for r in ext["comparison"]["metrics"]][:2] == ["accuracy", "macro F1"]
+    assert "## External validation" in (out / "report.md").read_text()
     # Exp. 3's COVID model is the best Exp. 2 run by validation accuracy.
     exp2 = [r for r in runs.values() if 2 in r["experiment"]]
     best = max(exp2, key=lambda r: r["best_val_acc"])
@@ -237,11 +253,32 @@ def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
     cases.append(
         (_args(covid, pneumonia, tmp_path / "f", "--conformal", "1.5"), "--conformal must be in (0, 1)")
     )
+    cases.append(
+        (
+            _args(covid, pneumonia, tmp_path / "g", "--allow-random-init", "--external-class-map", "A=COVID"),
+            "give that too",
+        )
+    )
+    cases.append(
+        (
+            _args(
+                covid,
+                pneumonia,
+                tmp_path / "h",
+                "--allow-random-init",
+                "--external",
+                str(pneumonia),
+                "--external-class-map",
+                "PNEUMONIA=Pneumonia",
+            ),
+            "which the model does not have; its classes are COVID, Lung_Opacity, Normal, Viral Pneumonia",
+        )
+    )
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("cxrtl: error:") and message in err and len(err.splitlines()) == 1, err
-    for name in "adef":
+    for name in "adefgh":
         assert not (tmp_path / name).exists()
     assert (foreign / "notes.txt").read_text() == "someone else's work"
 

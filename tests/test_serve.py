@@ -279,6 +279,10 @@ class SlowPredictor:
         assert self.gate.wait(30)
         return self._p.predict_prepared(*args, **kwargs)
 
+    def predict_prepared_ood(self, *args, **kwargs):  # what the server calls: probabilities and OOD scores
+        assert self.gate.wait(30)
+        return self._p.predict_prepared_ood(*args, **kwargs)
+
 
 def test_backpressure_503_and_healthz_while_busy(served):
     slow = SlowPredictor(served[2])

@@ -30,6 +30,7 @@ FAST = [
     "cpu",
 ]
 RUN_FILES = [
+    "best.decisions.json",  # the OOD guard fitted at the end of training
     "best.json",
     "best.safetensors",
     "config.yaml",

@@ -80,6 +80,8 @@ class Metrics(_MetricsRequired, total=False):
 
     source: MetricsSource
     calibrated: dict[str, Any]  # temperature scaling: temperature, loss, ece, calibration bins
+    ood: dict[str, Any]  # the OOD guard on this subset: false-flag rate (+ --ood-data: AUROC, true-flag rate)
+    external: dict[str, Any]  # an external set: class map, dropped per label, absent classes, overlap check
     operating_point: dict[str, Any]  # threshold chosen on validation for a target sensitivity
     cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
     figures: list[str]
@@ -123,9 +125,7 @@ class FitResult(TypedDict):
     history: list[dict[str, float]]
 
 
-class RunSummary(TypedDict):
-    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
-
+class _RunSummaryRequired(TypedDict):
     run_dir: str
     finished: bool
     best_epoch: int
@@ -142,6 +142,12 @@ class RunSummary(TypedDict):
     device: str
     config: dict[str, Any]
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name
+
+
+class RunSummary(_RunSummaryRequired, total=False):
+    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
+
+    ood: dict[str, Any] | None  # the OOD guard fitted at the end: layer, threshold, percentile, n
 
 
 class ReproductionRun(TypedDict):
@@ -225,6 +231,7 @@ class ReproductionResults(TypedDict, total=False):
     pneumonia_masks: (
         dict[str, Any] | None
     )  # source (segmenter/given), dir, split, written: Exp. 3's CAM masks
+    external: dict[str, Any] | None  # reproduce --external: the best COVID model on an external set, compared
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

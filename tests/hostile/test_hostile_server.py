@@ -256,6 +256,8 @@ def test_static_paths_cannot_escape_and_a_500_names_only_the_exception_type(mode
         def predict_prepared(self, batch):
             raise RuntimeError("secret detail at /srv/models/x")
 
+        predict_prepared_ood = predict_prepared  # what the server calls (probabilities and OOD scores)
+
     r = TestClient(create_app(Broken()), base_url=LOCAL).post(
         "/v1/predict", files=upload(("a.png", model[1]))
     )

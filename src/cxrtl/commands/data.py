@@ -1,4 +1,4 @@
-"""``cxrtl data synth|check|split|cache``: thin shells over :mod:`cxrtl.data`."""
+"""``cxrtl data synth|check|split|cache|masks|dedup|manifest``: thin shells over :mod:`cxrtl.data`."""
 
 from __future__ import annotations
 
@@ -84,6 +84,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_cache)
 
     add_dedup_parser(sub)
+    _register_manifest(sub)
 
 
 def run_synth(args) -> int:
@@ -284,3 +285,58 @@ def _with_masks(index, split, mask_dir):
     from ..segmentation.masks import attach_masks
 
     return attach_masks(index, split, mask_dir)
+
+
+def _register_manifest(sub) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="a manifest (path,label[,patient_id]) from a collection's metadata table (CSV or .xlsx)",
+        description="Build a cxrtl manifest from the metadata table a public collection ships (e.g. the "
+        "covid-chestxray-dataset's metadata.csv: patientid, finding, view, modality, filename). Rows whose "
+        "image is missing are counted, not fatal. Labels keep their source names; map them onto a model's "
+        "classes with `cxrtl evaluate --class-map`.",
+    )
+    p.add_argument("table", metavar="TABLE", help="the metadata table: .csv, .tsv or .xlsx")
+    p.add_argument("--images", required=True, metavar="DIR", help="the folder the table's file names are in")
+    p.add_argument(
+        "--path-column", required=True, metavar="C", help="column of image file names (e.g. filename)"
+    )
+    p.add_argument("--label-column", required=True, metavar="C", help="column of labels (e.g. finding)")
+    p.add_argument("--patient-column", metavar="C", help="column of patient ids (e.g. patientid)")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="COLUMN=V[,V...]",
+        help="keep only rows whose COLUMN is one of the values, e.g. view=PA,AP (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="MANIFEST.csv", help="manifest CSV to write")
+    options.add_format(p, ("text", "json"), "text")
+    p.set_defaults(func=run_manifest)
+
+
+def run_manifest(args) -> int:
+    from ..data.manifest import build_manifest
+
+    report = build_manifest(
+        args.table,
+        args.images,
+        args.out,
+        path_column=args.path_column,
+        label_column=args.label_column,
+        patient_column=args.patient_column,
+        where=args.where,
+    )
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    labels = ", ".join(f"{k} {v}" for k, v in report["labels"].items())
+    print(f"wrote {report['out']}: {report['written']} of {report['rows']} rows ({labels})")
+    for key, what in (
+        ("filtered_out", "left out by --where"),
+        ("missing_files", "name a file that is not there"),
+        ("no_label", "have no file name or label"),
+        ("duplicates", "repeat an image already listed"),
+    ):
+        if report[key]:
+            print(f"  {report[key]} row(s) {what}")
+    return 0

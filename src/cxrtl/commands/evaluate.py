@@ -85,6 +85,40 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    ext = p.add_argument_group("external validation")
+    ext.add_argument(
+        "--class-map",
+        metavar="MAP",
+        help="score an external set (folder or manifest in --data): map its labels onto the model's classes, "
+        'inline "COVID-19=COVID,No finding=Normal" or a YAML file; unmapped labels are dropped and counted',
+    )
+    ext.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate an external set even when it shares images with the run's training data (reported)",
+    )
+    ood = p.add_argument_group("out-of-distribution guard")
+    ood.add_argument(
+        "--ood-data",
+        metavar="DIR",
+        help="a folder of images that are not chest radiographs: report the guard's AUROC and true-flag rate",
+    )
+    ood.add_argument(
+        "--fit-ood",
+        action="store_true",
+        help="fit the guard again on the split's training images (threshold on validation) and store it",
+    )
+    ood.add_argument(
+        "--ood-percentile",
+        type=float,
+        metavar="P",
+        help="with --fit-ood: threshold at this percentile of validation scores (default 99)",
+    )
+    ood.add_argument(
+        "--ood-layer",
+        choices=("hidden", "pooled"),
+        help="with --fit-ood: the head's 64-d hidden layer (default) or the backbone's pooled features",
+    )
     options.add_progress(p)
     p.set_defaults(func=run)
 
@@ -122,9 +156,15 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         conformal=args.conformal,
         conformal_by_class=args.conformal_by_class,
+        class_map=args.class_map,
+        allow_overlap=args.allow_overlap,
+        fit_ood=args.fit_ood,
+        ood_percentile=args.ood_percentile,
+        ood_layer=args.ood_layer,
+        ood_data=args.ood_data,
     )
     print(
-        f"{args.subset}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
+        f"{m['source']['subset']}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
         f"loss {m['loss']:.4f}  weighted F1 {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}  "
         f"ECE {m['ece']:.4f}"
     )
@@ -176,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         )
         if m["cam_in_lungs"].get("warning"):
             print(f"  caution: {m['cam_in_lungs']['warning']}")
+    _print_external(m)
+    _print_ood(m)
     print(f"wrote {args.out}/predictions.csv, metrics.json, report.md")
     return 0
 
@@ -185,3 +227,46 @@ def _pct(value, ci=None) -> str:
     from ..formatting import fmt_pct
 
     return "n/a" if value is None else fmt_pct(value, ci)
+
+
+def _print_external(m) -> None:
+    ext = m.get("external")
+    if not ext:
+        return
+    if ext.get("dropped_per_label"):
+        print(
+            "dropped (label not in the class map): "
+            + ", ".join(f"{k} {v}" for k, v in ext["dropped_per_label"].items())
+        )
+    if ext.get("note"):
+        print(f"note: {ext['note']}")
+    check = ext.get("overlap") or {}
+    if check.get("checked") and check["overlap"]:
+        print(f"caution: {check['overlap']} image(s) duplicate training images (--allow-overlap)")
+    elif not check.get("checked"):
+        print(f"overlap with training not checked: {check.get('reason')}")
+
+
+def _print_ood(m) -> None:
+    from ..formatting import fmt_pct
+
+    o = m.get("ood")
+    if not o:
+        return
+    external = "flag_rate" in o
+    rate, ci = (
+        (o["flag_rate"], o["flag_rate_ci"]) if external else (o["false_flag_rate"], o["false_flag_rate_ci"])
+    )
+    line = (
+        f"OOD guard ({o['layer']}, threshold {o['threshold']:.4g}): flags {o['flagged']} of {o['n']} "
+        f"{'of the external set' if external else 'here'} ({fmt_pct(rate, ci)}; "
+        f"~{fmt_pct(o['expected_false_flag_rate'])} of in-distribution images by design)"
+    )
+    print(line)
+    d = o.get("ood_data")
+    if d:
+        auroc = "n/a" if d["auroc"] is None else f"{d['auroc']:.3f}"
+        print(
+            f"  --ood-data: AUROC {auroc}, flags {d['flagged']} of {d['n']} "
+            f"({fmt_pct(d['true_flag_rate'], d['true_flag_rate_ci'])})"
+        )

@@ -86,6 +86,13 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     sys.stdout.write(render(rows, predictor.classes, args.format))
+    unlike = sum(bool(r.ood and r.ood["flag"]) for r in rows)
+    if unlike:
+        print(
+            f"cxrtl: {unlike} of {len(rows)} image(s) are unlike the chest radiographs the model was trained "
+            "on (ood flag); their predictions are not meaningful",
+            file=sys.stderr,
+        )
     failed = sum(r.error is not None for r in rows)
     if failed:
         print(f"cxrtl: {failed} of {len(rows)} file(s) failed", file=sys.stderr)
@@ -97,11 +104,14 @@ def render(rows, classes: list[str], fmt: str) -> str:
     with_cam = any(r.cam is not None for r in rows)
     with_positive = any(r.positive is not None for r in rows)
     with_set = any(r.prediction_set is not None for r in rows)
+    with_ood = any(r.ood is not None for r in rows)
     if fmt == "json":
         return json.dumps([r.to_dict() for r in rows], indent=2) + "\n"
     header = ["path", "label", *classes] + (["prediction_set"] if with_set else [])
     if with_positive:
         header += ["positive_threshold", "positive_flag"]
+    if with_ood:
+        header += ["ood_score", "ood_flag"]
     if with_cam:
         header += ["cam", "lung_fraction", "lung_share"]
     header.append("error")
@@ -111,6 +121,10 @@ def render(rows, classes: list[str], fmt: str) -> str:
         cells = [r.path, r.label or "", *probs] + ([_set_cell(r.prediction_set)] if with_set else [])
         if with_positive:
             cells += _positive_cells(r.positive)
+        if with_ood:
+            cells += (
+                ["", ""] if r.ood is None else [f"{r.ood['score']:.4g}", "yes" if r.ood["flag"] else "no"]
+            )
         if with_cam:
             cells += [r.cam or ""] + [
                 "" if v is None else f"{v:.3f}" for v in (r.lung_fraction, r.lung_share)

@@ -239,6 +239,10 @@ def _extras(m: dict) -> list[str]:
         lines += _fitted_on(m["fitted_on"])
     if m.get("cam_in_lungs"):
         lines += _cam(m["cam_in_lungs"])
+    if m.get("external"):
+        lines += _external(m["external"])
+    if m.get("ood"):
+        lines += _ood(m["ood"])
     figs = m.get("figures") or []
     if figs:
         lines += [
@@ -246,6 +250,73 @@ def _extras(m: dict) -> list[str]:
             "Figures: "
             + ", ".join(f"[{Path(f).name}]({Path(f).name})" for f in figs if str(f).endswith(".png")),
         ]
+    return lines
+
+
+def _interval(ci) -> str:
+    return f" [{100 * ci[0]:.1f}%, {100 * ci[1]:.1f}%]" if ci else ""
+
+
+def _external(ext: dict) -> list[str]:
+    """An external set: its class map, what was dropped, absent classes, the overlap check."""
+    lines = ["", "## External set", ""]
+    if ext.get("class_map"):
+        lines.append("Class map: " + ", ".join(f"{k} -> {v}" for k, v in ext["class_map"].items()) + ".")
+    if "kept" in ext:
+        lines.append(f"Images scored: {ext['kept']} of {ext['images']}.")
+    if ext.get("dropped_per_label"):
+        lines.append(
+            "Dropped (label not mapped): "
+            + ", ".join(f"{k} {v}" for k, v in ext["dropped_per_label"].items())
+            + "."
+        )
+    if ext.get("note"):
+        lines.append(f"Note: {ext['note']}.")
+    check = ext.get("overlap") or {}
+    if check.get("checked"):
+        if check["overlap"]:
+            lines.append(
+                f"**Overlap with training: {check['overlap']} image(s) duplicate images the model was trained "
+                "or selected on; evaluated anyway (--allow-overlap), so these numbers are not a clean external "
+                "validation.**"
+            )
+        else:
+            lines.append(
+                f"Overlap with training: none found among {check['training_images']} training and validation "
+                "images (exact and near duplicates)."
+            )
+    elif check:
+        lines.append(f"Overlap with training: not checked ({check.get('reason')}).")
+    return lines
+
+
+def _ood(o: dict) -> list[str]:
+    """The out-of-distribution guard on this subset (and on --ood-data)."""
+    external = "flag_rate" in o
+    rate, ci = (
+        (o["flag_rate"], o["flag_rate_ci"]) if external else (o["false_flag_rate"], o["false_flag_rate_ci"])
+    )
+    lines = [
+        "",
+        "## Out-of-distribution guard",
+        "",
+        f"Mahalanobis score on {o['layer']} features; threshold {o['threshold']:.4g} (the {o['percentile']:g}th "
+        f"percentile of validation scores). Flagged {'on this external set' if external else 'here'}: "
+        f"{o['flagged']} of {o['n']} = "
+        + (f"{100 * rate:.1f}%{_interval(ci)}" if o["n"] else "n/a")
+        + f" (about {100 * o['expected_false_flag_rate']:.1f}% of in-distribution images are, by design).",
+    ]
+    d = o.get("ood_data")
+    if d:
+        auroc = "n/a" if d["auroc"] is None else f"{d['auroc']:.3f}"
+        lines.append(
+            f"On --ood-data ({d['n']} images): detection AUROC {auroc}; flagged {d['flagged']} = "
+            f"{100 * d['true_flag_rate']:.1f}%{_interval(d['true_flag_rate_ci'])}."
+        )
+    lines.append(
+        'The guard asks "is this like the training images?"; a radiograph from another hospital usually is, '
+        "and may still shift the classifier: measure that with an external evaluation."
+    )
     return lines
 
 

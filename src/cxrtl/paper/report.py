@@ -24,6 +24,7 @@ from .beyond import (
 from .comparison_section import DATASET_NAMES, comparison_section
 from .render import PAPER_CITATION, Section, render_html, render_markdown
 from .seeds import configurations
+from .table import Table
 from .tables import fmt_mean_sd, paper_tables, write_tables
 
 __all__ = ["PAPER_CITATION", "Section", "build_sections", "write_report"]
@@ -159,6 +160,58 @@ def _summary(payload: dict) -> list[str]:
     ]
 
 
+def _external_section(ext: dict | None) -> Section | None:
+    """The best COVID model on an external set beside its own test split (``reproduce --external``)."""
+    if not ext:
+        return None
+    if "skipped" in ext:
+        return Section("External validation", [f"Not run: {ext['skipped']}."])
+    cmp = ext["comparison"]
+    names = [e["name"] for e in cmp["evaluations"]]
+    t = Table(
+        "external",
+        f"{ext['run']}: its test split beside {ext['data']}",
+        ["Metric", "Internal test", "External", "External - internal [95% interval]"],
+    )
+    for row in cmp["metrics"]:
+        a, b = row["values"]
+        d = row["differences"][0]
+        cell = (
+            "n/a"
+            if d["difference"] is None
+            else f"{d['difference']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "")
+        )
+        t.rows.append([row["metric"], _num(a["value"]), _num(b["value"]), cell])
+    info = ext.get("external") or {}
+    paras = [
+        f"The {ext.get('choice', 'best COVID model by validation accuracy')} (`{ext['run']}`) scored on "
+        f"{ext['n']} external images "
+        f"(`{names[1]}`) and on its own test split (`{names[0]}`). Differences use an unpaired bootstrap "
+        "(different images). The guard against shared images ran first: "
+        + _overlap_words(info.get("overlap") or {})
+    ]
+    if info.get("dropped_per_label"):
+        paras.append(
+            "Dropped (label not mapped): "
+            + ", ".join(f"{k} {v}" for k, v in info["dropped_per_label"].items())
+        )
+    if info.get("note"):
+        paras.append(f"Note: {info['note']}.")
+    return Section("External validation", paras, [t])
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _overlap_words(check: dict) -> str:
+    if not check.get("checked"):
+        return f"not checked ({check.get('reason')})."
+    if check.get("overlap"):
+        return f"**{check['overlap']} image(s) duplicate training images (allowed with --allow-overlap).**"
+    return f"no duplicates of the {check['training_images']} training and validation images."
+
+
 def build_sections(payload: dict) -> list[Section]:
     """Every section of the report, in order."""
     runs = payload["runs"]
@@ -239,6 +292,9 @@ def build_sections(payload: dict) -> list[Section]:
     seg_section = segmenter_section(payload.get("segmenter"))
     if seg_section:
         sections.append(seg_section)
+    ext_section = _external_section(payload.get("external"))
+    if ext_section:
+        sections.append(ext_section)
     sections.append(Section("All runs", tables=[tables["runs"]]))
     curves = [(f"`{r['name']}`", fig) for r in runs if (fig := _run_figure(r, "history"))]
     if curves:

@@ -111,8 +111,9 @@ def predict_uploads(
             if not ok:
                 continue
             batch = np.stack(inputs)
-            probs = predictor.predict_prepared(batch)
+            probs, scores = predictor.predict_prepared_ood(batch)
             for j, i in enumerate(ok):  # as Predictor.predict_files fills its rows
+                rows[i].ood = predictor.decisions.ood_flag(None if scores is None else float(scores[j]))
                 rows[i].probabilities = {c: float(p) for c, p in zip(predictor.classes, probs[j])}
                 rows[i].label = predictor.classes[int(np.argmax(probs[j]))]
                 rows[i].positive = predictor.positive_flag(probs[j])

@@ -74,6 +74,10 @@
     const src = row.image_png ? "data:image/png;base64," + row.image_png : URL.createObjectURL(file);
     const img = el("img", { class: "image", src: src, alt: "uploaded radiograph " + row.path });
     fig.append(img);
+    if (row.ood && row.ood.flag) {
+      const warning = "This image is unlike the chest radiographs the model was trained on; its prediction is not meaningful.";
+      body.append(el("p", { class: "error ood", role: "alert", text: warning }));
+    }
     body.append(el("p", { class: "label" }, "Predicted class: ", el("strong", { class: "pred", text: row.label })));
     const bars = el("div", { class: "bars", role: "list", "aria-label": "class probabilities" });
     for (const [cls, p] of Object.entries(row.probabilities)) {
