@@ -60,16 +60,10 @@ test-latest:
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider $(LATEST_TESTS)
 	@echo "test-latest ran with:"; cat $(LATEST)/versions.txt
 
+# Every benchmark, each printing the machine first and its headline ratio last; figures and the machine into
+# benchmarks/results.json. `make bench BENCH_ARGS=--quick` for smaller inner sizes, `--only NAME,...` for some.
 bench: $(STAMP)
-	$(PY) benchmarks/data_pipeline.py
-	$(PY) benchmarks/train_step.py
-	$(PY) benchmarks/inference.py
-	$(PY) benchmarks/dedup.py
-	$(PY) benchmarks/dicom.py
-	$(PY) benchmarks/quantize.py
-	$(PY) benchmarks/serve.py
-	$(PY) benchmarks/segment.py
-	$(PY) benchmarks/pacs.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -3,20 +3,24 @@
 One synthetic radiograph (smooth lungs and noise, 16 bits stored) is written as a PNG of its 8-bit display
 (the baseline), an uncompressed DICOM, JPEG Lossless (process 14 SV1, through python-gdcm's encoder when
 it is importable: pydicom has no JPEG Lossless encoder) and JPEG 2000 lossless (pydicom + pylibjpeg-openjpeg).
-For each it reports the median decode-to-grey time and the median single-image time from file to
-probabilities (DenseNet-121 at 224, eager, untrained weights). The last line is the slowest DICOM's
-file-to-probabilities time over the PNG's. Usage: python benchmarks/dicom.py [--repeats N] [--out DIR]
+For each it reports the decode-to-grey time and the single-image time from file to probabilities
+(DenseNet-121 at 224, eager, untrained weights), the files timed interleaved (``benchmarks/_timing.py``:
+samples of at least 0.5 s, min and median). The last line is the slowest DICOM's median
+file-to-probabilities time over the PNG's. Usage: python benchmarks/dicom.py [--samples N] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 SIDE = 2048
 
@@ -79,21 +83,16 @@ def jpeg_lossless(src: Path, dst: Path) -> bool:
     return bool(writer.Write())
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    bench = Bench("dicom")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--samples", type=positive, default=3, help="interleaved samples per file (default 3)"
+    )
     parser.add_argument("--out", help="keep the files here (default: a temporary folder)")
-    args = parser.parse_args()
+    Bench.add_arguments(parser)
+    args = parser.parse_args(argv)
+    bench.start(args.threads)
 
     import torch
 
@@ -114,20 +113,39 @@ def main() -> None:
         predictor = Predictor.from_checkpoint(folder / "run")
         reference = predictor.predict([files["PNG (8-bit display)"]])
         print(
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads; {SIDE}x{SIDE}, median of {args.repeats}"
+            f"torch {torch.get_num_threads()} threads; {SIDE}x{SIDE}; {args.samples} interleaved samples per file"
         )
-        print(f"{'file':<22} {'MB':>6} {'decode ms':>10} {'file->probs ms':>15} {'max |p - p_png|':>16}")
-        total = {}
+        decode = interleaved(
+            {n: lambda p=p: load_gray(p, target_short_side=pp.resize_size) for n, p in files.items()},
+            samples=args.samples,
+        )
+        total = interleaved(
+            {n: lambda p=p: predictor.predict([p]) for n, p in files.items()}, samples=args.samples
+        )
+        print(
+            f"{'file':<22} {'MB':>6} {'decode ms':>10} {'file->probs ms':>15} {'max |p - p_png|':>16}  (medians)"
+        )
         for name, path in files.items():
-            decode = median_ms(lambda p=path: load_gray(p, target_short_side=pp.resize_size), args.repeats)
-            total[name] = median_ms(lambda p=path: predictor.predict([p]), args.repeats)
             gap = float(np.abs(predictor.predict([path]) - reference).max())
             mb = path.stat().st_size / 1e6
-            print(f"{name:<22} {mb:>6.1f} {decode:>10.1f} {total[name]:>15.1f} {gap:>16.1e}")
-        png = total.pop("PNG (8-bit display)")
-        worst = max(total, key=total.get)
-        print(f"slowest DICOM ({worst}) vs PNG, file to probabilities: {total[worst] / png:.2f}x")
+            print(
+                f"{name:<22} {mb:>6.1f} {decode[name].median * 1000:>10.1f} {total[name].median * 1000:>15.1f} "
+                f"{gap:>16.1e}"
+            )
+        for name in files:
+            print(f"{name}: decode {decode[name].describe()}; file to probabilities {total[name].describe()}")
+        bench.timings(decode, prefix="decode ")
+        bench.timings(total, prefix="file to probabilities ")
+        png = total["PNG (8-bit display)"]
+        dicoms = [n for n in total if n != "PNG (8-bit display)"]
+        worst = max(dicoms, key=lambda n: total[n].median)
+        return bench.headline(
+            f"slowest DICOM ({worst}) vs PNG, file to probabilities",
+            ratio(total[worst], png),
+            ratio_note(total[worst], png),
+            higher_is_better=False,
+        )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

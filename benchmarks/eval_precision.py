@@ -24,6 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Bench  # noqa: E402
+
 DEVICE = os.environ.get("CXRTL_BENCH_DEVICE", "cuda")  # "cpu" only to dry-run this script without a GPU
 
 
@@ -34,6 +38,8 @@ def _probs(out: Path) -> np.ndarray:
 
 
 def main() -> int:
+    bench = Bench("eval_precision")
+    bench.start()
     import torch
 
     if DEVICE == "cuda" and not torch.cuda.is_available():
@@ -78,10 +84,13 @@ def main() -> int:
             f"{np.abs(p - ref).max():.2e}, argmax changed on {flips} of {len(ref)}, {seconds[prec]:.2f} s"
         )
     _tf32_drift(model, index, run, root, pp, ref, tmp)
-    print(
-        f"bf16 test pass vs fp32 test pass (time ratio, fp32 = 1): {seconds['bf16'] / seconds['fp32']:.2f}x"
+    bench.figure("seconds", seconds)
+    return bench.headline(
+        "bf16 test pass vs fp32 test pass (time ratio, fp32 = 1)",
+        seconds["bf16"] / seconds["fp32"],
+        "one timed pass each after a warm-up pass, not interleaved samples",
+        higher_is_better=False,
     )
-    return 0
 
 
 def _sync() -> None:

@@ -3,21 +3,25 @@
 Measures single-image latency (decode + preprocess + forward + softmax, one file per call) and batch
 throughput for both backends in one run, on the same synthetic 299x299 PNG radiographs (the COVID-19
 Radiography Database's size) and an untrained DenseNet-121 checkpoint (weights do not change speed).
-The last line is the onnxruntime single-image speed-up over eager: ``inference speedup: <X>x``.
-On a shared machine only the ratios are meaningful. Usage: python benchmarks/inference.py [--quick]
+The backends are timed interleaved (``benchmarks/_timing.py``: samples of at least 0.5 s, min and median).
+The last line is the onnxruntime single-image speed-up over eager's best thread setting (ratio of medians):
+``inference speedup: <X>x``. On a shared machine only the ratios are meaningful.
+Usage: python benchmarks/inference.py [--quick] [--samples N] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
 
 
 def make_images(folder: Path, n: int, size: int = 299) -> list[Path]:
@@ -55,46 +59,42 @@ class PinnedThreads:
 
 
 def measure(
-    predictors: dict, files: list[Path], repeats: int, batch_size: int, batch_images: int, rounds: int = 1
-) -> dict:
-    """Per backend: median single-image latency (ms), best batch throughput (img/s), median CPU ms per call.
+    predictors: dict, files: list[Path], samples: int, batch_size: int, batch_images: int
+) -> tuple[dict, dict]:
+    """Per backend: single-image timings (one file per call) and batch timings, all backends interleaved.
 
-    The backends take turns call by call, so load from other processes on a shared machine hits all of
-    them alike and the ratios stay meaningful.
+    The backends take turns sample by sample (``benchmarks/_timing.py``: at least 0.5 s per sample), so
+    load from other processes on a shared machine hits all of them alike and the ratios stay meaningful.
     """
     batch = files[:batch_images]
+
+    def one(pred):
+        state = {"i": 0}
+
+        def op() -> None:
+            state["i"] = (state["i"] + 1) % len(files)
+            pred.predict([files[state["i"]]])
+
+        return op
+
     for pred in predictors.values():  # warm-up: allocator, thread pools, first-call graph work
-        pred.predict(files[:2])
         pred.predict(files[:2], batch_size=2)
-    single = {name: [] for name in predictors}
-    cpu = {name: [] for name in predictors}
-    bulk = {name: float("inf") for name in predictors}
-    for i in range(repeats):
-        for name, pred in predictors.items():
-            t, c = time.perf_counter(), time.process_time()
-            pred.predict([files[i % len(files)]])
-            single[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
-    for _ in range(rounds):
-        for name, pred in predictors.items():
-            t = time.perf_counter()
-            pred.predict(batch, batch_size=batch_size)
-            bulk[name] = min(bulk[name], time.perf_counter() - t)
-    return {
-        name: (
-            statistics.median(single[name]) * 1000.0,
-            len(batch) / bulk[name],
-            statistics.median(cpu[name]) * 1000.0,
-        )
-        for name in predictors
-    }
+    single = interleaved({name: one(pred) for name, pred in predictors.items()}, samples=samples)
+    bulk = interleaved(
+        {name: lambda p=pred: p.predict(batch, batch_size=batch_size) for name, pred in predictors.items()},
+        samples=max(3, samples // 2),
+    )
+    return single, bulk
 
 
 def main(argv: list[str] | None = None) -> int:
+    bench = Bench("inference")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="densenet121")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--repeats", type=int, default=10, help="single-image calls per backend")
+    ap.add_argument(
+        "--samples", type=positive, default=5, help="interleaved single-image samples per backend"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--batch-images", type=int, default=16)
     ap.add_argument(
@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         help="ONNX exporter (default torchscript: same graph speed, export seconds instead of "
         "a minute on a busy 2-core machine)",
     )
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="128 px, 3 samples, batch of 8 (smoke run)")
+    Bench.add_arguments(ap)
     args = ap.parse_args(argv)
+    bench.start(args.threads)
     if args.quick:
-        args.repeats, args.batch_images = 3, 8
+        args.samples, args.batch_images, args.image_size = 3, 8, 128
 
     import torch
 
@@ -119,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from cxrtl.onnx_session import session_options
     from cxrtl.transfer import create_model
 
-    print(
-        f"cpu cores: {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"backbone {args.backbone} at {args.image_size}, fp32"
-    )
+    print(f"torch {torch.get_num_threads()} threads, backbone {args.backbone} at {args.image_size}, fp32")
     with tempfile.TemporaryDirectory(prefix="cxrtl-bench-") as tmp:
         tmp = Path(tmp)
         torch.manual_seed(0)
@@ -137,23 +136,28 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         onnx_path = export_onnx(tmp / "run", tmp / "model.onnx", exporter=args.exporter)
         print(f"export ({args.exporter}) + verification: {time.perf_counter() - t:.1f} s")
-        files = make_images(tmp / "img", max(args.batch_images, args.repeats, 8))
+        files = make_images(tmp / "img", max(args.batch_images, 8))
 
         eager = Predictor.from_checkpoint(tmp / "run")
-        ort = Predictor.from_checkpoint(onnx_path)
+        ort = Predictor.from_checkpoint(onnx_path, threads=args.threads)
         diff = float(np.abs(eager.predict(files[:8]) - ort.predict(files[:8])).max())
         print(f"max |p_onnx - p_torch| over 8 files: {diff:.2e}")
 
-        # onnxruntime with its default session options, to show what the tuning buys.
+        # onnxruntime with its default session options (but --threads), to show what the tuning buys.
         import onnxruntime as ort_mod
 
+        default_options = ort_mod.SessionOptions()
+        default_options.intra_op_num_threads = args.threads or 0
+
         plain = Predictor(
-            OnnxBackend(ort_mod.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])),
+            OnnxBackend(
+                ort_mod.InferenceSession(str(onnx_path), default_options, providers=["CPUExecutionProvider"])
+            ),
             ort.classes,
             ort.spec,
             ort.temperature,
         )
-        so = session_options()
+        so = session_options(args.threads)
         print(
             f"onnxruntime {ort_mod.__version__} tuned: graph optimisation ALL, intra-op threads "
             f"{so.intra_op_num_threads or 'one per physical core'}, sequential, no spin-waiting"
@@ -166,20 +170,29 @@ def main(argv: list[str] | None = None) -> int:
             # than with 1 while other jobs ran), so the baseline is eager's best thread setting.
             predictors["pytorch eager (1 thr)"] = PinnedThreads(eager, 1)
         predictors.update({"onnxruntime default": plain, "onnxruntime tuned": ort})
-        results = measure(predictors, files, args.repeats, args.batch_size, args.batch_images)
-        for name, (lat, thr, cpu_ms) in results.items():
+        single, bulk = measure(predictors, files, args.samples, args.batch_size, args.batch_images)
+        for name in predictors:
             print(
-                f"{name:22s} single-image latency {lat:7.1f} ms (cpu {cpu_ms:7.1f} ms)   "
-                f"batch-{args.batch_size} throughput {thr:6.1f} img/s"
+                f"{name:22s} single image {single[name].describe()}; "
+                f"batch {args.batch_size}: {bulk[name].describe(per=args.batch_images)}"
             )
-        eager_names = [n for n in results if n.startswith("pytorch")]
-        best_lat = min(eager_names, key=lambda n: results[n][0])
-        best_thr = max(eager_names, key=lambda n: results[n][1])
-        ort_lat, ort_thr, _ = results["onnxruntime tuned"]
+        eager_names = [n for n in predictors if n.startswith("pytorch")]
+        best_lat = min(eager_names, key=lambda n: single[n].median)
+        best_thr = min(eager_names, key=lambda n: bulk[n].median)
         print(f"baseline: {best_lat} for latency, {best_thr} for throughput")
-        print(f"batch throughput speedup: {ort_thr / results[best_thr][1]:.2f}x")
-        print(f"inference speedup: {results[best_lat][0] / ort_lat:.2f}x")
-    return 0
+        bench.timings(single, prefix="single ")
+        bench.timings(bulk, prefix=f"batch{args.batch_size} ")
+        bench.figure("max_prob_diff", diff)
+        thr = ratio(bulk[best_thr], bulk["onnxruntime tuned"])
+        bench.figure("batch speedup", thr)
+        print(
+            f"batch throughput speedup: {thr:.2f}x ({ratio_note(bulk[best_thr], bulk['onnxruntime tuned'])})"
+        )
+        return bench.headline(
+            "inference speedup",
+            ratio(single[best_lat], single["onnxruntime tuned"]),
+            ratio_note(single[best_lat], single["onnxruntime tuned"]),
+        )
 
 
 if __name__ == "__main__":

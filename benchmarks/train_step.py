@@ -2,19 +2,20 @@
 
 Settings: fp32 / bf16 autocast x NCHW / channels_last (each a flag), at batch 16 (the paper's) and 64, all
 with the same cudnn.benchmark setting, the reference included. For each (batch, setting) both loops train
-the same model (same initial weights) with NAdam + cross-entropy on the same images, alternating step by
-step after at least 5 warm-up steps each, so machine noise hits both alike; medians of K timed steps are
-kept, timed between CUDA events on a GPU. Peak GPU memory is reset for each setting. The reference is the
+the same model (same initial weights) with NAdam + cross-entropy on the same images; after at least 5
+warm-up steps each, the two loops are timed interleaved (``benchmarks/_timing.py``: K samples each, every
+sample at least 0.5 s of steps, synchronised on a GPU), so machine noise hits both alike; medians are kept.
+Peak GPU memory is reset for each setting. The reference is the
 notebook's loop: float32 NCHW batches already normalised on the CPU, per-step ``.item()`` bookkeeping.
 cxrtl's step is ``engine.train_one_epoch`` on uint8 batches normalised on the device. On CPU only fp32
 NCHW at batch 16 runs by default (CPU bf16 is emulated and slower; ask with --precision/--memory-format);
 a child process then measures peak RSS of cxrtl training on CPU at 224 px, batch 16.
 
 Last line: ``train step speedup: <X>x``: cxrtl at the device's default setting (bf16 + channels_last on a
-GPU with native bf16, fp32 NCHW on CPU), batch 16, over the reference's images/s.
+GPU with native bf16, fp32 NCHW on CPU), batch 16: the reference's median step time over cxrtl's.
 
     python benchmarks/train_step.py                       # CPU: densenet121 at 128 px, ~1-2 min
-    python benchmarks/train_step.py --device cuda         # GPU grid: 224 px, batch 16 and 64, 20 steps
+    python benchmarks/train_step.py --device cuda         # GPU grid: 224 px, batch 16 and 64, 10 samples
     python benchmarks/train_step.py --device cuda --precision bf16 --memory-format channels_last --compile
 """
 
@@ -25,36 +26,20 @@ import copy
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
-from functools import partial
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import Bench, interleaved, positive, ratio, ratio_note  # noqa: E402
+
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-class _Timer:
-    """Seconds of one step: CUDA events on a GPU (device time), the wall clock on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn) -> float:
-        if not self.cuda:
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000
 
 
 class _Uint8Images(Dataset):
@@ -147,21 +132,42 @@ def run_setting(args, base, device, size: int, batch: int, precision: str, fmt: 
     y = torch.randint(0, 4, (n,), generator=g)
     ref_batches = list(DataLoader(_FloatImages(x, y), batch_size=batch))
     our_batches = list(DataLoader(_Uint8Images(x, y), batch_size=batch, pin_memory=cuda))
-    timer = _Timer(device)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    ref_times, our_times = [], []
-    for step in range(args.warmup + args.iters):
-        i = step % args.iters
-        t_ref = timer(partial(reference_step, ref_model, ref_batches[i], criterion, ref_opt, device))
-        t_our = timer(partial(train_one_epoch, net, [our_batches[i]], loss_fn, our_opt, pp, device, numerics))
-        if step >= args.warmup:
-            ref_times.append(t_ref)
-            our_times.append(t_our)
+
+    def stepper(fn, batches):
+        state = {"i": 0}
+
+        def op() -> None:
+            state["i"] = (state["i"] + 1) % len(batches)
+            fn(batches[state["i"]])
+            if cuda:
+                torch.cuda.synchronize(device)
+
+        return op
+
+    t = interleaved(
+        {
+            "reference": stepper(
+                lambda b: reference_step(ref_model, b, criterion, ref_opt, device), ref_batches
+            ),
+            "cxrtl": stepper(
+                lambda b: train_one_epoch(net, [b], loss_fn, our_opt, pp, device, numerics), our_batches
+            ),
+        },
+        samples=args.iters,
+        warmup=args.warmup,
+    )
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if cuda else float("nan")
-    ref_rate, our_rate = batch / statistics.median(ref_times), batch / statistics.median(our_times)
-    return {"batch": batch, "setting": f"{precision} {fmt}", "ours": our_rate, "ref": ref_rate, "peak": peak}
+    return {
+        "batch": batch,
+        "setting": f"{precision} {fmt}",
+        "ours": batch / t["cxrtl"].median,
+        "ref": batch / t["reference"].median,
+        "peak": peak,
+        "timings": t,
+    }
 
 
 def grid(args, device: torch.device) -> list[tuple[int, str, str]]:
@@ -209,7 +215,12 @@ def parse_args(argv):
     a("--precision", nargs="+", choices=tuple(PRECISIONS), help="default fp32 bf16 on CUDA, fp32 on CPU")
     a("--memory-format", nargs="+", choices=tuple(FORMATS), help="default both on CUDA, nchw on CPU")
     a("--cudnn-benchmark", action=argparse.BooleanOptionalAction, default=True, help="same for every cell")
-    a("--iters", type=int, default=None, help="timed steps per cell (default 20 CUDA, 4 CPU)")
+    a(
+        "--iters",
+        type=positive,
+        default=None,
+        help="interleaved samples per loop and cell (default 10 CUDA, 5 CPU)",
+    )
     a("--warmup", type=int, default=5, help="untimed steps of each loop first (at least 5)")
     a("--compile", action="store_true", help="torch.compile cxrtl's model")
     a("--memory-image-size", type=int, default=224)
@@ -217,6 +228,7 @@ def parse_args(argv):
     a("--memory-steps", type=int, default=3)
     a("--no-memory", action="store_true", help="skip the CPU peak-memory measurement")
     a("--_memory-child", action="store_true", help=argparse.SUPPRESS)
+    Bench.add_arguments(p)
     args = p.parse_args(argv)
     if args.warmup < 5:
         p.error("--warmup must be at least 5: the first steps allocate and autotune")
@@ -228,6 +240,8 @@ def main(argv=None) -> int:
     if args._memory_child:
         print(json.dumps(measure_memory(args)))
         return 0
+    bench = Bench("train_step")
+    bench.start(args.threads)
 
     from cxrtl.device import resolve_device, resolve_numerics
     from cxrtl.transfer import create_model
@@ -235,11 +249,14 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     size = args.image_size or (224 if cuda else 128)
-    args.iters = args.iters or (20 if cuda else 4)
+    args.iters = args.iters or (10 if cuda else 5)
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-    card = torch.cuda.get_device_name(device) if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {device} ({card}); torch {torch.__version__}; cudnn.benchmark {args.cudnn_benchmark}")
-    print(f"model: {args.backbone}, {size} px, {args.warmup} warm-up + {args.iters} timed steps per cell")
+    threads = "" if cuda else f", {torch.get_num_threads()} torch threads"
+    print(f"device: {device}{threads}; cudnn.benchmark {args.cudnn_benchmark}")
+    print(
+        f"model: {args.backbone}, {size} px, {args.warmup} warm-up steps + {args.iters} interleaved samples "
+        "(>= 0.5 s of steps each) per loop and cell"
+    )
     torch.manual_seed(0)
     base = create_model(args.backbone, ["a", "b", "c", "d"], 3, init="none")
     rows = [run_setting(args, base, device, size, *cell) for cell in grid(args, device)]
@@ -250,9 +267,13 @@ def main(argv=None) -> int:
     name = f"{'bf16' if default.amp_dtype else 'fp32'} "
     name += "channels_last" if default.memory_format == torch.channels_last else "nchw"
     pick = [r for r in rows if r["setting"] == name and r["batch"] == 16] or rows[:1]
+    for r in rows:
+        bench.timings(r["timings"], prefix=f"batch{r['batch']} {r['setting']} ")
+    t = pick[0]["timings"]
     print(f"headline: cxrtl {pick[0]['setting']} at batch {pick[0]['batch']} vs the reference loop")
-    print(f"train step speedup: {pick[0]['ours'] / pick[0]['ref']:.2f}x")
-    return 0
+    return bench.headline(
+        "train step speedup", ratio(t["reference"], t["cxrtl"]), ratio_note(t["reference"], t["cxrtl"])
+    )
 
 
 if __name__ == "__main__":

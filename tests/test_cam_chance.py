@@ -6,6 +6,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxrtl.cli import main
@@ -58,3 +59,18 @@ def test_report_shows_the_lung_share_beside_the_cam_share_and_the_coarse_map():
     md = evaluation_markdown(m)
     assert "NORMAL 0.188 vs 0.145 lung area (n=9)" in md
     assert "Caution: the feature map is only 2x2 at 64 px" in md
+    assert "CAM of the predicted class, grouped by true class" in md
+    m["cam_in_lungs"]["per_class"]["NORMAL"]["ci"] = [0.1234, 0.25]
+    assert "NORMAL 0.188 [0.123, 0.250] vs 0.145 lung area (n=9)" in evaluation_markdown(m)
+
+
+def test_lung_share_interval_is_the_t_interval_of_the_mean():
+    from scipy.stats import ttest_1samp
+
+    from cxrtl.evaluation.metrics import mean_interval
+
+    shares = np.random.default_rng(2).beta(2, 5, size=37)
+    lo, hi = ttest_1samp(shares, 0.0).confidence_interval(0.95)
+    assert mean_interval(shares) == pytest.approx([lo, hi], abs=1e-12)
+    assert mean_interval([0.99, 0.97, 1.0])[1] == 1.0  # a share's interval stays within [0, 1]
+    assert mean_interval([0.4]) is None

@@ -140,3 +140,55 @@ def test_real_process_reports_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("cxrtl: error: no recognisable dataset layout")
     assert "Traceback" not in proc.stderr
+
+
+def test_split_with_a_calibration_subset(pneumonia_root, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert (
+        main(["data", "split", str(pneumonia_root), "--ratios", "0.7,0.1,0.05,0.15", "--out", str(out)]) == 0
+    )
+    assert "calibration" in capsys.readouterr().out
+    assert {line.split(",")[2] for line in out.read_text().splitlines()[1:]} == {
+        "train",
+        "val",
+        "calibration",
+        "test",
+    }
+    # the official folders stay as they are; a tenth of the training images become calibration images
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(pneumonia_root),
+                "--official",
+                "--calibration-fraction",
+                "0.1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    assert all(
+        path.startswith("train/" if split == "calibration" else split + "/") for path, _, split, *_ in rows
+    )
+    assert sum(split == "calibration" for _, _, split, *_ in rows) >= 1
+    assert (
+        main(
+            [
+                "data",
+                "split",
+                str(pneumonia_root),
+                "--calibration-fraction",
+                "1.5",
+                "--out",
+                str(tmp_path / "x.csv"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cxrtl: error: --calibration-fraction must be in (0, 1)") and "\n" not in err
+    assert not (tmp_path / "x.csv").exists()

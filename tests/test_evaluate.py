@@ -217,6 +217,8 @@ def test_cam_in_lungs_aggregates_per_class(evaluated, monkeypatch):
     assert cam["without_mask"] == 1 and cam["overall"]["mean"] == 0.5 and cam["overall"]["n"] == m["n"] - 1
     # the chance level beside it: the lung share of the same images (the one without a CAM left out)
     assert cam["overall"]["mask_share"] == 0.25 and cam["feature_map"] == [2, 2] and "2x2" in cam["warning"]
+    assert cam["by"] == "CAM of the predicted class, grouped by true class"
+    assert cam["overall"]["ci"] == pytest.approx([0.5, 0.5])  # every share 0.5: no spread
 
 
 def _listing(*roots):

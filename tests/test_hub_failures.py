@@ -124,8 +124,8 @@ def test_push_with_this_machines_network(bundle, tmp_path):
             None,
             "cannot resolve the host of http://hub.invalid",
         ),  # RFC 6761: never resolves
-        ("http://127.0.0.1:{port}", None, "cannot connect to http://127.0.0.1:{port} ("),
-        (None, "http://127.0.0.1:{port}", "through the proxy in HTTPS_PROXY"),
+        ("http://127.0.0.1:{port}", None, "cannot connect to http://127.0.0.1:{port} (connection refused)"),
+        (None, "http://127.0.0.1:{port}", "through the proxy in HTTPS_PROXY (connection refused)"),
     ],
 )
 def test_push_cannot_reach_the_hub(bundle, tmp_path, endpoint, proxy, cause):

@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     (
         "model",
         [
+            "cxrtl.guard",
             "cxrtl.decisions",
             "cxrtl.bundle_manifest",
             "cxrtl.hub",

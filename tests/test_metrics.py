@@ -206,3 +206,38 @@ def test_properties(pairs):
     assert m["accuracy"] == pytest.approx(np.mean(y == pred))
     assert m["weighted"]["recall"] == pytest.approx(m["accuracy"])
     assert 0 <= m["ece"] <= 1
+
+
+def test_three_positive_class_flags_its_interval_and_counts_dropped_resamples():
+    """A class with 3 of 100 images: ~(97/100)^100 of resamples lack it, and its intervals are flagged."""
+    from cxrtl.evaluation.markdown import evaluation_markdown
+
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 3 + [1] * 50 + [2] * 47)
+    p = rng.dirichlet(np.ones(3), size=len(y))
+    p[np.arange(len(y)), y] += 1.0  # a good but imperfect model
+    p /= p.sum(axis=1, keepdims=True)
+    n_boot = 4000
+    m = M.compute_metrics(y, p, CLASSES, n_boot=n_boot, seed=5)
+    boot = m["bootstrap"]
+    assert boot["resamples"] == n_boot and boot["seed"] == 5
+    for c in CLASSES:
+        assert boot["roc_auc"][c]["used"] + boot["roc_auc"][c]["dropped"] == n_boot
+    # independent reference: P(no COVID image in a resample of 100) = (1 - 3/100)^100
+    q = (1 - 3 / 100) ** 100
+    expected, sd = n_boot * q, math.sqrt(n_boot * q * (1 - q))
+    assert abs(boot["roc_auc"]["COVID"]["dropped"] - expected) < 5 * sd
+    assert boot["roc_auc"]["Normal"]["dropped"] == 0
+    assert m["per_class"]["COVID"]["ci_unreliable"] is True
+    assert "3 positive" in m["per_class"]["COVID"]["ci_note"]
+    assert m["per_class"]["Normal"]["ci_unreliable"] is False
+    assert m["per_class"]["Normal"]["ci_note"] is None
+    # a class with 95 of 100 images has only 5 negatives: flagged too
+    m2 = M.compute_metrics(
+        np.array([0] * 95 + [1] * 5), onehot_probs(np.zeros(100, int), 2), CLASSES[:2], n_boot=0
+    )
+    assert m2["per_class"]["COVID"]["ci_unreliable"] and "5 negative" in m2["per_class"]["COVID"]["ci_note"]
+    report = evaluation_markdown(json.loads(json.dumps(m)))
+    assert "| COVID † | 3 |" in report
+    assert "† only 3 positive image(s) of COVID (fewer than 10)" in report
+    assert f"COVID {boot['roc_auc']['COVID']['used']} (" in report

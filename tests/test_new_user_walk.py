@@ -75,10 +75,13 @@ def test_another_split_warns_about_trained_images_and_refuses_to_fit_on_them(
     assert metrics["trained_on"]["trained_on"] == metrics["trained_on"]["n"] > 0
     assert "were training images of this run" in caplog.text
     capsys.readouterr()
+    record = run / "best.decisions.json"  # training wrote the OOD guard there; a refused fit changes nothing
+    before = record.read_bytes() if record.exists() else None
     assert main([*args, "--out", str(tmp_path / "f"), "--calibrate"]) == 2
     err = _error(capsys)
     assert "--calibrate would be fitted on" in err and "that the run trained on" in err
-    assert not (run / "best.decisions.json").exists() and not (tmp_path / "f" / "metrics.json").exists()
+    assert (record.read_bytes() if record.exists() else None) == before
+    assert not (tmp_path / "f" / "metrics.json").exists()
 
 
 def test_a_missing_model_names_the_closest_run(relative_run, tmp_path, capsys):
@@ -163,3 +166,26 @@ def test_a_folder_walk_says_what_it_skipped(tmp_path, caplog):
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     assert collect_inputs([tmp_path / "in"]) == [tmp_path / "in" / "a.png"]
     assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_a_conformal_refusal_gives_the_fix_that_works_after_the_other_fits(relative_run, tmp_path, capsys):
+    project, run = relative_run
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    args = [
+        "evaluate",
+        str(run),
+        "--out",
+        str(tmp_path / "e"),
+        "--no-figures",
+        "--bootstrap",
+        "0",
+        "--no-progress",
+    ]
+    assert main([*args, "--calibrate", "--conformal", "0.1"]) == 2
+    err = _error(capsys)
+    assert "needs at least 20 validation images" in err and "--ratios" in err and "cxrtl train --split" in err
+    assert "larger alpha" not in err  # at alpha 0.1 the minimum of 20 does not depend on alpha
+    assert "--calibrate fitted and stored" in err
+    record = json.loads((run / "best.decisions.json").read_text())
+    assert record["temperature"] and record["conformal"] is None
+    assert (tmp_path / "e" / "metrics.json").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow  # one quantization of a tiny model: about 10 s on 2 cores
 
+from cxrtl import machine
 from cxrtl.cli import main
 from cxrtl.data import load_dataset
 from cxrtl.data.splits import read_split_csv
@@ -65,6 +67,32 @@ def test_int8_figures_are_in_the_card(quantized):
     assert "## int8 model" in body
     assert f"difference {100 * q['accuracy_diff']:+.1f} points" in body
     assert f"Largest probability difference: {q['max_prob_diff']:.4f}" in body
+    # the speed-up depends on the CPU (VNNI/AMX or not), so the card names the one it was measured on
+    cpu = machine.cpu_summary(machine.describe(gpu=False))
+    assert q["speed_cpu"] == cpu and q["speedup"] > 0
+    assert f"- Speed: int8 {q['speedup']:.2f}x fp32 over that pass, measured on {cpu}." in body
+
+
+def test_int8_export_says_what_to_expect_on_a_cpu_without_vnni(
+    quantized, covid_root, tmp_path, monkeypatch, capsys
+):
+    # No CPU without VNNI/AMX can be had on demand, so cxrtl.machine reads an AVX2-only EPYC's /proc/cpuinfo.
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: AMD EPYC 7B12\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    monkeypatch.setattr(machine, "CPUINFO", str(cpuinfo))
+    run, _, _ = quantized
+    argv = ["export", str(run), "--onnx", str(tmp_path / "m.onnx"), "--int8", "--calibration-data"]
+    assert main([*argv, str(covid_root), "--calibration-images", "4", "--exporter", "torchscript"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"int8 \d+\.\d\dx as fast on AMD EPYC 7B12, \d+ cores \(AVX2\)\n", out)
+    note = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(note) == 1
+    assert re.fullmatch(
+        r"note: this CPU has no VNNI/AMX: int8 will be about as fast as fp32 here; the gain is a "
+        r"[3-5]\.\dx smaller file",
+        note[0],
+    )
+    assert (tmp_path / "m.onnx").is_file()
 
 
 def test_int8_with_other_classes_is_refused(quantized, pneumonia_root, tmp_path, capsys):

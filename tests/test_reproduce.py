@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from browser import SKIP_REASON, playwright_or_none, render
 from cxrtl.cli import main
 from cxrtl.errors import CxrtlError
 from cxrtl.paper.experiments import COVID_BEST, plan_runs
@@ -82,6 +83,22 @@ def test_plan_shares_identical_runs_and_orders_dependencies():
     assert all(r.input == "raw" for r in alone)
 
 
+def test_a_run_meant_for_imagenet_is_described_as_it_ran():
+    from cxrtl.paper.runs import as_ran
+
+    plans = {r.name: r for r in plan_runs((3,))}
+    offline = as_ran(plans["pneumonia-imagenet-finetune"], random_init=True)  # the log line's settings
+    assert offline["init"] == "none" and offline["planned_init"] == "imagenet"
+    assert offline["pretraining"] == "random (ImageNet unavailable)"
+    covid = as_ran(plans["pneumonia-covid-extractor"], random_init=True)
+    assert covid["init"] == COVID_BEST and covid["pretraining"] == "random (ImageNet unavailable) & COVID"
+    online = as_ran(plans["pneumonia-imagenet-finetune"], random_init=False)
+    assert (
+        online["init"] == "imagenet" and online["pretraining"] == "ImageNet" and "planned_init" not in online
+    )
+    assert as_ran(plans["pneumonia-none-finetune"], random_init=True)["pretraining"] == "None"
+
+
 @pytest.fixture(scope="module")
 def tiny_reproduction(tmp_path_factory, synth_roots):
     covid, pneumonia = synth_roots
@@ -90,7 +107,17 @@ def tiny_reproduction(tmp_path_factory, synth_roots):
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("CXRTL_CACHE_DIR", str(out.parent / "cache"))
         argv = _args(
-            covid, pneumonia, out, "--allow-random-init", "--exclude-overlap", "--segmenter-epochs", "1"
+            covid,
+            pneumonia,
+            out,
+            "--allow-random-init",
+            "--exclude-overlap",
+            "--segmenter-epochs",
+            "1",
+            "--external",
+            str(pneumonia),
+            "--external-class-map",
+            "NORMAL=Normal,PNEUMONIA=Viral Pneumonia",
         )
         assert main(argv) == 0
     return out
@@ -107,6 +134,12 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
         assert set(r) >= {"name", "experiment", "dataset", "config", "best_epoch", "seconds", "test"}
         assert r["dataset"] in ("covid", "pneumonia")
         assert {"accuracy", "per_class", "confusion_matrix", "roc_auc"} <= set(r["test"])
+    # The best COVID model on an external set (here the Kermany set through a class map), beside its test.
+    ext = results["external"]
+    assert ext["external"]["class_map"] == {"NORMAL": "Normal", "PNEUMONIA": "Viral Pneumonia"}
+    assert ext["external"]["absent_classes"] == ["COVID", "Lung_Opacity"]
+    assert [r["metric"] for r in ext["comparison"]["metrics"]][:2] == ["accuracy", "macro F1"]
+    assert "## External validation" in (out / "report.md").read_text()
     # Exp. 3's COVID model is the best Exp. 2 run by validation accuracy.
     exp2 = [r for r in runs.values() if 2 in r["experiment"]]
     best = max(exp2, key=lambda r: r["best_val_acc"])
@@ -169,6 +202,25 @@ def test_tiny_reproduction_report_matches_results(tiny_reproduction):
             in md
         )
     assert "](segmenter/test/overlays.png)" in md and html.count("data:image/png;base64,") >= 1
+    # Offline, ImageNet fine-tune started from random weights like the no-pre-training run: the same job,
+    # named as such and not tested.
+    same = [(c["a"], c["b"]) for c in results["comparisons"] if c.get("identical")]
+    assert same == [("pneumonia-none-finetune", "pneumonia-imagenet-finetune")]
+    assert "pneumonia-imagenet-finetune: both started from random weights: the same configuration" in md
+    assert "seed variance is not measured" in md and ", Holm = " in md
+    # A run meant to start from ImageNet that started from random weights is named so in results.json.
+    offline = runs["pneumonia-imagenet-finetune"]
+    assert offline["pretraining"] == "random (ImageNet unavailable)"
+    assert offline["config"]["init"] == "none" and offline["config"]["planned_init"] == "imagenet"
+    assert runs["pneumonia-covid-finetune"]["pretraining"] == "random (ImageNet unavailable) & COVID"
+    assert runs["pneumonia-none-finetune"]["pretraining"] == "None"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(playwright_or_none() is None, reason=SKIP_REASON)
+def test_tiny_reproduction_report_fits_a_laptop_screen(tiny_reproduction):
+    found = render(tiny_reproduction / "report.html", 1280, 800)
+    assert found["wide"] == [] and found["scrollWidth"] <= 1280, found["wide"][:5]
 
 
 @pytest.mark.slow
@@ -201,11 +253,32 @@ def test_bad_input_fails_before_training(tmp_path, synth_roots, capsys):
     cases.append(
         (_args(covid, pneumonia, tmp_path / "f", "--conformal", "1.5"), "--conformal must be in (0, 1)")
     )
+    cases.append(
+        (
+            _args(covid, pneumonia, tmp_path / "g", "--allow-random-init", "--external-class-map", "A=COVID"),
+            "give that too",
+        )
+    )
+    cases.append(
+        (
+            _args(
+                covid,
+                pneumonia,
+                tmp_path / "h",
+                "--allow-random-init",
+                "--external",
+                str(pneumonia),
+                "--external-class-map",
+                "PNEUMONIA=Pneumonia",
+            ),
+            "which the model does not have; its classes are COVID, Lung_Opacity, Normal, Viral Pneumonia",
+        )
+    )
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("cxrtl: error:") and message in err and len(err.splitlines()) == 1, err
-    for name in "adef":
+    for name in "adefgh":
         assert not (tmp_path / name).exists()
     assert (foreign / "notes.txt").read_text() == "someone else's work"
 
@@ -325,11 +398,35 @@ def test_seeds_give_configurations_and_comparisons(tmp_path, synth_roots):
         ("covid-raw-1ch-wce-1cf", "covid-raw-3ch-wce-1cf"),
         ("covid-masked-1ch-wce-1cf", "covid-masked-3ch-wce-1cf"),
     ]
-    for c in comps:
-        assert set(c) >= {"a", "b", "metric", "difference", "ci95", "p_value", "method"}
+    from statsmodels.stats.multitest import multipletests
+
+    holm = multipletests([c["p_value"] for c in comps], method="holm")[1]
+    seed_holm = multipletests([c["seed_level"]["p_value"] for c in comps], method="holm")[1]
+    mean_acc = {name: cfg["accuracy"]["mean"] for name, cfg in by_config.items()}
+    boot = results["reproduction"]["bootstrap"]
+    assert boot["resamples"] >= 2000 and boot["derived_from_seed"] == 2022 and boot["seed"] != 0
+    for c, p_adj, s_adj in zip(comps, holm, seed_holm):
+        assert set(c) >= {"a", "b", "metric", "difference", "ci95", "p_value", "method", "p_adjusted"}
         assert c["ci95"][0] <= c["difference"] <= c["ci95"][1] and 0 <= c["p_value"] <= 1
+        assert c["adjustment"] == "holm" and c["family"] == 4 and c["p_adjusted"] == pytest.approx(p_adj)
+        # The headline with 2 seeds: the difference of the tables' mean accuracies, seeds in its interval.
+        seed = c["seed_level"]
+        assert c["headline"] == "seed_level" and seed["p_adjusted"] == pytest.approx(s_adj)
+        assert seed["difference"] == pytest.approx(mean_acc[c["a"]] - mean_acc[c["b"]])
+        assert (
+            seed["resamples"] == boot["resamples"]
+            and seed["ci95"][0] <= seed["difference"] <= seed["ci95"][1]
+        )
+        better = seed["p_adjusted"] < 0.05 and seed["difference"] != 0
+        assert ("is better" in c["verdict"]) == better
     md = (out / "report.md").read_text()
-    assert md.count(" pp [") >= 4 and ("is better" in md or "not distinguishable" in md)
+    assert md.count(" pp [") >= 8 and ("is better" in md or "not distinguishable" in md)
+    assert (
+        md.count("mean accuracy over 2 and 2 seeds") == 4
+        and md.count("the ensemble test of the seed-averaged") == 4
+    )
+    assert "Holm: each p-value adjusted by Holm's step-down method over the 4 comparisons" in md
+    assert ", Holm = " in md and "two-level bootstrap" in md
     assert "± " in (out / "tables" / "table_iii.md").read_text()
     # A rerun skips every finished seed.
     weights = sorted(out.glob("runs/*/best.safetensors"))

@@ -36,6 +36,7 @@ from helpers import bomb_png
 from test_predict import CLASSES, make_run, radiograph, save_png
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+LOCAL = "http://localhost"  # the server accepts only its bound host and localhost names in Host
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(served):
-    return TestClient(create_app(served[2], max_files=4, max_upload_mb=0.5))
+    return TestClient(create_app(served[2], max_files=4, max_upload_mb=0.5), base_url=LOCAL)
 
 
 def upload(*items):
@@ -69,7 +70,7 @@ def test_healthz_model_docs_and_page(client):
     assert info["calibration"]["temperature"] == 1.3 and info["calibration"]["conformal_threshold"] is None
     assert info["cxrtl_version"] == __import__("cxrtl").__version__
     assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN: off
     page = client.get("/")
     assert page.status_code == 200 and "not a medical device" in page.text
     for asset in ("app.js", "style.css"):
@@ -86,7 +87,9 @@ def test_api_equals_cxrtl_predict_json(client, served, capsys):
     rows = got.json()
     assert [r["path"] for r in rows] == [f.name for f in files]
     for r, w in zip(rows, want):
-        assert r["label"] == w["label"] and set(r) >= {"path", "label", "probabilities"}
+        assert r["label"] == w["label"] and set(r) == set(
+            w
+        )  # the same row as `cxrtl predict`, field for field
         np.testing.assert_allclose(
             [r["probabilities"][c] for c in CLASSES], [w["probabilities"][c] for c in CLASSES], atol=1e-6
         )
@@ -131,11 +134,14 @@ def test_dicom_upload_predicts_like_its_png(client, tmp_path):
     assert rows[2]["error"] and "broken.dcm" in rows[2]["error"]
 
 
-def test_cam_overlay_is_a_png_of_the_model_input(client, served):
+def test_cam_overlay_is_drawn_on_the_image_as_sent(client, served):
     data = served[1][1].read_bytes()
-    row = client.post("/v1/predict?cam=true", files=upload(("a.png", data))).json()[0]
+    row = client.post("/v1/predict?cam=true&image=true", files=upload(("a.png", data))).json()[0]
     overlay = Image.open(io.BytesIO(base64.b64decode(row["cam_png"])))
-    assert overlay.format == "PNG" and overlay.size == (64, 64) and overlay.mode == "RGB"
+    shown = Image.open(io.BytesIO(base64.b64decode(row["image_png"])))
+    # at the upload's own size (as `predict --cam` writes overlays), not the 64 px model input
+    assert overlay.format == "PNG" and overlay.mode == "RGB" and overlay.size == shown.size
+    assert overlay.size == Image.open(io.BytesIO(data)).size
     assert row["cam_class"] == row["label"]
     assert "cam_png" not in client.post("/v1/predict", files=upload(("a.png", data))).json()[0]
 
@@ -171,7 +177,7 @@ def test_odd_requests_never_500(client):
 
 
 def test_token_required_when_set(served):
-    c = TestClient(create_app(served[2], token="s3cret"))
+    c = TestClient(create_app(served[2], token="s3cret"), base_url=LOCAL)
     assert c.get("/v1/model").status_code == 401
     assert c.get("/v1/model", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert c.get("/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
@@ -186,8 +192,17 @@ def test_non_loopback_host_needs_a_token(monkeypatch, caplog, served, capsys):
     with caplog.at_level(logging.WARNING):
         assert resolve_token("0.0.0.0", True) is None
     assert "WITHOUT a token" in caplog.text
-    monkeypatch.setenv("CXRTL_SERVE_TOKEN", "t0k")
-    assert resolve_token("0.0.0.0", False) == "t0k"
+    monkeypatch.setenv("CXRTL_SERVE_TOKEN", "a")
+    assert resolve_token("127.0.0.1", False) == "a"  # loopback: any token
+    with pytest.raises(CxrtlError, match=r"at least 16.*secrets\.token_urlsafe\(32\)"):
+        resolve_token("0.0.0.0", False)
+    monkeypatch.setenv("CXRTL_SERVE_TOKEN", "0123456789abcdef")
+    assert resolve_token("0.0.0.0", False) == "0123456789abcdef"
+    monkeypatch.setenv("CXRTL_SERVE_TOKEN", "short")
+    assert main(["serve", str(served[0]), "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxrtl: error: CXRTL_SERVE_TOKEN has 5 characters") and len(err.splitlines()) == 1
+    assert 'python -c "import secrets; print(secrets.token_urlsafe(32))"' in err
     monkeypatch.delenv("CXRTL_SERVE_TOKEN")
     assert main(["serve", str(served[0]), "--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
@@ -252,7 +267,7 @@ def live_server(app):
 
 
 class SlowPredictor:
-    """A Predictor whose predict_files waits for ``gate``: requests pile up while it is closed."""
+    """A Predictor whose model call waits for ``gate``: requests pile up while it is closed."""
 
     def __init__(self, predictor):
         self._p, self.gate = predictor, threading.Event()
@@ -260,9 +275,13 @@ class SlowPredictor:
     def __getattr__(self, name):
         return getattr(self._p, name)
 
-    def predict_files(self, *args, **kwargs):
+    def predict_prepared(self, *args, **kwargs):
         assert self.gate.wait(30)
-        return self._p.predict_files(*args, **kwargs)
+        return self._p.predict_prepared(*args, **kwargs)
+
+    def predict_prepared_ood(self, *args, **kwargs):  # what the server calls: probabilities and OOD scores
+        assert self.gate.wait(30)
+        return self._p.predict_prepared_ood(*args, **kwargs)
 
 
 def test_backpressure_503_and_healthz_while_busy(served):
@@ -287,7 +306,7 @@ def test_upload_limit_is_checked_while_reading(served):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(
-                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
             )
             head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
@@ -357,7 +376,7 @@ def onnx_model(served, tmp_path_factory):
 
 def test_onnx_backend_matches_and_has_no_cam(served, onnx_model):
     predictor = load_predictor(onnx_model, backend="onnx")
-    c = TestClient(create_app(predictor))
+    c = TestClient(create_app(predictor), base_url=LOCAL)
     data = served[1][0].read_bytes()
     row = c.post("/v1/predict", files=upload(("a.png", data))).json()[0]
     want = served[2].predict_files([served[1][0]])[0].probabilities

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from cxrtl.data.records import SPLITS, DatasetIndex, Record
 from cxrtl.data.splits import make_split
 
+THREE = ("train", "val", "test")  # the subsets three ratios fill (no calibration subset)
+
 RATIOS = st.sampled_from(
     [(0.7, 0.15, 0.15), (0.7, 0.2, 0.1), (0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.6, 0.4, 0.0), (1.0, 0.0, 0.0)]
 )
@@ -54,7 +56,7 @@ def test_disjoint_and_covering(index, ratios, seed):
     assert len(paths) == len(set(paths))  # disjoint
     assert sorted(paths) == sorted(r.path for r in index.records)  # covering
     assert {r.path: r for r in flat(split)} == {r.path: r for r in index.records}  # records unchanged
-    for s, ratio in zip(SPLITS, ratios):
+    for s, ratio in zip(THREE, ratios):
         if ratio == 0:
             assert split[s] == []
 
@@ -69,7 +71,7 @@ def test_stratified_within_one_image_per_class(index, ratios, seed):
     """
     split = make_split(index, ratios=ratios, seed=seed)
     totals = Counter(r.label for r in index.records)
-    for s, ratio in zip(SPLITS, ratios):
+    for s, ratio in zip(THREE, ratios):
         counts = Counter(r.label for r in split[s])
         for label, n in totals.items():
             if all(n * r >= 1 for r in ratios if r > 0):
@@ -82,7 +84,7 @@ def test_tiny_classes_reach_every_positive_split(index, ratios, seed):
     split = make_split(index, ratios=ratios, seed=seed)
     totals = Counter(r.label for r in index.records)
     for label, n in totals.items():
-        counts = [sum(r.label == label for r in split[s]) for s in SPLITS]
+        counts = [sum(r.label == label for r in split[s]) for s in THREE]
         assert sum(counts) == n and counts[0] >= 1
         positive = [k for k in range(3) if ratios[k] > 0]
         if n >= len(positive):

@@ -9,6 +9,8 @@ from cxrtl.data.sources import load_dataset
 from cxrtl.data.splits import default_ratios, make_split, parse_ratios, read_split_csv, write_split_csv
 from cxrtl.errors import CxrtlError
 
+THREE = ("train", "val", "test")  # the subsets three ratios fill (no calibration subset)
+
 
 def _index(n_per_class=(50, 30, 20), patients=False) -> DatasetIndex:
     records = []
@@ -32,7 +34,7 @@ def test_split_is_stratified_and_follows_ratios():
     assert sum(len(v) for v in split.values()) == 100
     assert len({r.path for v in split.values() for r in v}) == 100
     for c, n in (("c0", 50), ("c1", 30), ("c2", 20)):
-        counts = [sum(r.label == c for r in split[s]) for s in SPLITS]
+        counts = [sum(r.label == c for r in split[s]) for s in THREE]
         assert counts == [round(n * 0.7), round(n * 0.2), n - round(n * 0.7) - round(n * 0.2)]
 
 
@@ -113,3 +115,59 @@ def test_reading_a_split_whose_files_vanished_names_them(covid_copy, tmp_path):
     assert gone in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(CxrtlError, match="does not exist"):
         read_split_csv(tmp_path / "nope.csv", index)
+
+
+def test_four_ratios_make_a_calibration_subset_that_round_trips(tmp_path):
+    index = _index()
+    split = make_split(index, ratios=(0.7, 0.1, 0.05, 0.15), seed=1)
+    assert list(split) == list(SPLITS) == ["train", "val", "calibration", "test"]
+    # per class, by hand: largest-remainder counts of n * (0.7, 0.1, 0.05, 0.15)
+    for c, want in (("c0", [35, 5, 3, 7]), ("c1", [21, 3, 2, 4]), ("c2", [14, 2, 1, 3])):
+        got = [sum(r.label == c for r in split[s]) for s in SPLITS]
+        assert sum(got) == sum(want) and all(abs(g - w) <= 1 for g, w in zip(got, want)), (c, got)
+        assert got[2] >= 1
+    path = write_split_csv(tmp_path / "split.csv", split)
+    assert ",calibration" in path.read_text()
+    for r in index.records:  # the files must exist for the split to be read back
+        (tmp_path / r.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / r.path).write_bytes(b"")
+    back = read_split_csv(path, DatasetIndex(tmp_path, "csv", index.classes, index.records))
+    assert {s: [r.path for r in v] for s, v in back.items()} == {
+        s: [r.path for r in v] for s, v in split.items()
+    }
+
+
+@pytest.mark.parametrize("patients", [False, True])
+def test_calibration_fraction_comes_from_training_and_leaves_val_and_test(patients):
+    index = _index((60, 30, 30), patients=patients)
+    group_by = "patient" if patients else None
+    plain = make_split(index, ratios=(0.7, 0.15, 0.15), seed=4, group_by=group_by)
+    split = make_split(index, ratios=(0.7, 0.15, 0.15), seed=4, group_by=group_by, calibration_fraction=0.2)
+    assert split["val"] == plain["val"] and split["test"] == plain["test"]
+    assert sorted(r.path for r in split["train"] + split["calibration"]) == sorted(
+        r.path for r in plain["train"]
+    )
+    for c in index.classes:
+        n_train = sum(r.label == c for r in plain["train"])
+        n_cal = sum(r.label == c for r in split["calibration"])
+        assert abs(n_cal - 0.2 * n_train) <= (3 if patients else 0.5), (c, n_cal, n_train)
+    if patients:
+        where = {}
+        for s in SPLITS:
+            for r in split[s]:
+                where.setdefault(r.patient_id, set()).add(s)
+        assert all(len(v) == 1 for v in where.values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"calibration_fraction": 1.0}, "--calibration-fraction must be in (0, 1)"),
+        ({"calibration_fraction": 0.0}, "--calibration-fraction must be in (0, 1)"),
+        ({"calibration_fraction": 0.1, "ratios": (0.7, 0.1, 0.05, 0.15)}, "four ratios already give"),
+        ({"ratios": (0.5, 0.2, 0.1, 0.1, 0.1)}, "three values (train,val,test) or four"),
+    ],
+)
+def test_bad_calibration_requests_are_refused(kwargs, message):
+    with pytest.raises(CxrtlError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        make_split(_index(), seed=1, **kwargs)

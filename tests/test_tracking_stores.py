@@ -90,7 +90,11 @@ def test_an_unusable_store_is_refused_before_training(
 def test_a_sqlite_store_records_the_run(tmp_path, covid_root, monkeypatch, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(
+        tmp_path
+    )  # a database store keeps artifacts in ./mlruns (MLflow's default): not in the repo
     assert train(covid_root, tmp_path / "run") == 0
+    assert (tmp_path / "mlruns").is_dir()
     assert f"tracked in {uri}" in capsys.readouterr().out
     client, run = read_back(uri, "run")
     assert_logged_as_recorded(client, run, tmp_path / "run")

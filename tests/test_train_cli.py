@@ -30,9 +30,11 @@ FAST = [
     "cpu",
 ]
 RUN_FILES = [
+    "best.decisions.json",  # the OOD guard fitted at the end of training
     "best.json",
     "best.safetensors",
     "config.yaml",
+    "data_fingerprint.json",
     "history.csv",
     "last.json",
     "last.safetensors",

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "data",
     "train",
     "evaluate",
+    "compare",
     "predict",
     "export",
     "push",

@@ -102,11 +102,15 @@ class TrainConfig:
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
             bad("milestones", self.milestones, "increasing positive epoch numbers")
         if self.ratios is not None and (
-            len(self.ratios) != 3
+            len(self.ratios) not in (3, 4)
             or any(r < 0 for r in self.ratios)
             or not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6)
         ):
-            bad("ratios", self.ratios, "three non-negative numbers summing to 1")
+            bad(
+                "ratios",
+                self.ratios,
+                "three (train,val,test) or four (train,val,calibration,test) non-negative numbers summing to 1",
+            )
         if self.keep_hidden and self.init in ("imagenet", "none"):
             raise CxrtlError(
                 "keep-hidden needs --init PATH of a cxrtl checkpoint to keep the hidden layer from"

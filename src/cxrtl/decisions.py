@@ -33,6 +33,7 @@ import numpy as np
 
 from .errors import CxrtlError
 from .fsutil import read_json, write_json
+from .guard import OOD_LAYERS, OutOfDistribution  # noqa: F401  (the record's OOD part, re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,9 @@ class OperatingPoint:
     warning: str | None = None
 
 
+EMPTY_SET = "(empty)"  # an empty conformal set in CSV and table output: no class is plausible (JSON: [])
+
+
 @dataclass(frozen=True)
 class Conformal:
     """Split-conformal (LAC) prediction sets at coverage ``1 - alpha``, fitted at ``temperature``.
@@ -118,6 +122,7 @@ class Decisions:
     conformal: Conformal | None = None
     segmenter: SegmenterRef | None = None
     weights_sha256: str | None = None  # the weights this record was fitted for
+    ood: OutOfDistribution | None = None  # the out-of-distribution guard (runs trained before it have none)
 
     # ------------------------------------------------------------------------ what prediction uses
     @property
@@ -169,9 +174,20 @@ class Decisions:
         )
         return [name for name, ok in zip(self.classes, (1.0 - p) <= limits + 1e-12) if ok]
 
-    def decide(self, probs_row: Sequence[float] | np.ndarray) -> dict[str, Any]:
-        """The decision fields of one prediction row: ``positive`` and ``prediction_set`` where carried."""
+    def ood_flag(self, score: float | None) -> dict[str, Any] | None:
+        """``{"score", "threshold", "flag"}`` for one image's OOD score, or None without a guard (or score)."""
+        if self.ood is None or score is None:
+            return None
+        return self.ood.flag(score)
+
+    def decide(
+        self, probs_row: Sequence[float] | np.ndarray, ood_score: float | None = None
+    ) -> dict[str, Any]:
+        """The decision fields of one prediction row: ``positive``, ``prediction_set`` and ``ood`` where carried."""
         out: dict[str, Any] = {}
+        ood = self.ood_flag(ood_score)
+        if ood is not None:
+            out["ood"] = ood
         flag = self.positive_flag(probs_row)
         if flag is not None:
             out["positive"] = flag
@@ -217,6 +233,7 @@ class Decisions:
                 conformal=_part(Conformal, data.get("conformal")),
                 segmenter=_part(SegmenterRef, data.get("segmenter")),
                 weights_sha256=data.get("weights_sha256"),
+                ood=_part(OutOfDistribution, data.get("ood")),
             )
         except (TypeError, ValueError) as exc:
             raise CxrtlError(f"{where} is damaged ({exc}); delete it and evaluate the model again") from None
@@ -260,6 +277,8 @@ class Decisions:
                 )
             if not (_finite(c.alpha) and 0 < c.alpha < 1):
                 raise CxrtlError(f"{where} has a conformal alpha outside (0, 1); refit it")
+        if self.ood is not None:
+            self.ood.check(len(self.classes), where)
         return self
 
     # ------------------------------------------------------------------------------ for people
@@ -270,7 +289,18 @@ class Decisions:
             "operating_point": None,
             "conformal": None,
             "segmenter": self.segmenter.name if self.segmenter else None,
+            "ood": None,
         }
+        if self.ood:
+            g = self.ood
+            out["ood"] = {
+                "layer": g.layer,
+                "threshold": g.threshold,
+                "percentile": g.percentile,
+                "fitted_on": g.fitted_on,
+                "n": g.n,
+                "fitted_utc": g.fitted_utc,
+            }
         if self.operating_point:
             op = self.operating_point
             out["operating_point"] = {

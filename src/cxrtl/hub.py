@@ -32,9 +32,8 @@ _REF = re.compile(rf"({_PART})/({_PART})(?:@([A-Za-z0-9._/-]{{1,200}}))?")
 # that are not empty and do not start or end with a dot, no "..", no ".lock" ending; "refs/pr/1" is a PR.
 _REV_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 ETAG_TIMEOUT_S = 5.0
-PUSH_READ_TIMEOUT_S = (
-    120.0  # the Hub may take a while to answer a commit; a silent one is not waited on forever
-)
+# The Hub may take a while to answer a commit; a host that says nothing is not waited on forever.
+PUSH_READ_TIMEOUT_S = 120.0
 # The top-level packages whose exceptions mean "the Hub could not be reached or answered an error".
 TRANSPORT_PACKAGES = frozenset(
     {"huggingface_hub", "hf_xet", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
@@ -74,11 +73,9 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _from_transport(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) comes from the Hub client or the HTTP stack beneath it."""
+    """Whether ``exc`` (or what caused it) comes from the Hub client, the HTTP stack beneath it or the OS."""
     return any(
-        type(e).__module__.split(".")[0] in TRANSPORT_PACKAGES
-        or isinstance(e, (ConnectionError, TimeoutError, socket.gaierror))
-        for e in _chain(exc)
+        type(e).__module__.split(".")[0] in TRANSPORT_PACKAGES or isinstance(e, OSError) for e in _chain(exc)
     )
 
 
@@ -102,6 +99,23 @@ def _proxy() -> str | None:
         if os.environ.get(name):
             return name
     return None
+
+
+_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("Connection reset", "connection reset"),
+    ("Network is unreachable", "network unreachable"),
+    ("No route to host", "no route to host"),
+)
+
+
+def _reason(exc: BaseException) -> str:
+    """A transport error's reason in a few words (requests nests it deep in a MaxRetryError's text)."""
+    text = str(exc)
+    for needle, short in _REASONS:
+        if needle in text:
+            return short
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:120]
 
 
 def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
@@ -150,9 +164,12 @@ def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
     proxy = _proxy()
     for e in chain:
         name = type(e).__name__
-        text = (str(e).strip().splitlines() or [name])[0][:120]
-        if "Proxy" in name:
-            return f"the proxy failed ({text})", "check HTTPS_PROXY / HTTP_PROXY"
+        text = _reason(e)
+        if "Proxy" in name or (proxy and ("Connect" in name or isinstance(e, ConnectionError))):
+            return (
+                f"cannot connect to {endpoint} through the proxy in {proxy or 'the environment'} ({text})",
+                f"check {proxy or 'HTTPS_PROXY'} and the network",
+            )
         if isinstance(e, socket.gaierror) or any(
             s in str(e) for s in ("Name or service not known", "nodename nor servname", "name resolution")
         ):
@@ -168,14 +185,14 @@ def describe_failure(exc: BaseException, push: bool = False) -> tuple[str, str]:
                 "check SSL_CERT_FILE, or the proxy's certificate",
             )
         if "Connect" in name or isinstance(e, ConnectionError):
-            if proxy:
-                return (
-                    f"cannot connect to {endpoint} through the proxy in {proxy} ({text})",
-                    f"check {proxy} and the network",
-                )
             return f"cannot connect to {endpoint} ({text})", "check the network, and HF_ENDPOINT if set"
     name = type(exc).__name__
-    return f"{name}: {(str(exc).strip().splitlines() or [name])[0][:160]}", f"check the network, or {login}"
+    cause = f"{name}: {(str(exc).strip().splitlines() or [name])[0][:160]}"
+    if isinstance(
+        exc, OSError
+    ):  # the disk, not the network: a cache or bundle that cannot be read or written
+        return cause, "check that the bundle folder is readable and the Hugging Face cache (HF_HOME) writable"
+    return cause, f"check the network, or {login}"
 
 
 def _hub():
@@ -201,7 +218,8 @@ def _bounded(connect: float, read: float) -> Iterator[None]:
     connect and a read timeout; a request with a timeout of its own keeps it. Requests-based releases
     pass a timeout on every call and have no hooks; they are left alone.
     """
-    hooks = getattr(_hub().get_session(), "event_hooks", None)
+    get_session = getattr(_hub(), "get_session", None)
+    hooks = getattr(get_session(), "event_hooks", None) if get_session else None
     if not isinstance(hooks, dict) or not isinstance(hooks.get("request"), list):
         yield
         return

@@ -24,6 +24,8 @@ class ClassMetrics(_ClassMetricsRequired, total=False):
     """One class of :class:`Metrics` ``per_class``; intervals are ``[lo, hi]`` or None when undefined."""
 
     f1_ci: list[float] | None  # bootstrap; absent when no bootstrap was run
+    ci_unreliable: bool  # fewer than 10 positive or negative images of this class: intervals say little
+    ci_note: str | None  # why, in words (None when reliable)
 
 
 class Average(TypedDict, total=False):
@@ -78,11 +80,17 @@ class Metrics(_MetricsRequired, total=False):
 
     source: MetricsSource
     calibrated: dict[str, Any]  # temperature scaling: temperature, loss, ece, calibration bins
+    ood: dict[str, Any]  # the OOD guard on this subset: false-flag rate (+ --ood-data: AUROC, true-flag rate)
+    external: dict[str, Any]  # an external set: class map, dropped per label, absent classes, overlap check
     operating_point: dict[str, Any]  # threshold chosen on validation for a target sensitivity
     cam_in_lungs: dict[str, Any]  # share of Grad-CAM energy inside the lung mask
     figures: list[str]
     provenance: dict[str, Any]  # what produced it: cxrtl/torch/timm/Python versions, git commit, device
     conformal: ConformalResult  # with ``evaluate --conformal ALPHA``
+    fitted_on: dict[
+        str, str
+    ]  # which subset ("calibration" or "val") each reported decision setting was fitted on
+    bootstrap: dict[str, Any]  # resamples, seed, and per class how many resamples each interval used/dropped
 
 
 class ConformalResult(TypedDict, total=False):
@@ -97,8 +105,11 @@ class ConformalResult(TypedDict, total=False):
     singleton_fraction: float
     empty_fraction: float
     temperature: float | None  # the temperature the threshold was fitted at (predictions must use it)
-    fitted_on: str  # "val"
-    n_calibration: int  # validation images the threshold was fitted on
+    fitted_on: str  # "calibration" when the split has a calibration subset, else "val"
+    n_calibration: int  # images the threshold was fitted on
+    class_thresholds: dict[str, float] | None  # --conformal-by-class: one threshold per class (Mondrian)
+    guarantee: str  # marginal, or per class (Mondrian), in words
+    per_class_n: dict[str, int]  # test images of each class behind per_class_coverage
     n: int  # test images scored
 
 
@@ -114,9 +125,7 @@ class FitResult(TypedDict):
     history: list[dict[str, float]]
 
 
-class RunSummary(TypedDict):
-    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
-
+class _RunSummaryRequired(TypedDict):
     run_dir: str
     finished: bool
     best_epoch: int
@@ -133,6 +142,12 @@ class RunSummary(TypedDict):
     device: str
     config: dict[str, Any]
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name
+
+
+class RunSummary(_RunSummaryRequired, total=False):
+    """``summary.json`` of a run directory: what :func:`cxrtl.train` returns."""
+
+    ood: dict[str, Any] | None  # the OOD guard fitted at the end: layer, threshold, percentile, n
 
 
 class ReproductionRun(TypedDict):
@@ -177,20 +192,33 @@ class Configuration(TypedDict, total=False):
     auc: Summary  # binary tasks only
 
 
-class Comparison(TypedDict):
-    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
-
+class _ComparisonRequired(TypedDict):
     experiment: int
+    dataset: str  # "covid" or "pneumonia": whose test images
     a: str
     b: str
     metric: str  # "accuracy"
     difference: float  # a minus b
-    ci95: list[float]  # paired bootstrap
-    p_value: float  # McNemar exact
+    ci95: list[float] | None  # Newcombe's paired hybrid score interval; None when ``identical``
+    p_value: float | None  # McNemar exact; None when ``identical``
     method: str
     n: int
     seeds: list[int]  # how many seeds each side averaged: [a, b]
     discordant: list[int]  # [a right only, b right only]
+
+
+class Comparison(_ComparisonRequired, total=False):
+    """One entry of ``results.json`` ``comparisons``: a paired comparison on the same test images."""
+
+    identical: str  # why a and b are the same training job (not tested, not in the family)
+    difference_of: str  # what ``difference`` is: the two runs' or the seed-averaged ensembles' accuracies
+    p_adjusted: float | None  # Holm over the family of tested comparisons; None when ``identical``
+    adjustment: str  # "holm"
+    family: int  # how many comparisons were adjusted together
+    headline: str | None  # "seed_level" (>= 2 seeds a side) or "ensemble": which test the verdict uses
+    verdict: str  # "<a or b> is better", "not distinguishable", "the same configuration, not tested"
+    seed_level: dict[str, Any]  # two-level bootstrap: difference (of the tables' mean accuracies), ci95,
+    # p_value, p_adjusted, adjustment, family, resamples, bootstrap_seed, method
 
 
 class ReproductionResults(TypedDict, total=False):
@@ -203,6 +231,7 @@ class ReproductionResults(TypedDict, total=False):
     pneumonia_masks: (
         dict[str, Any] | None
     )  # source (segmenter/given), dir, split, written: Exp. 3's CAM masks
+    external: dict[str, Any] | None  # reproduce --external: the best COVID model on an external set, compared
     reproduction: dict[str, Any]  # identity, experiments, seconds, covid_best, synthetic, splits notes
     report: dict[str, str]  # report.md / report.html paths
     provenance: dict[str, Any]  # cxrtl/torch/timm/Python versions, git commit, device name

@@ -252,7 +252,7 @@ def _log_files(mlflow, paths: Iterable[Path], folder: str | None = None) -> None
 
 
 @contextmanager
-def _after_the_work(what: Path, uri: str) -> Iterator[list[bool]]:
+def _after_the_work(what: Path, uri: str, again: str) -> Iterator[list[bool]]:
     """Around logging a finished run: a store failure is a warning (the run directory is complete), not an error.
 
     Yields a one-element list that holds False when logging failed.
@@ -274,12 +274,11 @@ def _after_the_work(what: Path, uri: str) -> Iterator[list[bool]]:
             except Exception:
                 pass
         log.warning(
-            "could not log %s to MLflow at %s (%s: %s); the run directory is complete, nothing is lost; "
-            "start the tracking store and run the command again to track it",
+            "could not log %s to MLflow at %s (%s); the run directory is complete, nothing is lost; %s",
             what,
             uri,
-            type(exc).__name__,
-            _first_line(exc),
+            _cause(exc),
+            again,
         )
 
 
@@ -288,7 +287,11 @@ def track_train(run_dir: str | os.PathLike, kind: str = "mlflow") -> str | None:
     mlflow = _mlflow()
     run_dir = Path(run_dir)
     uri = tracking_uri(run_dir)
-    with _after_the_work(run_dir, uri) as ok:
+    again = (
+        "once the store is back, log it with "
+        f"`python -c \"from cxrtl.tracking import track_train; track_train('{run_dir}')\"`"
+    )
+    with _after_the_work(run_dir, uri, again) as ok:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(EXPERIMENT)
         log_run(mlflow, run_dir, run_dir.name)
@@ -304,7 +307,9 @@ def track_reproduction(out: str | os.PathLike, result: dict[str, Any], kind: str
     out = Path(out)
     uri = tracking_uri(out)
     meta = result.get("reproduction") or {}
-    with _after_the_work(out, uri) as ok:
+    with _after_the_work(
+        out, uri, "each run's folder can be logged with cxrtl.tracking.track_train(RUN_DIR)"
+    ) as ok:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(EXPERIMENT)
         with mlflow.start_run(run_name=f"reproduce {out.name}"):

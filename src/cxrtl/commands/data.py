@@ -1,4 +1,4 @@
-"""``cxrtl data synth|check|split|cache``: thin shells over :mod:`cxrtl.data`."""
+"""``cxrtl data synth|check|split|cache|masks|dedup|manifest``: thin shells over :mod:`cxrtl.data`."""
 
 from __future__ import annotations
 
@@ -43,14 +43,28 @@ def register(subparsers) -> None:
     options.add_progress(p)
     p.set_defaults(func=run_check)
 
-    p = sub.add_parser("split", help="write a seeded, stratified train/val/test split CSV")
+    p = sub.add_parser(
+        "split",
+        help="write a seeded, stratified train/val/test split CSV (optionally with a calibration subset)",
+        description="Write a seeded split CSV, stratified by class. A calibration subset (four --ratios, or "
+        "--calibration-fraction) is where `cxrtl evaluate --calibrate/--positive/--conformal` fit their "
+        "settings, apart from the validation images that choose the checkpoint.",
+    )
     p.add_argument("root", metavar="ROOT", help="dataset folder, a parent of it, or a CSV manifest")
     p.add_argument("--out", required=True, metavar="SPLIT.csv", help="CSV to write")
     p.add_argument(
         "--ratios",
         nargs="+",
-        metavar="A,B,C",
-        help="train,val,test ratios, e.g. 0.7,0.2,0.1 (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise)",
+        metavar="A,B,C[,D]",
+        help="train,val,test ratios, e.g. 0.7,0.2,0.1 (default 0.7,0.15,0.15 COVID; 0.7,0.2,0.1 otherwise), "
+        "or train,val,calibration,test, e.g. 0.7,0.1,0.05,0.15",
+    )
+    p.add_argument(
+        "--calibration-fraction",
+        type=float,
+        metavar="F",
+        help="move this share of each class's training images (whole patients with --group-by) to a "
+        "calibration subset; validation and test stay as they were (e.g. 0.1)",
     )
     p.add_argument("--seed", type=int, default=2022, help="random seed (default 2022, the authors')")
     p.add_argument("--group-by", choices=("patient",), help="keep all images of a patient in one split")
@@ -70,6 +84,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_cache)
 
     add_dedup_parser(sub)
+    _register_manifest(sub)
 
 
 def run_synth(args) -> int:
@@ -154,7 +169,8 @@ def _print_check(report: dict) -> None:
             )
         )
     if "split" in report:
-        print("split: " + "; ".join(f"{s} {sum(d.values())}" for s, d in report["split"].items()))
+        sizes = {s: sum(d.values()) for s, d in report["split"].items()}
+        print("split: " + "; ".join(f"{s} {n}" for s, n in sizes.items() if n or s != "calibration"))
     if "leakage" in report:
         from ..integrity.leakage import leakage_lines
 
@@ -182,14 +198,23 @@ def run_split(args) -> int:
     if args.official and (ratios is not None or args.group_by):
         raise CxrtlError("--official uses Kermany's own folders; drop --ratios/--group-by")
     index = load_dataset(args.root)
-    split = make_split(index, ratios=ratios, seed=args.seed, group_by=args.group_by, official=args.official)
+    split = make_split(
+        index,
+        ratios=ratios,
+        seed=args.seed,
+        group_by=args.group_by,
+        official=args.official,
+        calibration_fraction=args.calibration_fraction,
+    )
     if args.masks:
         split = _with_masks(index, split, args.masks)
     path = write_split_csv(args.out, split)
     print(f"wrote {path}")
     for name, recs in split.items():
+        if name == "calibration" and not recs:
+            continue
         counts = Counter(r.label for r in recs)
-        print(f"  {name:<5} {len(recs):>6}  " + ", ".join(f"{c} {counts.get(c, 0)}" for c in index.classes))
+        print(f"  {name:<11} {len(recs):>6}  " + ", ".join(f"{c} {counts.get(c, 0)}" for c in index.classes))
     return 0
 
 
@@ -260,3 +285,58 @@ def _with_masks(index, split, mask_dir):
     from ..segmentation.masks import attach_masks
 
     return attach_masks(index, split, mask_dir)
+
+
+def _register_manifest(sub) -> None:
+    p = sub.add_parser(
+        "manifest",
+        help="a manifest (path,label[,patient_id]) from a collection's metadata table (CSV or .xlsx)",
+        description="Build a cxrtl manifest from the metadata table a public collection ships (e.g. the "
+        "covid-chestxray-dataset's metadata.csv: patientid, finding, view, modality, filename). Rows whose "
+        "image is missing are counted, not fatal. Labels keep their source names; map them onto a model's "
+        "classes with `cxrtl evaluate --class-map`.",
+    )
+    p.add_argument("table", metavar="TABLE", help="the metadata table: .csv, .tsv or .xlsx")
+    p.add_argument("--images", required=True, metavar="DIR", help="the folder the table's file names are in")
+    p.add_argument(
+        "--path-column", required=True, metavar="C", help="column of image file names (e.g. filename)"
+    )
+    p.add_argument("--label-column", required=True, metavar="C", help="column of labels (e.g. finding)")
+    p.add_argument("--patient-column", metavar="C", help="column of patient ids (e.g. patientid)")
+    p.add_argument(
+        "--where",
+        action="append",
+        metavar="COLUMN=V[,V...]",
+        help="keep only rows whose COLUMN is one of the values, e.g. view=PA,AP (repeatable)",
+    )
+    p.add_argument("--out", required=True, metavar="MANIFEST.csv", help="manifest CSV to write")
+    options.add_format(p, ("text", "json"), "text")
+    p.set_defaults(func=run_manifest)
+
+
+def run_manifest(args) -> int:
+    from ..data.manifest import build_manifest
+
+    report = build_manifest(
+        args.table,
+        args.images,
+        args.out,
+        path_column=args.path_column,
+        label_column=args.label_column,
+        patient_column=args.patient_column,
+        where=args.where,
+    )
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+        return 0
+    labels = ", ".join(f"{k} {v}" for k, v in report["labels"].items())
+    print(f"wrote {report['out']}: {report['written']} of {report['rows']} rows ({labels})")
+    for key, what in (
+        ("filtered_out", "left out by --where"),
+        ("missing_files", "name a file that is not there"),
+        ("no_label", "have no file name or label"),
+        ("duplicates", "repeat an image already listed"),
+    ):
+        if report[key]:
+            print(f"  {report[key]} row(s) {what}")
+    return 0

@@ -24,14 +24,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--subset",
         default="test",
-        choices=("test", "val", "train", "all"),
+        choices=("test", "val", "calibration", "train", "all"),
         help="which part of the split to score; 'all' scores every image (default: test)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
         "--calibrate",
         action="store_true",
-        help="fit a temperature on the validation subset and store it in the model's decision record",
+        help="fit a temperature on the calibration subset (the validation subset when the split has none) "
+        "and store it in the model's decision record",
     )
     p.add_argument(
         "--positive", metavar="CLASS", help="positive class for an operating point (e.g. COVID, PNEUMONIA)"
@@ -41,14 +42,22 @@ def register(subparsers) -> None:
         type=float,
         default=0.95,
         metavar="S",
-        help="sensitivity the operating point must reach on validation (default 0.95)",
+        help="sensitivity the operating point must reach on the calibration (else validation) subset "
+        "(default 0.95)",
     )
     p.add_argument(
         "--conformal",
         type=float,
         metavar="ALPHA",
-        help="fit split-conformal (LAC) prediction sets on the validation subset with coverage 1 - ALPHA "
-        "(e.g. 0.1), store the threshold in the model's decision record for predict, report them on --subset",
+        help="fit split-conformal (LAC) prediction sets on the calibration (else validation) subset with "
+        "coverage 1 - ALPHA (e.g. 0.1), store the threshold in the model's decision record for predict, "
+        "report them on --subset; the coverage is marginal (over all images, not per class)",
+    )
+    p.add_argument(
+        "--conformal-by-class",
+        action="store_true",
+        help="with --conformal: class-conditional (Mondrian) sets, one threshold per class, so each class "
+        "gets coverage 1 - ALPHA; needs at least max(20, 1/ALPHA - 1) fitting images of every class",
     )
     options.add_precision(
         p,
@@ -76,6 +85,40 @@ def register(subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    ext = p.add_argument_group("external validation")
+    ext.add_argument(
+        "--class-map",
+        metavar="MAP",
+        help="score an external set (folder or manifest in --data): map its labels onto the model's classes, "
+        'inline "COVID-19=COVID,No finding=Normal" or a YAML file; unmapped labels are dropped and counted',
+    )
+    ext.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="evaluate an external set even when it shares images with the run's training data (reported)",
+    )
+    ood = p.add_argument_group("out-of-distribution guard")
+    ood.add_argument(
+        "--ood-data",
+        metavar="DIR",
+        help="a folder of images that are not chest radiographs: report the guard's AUROC and true-flag rate",
+    )
+    ood.add_argument(
+        "--fit-ood",
+        action="store_true",
+        help="fit the guard again on the split's training images (threshold on validation) and store it",
+    )
+    ood.add_argument(
+        "--ood-percentile",
+        type=float,
+        metavar="P",
+        help="with --fit-ood: threshold at this percentile of validation scores (default 99)",
+    )
+    ood.add_argument(
+        "--ood-layer",
+        choices=("hidden", "pooled"),
+        help="with --fit-ood: the head's 64-d hidden layer (default) or the backbone's pooled features",
+    )
     options.add_progress(p)
     p.set_defaults(func=run)
 
@@ -112,9 +155,16 @@ def run(args: argparse.Namespace) -> int:
         figures=not args.no_figures,
         precision=args.precision,
         conformal=args.conformal,
+        conformal_by_class=args.conformal_by_class,
+        class_map=args.class_map,
+        allow_overlap=args.allow_overlap,
+        fit_ood=args.fit_ood,
+        ood_percentile=args.ood_percentile,
+        ood_layer=args.ood_layer,
+        ood_data=args.ood_data,
     )
     print(
-        f"{args.subset}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
+        f"{m['source']['subset']}: n={m['n']}  accuracy {fmt_pct(m['accuracy'], m['accuracy_ci'], 2)}  "
         f"loss {m['loss']:.4f}  weighted F1 {fmt_pct(m['weighted']['f1'], m['weighted'].get('f1_ci'), 2)}  "
         f"ECE {m['ece']:.4f}"
     )
@@ -146,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"conformal sets (LAC, alpha {cp['alpha']:g}): coverage {fmt_pct(cp['coverage'])} "
             f"(target {fmt_pct(1 - cp['alpha'])}), mean set size {cp['mean_set_size']:.2f}, "
-            f"single-class sets {fmt_pct(cp['singleton_fraction'])}; threshold {cp['threshold']:.4f} saved "
-            "in the decision record"
+            f"single-class sets {fmt_pct(cp['singleton_fraction'])}, empty sets "
+            f"{fmt_pct(cp['empty_fraction'])}; "
+            + ("per-class thresholds" if cp.get("class_thresholds") else f"threshold {cp['threshold']:.4f}")
+            + f" saved in the decision record (fitted on {cp['fitted_on']})"
         )
     if m.get("cam_in_lungs", {}).get("skipped"):
         print(f"Grad-CAM inside lungs: not computed ({m['cam_in_lungs']['skipped']})")
@@ -156,13 +208,16 @@ def run(args: argparse.Namespace) -> int:
         chance = (
             "" if cam.get("mask_share") is None else f" (lungs cover {cam['mask_share']:.3f} of the image)"
         )
+        ci = f" [{cam['ci'][0]:.3f}, {cam['ci'][1]:.3f}]" if cam.get("ci") else ""
         print(
-            f"Grad-CAM inside lungs: {cam['mean']:.3f}{chance} (n={cam['n']})"
+            f"Grad-CAM inside lungs (CAM of the predicted class): {cam['mean']:.3f}{ci}{chance} (n={cam['n']})"
             if cam["mean"] is not None
             else "Grad-CAM inside lungs: no masks"
         )
         if m["cam_in_lungs"].get("warning"):
             print(f"  caution: {m['cam_in_lungs']['warning']}")
+    _print_external(m)
+    _print_ood(m)
     print(f"wrote {args.out}/predictions.csv, metrics.json, report.md")
     return 0
 
@@ -172,3 +227,46 @@ def _pct(value, ci=None) -> str:
     from ..formatting import fmt_pct
 
     return "n/a" if value is None else fmt_pct(value, ci)
+
+
+def _print_external(m) -> None:
+    ext = m.get("external")
+    if not ext:
+        return
+    if ext.get("dropped_per_label"):
+        print(
+            "dropped (label not in the class map): "
+            + ", ".join(f"{k} {v}" for k, v in ext["dropped_per_label"].items())
+        )
+    if ext.get("note"):
+        print(f"note: {ext['note']}")
+    check = ext.get("overlap") or {}
+    if check.get("checked") and check["overlap"]:
+        print(f"caution: {check['overlap']} image(s) duplicate training images (--allow-overlap)")
+    elif not check.get("checked"):
+        print(f"overlap with training not checked: {check.get('reason')}")
+
+
+def _print_ood(m) -> None:
+    from ..formatting import fmt_pct
+
+    o = m.get("ood")
+    if not o:
+        return
+    external = "flag_rate" in o
+    rate, ci = (
+        (o["flag_rate"], o["flag_rate_ci"]) if external else (o["false_flag_rate"], o["false_flag_rate_ci"])
+    )
+    line = (
+        f"OOD guard ({o['layer']}, threshold {o['threshold']:.4g}): flags {o['flagged']} of {o['n']} "
+        f"{'of the external set' if external else 'here'} ({fmt_pct(rate, ci)}; "
+        f"~{fmt_pct(o['expected_false_flag_rate'])} of in-distribution images by design)"
+    )
+    print(line)
+    d = o.get("ood_data")
+    if d:
+        auroc = "n/a" if d["auroc"] is None else f"{d['auroc']:.3f}"
+        print(
+            f"  --ood-data: AUROC {auroc}, flags {d['flagged']} of {d['n']} "
+            f"({fmt_pct(d['true_flag_rate'], d['true_flag_rate_ci'])})"
+        )

@@ -158,5 +158,8 @@ def _print_int8(q: dict) -> None:
     print(
         f"int8 vs fp32 on {q['test_images']} test images: accuracy {q['accuracy_int8']:.4f} vs "
         f"{q['accuracy_fp32']:.4f} ({100 * q['accuracy_diff']:+.1f} points), max probability difference "
-        f"{q['max_prob_diff']:.4f}, labels agree {100 * q['label_agreement']:.1f}%"
+        f"{q['max_prob_diff']:.4f}, labels agree {100 * q['label_agreement']:.1f}%, int8 "
+        f"{q['speedup']:.2f}x as fast on {q['speed_cpu']}"
     )
+    if not q["int8_dot_product"]:
+        print(f"note: {q['speed_expectation']}")

@@ -20,6 +20,9 @@ backend runs it: --backend onnx on a bundle uses its model.onnx (and segmenter.o
 `label` (and, in JSON, `pred`) is the predicted class, the argmax. After
 `cxrtl evaluate --positive CLASS`, each row also flags P(CLASS) >= the threshold chosen there
 (JSON `positive`: {class, threshold, flag}; CSV/table columns positive_threshold, positive_flag).
+After `cxrtl evaluate --conformal ALPHA`, each row also has its conformal prediction set (JSON list;
+CSV/table classes joined by |). An empty set is written `(empty)` (JSON `[]`): no class is plausible at
+coverage 1 - ALPHA, a reason to look at the image, not a prediction; `label` still shows the argmax.
 A file that cannot be read gets a row with its error and the others continue; the exit
 status is 1 if any file failed. A model trained on lung-masked images needs --mask or --mask-dir.
 
@@ -161,6 +164,13 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     sys.stdout.write(render(rows, predictor.classes, args.format, _dicom_paths(written, args)))
+    unlike = sum(bool(r.ood and r.ood["flag"]) for r in rows)
+    if unlike:
+        print(
+            f"cxrtl: {unlike} of {len(rows)} image(s) are unlike the chest radiographs the model was trained "
+            "on (ood flag); their predictions are not meaningful",
+            file=sys.stderr,
+        )
     failed = sum(r.error is not None for r in rows)
     if failed:
         print(f"cxrtl: {failed} of {len(rows)} file(s) failed", file=sys.stderr)
@@ -181,7 +191,14 @@ def _check_pacs_args(args: argparse.Namespace) -> bool:
         raise CxrtlError("a dicomweb+http://... input needs --study UID (the StudyInstanceUID to pull)")
     if not remote:
         given = [
-            o for o, v in (("--study", args.study), ("--series", args.series), ("--store", args.store)) if v
+            o
+            for o, v in (
+                ("--study", args.study),
+                ("--series", args.series),
+                ("--store", args.store),
+                ("--token", args.token),
+            )
+            if v
         ]
         if given:
             raise CxrtlError(
@@ -288,6 +305,7 @@ def render(rows, classes: list[str], fmt: str, dicom: dict[int, list[str]] | Non
     with_cam = any(r.cam is not None for r in rows)
     with_positive = any(r.positive is not None for r in rows)
     with_set = any(r.prediction_set is not None for r in rows)
+    with_ood = any(r.ood is not None for r in rows)
     if fmt == "json":
         out = [r.to_dict() for r in rows]
         for i, files in (dicom or {}).items():
@@ -296,15 +314,21 @@ def render(rows, classes: list[str], fmt: str, dicom: dict[int, list[str]] | Non
     header = ["path", "label", *classes] + (["prediction_set"] if with_set else [])
     if with_positive:
         header += ["positive_threshold", "positive_flag"]
+    if with_ood:
+        header += ["ood_score", "ood_flag"]
     if with_cam:
         header += ["cam", "lung_fraction", "lung_share"]
     header.append("error")
     table = []
     for r in rows:
         probs = [(f"{r.probabilities[c]:.4f}" if r.probabilities else "") for c in classes]
-        cells = [r.path, r.label or "", *probs] + (["|".join(r.prediction_set or [])] if with_set else [])
+        cells = [r.path, r.label or "", *probs] + ([_set_cell(r.prediction_set)] if with_set else [])
         if with_positive:
             cells += _positive_cells(r.positive)
+        if with_ood:
+            cells += (
+                ["", ""] if r.ood is None else [f"{r.ood['score']:.4g}", "yes" if r.ood["flag"] else "no"]
+            )
         if with_cam:
             cells += [r.cam or ""] + [
                 "" if v is None else f"{v:.3f}" for v in (r.lung_fraction, r.lung_share)
@@ -322,6 +346,15 @@ def render(rows, classes: list[str], fmt: str, dicom: dict[int, list[str]] | Non
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *table]]
     return "\n".join(lines) + "\n"
+
+
+def _set_cell(members: list[str] | None) -> str:
+    """A row's conformal set as one cell: classes joined by |, the empty-set marker, or blank (no set)."""
+    from ..decisions import EMPTY_SET
+
+    if members is None:  # an error row, or a model without conformal sets
+        return ""
+    return "|".join(members) if members else EMPTY_SET
 
 
 def _positive_cells(positive: dict | None) -> list[str]:

@@ -71,6 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="lung masks for the pneumonia set (`cxrtl data masks`) for Exp. 3's Grad-CAM lung check "
         "[default: the segmenter's, written to OUT/pneumonia_masks]",
     )
+    p.add_argument(
+        "--external",
+        metavar="ROOT|MANIFEST",
+        help="an external COVID set: evaluate the best COVID model on it and compare with its test split",
+    )
+    p.add_argument(
+        "--external-class-map",
+        metavar="MAP",
+        help='map the external labels onto the COVID classes, inline "COVID-19=COVID,No Finding=Normal" or YAML',
+    )
     p.add_argument("--seed", type=int, default=2022, help="seed for splits and training [2022]")
     p.add_argument(
         "--seeds",
@@ -78,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="train each configuration with N seeds (--seed, --seed + 1, ...) on the same split; tables "
-        "show mean ± sd and comparisons average the seeds' probabilities [1]",
+        "show mean ± sd; with N >= 2 each comparison bootstraps over seeds and test images, beside the "
+        "test of the seed-averaged ensembles [1]",
     )
     options.add_precision(
         p,
@@ -134,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         pretrained_file=args.pretrained_file,
         segmenter_epochs=args.segmenter_epochs,
         pneumonia_masks=args.pneumonia_masks,
+        external=args.external,
+        external_class_map=args.external_class_map,
         device=args.device,
         workers=args.workers,
         cache_dir=args.cache_dir,
@@ -148,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if "test" in seg:
         d = seg["test"]["dice"]
         print(f"lung segmenter: test Dice {d['mean']:.4f} [{d['ci_low']:.4f}, {d['ci_high']:.4f}]")
+    ext = result.get("external") or {}
+    if "accuracy" in ext:
+        print(f"external validation of {ext['run']}: accuracy {ext['accuracy']:.4f} on {ext['n']} images")
     print(f"report: {result['report']['html']}")
     if args.track and (uri := track_reproduction(args.out, dict(result), args.track)):  # None: warned
         print(f"tracked in {uri}")

@@ -107,7 +107,8 @@ def register(subparsers) -> None:
         "--ratios",
         nargs="+",
         metavar="A,B,C",
-        help="train,val,test split ratios, e.g. 0.7,0.2,0.1 (as `cxrtl data split`; spaces also work)",
+        help="train,val,test split ratios, e.g. 0.7,0.2,0.1, or train,val,calibration,test, e.g. "
+        "0.7,0.1,0.05,0.15 (as `cxrtl data split`; spaces also work)",
     )
     options.add_device(
         p,

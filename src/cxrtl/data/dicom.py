@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CxrtlError
-from .pixels import ImageReadError, rgb_to_gray
+from .pixels import ImageReadError, rgb_to_gray, scale_to_u8, shape_fix, shape_problem
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def _check_header(path: Path, ds) -> None:
             f"decompression bomb ({cols}x{rows} pixels is above the {MAX_PIXELS} pixel safety limit)",
             "downsample it first",
         )
+    problem = shape_problem(cols, rows, MAX_PIXELS)  # a strip beyond 1:20 is no radiograph
+    if problem:
+        raise DicomReadError(path, problem, shape_fix(problem))
     _check_decoder(path, ds)
 
 
@@ -205,6 +208,8 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
             f"unsupported (pixel array of shape {arr.shape}; expected a 2-D image)",
             "convert it to PNG",
         )
+    if arr.dtype.kind in "ui" and arr.dtype.itemsize <= 2:  # nearly every radiograph
+        return _gray_by_lookup(arr, ds, photometric)
 
     values = apply_modality_lut(arr, ds)
     bounds = _voi_bounds(ds)
@@ -220,6 +225,43 @@ def _to_gray_u8(arr: np.ndarray, ds) -> np.ndarray:
     if photometric == "MONOCHROME1":  # 0 is white: invert so that 0 is black, as in every PNG/JPEG
         gray = 255 - gray
     return gray
+
+
+def _gray_by_lookup(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
+    """:func:`_to_gray_u8` for 8/16-bit stored values: the display pipeline run once on each of the 65536
+    possible codes, then one table lookup per pixel.
+
+    Bit for bit what the pipeline gives on the whole array (it is pointwise), at 1 byte per pixel instead of
+    the float64 copies pydicom's LUT functions make (a 9000 x 9000 16-bit image: ~0.1 GB, not 2.8 GB).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    native = arr.dtype.newbyteorder("=")
+    unsigned = np.dtype(f"u{arr.dtype.itemsize}")
+    index = np.ascontiguousarray(arr, dtype=native).view(unsigned).reshape(-1)
+    step = 1 << 20  # blocks: numpy widens index arrays to int64
+    present = np.zeros(2 ** (8 * arr.dtype.itemsize), dtype=bool)
+    for start in range(0, index.size, step):
+        present[index[start : start + step]] = True
+    codes = np.arange(present.size, dtype=unsigned).view(native)
+    values = apply_modality_lut(codes, ds)
+    bounds = _voi_bounds(ds)
+    if bounds is not None:
+        values = apply_voi_lut(values, ds).astype(np.float64)
+        lo, hi = bounds
+    else:
+        used = values[present]
+        if int(ds.get("BitsStored", 8) or 8) <= 8 and used.min() >= 0 and used.max() <= 255:
+            lo, hi = 0.0, 255.0  # already 8-bit display values: keep them exactly
+        else:  # high bit depth without a display window: stretch the values present to the full 8 bits
+            lo, hi = float(used.min()), float(used.max())
+    lut = _scale(values, lo, hi)
+    if photometric == "MONOCHROME1":  # 0 is white: invert so that 0 is black, as in every PNG/JPEG
+        lut = 255 - lut
+    out = np.empty(index.size, dtype=np.uint8)
+    for start in range(0, index.size, step):
+        np.take(lut, index[start : start + step], out=out[start : start + step])
+    return out.reshape(arr.shape)
 
 
 def _voi_bounds(ds) -> tuple[float, float] | None:
@@ -238,10 +280,7 @@ def _voi_bounds(ds) -> tuple[float, float] | None:
 
 
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    out = (np.asarray(values, dtype=np.float64) - lo) * (255.0 / (hi - lo))
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return scale_to_u8(np.asarray(values), lo, hi)  # float64 per block of values, never the whole array
 
 
 def _short(exc: Exception) -> str:

@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CxrtlError
-from .pixels import ImageReadError
+from . import pixels
+from .pixels import MAX_ASPECT, ImageReadError, scale_to_u8, shape_fix
 
 # Magic bytes of the raster formats a chest radiograph download may hold -> Pillow format name.
 _MAGIC = (
@@ -39,6 +40,10 @@ SUFFIXES_OF_FORMAT = {
 }
 RASTER_SUFFIXES = tuple(s for fmt, suffixes in SUFFIXES_OF_FORMAT.items() if fmt != "DICOM" for s in suffixes)
 IMAGE_SUFFIXES = RASTER_SUFFIXES + SUFFIXES_OF_FORMAT["DICOM"]  # everything `predict` picks up in a folder
+# The only Pillow plugins cxrtl lets open a file (DICOM has its own reader): never EPS (Ghostscript), PSD,
+# ICO, SGI... whatever the file's first bytes claim.
+PILLOW_FORMATS = tuple(fmt for fmt in SUFFIXES_OF_FORMAT if fmt != "DICOM")
+SUPPORTED = "PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM"
 # Pillow's default limit (about 89 Mpixel); a chest radiograph is at most ~10 Mpixel.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -90,6 +95,54 @@ def max_pixels() -> int:
     return int(limit) if limit else DEFAULT_MAX_PIXELS
 
 
+def shape_problem(width: int, height: int, limit: int | None = None) -> str | None:
+    """:func:`cxrtl.data.pixels.shape_problem` with Pillow's decompression-bomb limit by default."""
+    return pixels.shape_problem(width, height, max_pixels() if limit is None else limit)
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` restricted to :data:`PILLOW_FORMATS` (reads the header only; the caller closes it).
+
+    Raises:
+        ImageReadError: not one of the supported formats (an EPS never reaches Ghostscript), or missing.
+    """
+    try:
+        return Image.open(path, formats=PILLOW_FORMATS)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, f"not an image in a supported format ({SUPPORTED})") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header, without decoding pixels (DICOM too).
+
+    Raises:
+        ImageReadError: what :func:`load_gray` would refuse before decoding: an unsupported format, a
+            decompression bomb, a strip beyond 1:20, a damaged header.
+    """
+    path = Path(path)
+    if _looks_dicom(path):
+        try:
+            from .dicom import read_header
+        except ModuleNotFoundError:
+            _load_dicom(path)  # the one-line "install cxrtl[dicom]" error
+            raise
+        ds = read_header(path)  # refuses bombs and strips with the DICOM reader's own limits
+        return int(ds.Columns), int(ds.Rows)
+    try:
+        with open_image(path) as im:
+            w, h = im.size
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(path, f"corrupt ({exc})") from None
+    problem = shape_problem(w, h)
+    if problem:
+        raise ImageReadError(path, problem, shape_fix(problem))
+    return w, h
+
+
 def _looks_dicom(path: Path) -> bool:
     """A .dcm/.dicom name, or the DICM magic at byte 128 (checked here: dicom.py may not be importable)."""
     if path.suffix.lower() in SUFFIXES_OF_FORMAT["DICOM"]:
@@ -119,11 +172,17 @@ def _to_gray_array(im: Image.Image) -> np.ndarray:
     if mode == "L":
         return np.asarray(im, dtype=np.uint8)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        a = np.asarray(im).astype(np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        if hi <= lo:
-            return np.zeros(a.shape, dtype=np.uint8)
-        return np.clip(np.rint((a - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+        # Min-max from Pillow, then strips of about 4 million pixels: never a whole-image copy beyond the
+        # decoded image and the uint8 result (a 9000 x 9000 16-bit PNG: 160 + 80 MB, not 1.1 GB).
+        extrema = im.getextrema()  # (min, max) for these single-band modes
+        lo, hi = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+        w, h = im.size
+        out = np.empty((h, w), dtype=np.uint8)
+        rows = max(1, (1 << 22) // max(1, w))
+        for top in range(0, h, rows):
+            strip = np.asarray(im.crop((0, top, w, min(h, top + rows))))
+            out[top : top + strip.shape[0]] = scale_to_u8(strip, lo, hi)
+        return out
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
     if mode in ("RGBA", "LA", "PA"):
@@ -154,12 +213,11 @@ def load_gray(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 w, h = im.size
-                if w * h > max_pixels():
-                    raise ImageReadError(
-                        path, f"decompression bomb ({w}x{h} pixels exceeds the {max_pixels()} limit)"
-                    )
+                problem = shape_problem(w, h)
+                if problem:
+                    raise ImageReadError(path, problem, shape_fix(problem))
                 if info is not None:
                     info["mode"] = im.mode
                     info["drafted"] = False
@@ -171,8 +229,7 @@ def load_gray(
                     im.draft("L", (math.ceil(w * scale), math.ceil(h * scale)))
                     if info is not None:
                         info["drafted"] = im.size != (w, h)
-                if getattr(im, "n_frames", 1) > 1:
-                    im.seek(0)
+                # An opened image is at its first frame: no n_frames (it walks every frame of a GIF).
                 im.load()
                 return _to_gray_array(im)
     except ImageReadError:
@@ -202,14 +259,14 @@ def apply_mask(img_u8: np.ndarray, mask_u8: np.ndarray) -> np.ndarray:
     return ((img.astype(np.int32) * b + 127) // 255).astype(np.uint8)
 
 
-def _resize_shorter(im: Image.Image, size: int, resample) -> Image.Image:
+def _shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
     # torchvision Resize(int): shorter side -> size, longer side truncated to int(size * long / short).
-    w, h = im.size
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return im if new == (w, h) else im.resize(new, resample)
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def _resize_shorter(im: Image.Image, size: int, resample) -> Image.Image:
+    new = _shorter_side_size(*im.size, size)
+    return im if new == im.size else im.resize(new, resample)
 
 
 def _center_crop(im: Image.Image, size: int) -> Image.Image:
@@ -220,11 +277,29 @@ def _center_crop(im: Image.Image, size: int) -> Image.Image:
     return im.crop((left, top, left + size, top + size))
 
 
+def _resize_crop(im: Image.Image, resize: int, crop: int, resample) -> Image.Image:
+    """torchvision ``CenterCrop(crop)(Resize(resize)(im))``, never larger than ``MAX_ASPECT`` crops in memory.
+
+    Up to a 1:``MAX_ASPECT`` aspect ratio (every file :func:`load_gray` accepts) the whole image is resized
+    and then cropped, bit for bit as torchvision does. Beyond it (an array given to the Python API) only the
+    crop is resampled, from its box in source coordinates, so a 1 x 200000 strip costs the crop's memory,
+    not the 256 x 51-million resize (Pillow then samples within 1 grey level of the full resize).
+    """
+    w, h = im.size
+    new_w, new_h = _shorter_side_size(w, h, resize)
+    if max(new_w, new_h) <= MAX_ASPECT * resize:
+        return _center_crop(_resize_shorter(im, resize, resample), crop)
+    left, top = round((new_w - crop) / 2.0), round((new_h - crop) / 2.0)
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return im.resize((crop, crop), resample, box=box)
+
+
 def prepare_image(gray_u8: np.ndarray, pp, mask_u8: np.ndarray | None = None) -> np.ndarray:
     """Grey image -> model-ready uint8 ``[S, S]``: mask (if ``pp.input == "masked"``), resize, centre-crop.
 
     Resize the shorter side to ``pp.resize_size`` (bilinear) and centre-crop ``pp.image_size``, exactly as
-    torchvision's ``Resize``/``CenterCrop`` on a PIL image do.
+    torchvision's ``Resize``/``CenterCrop`` on a PIL image do (see :func:`_resize_crop` for strips).
     """
     img = np.asarray(gray_u8, dtype=np.uint8)
     if pp.input == "masked":
@@ -233,8 +308,8 @@ def prepare_image(gray_u8: np.ndarray, pp, mask_u8: np.ndarray | None = None) ->
                 "masked input needs a lung mask for every image; use --input raw or provide masks"
             )
         img = apply_mask(img, mask_u8)
-    im = _resize_shorter(Image.fromarray(img), pp.resize_size, Image.Resampling.BILINEAR)
-    return np.asarray(_center_crop(im, pp.image_size), dtype=np.uint8)
+    im = _resize_crop(Image.fromarray(img), pp.resize_size, pp.image_size, Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 def prepare_mask(mask_u8: np.ndarray, image_shape: tuple[int, int], pp) -> np.ndarray:

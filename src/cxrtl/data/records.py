@@ -5,11 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SPLITS = ("train", "val", "test")  # in order: a duplicate is kept in the earliest split, reported first
+# In order: a duplicate is kept in the earliest split, reported first. "calibration" is optional (empty unless
+# `cxrtl data split` made one): the images evaluate fits the temperature, operating point and conformal sets on,
+# apart from the validation images that chose the checkpoint.
+SPLITS = ("train", "val", "calibration", "test")
+KERMANY_FOLDERS = ("train", "val", "test")  # the official Kermany split's folders
 
 
 def split_rank(name: str | None) -> int:
-    """Where a split sorts (train < val < test); no split, or an unknown one, sorts after them."""
+    """Where a split sorts (train < val < calibration < test); no split, or an unknown one, sorts after them."""
     return SPLITS.index(name) if name in SPLITS else len(SPLITS)
 
 

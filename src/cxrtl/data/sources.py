@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CxrtlError
-from .image_io import SUFFIXES_OF_FORMAT, header_size, looks_truncated, max_pixels, sniff_format
-from .records import SPLITS, DatasetIndex, Record, Skipped
+from .image_io import SUFFIXES_OF_FORMAT, header_size, looks_truncated, shape_problem, sniff_format
+from .records import KERMANY_FOLDERS, DatasetIndex, Record, Skipped
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def _detect_here(d: Path) -> str | None:
     subdirs = {p.name: p for p in _list_dirs(d)}
     if sum((subdirs[c] / "images").is_dir() for c in COVID_CLASSES if c in subdirs) >= 2:
         return "covid-radiography"
-    if any(s in subdirs and any((subdirs[s] / c).is_dir() for c in KERMANY_CLASSES) for s in SPLITS):
+    if any(s in subdirs and any((subdirs[s] / c).is_dir() for c in KERMANY_CLASSES) for s in KERMANY_FOLDERS):
         return "kermany"
     with_images = [
         p for p in subdirs.values() if _has_image_suffix_files(p) or _has_image_suffix_files(p / "images")
@@ -156,7 +156,7 @@ def _collect(layout: str, ds_root: Path, skipped: list[Skipped]):
                 mask = "/".join(parts[:-2] + ("masks", parts[-1]))
                 candidates.append(_Candidate(rel, parts[-3], mask_rel=mask))
                 continue
-        elif layout == "kermany" and n >= 3 and parts[-3] in SPLITS and parts[-2] in KERMANY_CLASSES:
+        elif layout == "kermany" and n >= 3 and parts[-3] in KERMANY_FOLDERS and parts[-2] in KERMANY_CLASSES:
             candidates.append(
                 _Candidate(rel, parts[-2], patient_id=kermany_patient_id(parts[-1]), source_split=parts[-3])
             )
@@ -192,9 +192,9 @@ def _fingerprint(path: Path) -> tuple[str | None, int, bytes, str | None]:
         return "DICOM", size, hashlib.blake2b(head + tail, digest_size=16).digest(), header_problem(path)
     if fmt:
         dims = header_size(fmt, head)
-        if dims and dims[0] * dims[1] > max_pixels():
-            problem = f"decompression bomb ({dims[0]}x{dims[1]} pixels exceeds the {max_pixels()} limit)"
-        elif looks_truncated(fmt, tail):
+        if dims:  # a bomb, or a strip beyond 1:20 that no radiograph is
+            problem = shape_problem(*dims)
+        if problem is None and looks_truncated(fmt, tail):
             problem = "truncated (no end-of-image marker)"
     return fmt, size, hashlib.blake2b(head + tail, digest_size=16).digest(), problem
 
@@ -319,7 +319,7 @@ def _load_folder(root: Path) -> DatasetIndex:
     if layout == "covid-radiography":
         classes = [c for c in COVID_CLASSES if (ds_root / c).is_dir()]
     elif layout == "kermany":
-        classes = [c for c in KERMANY_CLASSES if any((ds_root / s / c).is_dir() for s in SPLITS)]
+        classes = [c for c in KERMANY_CLASSES if any((ds_root / s / c).is_dir() for s in KERMANY_FOLDERS)]
     else:
         classes = [p.name for p in _list_dirs(ds_root)]
     candidates = _screen(ds_root, candidates, skipped)

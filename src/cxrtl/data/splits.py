@@ -3,6 +3,11 @@
 The paper's text gives 0.7/0.15/0.15 for the COVID database and 0.7/0.2/0.1 for Kermany; the authors'
 notebook actually used an unstratified 0.7/0.2/0.1 ``random_split`` (seed 2022) for both. The defaults
 follow the text; pass ``ratios=(0.7, 0.2, 0.1)`` for the notebook's proportions.
+
+A split can also have a calibration subset, on which ``cxrtl evaluate`` fits the temperature, operating point
+and conformal sets instead of on the validation images that chose the checkpoint: four ratios
+(train, val, calibration, test), or ``calibration_fraction`` F, a share of each class's training images
+(patients, when grouped) moved to calibration after the usual split, so validation and test stay as they were.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ from .records import SPLITS, DatasetIndex, Record
 Split = dict[str, list[Record]]
 
 
-def default_ratios(kind: str) -> tuple[float, float, float]:
+def default_ratios(kind: str) -> tuple[float, ...]:
     """The paper's ratios: 0.7/0.15/0.15 for the COVID database, 0.7/0.2/0.1 for pneumonia and others."""
     return (0.7, 0.15, 0.15) if kind == "covid" else (0.7, 0.2, 0.1)
 
 
-def parse_ratios(text: str) -> tuple[float, float, float]:
-    """``"0.7,0.2,0.1"`` (commas and/or spaces) -> validated ratios (CxrtlError on anything else)."""
+def parse_ratios(text: str) -> tuple[float, ...]:
+    """``"0.7,0.2,0.1"`` or ``"0.7,0.1,0.05,0.15"`` (commas and/or spaces) -> validated ratios."""
     try:
         values = tuple(float(v) for v in text.replace(",", " ").split())
     except ValueError:
@@ -37,11 +42,14 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
     return validate_ratios(values)
 
 
-def validate_ratios(ratios) -> tuple[float, float, float]:
-    """Three non-negative ratios summing to 1 with a positive train share, or a one-line CxrtlError."""
+def validate_ratios(ratios) -> tuple[float, ...]:
+    """Three (train, val, test) or four (train, val, calibration, test) non-negative ratios summing to 1
+    with a positive train share, or a one-line CxrtlError."""
     values = tuple(float(r) for r in ratios)
-    if len(values) != 3:
-        raise CxrtlError(f"ratios need three values (train,val,test), got {len(values)}")
+    if len(values) not in (3, 4):
+        raise CxrtlError(
+            f"ratios need three values (train,val,test) or four (train,val,calibration,test), got {len(values)}"
+        )
     if any(not math.isfinite(v) or v < 0 for v in values) or values[0] <= 0:
         raise CxrtlError(f"ratios {values} must be non-negative with a positive train share")
     if abs(sum(values) - 1.0) > 1e-6:
@@ -51,13 +59,19 @@ def validate_ratios(ratios) -> tuple[float, float, float]:
     return values
 
 
+def _names(ratios) -> tuple[str, ...]:
+    """The subsets ``ratios`` fill, in order: train, val, test; or train, val, calibration, test."""
+    return SPLITS if len(ratios) == 4 else ("train", "val", "test")
+
+
 def _targets(n: int, ratios) -> list[int]:
     """Split ``n`` items by ``ratios`` (largest remainder), giving each positive share >= 1 item if possible."""
+    m = len(ratios)
     raw = [n * r for r in ratios]
     counts = [math.floor(x) for x in raw]
-    for i in sorted(range(3), key=lambda i: (counts[i] - raw[i], i))[: n - sum(counts)]:
+    for i in sorted(range(m), key=lambda i: (counts[i] - raw[i], i))[: n - sum(counts)]:
         counts[i] += 1
-    for i in (1, 2):  # a non-empty val/test share gets at least one item when the class allows it
+    for i in range(1, m):  # a non-empty val/(calibration/)test share gets one item when the class allows it
         if ratios[i] > 0 and counts[i] == 0 and counts[0] > 1:
             counts[i] += 1
             counts[0] -= 1
@@ -83,12 +97,33 @@ def _official(index: DatasetIndex) -> Split:
 
 
 def make_split(
-    index: DatasetIndex, ratios=None, seed: int = 2022, group_by: str | None = None, official: bool = False
+    index: DatasetIndex,
+    ratios=None,
+    seed: int = 2022,
+    group_by: str | None = None,
+    official: bool = False,
+    calibration_fraction: float | None = None,
 ) -> Split:
-    """Seeded split stratified by class; ``group_by="patient"`` keeps each patient in one split."""
+    """Seeded split stratified by class; ``group_by="patient"`` keeps each patient in one split.
+
+    ``calibration_fraction`` F moves a share F of each class's training images (whole patients when grouped)
+    to a calibration subset after the split is made, leaving validation and test unchanged.
+    """
+    if calibration_fraction is not None:
+        if not (math.isfinite(calibration_fraction) and 0 < calibration_fraction < 1):
+            raise CxrtlError(
+                f"--calibration-fraction must be in (0, 1), not {calibration_fraction:g}; e.g. 0.1"
+            )
+        if ratios is not None and len(validate_ratios(ratios)) == 4:
+            raise CxrtlError(
+                "four ratios already give a calibration share; drop --calibration-fraction or give three ratios"
+            )
+        split = make_split(index, ratios, seed, group_by, official)
+        return _sorted(_take_calibration(split, calibration_fraction, seed, group_by))
     if official:
         return _sorted(_official(index))
     ratios = validate_ratios(ratios if ratios is not None else default_ratios(index.kind))
+    names = _names(ratios)
     if group_by not in (None, "patient"):
         raise CxrtlError(f"unknown group_by {group_by!r}; use 'patient'")
     if group_by == "patient" and index.records and not any(r.patient_id for r in index.records):
@@ -107,7 +142,7 @@ def make_split(
             order = _rng(seed, label).permutation(len(recs))
             counts = _targets(len(recs), ratios)
             start = 0
-            for name, k in zip(SPLITS, counts):
+            for name, k in zip(names, counts):
                 out[name].extend(recs[i] for i in order[start : start + k])
                 start += k
         return _sorted(out)
@@ -126,15 +161,47 @@ def make_split(
         gids.sort(key=lambda g: -len(groups[g]))  # stable: big patients first, random among equals
         total = sum(len(groups[g]) for g in gids)
         target = _targets(total, ratios)
-        have = [0, 0, 0]
+        have = [0] * len(ratios)
         for g in gids:
             deficit = [
-                (target[i] - have[i]) / max(target[i], 1) if ratios[i] > 0 else -math.inf for i in range(3)
+                (target[i] - have[i]) / max(target[i], 1) if ratios[i] > 0 else -math.inf
+                for i in range(len(ratios))
             ]
-            i = max(range(3), key=lambda i: (deficit[i], -i))
+            i = max(range(len(ratios)), key=lambda i: (deficit[i], -i))
             have[i] += len(groups[g])
-            out[SPLITS[i]].extend(groups[g])
+            out[names[i]].extend(groups[g])
     return _sorted(out)
+
+
+def _take_calibration(split: Split, fraction: float, seed: int, group_by: str | None) -> Split:
+    """Move ``fraction`` of each class's training images (whole patients with ``group_by``) to calibration."""
+    out = {name: list(recs) for name, recs in split.items()}
+    train = sorted(out["train"], key=lambda r: r.path)
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in train:
+        key = r.patient_id if group_by == "patient" and r.patient_id else f"\0{r.path}"
+        groups[key].append(r)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for gid, recs in sorted(groups.items()):
+        labels = sorted(r.label for r in recs)
+        strata[max(sorted(set(labels)), key=labels.count)].append(gid)
+    moved: set[str] = set()
+    for label in sorted(strata):
+        gids = strata[label]
+        gids = [gids[i] for i in _rng(seed, "calibration/" + label).permutation(len(gids))]
+        total = sum(len(groups[g]) for g in gids)
+        want = round(fraction * total)
+        if want == 0 and total > 1:  # a class with training images gets at least one calibration image
+            want = 1
+        taken = 0
+        for g in gids:
+            if taken >= want or len(moved) + 1 >= len(groups):  # never empty the training subset
+                break
+            moved.add(g)
+            taken += len(groups[g])
+    out["train"] = [r for g, recs in groups.items() if g not in moved for r in recs]
+    out["calibration"] = out.get("calibration", []) + [r for g in moved for r in groups[g]]
+    return out
 
 
 def _sorted(split: Split) -> Split:
@@ -142,7 +209,7 @@ def _sorted(split: Split) -> Split:
 
 
 def write_split_csv(path: str | os.PathLike, split: Split) -> Path:
-    """Write ``path,label,split[,mask_path][,patient_id]`` rows (train, val, test; by path) atomically."""
+    """Write ``path,label,split[,mask_path][,patient_id]`` rows (train, val[, calibration], test) atomically."""
     records = [(name, r) for name in SPLITS for r in sorted(split.get(name, []), key=lambda r: r.path)]
     with_mask = any(r.mask_path for _, r in records)
     with_patient = any(r.patient_id for _, r in records)
@@ -188,7 +255,7 @@ def read_split_csv(path: str | os.PathLike, index: DatasetIndex) -> Split:
         rel, label, name = row["path"], row["label"], row["split"]
         if name not in SPLITS:
             raise CxrtlError(
-                f"split CSV {path} line {i}: split {name!r} is not one of train/val/test; "
+                f"split CSV {path} line {i}: split {name!r} is not one of {'/'.join(SPLITS)}; "
                 "fix the file or regenerate it with `cxrtl data split`"
             )
         if label not in index.classes:

@@ -8,7 +8,11 @@ independent intervals wastes most of the information. Here the accuracy differen
 * a paired bootstrap: the same resampled images for both models, percentile interval of the difference.
 
 Each side may be several runs (seeds) of one configuration: their probabilities are averaged per image
-before the argmax, so the comparison is between configurations, not between lucky seeds.
+before the argmax, so this compares the two seed *ensembles* with their weights fixed; the variation between
+training seeds is not in its interval. The reproduction's headline comparison over seeds is the two-level
+bootstrap of :mod:`cxrtl.paper.comparisons` (seeds, then images), and its paired interval is Newcombe's
+(:mod:`cxrtl.paper.paired`), which agrees with the exact test; this module gives the exact test and the
+building blocks.
 """
 
 from __future__ import annotations

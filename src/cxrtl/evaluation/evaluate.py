@@ -24,10 +24,12 @@ from ..provenance import provenance
 from ..results import Metrics
 from . import fitting
 from . import metrics as M
+from .run_data import check_against_run_split, data_root_of, foreign, training_root
 
 log = logging.getLogger(__name__)
 
-SUBSETS = ("test", "val", "train", "all")
+SUBSETS = ("test", "val", "calibration", "train", "all")
+CAM_BY = "CAM of the predicted class, grouped by true class"
 PROB_FORMAT = ".8g"  # probabilities in predictions.csv; metrics use these rounded values exactly
 
 
@@ -125,7 +127,11 @@ def _written_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
-    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance)."""
+    """Mean share of Grad-CAM energy inside the lung mask per true class, beside the mask's share (chance).
+
+    The CAM is each image's predicted class's, grouped by the image's true class; each mean has a 95%
+    Student-t interval over images (``ci``), to read beside the chance level.
+    """
     try:
         from .cam import COARSE_MAP, feature_map_size, lung_fractions, mask_shares
     except ImportError:
@@ -134,7 +140,7 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         fractions = lung_fractions(model, data.index, records, pp, device)
     except CxrtlError as exc:  # e.g. a 1x1 feature map at a small image size: no spatial explanation exists
         log.warning("no Grad-CAM lung fractions: %s", exc)
-        return {"by": "true class", "skipped": str(exc)}
+        return {"by": CAM_BY, "skipped": str(exc)}
     shares = mask_shares(data.index, records, pp)
     h, w = feature_map_size(model, pp, device, warn=False)  # said once, by the command and report.md
 
@@ -143,12 +149,13 @@ def _cam_in_lungs(model, data, records, labels, classes, pp, device) -> dict:
         chance: list[float] = [c for i in idx if fractions[i] is not None and (c := shares[i]) is not None]
         return {
             "mean": float(np.mean(vals)) if vals else None,
+            "ci": M.mean_interval(vals),
             "n": len(vals),
             "mask_share": float(np.mean(chance)) if chance else None,
         }
 
     result = {
-        "by": "true class",
+        "by": CAM_BY,
         "per_class": {c: summary([j for j, y in enumerate(labels) if y == i]) for i, c in enumerate(classes)},
         "overall": summary(list(range(len(fractions)))),
         "without_mask": sum(f is None for f in fractions),
@@ -166,6 +173,7 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     """(prepared data, records of ``subset``), refusing a dataset or subset the checkpoint cannot score."""
     from ..data import load_dataset, prepare_data
     from ..data.fingerprint import differing
+    from ..data.records import SPLITS
     from ..data.splits import SplitFilesMissing
 
     classes, cfg = list(meta["classes"]), meta.get("config") or {}
@@ -205,7 +213,7 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
             f"--data should point at the run's dataset ({trained})"
         ) from None
     records = (
-        [r for name in ("train", "val", "test") for r in data.split[name]]
+        [r for name in SPLITS for r in data.split.get(name, [])]
         if subset == "all"
         else list(data.split[subset])
     )
@@ -219,7 +227,9 @@ def _subset_records(meta: dict, pp, data_root, split_csv, subset: str, cache_dir
     return data, records
 
 
-def _add_calibration(result: dict, logits, labels, val, temperature, positive, target_sensitivity) -> None:
+def _add_calibration(
+    result: dict, logits, labels, val, temperature, positive, target_sensitivity, fit_on: str = "val"
+) -> None:
     """``calibrated`` (when a temperature exists) and ``operating_point`` (when ``positive`` is given)."""
     if temperature is not None:
         cal_probs = _written_probs(logits, temperature)
@@ -239,95 +249,46 @@ def _add_calibration(result: dict, logits, labels, val, temperature, positive, t
             result["classes"],
             positive,
             target_sensitivity,
+            chosen_on=fitting.SUBSET_WORDS[fit_on],
         )
         result["operating_point"]["temperature"] = t
+        result["operating_point"]["fitted_on"] = fit_on
+        fitting.warn_if_scored_on("operating point", fit_on, result["source"]["subset"])
 
 
-def _write_outputs(out: Path, result: dict, used, labels, probs, history: Path | None, figures: bool) -> None:
+def _write_outputs(
+    out: Path,
+    result: dict,
+    used,
+    labels,
+    probs,
+    history: Path | None,
+    figures: bool,
+    source_of: dict[str, str] | None = None,
+) -> None:
     """predictions.csv, the figures (listed in ``result["figures"]``), metrics.json and report.md."""
     from .markdown import evaluation_markdown
 
     classes = result["classes"]
+    extra = ["source_label"] if source_of is not None else []  # an external set's own label, beside
     write_csv(
         out / "predictions.csv",
-        ["path", "label", "pred"] + [f"prob_{c}" for c in classes],
+        ["path", "label", *extra, "pred"] + [f"prob_{c}" for c in classes],
         (
-            [r.path, classes[y], classes[int(np.argmax(p))]] + [format(v, PROB_FORMAT) for v in p]
+            [r.path, classes[y], *([source_of[r.path]] if source_of else []), classes[int(np.argmax(p))]]
+            + [format(v, PROB_FORMAT) for v in p]
             for r, y, p in zip(used, labels, probs)
         ),
     )
     if figures:
         result["figures"] = [str(p) for p in _figures(result, labels, probs, classes, out, history)]
     write_json(out / "metrics.json", result)
-    title = f"Evaluation on the {result['source']['subset']} subset"
+    title = (
+        f"External evaluation on {result['source']['data']}"
+        if result["source"]["subset"] == "external"
+        else f"Evaluation on the {result['source']['subset']} subset"
+    )
     write_text(out / "report.md", evaluation_markdown(result, title))
-
-
-def _check_against_run_split(model_path, split_csv, records, data, subset, calibrate, positive, conformal):
-    """A split other than the run's own: count the scored images the run trained on (warned, and recorded in
-    ``metrics.json["trained_on"]``), and refuse to fit decision settings on images it trained on."""
-    import csv
-
-    run = Path(model_path).expanduser()
-    own = run / "split.csv"
-    if (
-        not run.is_dir()
-        or not own.is_file()
-        or split_csv is None
-        or Path(split_csv).resolve() == own.resolve()
-    ):
-        return None
-    with open(own, newline="", encoding="utf-8") as fh:
-        trained = {row["path"] for row in csv.DictReader(fh) if row.get("split") == "train"}
-    n = sum(r.path in trained for r in records)
-    if n:
-        log.warning(
-            "%d of the %d %s images of %s were training images of this run: their scores are optimistic",
-            n,
-            len(records),
-            subset,
-            split_csv,
-        )
-    fits = [name for name, on in (("--calibrate", calibrate), ("--positive", positive)) if on]
-    fits += ["--conformal"] if conformal is not None else []
-    leaked = sum(r.path in trained for r in data.split["val"])
-    if fits and leaked:
-        raise CxrtlError(
-            f"{' and '.join(fits)} would be fitted on {leaked} validation image(s) of {split_csv} that the run "
-            "trained on, and stored with the model; fit them on the run's own split (leave --split out)"
-        )
-    return {"split": str(split_csv), "subset": subset, "n": len(records), "trained_on": n}
-
-
-def data_root_of(model_path: str | os.PathLike, data_root: str | os.PathLike | None) -> str:
-    """``data_root`` if given, else the one the run (or checkpoint) was trained on, from its config."""
-    if data_root is not None:
-        return str(data_root)
-    from ..checkpoint import read_meta
-
-    path = Path(model_path).expanduser()
-    cfg: dict[str, Any] = {}
-    if path.is_dir() and (path / "config.yaml").is_file():
-        import yaml
-
-        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    else:
-        cfg = read_meta(path).get("config") or {}
-    root = cfg.get("data") if isinstance(cfg, dict) else None
-    if not root:
-        raise CxrtlError(f"{path} does not record the dataset it was trained on; pass --data ROOT")
-    # Runs now record absolute paths; an older run's relative root is tried from here, then from the run's
-    # folder and its parents (where a project keeps its data beside its runs).
-    base = path if path.is_dir() else path.parent
-    candidates = [Path(root).expanduser()] + [b / root for b in (base, base.parent, base.parent.parent)]
-    found = next((c for c in candidates if c.exists()), None)
-    if found is None:
-        raise CxrtlError(
-            f"the run's dataset {root} is not there any more (looked from here and from {base}); pass --data ROOT"
-        )
-    root = str(found)
-    log.info("data root from the run's config: %s", root)
-    return str(root)
 
 
 def evaluate(
@@ -349,6 +310,13 @@ def evaluate(
     figures: bool = True,
     precision: str = "fp32",
     conformal: float | None = None,
+    conformal_by_class: bool = False,
+    class_map: str | None = None,
+    allow_overlap: bool = False,
+    fit_ood: bool = False,
+    ood_percentile: float | None = None,
+    ood_layer: str | None = None,
+    ood_data: str | os.PathLike | None = None,
 ) -> Metrics:
     """Evaluate a run dir or checkpoint on ``subset`` of ``data_root``; write outputs to ``out``; return metrics.
 
@@ -366,9 +334,18 @@ def evaluate(
     exactly that, and decoded images still go to the image cache (``cache_dir``) as on every read of the
     data. ``conformal=ALPHA`` likewise saves its threshold in the record and adds ``"conformal"`` to the
     result. With an ``out``, a run's older decision sidecars are folded into the record (migrated).
+    ``conformal_by_class`` fits one threshold per class (class-conditional, Mondrian) instead.
+
+    The temperature, operating point and conformal threshold are fitted on the split's calibration subset
+    when it has one, else on the validation subset (which also chose the checkpoint); ``fitted_on`` in the
+    result and in each part of the decision record says which.
 
     ``precision`` is the numerics of the forward passes: fp32 by default on every device, because the
     paper's numbers are fp32; bf16 autocast is a training speed option.
+
+    ``class_map`` (or data the run's split does not describe) scores an external set
+    (:mod:`cxrtl.evaluation.external`); a guard in the decision record, or ``fit_ood``, adds ``result["ood"]``,
+    and ``ood_data`` its AUROC on images that are not chest radiographs (:mod:`cxrtl.evaluation.ood`).
     """
     from ..checkpoint import load_checkpoint
     from ..data import Preprocess
@@ -381,8 +358,13 @@ def evaluate(
         from .conformal import check_alpha
 
         check_alpha(conformal)
+    elif conformal_by_class:
+        fitting.check_conformal(None, None, by_class=True)  # refused before anything is written
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
     data_root = data_root_of(model_path, data_root)
+    from .ood import check_options
+
+    fit_ood, ood_inputs = check_options(fit_ood, ood_percentile, ood_layer, ood_data)
     out = ensure_dir(out) if out is not None else None
     dev = resolve_device(device)
     numerics = _numerics(dev, precision)
@@ -392,11 +374,31 @@ def evaluate(
         fitting.check_positive(positive, classes, target_sensitivity)
     class_to_idx = {c: i for i, c in enumerate(classes)}
     pp = Preprocess.from_dict(meta.get("preprocess") or {})
-    data, records = _subset_records(meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path)
-    overlap = _check_against_run_split(
-        model_path, split_csv, records, data, subset, calibrate, positive, conformal
+    source_of: dict[str, str] | None = None
+    external_info: dict[str, Any] | None = None
+    overlap = None
+    trained_on = training_root(model_path)
+    if class_map is not None or foreign(split_csv, data_root):
+        from .external import prepare_checked
+
+        fits = calibrate or bool(positive) or conformal is not None or fit_ood
+        data, records, external_info, source_of = prepare_checked(
+            meta, pp, data_root, class_map, split_csv, trained_on, allow_overlap, fits, cache_dir, progress
+        )
+        subset = "external"
+    else:
+        data, records = _subset_records(
+            meta, pp, data_root, split_csv, subset, cache_dir, progress, model_path
+        )
+        overlap = check_against_run_split(
+            model_path, split_csv, records, data, subset, calibrate, positive, conformal
+        )
+    refused = fitting.conformal_refusal(
+        conformal, data, conformal_by_class, others=bool(calibrate or positive)
     )
-    fitting.check_conformal(conformal, data)
+    if refused is not None:  # the other requested fits are done first; this one is refused at the end
+        conformal = None
+    fit_on = fitting.fit_subset(data)
 
     def predict(recs):
         with _exact_fp32(precision):
@@ -426,23 +428,44 @@ def evaluate(
         "preprocess": pp.to_dict(),
         "device": str(dev),
         "precision": precision,
+        "weights_sha256": meta.get("weights_sha256"),
     }
+    if external_info is not None:
+        from .external import restrict_to_present
+
+        restrict_to_present(result, labels, probs, external_info, seed=seed, n_boot=n_boot)
     result["provenance"] = provenance(dev)
     needs_val = calibrate or positive or conformal is not None
-    val = fitting.validation_scores((logits, labels), predict, data, subset) if needs_val else None
+    val = fitting.fitting_scores((logits, labels), predict, data, subset) if needs_val else None
     before = read_decisions(ckpt, meta)
-    record = fitting.fit_temperature(before, val, calibrate, subset)
+    record = fitting.fit_temperature(before, val, calibrate, subset, fit_on)
     temperature = record.temperature.value if record.temperature else None
-    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity)
+    _add_calibration(result, logits, labels, val, temperature, positive, target_sensitivity, fit_on)
     if conformal is not None and val is not None:
-        record = fitting.fit_conformal(result, record, val, logits, labels, float(conformal))
+        record = fitting.fit_conformal(
+            result, record, val, logits, labels, float(conformal), conformal_by_class, fit_on
+        )
+    if parts := fitting.fitted_on(result, record):
+        result["fitted_on"] = parts
     if out is not None:  # out=None writes nothing beside the checkpoint but requested fits
         record = fitting.fit_operating_point(record, result)
+    if fit_ood:
+        from .ood import fit_on_split
+
+        record = fit_on_split(record, model, data, class_to_idx, pp, dev, ood_layer, ood_percentile)
     fitting.store(ckpt, before, record, migrate=out is not None)
+    if record.ood is not None or ood_inputs is not None:
+        from .ood import measure
+
+        args = (model, data, used, class_to_idx, pp, dev, ood_inputs, subset == "external")
+        result["ood"] = measure(record.ood, *args, where=str(ckpt))
     if cam_in_lungs:
         result["cam_in_lungs"] = _cam_in_lungs(model, data, used, labels, classes, pp, dev)
     if out is not None:
-        _write_outputs(out, result, used, labels, probs, history, figures)
+        _write_outputs(out, result, used, labels, probs, history, figures, source_of)
+    if refused is not None:
+        done = " and ".join(n for n, on in (("--calibrate", calibrate), ("--positive", positive)) if on)
+        raise CxrtlError(f"{refused} ({done} fitted and stored, and the evaluation written, all the same)")
     return cast(Metrics, result)
 
 

@@ -1,4 +1,9 @@
-"""Fitting a model's decision settings on the validation subset: temperature, operating point, conformal sets.
+"""Fitting a model's decision settings: temperature, operating point, conformal sets.
+
+They are fitted on the split's calibration subset when it has one (``cxrtl data split --ratios
+0.7,0.1,0.05,0.15`` or ``--calibration-fraction F``), else on the validation subset, which also chose the
+checkpoint: reusing it makes its scores slightly optimistic, so test coverage and sensitivity can fall a
+little below target. Each part of the record says which (``fitted_on``).
 
 :func:`cxrtl.evaluation.evaluate.evaluate` scores a subset, then calls these. Each fit returns the updated
 decision record (:mod:`cxrtl.decisions`); :func:`store` writes it once, at the end, atomically.
@@ -7,6 +12,7 @@ decision record (:mod:`cxrtl.decisions`); :func:`store` writes it once, at the e
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -30,32 +36,51 @@ def check_positive(positive: str, classes: list[str], target_sensitivity: float)
         raise CxrtlError(f"target sensitivity must be in (0, 1], not {target_sensitivity}; e.g. 0.95")
 
 
-def validation_scores(scored: tuple, predict, data, subset: str) -> tuple:
-    """(logits, labels) of the validation subset: reused when it is the subset scored, else predicted."""
-    val = scored if subset == "val" else predict(list(data.split["val"]))[:2]
+SUBSET_WORDS = {"val": "validation", "calibration": "calibration"}
+REUSED_VALIDATION = (
+    "fitted on the validation subset, which also chose the checkpoint, so their validation scores are "
+    "slightly optimistic (test coverage and sensitivity can fall a little below target); a split with a "
+    "calibration subset (cxrtl data split --ratios 0.7,0.1,0.05,0.15) avoids this"
+)
+
+
+def fit_subset(data) -> str:
+    """The subset decision settings are fitted on: ``calibration`` when the split has one, else ``val``."""
+    return "calibration" if data.split.get("calibration") else "val"
+
+
+def fitting_scores(scored: tuple, predict, data, subset: str) -> tuple:
+    """(logits, labels) of the fitting subset: reused when it is the subset scored, else predicted."""
+    fit_on = fit_subset(data)
+    val = scored if subset == fit_on else predict(list(data.split[fit_on]))[:2]
     if len(val[1]) == 0:
         raise CxrtlError(
-            "calibration and --positive need a non-empty validation subset; "
-            "use a split with validation images"
+            f"calibration, --positive and --conformal need a non-empty {SUBSET_WORDS[fit_on]} subset; "
+            "use a split with images there"
         )
     return val
 
 
-def fit_temperature(record, val: tuple | None, calibrate: bool, subset: str):
-    """The record with a temperature fitted on validation (``calibrate``), or as it was."""
+def warn_if_scored_on(part: str, fit_on: str, subset: str) -> None:
+    """Warn when ``part`` is evaluated on the very subset it was fitted on (its scores are optimistic)."""
+    if subset == fit_on:
+        log.warning("the %s was fitted on the subset it is evaluated on (%s)", part, SUBSET_WORDS[fit_on])
+
+
+def fit_temperature(record, val: tuple | None, calibrate: bool, subset: str, fit_on: str = "val"):
+    """The record with a temperature fitted on ``fit_on`` (``calibrate``), or as it was."""
     from ..decisions import Temperature, now_utc
 
     if not calibrate:
         return record
-    assert val is not None  # the caller passes validation scores whenever it calibrates
+    assert val is not None  # the caller passes fitting scores whenever it calibrates
     temperature = M.fit_temperature(*val)
-    log.info("fitted temperature %.4f on %d validation images", temperature, len(val[1]))
-    if subset == "val":
-        log.warning("the temperature was fitted on the subset it is evaluated on")
+    log.info("fitted temperature %.4f on %d %s images", temperature, len(val[1]), SUBSET_WORDS[fit_on])
+    warn_if_scored_on("temperature", fit_on, subset)
     return record.replace(
         temperature=Temperature(
             value=float(temperature),
-            fitted_on="val",
+            fitted_on=fit_on,
             n=len(val[1]),
             fitted_utc=now_utc(),
             nll_before=ce_from_logits(*val),
@@ -64,52 +89,114 @@ def fit_temperature(record, val: tuple | None, calibrate: bool, subset: str):
     )
 
 
-def check_conformal(alpha: float | None, data) -> None:
-    """Refuse a bad alpha, or too few validation images for it, before any prediction."""
+def conformal_refusal(alpha: float | None, data, by_class: bool, others: bool) -> CxrtlError | None:
+    """:func:`check_conformal`'s refusal, returned instead of raised when ``others`` (other fits were asked
+    for: they are done first, and the refusal raised after them)."""
+    try:
+        check_conformal(alpha, data, by_class)
+    except CxrtlError as exc:
+        if not others:
+            raise
+        return exc
+    return None
+
+
+def check_conformal(alpha: float | None, data, by_class: bool = False) -> None:
+    """Refuse a bad alpha, or too few fitting images for it (of each class, ``by_class``), before any prediction."""
     if alpha is None:
+        if by_class:
+            raise CxrtlError(
+                "--conformal-by-class needs --conformal ALPHA; e.g. --conformal 0.1 --conformal-by-class"
+            )
         return
-    from .conformal import check_alpha, needed_calibration
+    from .conformal import MIN_CALIBRATION, check_alpha, check_class_counts, needed_calibration
 
     alpha = check_alpha(alpha)
-    n, need = len(data.split["val"]), needed_calibration(alpha)
+    fit_on = fit_subset(data)
+    words = SUBSET_WORDS[fit_on]
+    n, need = len(data.split[fit_on]), needed_calibration(alpha)
     if n < need:
-        raise CxrtlError(
-            f"--conformal {alpha:g} needs at least {need} validation images, the split has {n}; "
-            "use a split with a larger validation subset, or a larger alpha"
+        total = sum(len(v) for v in data.split.values())
+        share = min(0.5, math.ceil(20 * need / max(total, 1)) / 20)  # the share, rounded up to 0.05
+        ratios = f"{1 - share - 0.15:.2f},{share:.2f},0.15"
+        fix = (
+            f"train on a split with at least {need} {words} images, e.g. `cxrtl data split ROOT --ratios {ratios} "
+            "--out SPLIT.csv`, then `cxrtl train --split SPLIT.csv`"
         )
+        if need > MIN_CALIBRATION:  # only then does a larger alpha lower the need
+            fix += f", or a larger alpha (at least {MIN_CALIBRATION} images are always needed)"
+        raise CxrtlError(
+            f"--conformal {alpha:g} needs at least {need} {words} images, the split has {n}; {fix}"
+        )
+    if by_class:
+        counts = {c: 0 for c in data.classes}
+        for r in data.split[fit_on]:
+            counts[r.label] = counts.get(r.label, 0) + 1
+        check_class_counts(counts, alpha, words)
 
 
-def fit_conformal(result: dict, record, val: tuple, logits, labels, alpha: float):
-    """Fit LAC sets on validation at the prediction temperature and score them -> the updated record."""
+def fit_conformal(
+    result: dict,
+    record,
+    val: tuple,
+    logits,
+    labels,
+    alpha: float,
+    by_class: bool = False,
+    fit_on: str = "val",
+):
+    """Fit LAC sets on ``fit_on`` at the prediction temperature and score them -> the updated record.
+
+    ``by_class``: class-conditional (Mondrian) sets, one threshold per class from its own images; the
+    marginal threshold is stored beside them as ``threshold``.
+    """
     from ..decisions import Conformal, now_utc
-    from .conformal import METHOD, fit_threshold, set_report
+    from .conformal import (
+        BY_CLASS_NOTE,
+        MARGINAL_NOTE,
+        METHOD,
+        METHOD_BY_CLASS,
+        fit_class_thresholds,
+        fit_threshold,
+        set_report,
+    )
 
-    t = record.t
-    threshold = fit_threshold(M.softmax(val[0], t), val[1], alpha)
+    t, classes = record.t, result["classes"]
+    val_probs = M.softmax(val[0], t)
+    threshold = fit_threshold(val_probs, val[1], alpha)
+    per_class = fit_class_thresholds(val_probs, val[1], alpha, classes) if by_class else None
+    method = METHOD_BY_CLASS if by_class else METHOD
     fitted = Conformal(
         alpha=alpha,
         threshold=threshold,
-        method=METHOD,
+        method=method,
         temperature=t,
-        fitted_on="val",
+        fitted_on=fit_on,
         n=len(val[1]),
+        class_thresholds=per_class,
         fitted_utc=now_utc(),
     )
     log.info(
-        "fitted conformal threshold %.4f (alpha %g) on %d validation images", threshold, alpha, len(val[1])
+        "fitted conformal threshold%s (alpha %g) on %d %s images",
+        "s " + ", ".join(f"{c} {v:.4f}" for c, v in per_class.items()) if per_class else f" {threshold:.4f}",
+        alpha,
+        len(val[1]),
+        SUBSET_WORDS[fit_on],
     )
-    scored = set_report(M.softmax(logits, t), labels, threshold, result["classes"])
+    limits = np.array([per_class[c] for c in classes]) if per_class else threshold
+    scored = set_report(M.softmax(logits, t), labels, limits, classes)
     result["conformal"] = {
         "alpha": alpha,
-        "method": METHOD,
+        "method": method,
         "threshold": threshold,
+        "class_thresholds": per_class,
+        "guarantee": BY_CLASS_NOTE if by_class else MARGINAL_NOTE,
         "temperature": t,
-        "fitted_on": "val",
+        "fitted_on": fit_on,
         "n_calibration": len(val[1]),
         **scored,
     }
-    if result["source"]["subset"] == "val":
-        log.warning("the conformal threshold was fitted on the subset it is evaluated on")
+    warn_if_scored_on("conformal threshold", fit_on, result["source"]["subset"])
     return record.replace(conformal=fitted)
 
 
@@ -125,15 +212,27 @@ def fit_operating_point(record, result: dict):
             positive=op["positive"],
             threshold=float(op["threshold"]),
             temperature=float(op.get("temperature", 1.0)),
-            method="lowest threshold reaching the target sensitivity on validation",
+            method="lowest threshold reaching the target sensitivity on the "
+            f"{SUBSET_WORDS[op.get('fitted_on', 'val')]} subset",
             target_sensitivity=op["target_sensitivity"],
-            fitted_on="val",
+            fitted_on=op.get("fitted_on", "val"),
             n=op["val"]["tp"] + op["val"]["fn"] + op["val"]["tn"] + op["val"]["fp"],
             n_positive=op["val"]["tp"] + op["val"]["fn"],
             fitted_utc=now_utc(),
             warning=op.get("warning"),
         )
     )
+
+
+def fitted_on(result: dict, record) -> dict[str, str]:
+    """Which subset each decision setting an evaluation reports was fitted on (``calibration`` or ``val``)."""
+    parts = {}
+    if result.get("calibrated") and record.temperature is not None:
+        parts["temperature"] = record.temperature.fitted_on
+    for key in ("operating_point", "conformal"):
+        if result.get(key):
+            parts[key] = result[key]["fitted_on"]
+    return parts
 
 
 def store(ckpt: Path, before, after, migrate: bool) -> None:

@@ -8,7 +8,10 @@ transposed).
 
 Interval methods: Wilson score intervals for proportions (accuracy, per-class precision and recall,
 sensitivity, specificity); a seeded percentile bootstrap over images for F1, the weighted and macro
-averages, and ROC AUC, where no closed form applies.
+averages, and ROC AUC, where no closed form applies. A resample that lacks a class has no AUC (or F1) for
+it and is dropped; ``metrics.json["bootstrap"]`` records how many resamples each interval used and dropped.
+A class with fewer than :data:`MIN_CASES` positive (or negative) images gets ``ci_unreliable: true`` and a
+``ci_note``: intervals from so few cases (a 3-image class reads AUC [1.000, 1.000]) say little.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CONFIDENCE = 0.95
 N_BOOT = 1000
 N_BINS = 15
 FEW_POSITIVES = 20  # below this many validation positives a sensitivity-targeted threshold is unreliable
+MIN_CASES = 10  # an interval from fewer positives (or negatives) of a class than this is flagged unreliable
 _BOOT_CHUNK = 100
 
 
@@ -44,6 +48,20 @@ def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE) 
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
     return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def mean_interval(values, confidence: float = CONFIDENCE, bounds=(0.0, 1.0)) -> list[float] | None:
+    """Student-t interval of the mean of ``values`` (clipped to ``bounds``); None for fewer than 2 values.
+
+    For a mean of per-image shares, e.g. the Grad-CAM lung share: images are the independent units.
+    """
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return None
+    half = t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return [max(bounds[0], float(x.mean() - half)), min(bounds[1], float(x.mean() + half))]
 
 
 def _percentile_ci(samples: np.ndarray, confidence: float) -> list[float] | None:
@@ -282,9 +300,24 @@ def compute_metrics(
         },
     }
     result["ece"] = result["calibration"]["ece"]
+    _flag_few_cases(result, n)
     if n_boot:
         _bootstrap(result, y, pred, p, k, seed, n_boot, confidence)
     return cast(Metrics, result)
+
+
+def _flag_few_cases(result: dict, n: int) -> None:
+    """Mark each class whose intervals rest on fewer than :data:`MIN_CASES` positive or negative images."""
+    for c, e in result["per_class"].items():
+        pos, neg = e["support"], n - e["support"]
+        few = [f"{k} {kind}" for k, kind in ((pos, "positive"), (neg, "negative")) if k < MIN_CASES]
+        e["ci_unreliable"] = bool(few)
+        e["ci_note"] = (
+            f"only {' and '.join(few)} image(s) of {c} (fewer than {MIN_CASES}): its recall, F1 and AUC "
+            "intervals are unreliable"
+            if few
+            else None
+        )
 
 
 def _bootstrap(
@@ -321,6 +354,19 @@ def _bootstrap(
         mult = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n)
         aucs.append(np.stack([_weighted_auc(y == i, p[:, i], mult) for i in range(k)], axis=1))
     f1_all, auc_all = np.concatenate(f1s), np.concatenate(aucs)
+
+    def counts(samples: np.ndarray) -> dict[str, int]:
+        used = int(np.isfinite(samples).sum())
+        return {"used": used, "dropped": int(samples.size - used)}
+
+    result["bootstrap"] = {
+        "resamples": int(n_boot),
+        "seed": int(seed),
+        "roc_auc": {c: counts(auc_all[:, i]) for i, c in enumerate(result["classes"])},
+        "f1": {c: counts(f1_all[:, i]) for i, c in enumerate(result["classes"])},
+        "averages": {"used": int(n_boot), "dropped": 0},
+        "dropped_means": "a resample without a class has no AUC (or F1) for it; its interval uses the rest",
+    }
     for i, c in enumerate(result["classes"]):
         result["per_class"][c]["f1_ci"] = _percentile_ci(f1_all[:, i], confidence)
         if result["roc_auc"][c] is not None:
@@ -420,10 +466,12 @@ def operating_point(
     positive: str,
     target_sensitivity: float = 0.95,
     confidence: float = CONFIDENCE,
+    chosen_on: str = "validation",
 ) -> dict:
     """Pick the threshold on P(positive) reaching ``target_sensitivity`` on validation; report it on test.
 
-    Also reports the argmax rule on test for comparison (the paper's only operating point).
+    Also reports the argmax rule on test for comparison (the paper's only operating point). ``chosen_on``
+    names the subset ``val_*`` come from (the calibration subset, when the split has one), for the warning.
     """
     i = resolve_class(positive, classes)
     val_pos = np.asarray(val_y) == i
@@ -434,7 +482,7 @@ def operating_point(
     argmax_hit = np.asarray(test_probs).argmax(axis=1) == i
     n_pos = int(val_pos.sum())
     warning = (
-        f"the threshold was chosen on only {n_pos} validation {list(classes)[i]} image(s) (fewer than "
+        f"the threshold was chosen on only {n_pos} {chosen_on} {list(classes)[i]} image(s) (fewer than "
         f"{FEW_POSITIVES}); a threshold set for a target sensitivity on so few is unreliable, and the "
         "argmax rule may serve better"
         if n_pos < FEW_POSITIVES

@@ -24,6 +24,7 @@ ONNX_FORMAT = "cxrtl-onnx"
 ONNX_VERSION = 1
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "probabilities")
+OOD_OUTPUT = "ood_score"  # the OOD guard's score, an extra output of exports whose model has a guard
 KEY_PREFIX = "cxrtl."
 
 
@@ -45,6 +46,21 @@ class TorchBackend:
             batch = batch[:, None]
         with torch.inference_mode():
             return self.model(self._normalize(batch)).float().cpu().numpy()
+
+    def run(self, batch: np.ndarray, guard=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, OOD scores or None) in one forward pass; ``guard`` a decisions.OutOfDistribution."""
+        if guard is None:
+            return self.logits(batch), None
+        import torch
+
+        from ..evaluation.ood import features_of
+
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        with torch.inference_mode():
+            logits, feats = features_of(self.model, self._normalize(batch), guard.layer)
+        return logits.float().cpu().numpy(), guard.score(feats.double().cpu().numpy())
 
     def normalize(self, batch: np.ndarray):
         """uint8 ``[B, S, S]`` -> the float tensor the model sees (for Grad-CAM)."""
@@ -71,6 +87,21 @@ class OnnxBackend:
         if batch.ndim == 3:
             batch = batch[:, None]
         return self.session.run([OUTPUT_NAMES[0]], {INPUT_NAME: batch})[0].astype(np.float32, copy=False)
+
+    @property
+    def has_ood(self) -> bool:
+        """True when the graph computes the OOD guard's score (exports of a model with a guard)."""
+        return OOD_OUTPUT in {o.name for o in self.session.get_outputs()}
+
+    def run(self, batch: np.ndarray, guard=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, OOD scores from the graph, or None when there is no guard)."""
+        if guard is None or not self.has_ood:
+            return self.logits(batch), None
+        batch = np.ascontiguousarray(batch, dtype=np.uint8)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        logits, score = self.session.run([OUTPUT_NAMES[0], OOD_OUTPUT], {INPUT_NAME: batch})
+        return logits.astype(np.float32, copy=False), np.asarray(score, dtype=np.float64)
 
 
 def read_onnx_meta(session, path: Path) -> dict[str, Any]:

@@ -50,8 +50,14 @@ def decision_sentences(record: Decisions, metrics: dict) -> list[str]:
         if isinstance(scored.get("coverage"), (int, float)):
             tested = (
                 f" On the test subset the sets covered the true class for {100 * scored['coverage']:.1f}% of "
-                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, a marginal guarantee, not "
-                f"per class), with {scored.get('mean_set_size', 0):.2f} classes per set on average."
+                f"{scored.get('n', '?')} images (target {100 * (1 - c.alpha):.0f}%, "
+                + ("for each class" if c.class_thresholds else "a marginal guarantee, not per class")
+                + f"), with {scored.get('mean_set_size', 0):.2f} classes per set on average"
+                + (
+                    f" and {100 * scored['empty_fraction']:.1f}% empty sets (no class plausible: look at the image)."
+                    if scored.get("empty_fraction")
+                    else "."
+                )
             )
         kind = "one threshold per class" if c.class_thresholds else f"threshold {c.threshold:.3f}"
         lines.append(
@@ -175,12 +181,11 @@ def _training_data(f: dict) -> list[str]:
     lines += [f"- Dataset folder: `{Path(d['root']).name}` ({layout}).", f"- Synthetic: {synthetic}."]
     lines.append(f"- Split protocol: {_protocol(cfg, d.get('layout'))}, seed {cfg.get('seed', 'n/a')}.")
     if f["split"]:
-        lines += ["", "| class | " + " | ".join(SPLITS) + " |", "| --- |" + " ---: |" * len(SPLITS)]
+        cols = [s for s in SPLITS if s != "calibration" or f["split"].get(s)]  # calibration only when made
+        lines += ["", "| class | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
         for c in f["classes"]:
-            lines.append(
-                f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in SPLITS) + " |"
-            )
-        totals = [str(sum(f["split"].get(s, {}).values())) for s in SPLITS]
+            lines.append(f"| {c} | " + " | ".join(str(f["split"].get(s, {}).get(c, 0)) for s in cols) + " |")
+        totals = [str(sum(f["split"].get(s, {}).values())) for s in cols]
         lines.append("| **all** | " + " | ".join(totals) + " |")
     lines += ["", *_leakage(d), ""]
     return lines
@@ -343,6 +348,8 @@ def _int8(f: dict) -> list[str]:
         f"- Largest probability difference: {q['max_prob_diff']:.4f}; predicted labels agree on "
         f"{_pct(q['label_agreement'])} of images.",
     ]
+    if q.get("speed_cpu"):  # the int8 speed-up depends on the CPU (VNNI/AMX), so it names the one measured on
+        lines.append(f"- Speed: int8 {q['speedup']:.2f}x fp32 over that pass, measured on {q['speed_cpu']}.")
     if q.get("warning"):
         lines.append(f"- **Warning:** {q['warning']}")
     return [*lines, ""]

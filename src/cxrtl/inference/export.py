@@ -3,8 +3,10 @@
 The exported graph takes what :func:`cxrtl.data.image_io.prepare_image` makes: uint8 grey images
 ``[N, 1, S, S]`` (N dynamic). Scaling, pseudo-RGB expansion and ImageNet normalisation happen inside the
 graph, so an ONNX user needs only Pillow/numpy. Outputs: ``logits`` and ``probabilities`` (softmax of
-logits / temperature). Classes, preprocessing, backbone and the model's whole decision record
-(:mod:`cxrtl.decisions`: temperature, operating point, conformal threshold, segmenter) travel as
+logits / temperature), and for a model with an out-of-distribution guard ``ood_score`` (the guard's
+Mahalanobis score, :mod:`cxrtl.evaluation.ood`; flag when above the record's threshold). Classes,
+preprocessing, backbone and the model's whole decision record (:mod:`cxrtl.decisions`: temperature,
+operating point, conformal threshold, OOD guard, segmenter) travel as
 ``metadata_props``, so onnxruntime gives the same rows as torch.
 The export needs torch (imported lazily); running the file is :mod:`cxrtl.inference.backends`' job.
 """
@@ -23,7 +25,15 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CxrtlError
-from .backends import INPUT_NAME, KEY_PREFIX, ONNX_FORMAT, ONNX_VERSION, OUTPUT_NAMES, load_onnx
+from .backends import (
+    INPUT_NAME,
+    KEY_PREFIX,
+    ONNX_FORMAT,
+    ONNX_VERSION,
+    OOD_OUTPUT,
+    OUTPUT_NAMES,
+    load_onnx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +64,27 @@ def _deployable(net, pp, head):
     return _Deployable().eval()
 
 
-def _wrap_for_export(model, pp, temperature: float | None):
-    """The CxrModel with input scaling/normalisation in front and temperature softmax behind."""
+def _wrap_for_export(model, pp, temperature: float | None, guard=None):
+    """The CxrModel with input scaling/normalisation in front and temperature softmax behind; with an OOD
+    ``guard`` (decisions.OutOfDistribution) a third output, the guard's score of each image's features."""
     import torch
 
     inv_t = 1.0 / (temperature or 1.0)
-    return _deployable(model, pp, lambda logits: (logits, torch.softmax(logits * inv_t, dim=1)))
+    if guard is None:
+        return _deployable(model, pp, lambda logits: (logits, torch.softmax(logits * inv_t, dim=1)))
+    from ..evaluation.ood import features_of, guard_module
+
+    class _Scored(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.guard = guard_module(guard)
+
+        def forward(self, x):
+            logits, feats = features_of(self.model, x, guard.layer)
+            return logits, self.guard(feats)
+
+    return _deployable(_Scored(), pp, lambda out: (out[0], torch.softmax(out[0] * inv_t, dim=1), out[1]))
 
 
 def _export_graph(
@@ -145,7 +170,8 @@ def export_onnx(
     pp = checkpoint_preprocess(model, meta, weights)
     decisions = read_decisions(weights, meta)
     temperature = decisions.temperature.value if decisions.temperature else None
-    module = _wrap_for_export(model, pp, temperature)
+    module = _wrap_for_export(model, pp, temperature, decisions.ood)
+    outputs = OUTPUT_NAMES + ((OOD_OUTPUT,) if decisions.ood is not None else ())
     example = torch.randint(
         0,
         256,
@@ -153,7 +179,7 @@ def export_onnx(
         dtype=torch.uint8,
         generator=torch.Generator().manual_seed(0),
     )
-    proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"])
+    proto, used = _export_with_fallback(module, example, exporter, opset, meta["backbone"], outputs=outputs)
     props = {
         "format": ONNX_FORMAT,
         "version": str(ONNX_VERSION),
@@ -163,7 +189,7 @@ def export_onnx(
         "backbone": str(meta["backbone"]),
         "in_chans": str(model.in_chans),
         "temperature": json.dumps(temperature),
-        "decisions": decisions.to_json(),  # operating point, conformal sets, segmenter: as under torch
+        "decisions": decisions.to_json(),  # operating point, conformal sets, OOD guard, segmenter: as under torch
         "exporter": used,
         "input": f"{INPUT_NAME}: uint8 grey [N,1,{pp.image_size},{pp.image_size}] from prepare_image; "
         "scaling and normalisation are inside the graph",
@@ -178,7 +204,7 @@ def export_onnx(
     write_bytes(out, proto.SerializeToString())
     log.info("exported %s with the %s exporter", label or f"{weights} to {out}", used)
     if verify:
-        _verify(out, module, pp)
+        _verify(out, module, pp, decisions.ood is not None)
     return out
 
 
@@ -226,8 +252,8 @@ def _describe(proto, props: dict[str, str], doc: str) -> None:
     proto.doc_string = doc
 
 
-def _verify(path: Path, module, pp) -> None:
-    """The exported file must reproduce PyTorch's logits at batch 1 and 3 (dynamic batch included)."""
+def _verify(path: Path, module, pp, ood: bool = False) -> None:
+    """The exported file must reproduce PyTorch's logits (and OOD scores) at batch 1 and 3 (dynamic batch)."""
     import torch
 
     backend, _ = load_onnx(path)
@@ -235,7 +261,8 @@ def _verify(path: Path, module, pp) -> None:
     for batch in (1, 3):
         x = torch.randint(0, 256, (batch, 1, pp.image_size, pp.image_size), dtype=torch.uint8, generator=gen)
         with torch.inference_mode():
-            want = module(x)[0].float().numpy()
+            outs = module(x)
+        want = outs[0].float().numpy()
         got = backend.logits(x.numpy())
         err = float(np.abs(got - want).max())
         if not np.isfinite(err) or err > 1e-3 * max(1.0, float(np.abs(want).max())):
@@ -244,6 +271,16 @@ def _verify(path: Path, module, pp) -> None:
                 f"exported ONNX disagrees with PyTorch at batch {batch} (max logit error "
                 f"{err:.2g}); try the other --exporter"
             )
+        if ood:
+            want_s = outs[2].double().numpy()
+            got_s = backend.session.run([OOD_OUTPUT], {INPUT_NAME: x.numpy()})[0]
+            rel = float(np.max(np.abs(got_s - want_s) / np.maximum(1.0, np.abs(want_s))))
+            if not np.isfinite(rel) or rel > 1e-3:
+                path.unlink(missing_ok=True)
+                raise CxrtlError(
+                    f"exported ONNX's OOD score disagrees with PyTorch at batch {batch} (relative error "
+                    f"{rel:.2g}); try the other --exporter"
+                )
     log.debug("verified %s against PyTorch at batch 1 and 3", path)
 
 

@@ -42,6 +42,7 @@ class Prediction:
     lung_share: float | None = None  # the mask's share of the model input: the chance level of lung_fraction
     positive: dict[str, Any] | None = None  # {"class", "threshold", "flag"} from a stored operating point
     prediction_set: list[str] | None = None  # conformal set (a model with a conformal threshold only)
+    ood: dict[str, Any] | None = None  # {"score", "threshold", "flag"} from the OOD guard (None: no guard)
 
     @property
     def pred(self) -> str | None:
@@ -59,6 +60,8 @@ class Prediction:
             row["positive"] = self.positive
         if self.prediction_set is not None:
             row["prediction_set"] = self.prediction_set
+        if self.error is None:
+            row["ood"] = self.ood  # every answered row says whether the image is like the training images
         if self.error is not None:
             row["error"] = self.error
         if self.cam is not None:
@@ -278,6 +281,31 @@ class Predictor:
         """Prepared uint8 ``[B, S, S]`` -> probabilities ``[B, k]`` (temperature applied)."""
         return softmax(self.backend.logits(np.asarray(batch, dtype=np.uint8)), self.temperature)
 
+    def predict_prepared_ood(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared uint8 ``[B, S, S]`` -> (probabilities ``[B, k]``, OOD scores ``[B]`` or None without a
+        guard), in one forward pass. Torch scores the features in numpy, ONNX in the graph."""
+        logits, scores = self.backend.run(np.asarray(batch, dtype=np.uint8), self.decisions.ood)
+        return softmax(logits, self.temperature), scores
+
+    def ood_scores(self, images: Sequence[ImageLike], batch_size: int = 16) -> np.ndarray:
+        """OOD scores ``[N]`` of images (paths or arrays); a one-line error when the model has no guard."""
+        if self.decisions.ood is None:
+            raise CxrtlError(
+                f"{self.source or 'this model'} has no out-of-distribution guard; fit one with "
+                "`cxrtl evaluate RUN --fit-ood`; new runs get one at the end of training"
+            )
+        images = list(images)
+        out = np.zeros(len(images), dtype=np.float64)
+        for start in range(0, len(images), max(1, batch_size)):
+            chunk = images[start : start + max(1, batch_size)]
+            _, scores = self.predict_prepared_ood(np.stack([self.prepare(im) for im in chunk]))
+            if scores is None:
+                raise CxrtlError(
+                    f"{self.source} carries a guard but its graph has no OOD output; export it again"
+                )
+            out[start : start + len(chunk)] = scores
+        return out
+
     def predict(
         self,
         images: ImageLike | Sequence[ImageLike],
@@ -351,8 +379,9 @@ class Predictor:
                     rows[i].error = f"{paths[i]}: cannot read ({type(exc).__name__}: {exc})"
             if ok:
                 batch = np.stack(prepared)
-                probs = self.predict_prepared(batch)
+                probs, scores = self.predict_prepared_ood(batch)
                 for j, i in enumerate(ok):
+                    rows[i].ood = self.decisions.ood_flag(None if scores is None else float(scores[j]))
                     rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
                     rows[i].label = self.classes[int(np.argmax(probs[j]))]
                     rows[i].positive = self.decisions.positive_flag(probs[j])

@@ -121,6 +121,8 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
     """Hash one file with cxrtl's decoder (big JPEGs DCT-reduced; a full decode gives the pixel digest)."""
     from PIL import Image
 
+    from ..data.image_io import PILLOW_FORMATS
+
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -136,7 +138,7 @@ def _hash_one(path: str) -> ImageHash | Unreadable:
     h, w = gray.shape
     if drafted:  # the reduced decode hides the true size, which exact matching compares
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=PILLOW_FORMATS) as im:
                 w, h = im.size
         except (OSError, ValueError):
             pass

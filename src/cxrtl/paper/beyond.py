@@ -50,7 +50,7 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
             if (r["test"].get("cam_in_lungs") or {}).get("skipped")
         }
     )
-    title = f"Grad-CAM energy inside the lungs{where} (test set)"
+    title = f"Grad-CAM energy inside the lungs{where} (test set; CAM of the predicted class, grouped by true class)"
     if not rows:
         if not skipped:
             return None
@@ -60,9 +60,9 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
     t = Table(
         key,
         title,
-        ["Run", "Input", "Channels", "Overall"]
-        + (["Lung share (chance)"] if chance else [])
-        + list(rows[0]["test"]["classes"]),
+        ["Run", "Input", "Channels", "All test images"]
+        + (["Lung share of the image (chance)"] if chance else [])
+        + [f"True {c}" for c in rows[0]["test"]["classes"]],
     )
     for r in rows:
         cam = r["test"]["cam_in_lungs"]
@@ -71,15 +71,17 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
                 r["name"],
                 r["config"].get("input", ""),
                 str(r["config"].get("channels", "")),
-                fmt_num(cam["overall"].get("mean"), 3),
+                _with_ci(cam["overall"]),
             ]
             + ([fmt_num(cam["overall"].get("mask_share"), 3)] if chance else [])
-            + [fmt_num((cam["per_class"].get(c) or {}).get("mean"), 3) for c in r["test"]["classes"]]
+            + [_with_ci(cam["per_class"].get(c) or {}) for c in r["test"]["classes"]]
         )
     t.notes.append(
-        "Fraction of each image's Grad-CAM mass that falls inside its lung mask, averaged per true "
-        "class. A model reading the lungs scores near 1; one reading markers, borders or body "
-        "habitus scores low (DeGrave et al. 2021)."
+        "CAM of the predicted class, grouped by true class: the fraction of each image's Grad-CAM mass "
+        "for the class the model predicted that falls inside its lung mask, averaged over all test images "
+        "and over the images of each true class, with its 95% interval (t, over images) in brackets. A model "
+        "reading the lungs scores near 1; one reading "
+        "markers, borders or body habitus scores low (DeGrave et al. 2021)."
         + (
             " A model that ignores position scores about the lung share of the image (chance)."
             if chance
@@ -87,6 +89,15 @@ def _cam_table(runs: list[dict], key: str, where: str, chance: bool) -> Table | 
         )
     )
     return t
+
+
+def _with_ci(summary: dict) -> str:
+    """``0.412 [0.371, 0.453]``: a mean Grad-CAM share with its 95% interval, when one was recorded."""
+    ci = summary.get("ci")
+    text = fmt_num(summary.get("mean"), 3)
+    if ci and ci[0] is not None and ci[1] is not None:
+        text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+    return text
 
 
 def operating_table(runs: list[dict]) -> Table | None:
@@ -152,11 +163,23 @@ def conformal_table(runs: list[dict]) -> Table | None:
     t = Table(
         "conformal",
         "Conformal prediction sets of the headline models (LAC, fitted on validation, scored on test)",
-        ["Run", "alpha", "Test coverage", "Mean set size", "Single-class sets", "Per-class coverage"],
+        [
+            "Run",
+            "alpha",
+            "Test coverage",
+            "Mean set size",
+            "Single-class sets",
+            "Empty sets",
+            "Per-class coverage (n)",
+        ],
     )
     for r in rows:
         c = r["test"]["conformal"]
-        per = ", ".join(f"{k} {fmt_pct(v)}" for k, v in c["per_class_coverage"].items())
+        counts = c.get("per_class_n") or {}
+        per = ", ".join(
+            f"{k} {fmt_pct(v)}" + (f" (n = {counts[k]})" if k in counts else "")
+            for k, v in c["per_class_coverage"].items()
+        )
         t.rows.append(
             [
                 r["name"],
@@ -164,13 +187,17 @@ def conformal_table(runs: list[dict]) -> Table | None:
                 f"{fmt_pct(c['coverage'])} (target {fmt_pct(1 - c['alpha'])})",
                 f"{c['mean_set_size']:.2f}",
                 fmt_pct(c["singleton_fraction"]),
+                fmt_pct(c.get("empty_fraction")),
                 per,
             ]
         )
     t.notes.append(
         "A set holds the true class with probability at least 1 - alpha over test images (split conformal, "
-        "LAC: every class with probability at least 1 - threshold). A set with more than one class is the "
-        "model saying it is unsure; `cxrtl predict` prints these sets as `prediction_set`."
+        "LAC: every class with probability at least 1 - threshold). The guarantee is marginal, over all test "
+        "images: a single class's coverage is not guaranteed, and a rare class's can fall well below the target "
+        "(hence each class's n). A set with more than one class is the model saying it is unsure; an empty set "
+        "says no class is plausible at this coverage, a reason to look at the image. `cxrtl predict` prints these "
+        "sets as `prediction_set`."
     )
     return t
 

@@ -36,6 +36,8 @@ class ReproduceOptions:
     pneumonia_masks: str | None = (
         None  # lung masks for the pneumonia set (default: the segmenter writes them)
     )
+    external: str | None = None  # an external COVID set (folder or manifest) for the best COVID model
+    external_class_map: str | None = None  # its labels -> the COVID classes (inline or YAML)
     device: str = "auto"
     workers: int = 0
     cache_dir: str | None = None

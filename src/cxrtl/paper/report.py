@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..formatting import fmt_seconds
+from ..formatting import fmt_pct, fmt_seconds
 from ..fsutil import write_text
 from .beyond import (
     conformal_table,
@@ -21,9 +21,11 @@ from .beyond import (
     segmenter_section,
     shortcut_table,
 )
+from .comparison_section import DATASET_NAMES, comparison_section
 from .render import PAPER_CITATION, Section, render_html, render_markdown
 from .seeds import configurations
-from .tables import Table, paper_tables, write_tables
+from .table import Table
+from .tables import fmt_mean_sd, paper_tables, write_tables
 
 __all__ = ["PAPER_CITATION", "Section", "build_sections", "write_report"]
 
@@ -106,59 +108,117 @@ def _run_figure(run: dict, stem: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _comparison_section(comparisons: list[dict]) -> Section:
-    """The paper's comparisons, each in words, then as a table."""
-    from ..evaluation.compare import in_words
-
-    t = Table(
-        "compare",
-        "Paired comparisons on the same test images (accuracy of a minus b)",
-        ["Exp.", "a", "b", "Difference", "95% interval", "p (McNemar exact)", "n", "a-only / b-only right"],
-    )
-    for c in comparisons:
-        lo, hi = c["ci95"]
-        t.rows.append(
-            [
-                str(c.get("experiment", "")),
-                c["a"],
-                c["b"],
-                f"{100 * c['difference']:+.1f} pp",
-                f"[{100 * lo:+.1f}, {100 * hi:+.1f}]",
-                f"{c['p_value']:.3g}",
-                str(c["n"]),
-                "{} / {}".format(*c.get("discordant", ["", ""])),
-            ]
-        )
-    t.notes.append(
-        "McNemar's exact test counts the test images exactly one of the two gets right; the interval is a "
-        "paired bootstrap over test images. With several seeds each side's probabilities are averaged over "
-        "its seeds first. p < 0.05 is read as a real difference; several comparisons are made, so a "
-        "p-value just under 0.05 deserves caution."
-    )
-    return Section(
-        "Is a difference real? (the paper's comparisons)",
-        [in_words(c) + "." for c in comparisons],
-        [t],
-    )
+def _best_configurations(payload: dict) -> dict[str, dict]:
+    """Each dataset's best configuration by mean validation accuracy (ties: the earlier one)."""
+    configs = payload.get("configurations") or configurations(payload["runs"], {})
+    out = {}
+    for dataset in ("covid", "pneumonia"):
+        pool = [c for c in configs if c["dataset"] == dataset and c.get("best_val_acc")]
+        if pool:
+            out[dataset] = max(pool, key=lambda c: (c["best_val_acc"]["mean"], -pool.index(c)))
+    return out
 
 
 def _headline_runs(payload: dict) -> list[dict]:
     """Every seed's run of each dataset's best configuration by mean validation accuracy."""
-    configs = payload.get("configurations") or configurations(payload["runs"], {})
-    out = []
-    for dataset in ("covid", "pneumonia"):
-        pool = [c for c in configs if c["dataset"] == dataset and c.get("best_val_acc")]
-        if pool:
-            best = max(pool, key=lambda c: (c["best_val_acc"]["mean"], -pool.index(c)))
-            out += [r for r in payload["runs"] if r.get("configuration", r["name"]) == best["name"]]
-    return out
+    best = {c["name"] for c in _best_configurations(payload).values()}
+    return [r for r in payload["runs"] if r.get("configuration", r["name"]) in best]
+
+
+def _summary(payload: dict) -> list[str]:
+    """One paragraph: each dataset's best configuration (by validation) with its test accuracy."""
+    runs = payload["runs"]
+    parts = []
+    for dataset, config in _best_configurations(payload).items():
+        seeds = [r for r in runs if r.get("configuration", r["name"]) == config["name"]]
+        test = seeds[0]["test"]
+        val = config["best_val_acc"]["mean"]
+        if len(seeds) == 1:
+            figure = (
+                f"test accuracy {fmt_pct(test['accuracy'], test.get('accuracy_ci'))} (95% Wilson interval)"
+            )
+        else:
+            acc = config["accuracy"]
+            figure = f"test accuracy {fmt_mean_sd(acc['mean'], acc['sd'])} (mean ± sd of {len(seeds)} seeds)"
+        parts.append(
+            f"the best {DATASET_NAMES.get(dataset, dataset)} configuration by validation accuracy "
+            f"({fmt_pct(val)}) is `{config['name']}`: {figure} on {test['n']} test images"
+        )
+    if not parts:
+        return []
+    text = "; ".join(parts)
+    text = text[0].upper() + text[1:] + "."
+    n_comp = [c for c in payload.get("comparisons") or [] if not c.get("identical")]
+    if n_comp:
+        better = sum("is better" in (c.get("verdict") or "") for c in n_comp)
+        text += (
+            f" The paper's comparisons that show a difference after Holm's adjustment: {better} of "
+            f"{len(n_comp)} (see below)."
+        )
+    return [
+        text + " Configurations are chosen on validation; their test figures are reported, not maximised."
+    ]
+
+
+def _external_section(ext: dict | None) -> Section | None:
+    """The best COVID model on an external set beside its own test split (``reproduce --external``)."""
+    if not ext:
+        return None
+    if "skipped" in ext:
+        return Section("External validation", [f"Not run: {ext['skipped']}."])
+    cmp = ext["comparison"]
+    names = [e["name"] for e in cmp["evaluations"]]
+    t = Table(
+        "external",
+        f"{ext['run']}: its test split beside {ext['data']}",
+        ["Metric", "Internal test", "External", "External - internal [95% interval]"],
+    )
+    for row in cmp["metrics"]:
+        a, b = row["values"]
+        d = row["differences"][0]
+        cell = (
+            "n/a"
+            if d["difference"] is None
+            else f"{d['difference']:+.3f}" + (f" [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "")
+        )
+        t.rows.append([row["metric"], _num(a["value"]), _num(b["value"]), cell])
+    info = ext.get("external") or {}
+    paras = [
+        f"The {ext.get('choice', 'best COVID model by validation accuracy')} (`{ext['run']}`) scored on "
+        f"{ext['n']} external images "
+        f"(`{names[1]}`) and on its own test split (`{names[0]}`). Differences use an unpaired bootstrap "
+        "(different images). The guard against shared images ran first: "
+        + _overlap_words(info.get("overlap") or {})
+    ]
+    if info.get("dropped_per_label"):
+        paras.append(
+            "Dropped (label not mapped): "
+            + ", ".join(f"{k} {v}" for k, v in info["dropped_per_label"].items())
+        )
+    if info.get("note"):
+        paras.append(f"Note: {info['note']}.")
+    return Section("External validation", paras, [t])
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _overlap_words(check: dict) -> str:
+    if not check.get("checked"):
+        return f"not checked ({check.get('reason')})."
+    if check.get("overlap"):
+        return f"**{check['overlap']} image(s) duplicate training images (allowed with --allow-overlap).**"
+    return f"no duplicates of the {check['training_images']} training and validation images."
 
 
 def build_sections(payload: dict) -> list[Section]:
     """Every section of the report, in order."""
     runs = payload["runs"]
     tables = paper_tables(runs)
-    sections = [Section("Protocol", _protocol(payload))]
+    summary = _summary(payload)
+    sections = [Section("Summary", summary)] if summary else []
+    sections.append(Section("Protocol", _protocol(payload)))
     paper_keys = [k for k in ("II", "III", "IV", "V", "VI") if k in tables]
     if paper_keys:
         widest = max(r["test"]["accuracy_ci"][1] - r["test"]["accuracy_ci"][0] for r in runs)
@@ -201,7 +261,7 @@ def build_sections(payload: dict) -> list[Section]:
     if figures:
         sections.append(Section("Best models (paper Fig. 6-8)", figures=figures))
     if payload.get("comparisons"):
-        sections.append(_comparison_section(payload["comparisons"]))
+        sections.append(comparison_section(payload["comparisons"]))
     extra = [
         t
         for t in (
@@ -232,6 +292,9 @@ def build_sections(payload: dict) -> list[Section]:
     seg_section = segmenter_section(payload.get("segmenter"))
     if seg_section:
         sections.append(seg_section)
+    ext_section = _external_section(payload.get("external"))
+    if ext_section:
+        sections.append(ext_section)
     sections.append(Section("All runs", tables=[tables["runs"]]))
     curves = [(f"`{r['name']}`", fig) for r in runs if (fig := _run_figure(r, "history"))]
     if curves:

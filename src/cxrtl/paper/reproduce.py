@@ -21,14 +21,16 @@ The jobs live in their own modules: ``planning`` (checks before any training), `
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ..errors import CxrtlError
 from ..fsutil import ensure_dir, write_json
 from ..provenance import provenance
 from ..results import ReproductionResults
+from .comparisons import bootstrap_seed
 from .comparisons import comparisons as _comparisons
 from .experiments import get_profile, parse_experiments, plan_runs
 from .options import MANIFEST, POSITIVE, PROTOCOLS, ReproduceOptions
@@ -38,6 +40,12 @@ from .runs import run_all, train_segmenter
 from .seeds import configurations, seed_list
 from .splits import write_splits
 
+if TYPE_CHECKING:
+    from ..data.records import DatasetIndex
+    from .experiments import Profile
+
+log = logging.getLogger(__name__)
+
 # Names other modules and tests import from here.
 _check_out = check_out
 _plan_segmenter = plan_segmenter
@@ -46,6 +54,71 @@ __all__ = ["MANIFEST", "ReproduceOptions", "reproduce"]
 
 
 # ------------------------------------------------------------------------------------------ entry point
+def _check_external(opts: ReproduceOptions, covid: DatasetIndex) -> None:
+    """Refuse a bad --external or --external-class-map before any training."""
+    if opts.external_class_map and not opts.external:
+        raise CxrtlError("--external-class-map maps the labels of --external ROOT|MANIFEST; give that too")
+    if not opts.external:
+        return
+    from ..data import load_dataset
+    from ..evaluation.external import parse_class_map
+
+    load_dataset(opts.external)  # exists and has images
+    if opts.external_class_map:
+        parse_class_map(opts.external_class_map, covid.classes)
+
+
+def _external_validation(opts: ReproduceOptions, prof: Profile, results: dict, out: Path) -> dict | None:
+    """The best COVID run (by validation accuracy) evaluated on ``--external`` and compared with its test."""
+    if not opts.external:
+        return None
+    from ..data import load_dataset
+    from ..evaluation.across_sets import compare_evaluations, write_comparison
+    from ..evaluation.evaluate import evaluate
+
+    covid_runs = [r for r in results.values() if r["dataset"] == "covid"]
+    note = None
+    if not any(r.mask_path for r in load_dataset(opts.external).records):
+        raw = [r for r in covid_runs if r["config"].get("input", "raw") == "raw"]
+        if len(raw) < len(covid_runs):
+            note = "masked-input models need lung masks, which the external set lacks: best raw-input model"
+        covid_runs = raw
+    if not covid_runs:
+        return {"skipped": "no COVID run that can score the external set was trained (experiments 1 or 2)"}
+    best = max(covid_runs, key=lambda r: (r.get("best_val_acc") or 0.0, -covid_runs.index(r)))
+    run_dir = Path(best["run_dir"])
+    target = out / "external" / best["name"]
+    try:
+        m = evaluate(
+            run_dir,
+            opts.external,
+            out=target,
+            class_map=opts.external_class_map,
+            allow_overlap=True,  # a finished reproduction is not thrown away: the report says it in bold
+            device=opts.device,
+            cache_dir=opts.cache_dir,
+            progress=opts.progress,
+            n_boot=prof.n_boot,
+            precision=opts.precision,
+        )
+    except CxrtlError as exc:  # the runs are done; say why there is no external section rather than fail
+        log.warning("no external validation: %s", exc)
+        return {"skipped": str(exc)}
+    comparison = compare_evaluations([run_dir / "test", target], n_boot=prof.n_boot)
+    write_comparison(comparison, out / "external" / "comparison")
+    return {
+        "run": best["name"],
+        "choice": note or "best COVID model by validation accuracy",
+        "data": str(opts.external),
+        "n": m["n"],
+        "accuracy": m["accuracy"],
+        "accuracy_ci": m["accuracy_ci"],
+        "external": m.get("external"),
+        "comparison": {k: v for k, v in comparison.items() if not k.startswith("_")},
+        "folder": str(target),
+    }
+
+
 def reproduce(opts: ReproduceOptions) -> ReproductionResults:
     """Run the planned experiments into ``opts.out`` and write results.json, report.md and report.html."""
     from .report import write_report
@@ -66,6 +139,7 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
 
     # 1. Every check before any training: datasets of the right kind, masks, weights, the out dir.
     covid, pneu, no_weights = check_inputs(opts, prof, runs)
+    _check_external(opts, covid)
     seg_plan = plan_segmenter(opts, prof, covid, no_weights)
     out = Path(opts.out)
     max_per_class = opts.max_per_class if opts.max_per_class is not None else prof.max_per_class
@@ -87,20 +161,28 @@ def reproduce(opts: ReproduceOptions) -> ReproductionResults:
         lung_masks = _lung_masks(opts, pneu, split_paths, out, segmenter)
     results, covid_best = run_all(runs, opts, prof, roots, split_paths, out, no_weights)
 
-    # 4. Results and report.
+    # 4. External validation of the best COVID model, then results and report.
+    external = _external_validation(opts, prof, results, out)
     run_list = list(results.values())
+    boot_seed = bootstrap_seed(opts.seed)
     payload = {
         "runs": run_list,
         "configurations": configurations(run_list, POSITIVE),
-        "comparisons": _comparisons(run_list, experiments, prof.n_boot),
+        "comparisons": _comparisons(run_list, experiments, prof.comparison_resamples, boot_seed),
         "segmenter": segmenter,
         "pneumonia_masks": lung_masks,
+        "external": external,
         "reproduction": {
             **identity,
             "experiments": list(experiments),
             "seeds": seeds,
             "eval_precision": opts.precision,
             "conformal_alpha": opts.conformal,
+            "bootstrap": {
+                "resamples": prof.comparison_resamples,
+                "seed": boot_seed,
+                "derived_from_seed": opts.seed,
+            },
             "seconds": time.time() - started,
             "covid_best": covid_best,
             "synthetic": is_synthetic(covid) or bool(pneu and is_synthetic(pneu)),

@@ -47,7 +47,12 @@ def run_row_keys(run: dict) -> dict:
     pretraining = run.get("pretraining") or cfg.get("pretraining")
     if not pretraining:
         pretraining = {"none": "None", "imagenet": "ImageNet"}.get(init.lower(), "ImageNet & COVID")
-    if cfg.get("random_init") and "ImageNet" in str(pretraining):  # meant ImageNet, ran from random weights
+    if (
+        cfg.get("random_init")
+        and "ImageNet" in str(pretraining)
+        and RANDOM_NOT_IMAGENET not in str(pretraining)
+    ):
+        # meant to start from ImageNet, ran from random weights (results.json written before it said so)
         pretraining = str(pretraining).replace("ImageNet", RANDOM_NOT_IMAGENET)
     scheme = str(cfg.get("scheme") or ("extractor" if cfg.get("freeze_backbone") else "finetune")).lower()
     scheme = {

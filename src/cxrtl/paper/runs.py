@@ -17,6 +17,7 @@ from ..fsutil import read_json
 from ..results import Metrics
 from .experiments import COVID_BEST, Profile, RunPlan, covid_best_candidates
 from .options import POSITIVE, ReproduceOptions
+from .rows import RANDOM_NOT_IMAGENET
 from .seeds import run_name, seed_list
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,19 @@ def _evaluate(
     )
 
 
+def as_ran(run: RunPlan, random_init: bool) -> dict:
+    """The plan's settings as the run really trained: a run meant to start from ImageNet that started from
+    random weights (offline, ``--allow-random-init``) says ``init=none`` and pretraining "random (ImageNet
+    unavailable)", as the report names it, and keeps what was planned in ``planned_init``."""
+    d = {k: v for k, v in run.to_config().items() if k not in ("name", "depends_on")}
+    if random_init and run.init != "none":
+        d["planned_init"] = run.init
+        if run.init == "imagenet":
+            d["init"] = "none"
+        d["pretraining"] = run.pretraining.replace("ImageNet", RANDOM_NOT_IMAGENET)
+    return d
+
+
 def _run_one(
     run: RunPlan, opts, prof, roots, split_paths, out: Path, init: str, random_init: bool, seed: int
 ) -> dict:
@@ -140,7 +154,7 @@ def _run_one(
             log.info(
                 "%s: training (%s)",
                 name,
-                ", ".join(f"{k}={v}" for k, v in run.to_config().items() if k not in ("name", "depends_on")),
+                ", ".join(f"{k}={v}" for k, v in as_ran(run, random_init).items()),
             )
             summary = run_training(cfg)
         metrics = _evaluate(run_dir, roots[run.dataset], run.dataset, opts, prof, split_paths.get("masked"))
@@ -148,6 +162,7 @@ def _run_one(
     config = {
         **summary.get("config", {}),
         **{k: v for k, v in run.to_config().items() if k != "name"},
+        **as_ran(run, random_init),
         "init_source": init,
         "random_init": random_init,
     }
@@ -157,7 +172,7 @@ def _run_one(
         "seed": seed,
         "experiment": list(run.experiments),
         "dataset": run.dataset,
-        "pretraining": run.pretraining,
+        "pretraining": config["pretraining"],
         "protocol": opts.split_protocol if run.dataset == "pneumonia" else None,
         "config": config,
         "best_epoch": summary.get("best_epoch"),

@@ -72,27 +72,37 @@ def configurations(runs: Sequence[dict], positives: dict[str, str]) -> list[dict
     return out
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _mean_tree(items: list):
-    """Mean of numbers, with ``<key>_sd`` beside each averaged number; intervals and lists are dropped."""
-    first = items[0]
-    if isinstance(first, dict):
-        out: dict = {}
-        for key in first:
-            values = [it.get(key) for it in items if isinstance(it, dict)]
-            if key.endswith("_ci"):
-                out[key] = None  # an interval of one run does not describe the mean
-            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                s = spread(values)
-                out[key] = s["mean"] if s else None
-                out[f"{key}_sd"] = s["sd"] if s else None
-            elif all(isinstance(v, dict) for v in values):
-                out[key] = _mean_tree(values)
-            else:
-                out[key] = (
-                    first.get(key) if not isinstance(first.get(key), list) or key == "classes" else None
-                )
-        return out
-    return first
+    """Mean over seeds of every number, with ``<key>_sd`` beside it; intervals and lists are dropped.
+
+    A value some seeds lack (null: a class never predicted has no precision) is averaged over the seeds that
+    have it, and ``<key>_seeds`` = [seeds with it, seeds] says how many that is, whichever seed lacks it.
+    """
+    dicts = [it for it in items if isinstance(it, dict)]
+    if not dicts:
+        return items[0]
+    out: dict = {}
+    for key in dict.fromkeys(k for d in dicts for k in d):
+        values = [d.get(key) for d in dicts]
+        defined = [v for v in values if v is not None]
+        if key.endswith("_ci"):
+            out[key] = None  # an interval of one run does not describe the mean
+        elif defined and all(_is_number(v) for v in defined):
+            s = spread(defined)
+            out[key] = s["mean"] if s else None
+            out[f"{key}_sd"] = s["sd"] if s else None
+            if len(defined) < len(values):
+                out[f"{key}_seeds"] = [len(defined), len(values)]
+        elif defined and all(isinstance(v, dict) for v in defined):
+            out[key] = _mean_tree(defined)
+        else:
+            value = defined[0] if defined else None
+            out[key] = value if not isinstance(value, list) or key == "classes" else None
+    return out
 
 
 def merge_seeds(runs: Sequence[dict]) -> list[dict]:

@@ -95,7 +95,11 @@ def metric_cells(entry: dict | None, keys: Sequence[str]) -> tuple[list[str], li
         value = entry.get(key) if entry else None
         ci = entry.get(f"{key}_ci") if entry else None
         sd = entry.get(f"{key}_sd") if entry else None
-        md.append(fmt_pct(value, ci) if sd is None else fmt_mean_sd(value, sd))
+        cell = fmt_pct(value, ci) if sd is None else fmt_mean_sd(value, sd)
+        seeds = entry.get(f"{key}_seeds") if entry else None
+        if seeds and value is not None:  # averaged over the seeds that have it
+            cell += f" ({seeds[0]} of {seeds[1]} seeds)"
+        md.append(cell)
         cs += [csv_num(value), csv_num(ci[0]) if ci else "", csv_num(ci[1]) if ci else ""]
     return md, cs
 

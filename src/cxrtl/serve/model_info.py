@@ -98,4 +98,5 @@ def _calibration(predictor, source: Path | None, meta: dict[str, Any]) -> dict[s
         "conformal_threshold": conformal["threshold"] if conformal else None,
         "conformal": conformal,
         "operating_point": summary["operating_point"],
+        "ood": summary.get("ood"),  # the out-of-distribution guard, when the model carries one
     }

@@ -65,44 +65,109 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def predict_uploads(
-    predictor, uploads: Sequence[Upload], cam: bool = False, image: bool = False, batch_size: int = 16
+    predictor,
+    uploads: Sequence[Upload],
+    cam: bool = False,
+    image: bool = False,
+    batch_size: int = 16,
+    max_pixels: int | None = None,
 ) -> list[dict[str, Any]]:
     """One JSON row per upload, as ``cxrtl predict --format json`` writes them, with ``path`` = file name.
 
-    ``cam`` adds ``cam_png`` (base64 Grad-CAM overlay on the model input) and ``image`` adds ``image_png``
+    ``cam`` adds ``cam_png`` (base64 Grad-CAM overlay on the image as sent, at most 512 px, like the overlays
+    ``cxrtl predict --cam`` writes at the image's own size) and ``image`` adds ``image_png``
     (the decoded image, at most 512 px, so a page can show a DICOM) to each row that was predicted.
+    ``max_pixels``: the decoded pixels this request may cost, read from each file's header before it is
+    decoded; the files past it get an error row. Each file is decoded once, and the model (Grad-CAM
+    included) sees at most ``batch_size`` of them at a time.
     """
+    from ..inference.predict import Prediction
+
+    batch_size = max(1, int(batch_size))
     with as_paths(uploads) as paths:
-        rows = predictor.predict_files(paths, batch_size=batch_size)
+        rows = [Prediction(path=up.name) for up in uploads]
+        extra: list[dict[str, Any]] = [{} for _ in uploads]
+        thumbs: dict[int, np.ndarray] = {}
+        budget = _PixelBudget(max_pixels)
+        for start in range(0, len(paths), batch_size):
+            ok, inputs = [], []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    budget.take(paths[i])
+                    gray = predictor.load(paths[i])
+                    inputs.append(predictor.prepare(gray))
+                    if image or cam:
+                        thumbs[i] = thumbnail(gray)
+                    if image:
+                        extra[i]["image_png"] = png_base64(thumbs[i])
+                    del gray
+                    ok.append(i)
+                except CxrtlError as exc:
+                    rows[i].error = str(exc)
+                except MemoryError:
+                    rows[i].error = f"{paths[i]}: out of memory while decoding; the image is too large"
+                except Exception as exc:  # noqa: BLE001  (never let one odd file stop the request)
+                    rows[i].error = f"{paths[i]}: cannot read ({type(exc).__name__}: {exc})"
+            if not ok:
+                continue
+            batch = np.stack(inputs)
+            probs, scores = predictor.predict_prepared_ood(batch)
+            for j, i in enumerate(ok):  # as Predictor.predict_files fills its rows
+                rows[i].ood = predictor.decisions.ood_flag(None if scores is None else float(scores[j]))
+                rows[i].probabilities = {c: float(p) for c, p in zip(predictor.classes, probs[j])}
+                rows[i].label = predictor.classes[int(np.argmax(probs[j]))]
+                rows[i].positive = predictor.positive_flag(probs[j])
+                rows[i].prediction_set = predictor.prediction_set(probs[j])
+            if cam:
+                add_cams(predictor, batch, [extra[i] for i in ok], [thumbs.pop(i) for i in ok])
         out = []
-        for up, path, row in zip(uploads, paths, rows):
+        for up, path, row, more in zip(uploads, paths, rows, extra):
             d = row.to_dict()
-            d["path"] = up.name
             if d.get("error"):
                 d["error"] = str(d["error"]).replace(path, up.name)
+            else:
+                d.update(more)
             out.append(d)
-        good = [i for i, d in enumerate(out) if not d.get("error")]
-        if image:
-            for i in good:
-                out[i]["image_png"] = png_base64(thumbnail(predictor.load(paths[i])))
-        if cam and good:
-            add_cams(predictor, [paths[i] for i in good], [out[i] for i in good])
     return out
 
 
-def add_cams(predictor, paths: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    """Grad-CAM of each row's predicted class as ``cam_png``; a model without a usable map gets ``cam_error``."""
-    from ..evaluation.cam import grad_cam, overlay
+class _PixelBudget:
+    """The decoded pixels one request may still cost; each file's size comes from its header."""
 
-    batch = np.stack([predictor.prepare(p) for p in paths])
+    def __init__(self, limit: int | None):
+        self.limit, self.used = limit, 0
+
+    def take(self, path: str) -> None:
+        if self.limit is None:
+            return
+        from ..data.image_io import image_size
+
+        w, h = image_size(path)
+        if self.used + w * h > self.limit:
+            raise CxrtlError(
+                f"{path}: not decoded, the request's pixel budget is spent ({self.used + w * h} of "
+                f"{self.limit} pixels with this {w}x{h} image); send fewer or smaller images per request, "
+                "or start the server with a larger --max-pixels-per-request"
+            )
+        self.used += w * h
+
+
+def add_cams(
+    predictor, batch: np.ndarray, rows: Sequence[dict[str, Any]], images: Sequence[np.ndarray]
+) -> None:
+    """Grad-CAM of each prepared input's predicted class as ``cam_png``, drawn on ``images`` (the uploads as
+    sent, thumbnailed): the CAM of the model's crop is placed back where the crop came from. Else
+    ``cam_error`` in each row."""
+    from ..evaluation.cam import cam_to_original, grad_cam, overlay
+
     try:
         cams, indices = grad_cam(predictor.torch_model, predictor.backend.normalize(batch))
     except CxrtlError as exc:
         for row in rows:
             row["cam_error"] = str(exc)
         return
-    for row, inp, c, k in zip(rows, batch, cams, indices):
-        row["cam_png"] = png_base64(overlay(inp, c))
+    for row, image, c, k in zip(rows, images, cams, indices):
+        row["cam_png"] = png_base64(overlay(image, cam_to_original(c, image.shape, predictor.spec)))
         row["cam_class"] = predictor.classes[k]
 
 

@@ -7,7 +7,8 @@ counted while reading (a client that lies about Content-Length is stopped at the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 
@@ -60,13 +61,34 @@ def too_large(max_bytes: int) -> str:
 
 
 async def read_uploads(
-    content_type: str, chunks: AsyncIterator[bytes], max_bytes: int, max_files: int
+    content_type: str,
+    chunks: AsyncIterator[bytes],
+    max_bytes: int,
+    max_files: int,
+    deadline_s: float | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> list[Upload]:
     """The files of the form field ``files``, read chunk by chunk; other fields are ignored.
 
-    Raises UploadError: 413 past ``max_bytes`` (checked per chunk) or ``max_files``, 400 for a malformed
-    body or no files.
+    ``deadline_s``: the whole body must arrive within this many seconds (a stalled or dribbling client
+    gets 408). ``on_bytes(n)`` is called before each chunk is kept and may raise (the server's memory
+    budget across requests).
+
+    Raises UploadError: 413 past ``max_bytes`` (checked per chunk) or ``max_files``, 408 past the
+    deadline, 400 for a malformed body or no files.
     """
+    try:
+        async with asyncio.timeout(deadline_s):
+            return await _read(content_type, chunks, max_bytes, max_files, on_bytes)
+    except TimeoutError:
+        raise UploadError(
+            408,
+            f"the request body did not arrive within {deadline_s:g} s; send it at once (a client that "
+            "stalls is cut off), or start the server with a larger --read-timeout",
+        ) from None
+
+
+async def _read(content_type, chunks, max_bytes, max_files, on_bytes) -> list[Upload]:
     from python_multipart import FormParser
     from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import parse_options_header
@@ -94,6 +116,8 @@ async def read_uploads(
             total += len(chunk)
             if total > max_bytes:
                 raise UploadError(413, too_large(max_bytes))
+            if on_bytes is not None:
+                on_bytes(len(chunk))
             parser.write(chunk)
         parser.finalize()
     except (FormParserError, ValueError) as exc:

@@ -237,6 +237,27 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
         "provenance": meta["provenance"],
     }
     if info.is_main:
+        summary["ood"] = _fit_ood(run_dir, prepared, pp, device)
         write_summary(run_dir, summary)
     ddp.barrier()
     return summary
+
+
+def _fit_ood(run_dir: Path, prepared, pp: Preprocess, device: torch.device) -> dict | None:
+    """Fit the out-of-distribution guard of the best checkpoint and store it in its decision record.
+
+    Features of the training split, threshold at the 99th percentile of validation scores
+    (:mod:`cxrtl.evaluation.ood`). A split without validation images gets no guard (said once).
+    """
+    from ..checkpoint import load_checkpoint
+    from ..decisions import read_decisions, write_decisions
+    from ..evaluation.ood import fit_for_model
+
+    weights = run_dir / "best.safetensors"
+    if not weights.is_file() or not len(prepared.datasets["val"]) or len(prepared.datasets["train"]) < 2:
+        log.warning("no out-of-distribution guard: it needs training and validation images")
+        return None
+    best, meta = load_checkpoint(weights, map_location=device)
+    guard = fit_for_model(best, prepared.datasets, pp, device)
+    write_decisions(weights, read_decisions(weights, meta).replace(ood=guard))
+    return {"layer": guard.layer, "threshold": guard.threshold, "percentile": guard.percentile, "n": guard.n}

@@ -22,6 +22,9 @@
 
   function pct(p) { return (100 * p).toFixed(1) + "%"; }
 
+  // The bar's width through the CSSOM: the Content-Security-Policy refuses inline style attributes.
+  function fill(p) { const s = el("span"); s.style.width = (100 * p).toFixed(2) + "%"; return s; }
+
   async function loadModel() {
     const info = $("model-info");
     let res;
@@ -71,6 +74,10 @@
     const src = row.image_png ? "data:image/png;base64," + row.image_png : URL.createObjectURL(file);
     const img = el("img", { class: "image", src: src, alt: "uploaded radiograph " + row.path });
     fig.append(img);
+    if (row.ood && row.ood.flag) {
+      const warning = "This image is unlike the chest radiographs the model was trained on; its prediction is not meaningful.";
+      body.append(el("p", { class: "error ood", role: "alert", text: warning }));
+    }
     body.append(el("p", { class: "label" }, "Predicted class: ", el("strong", { class: "pred", text: row.label })));
     const bars = el("div", { class: "bars", role: "list", "aria-label": "class probabilities" });
     for (const [cls, p] of Object.entries(row.probabilities)) {
@@ -78,12 +85,15 @@
       bars.append(
         el("span", { class: "cls", id: id, role: "listitem", text: cls }),
         el("div", { class: "bar", role: "meter", "aria-labelledby": id, "aria-valuemin": "0", "aria-valuemax": "1",
-                    "aria-valuenow": String(p) }, el("span", { style: `width:${(100 * p).toFixed(2)}%` })),
+                    "aria-valuenow": String(p) }, fill(p)),
         el("span", { class: "value", "data-class": cls, "data-p": String(p), text: pct(p) }));
     }
     body.append(el("p", { class: "caption", text: "Probability of each class:" }), bars);
     if (Array.isArray(row.prediction_set)) {
-      body.append(el("p", { class: "set", text: "Prediction set: {" + row.prediction_set.join(", ") + "}" }));
+      const members = row.prediction_set.length
+        ? "{" + row.prediction_set.join(", ") + "}"
+        : "empty: no class is plausible at this coverage; look at the image";
+      body.append(el("p", { class: "set", text: "Prediction set: " + members }));
     }
     if (row.cam_png) {
       const cam = el("img", { class: "cam-overlay", src: "data:image/png;base64," + row.cam_png,
