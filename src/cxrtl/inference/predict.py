@@ -108,8 +108,7 @@ class Predictor:
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
-        # called as hook(path, mask) with each mask the segmenter predicts (e.g. for --dicom-out)
-        self.mask_hook: Any = None
+        self.mask_hook: Any = None  # hook(path, mask) gets each mask the segmenter predicts (--dicom-out)
         for note in self.decisions.stale_notes():
             log.warning("%s: %s", source or "model", note)
 
