@@ -29,7 +29,7 @@ test: $(STAMP)
 test-fast: $(STAMP)      # everything but the few end-to-end tests marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-# The optional parts against today's newest releases (hub, mlflow, serve, dicom, onnx, segment), in a venv of
+# The optional parts against today's newest releases (hub, mlflow, serve, dicom, pacs, onnx, segment), in a venv of
 # their own: the extras at their newest versions (upgrade-strategy eager), torch and torchvision at the main
 # venv's versions (so no second multi-GB download). Versions go to $(LATEST)/versions.txt. `make test` stays
 # the main job, on the versions the README names.
@@ -38,10 +38,11 @@ LATEST_TESTS ?= tests/test_hub.py tests/test_hub_failures.py tests/test_tracking
 	tests/test_serve.py tests/test_serve_segmenter.py tests/test_serve_browser.py \
 	tests/test_dicom.py tests/test_dicom_codecs.py tests/test_dicom_corpus.py \
 	tests/test_export.py tests/test_quantize.py tests/test_bundle.py tests/test_bundle_segmenter.py \
-	tests/test_segment.py tests/test_segment_hygiene.py tests/test_segment_metrics.py
+	tests/test_segment.py tests/test_segment_hygiene.py tests/test_segment_metrics.py \
+	tests/test_dicom_out.py tests/test_pacs.py tests/test_listen.py
 EXTRAS_PKGS  := huggingface-hub httpx httpx2 mlflow mlflow-skinny fastapi uvicorn python-multipart pydicom \
 	pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg onnx onnxruntime onnxscript segmentation-models-pytorch \
-	timm torch torchvision
+	highdicom dicomweb-client pynetdicom timm torch torchvision
 
 latest-venv: $(STAMP)
 	rm -rf $(LATEST)

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "push",
     "reproduce",
     "serve",
+    "listen",
     "segment",
     "migrate",
 )

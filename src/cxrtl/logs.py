@@ -30,8 +30,9 @@ class QuietThirdParty(logging.Filter):
         return True
 
 
-# Libraries whose INFO lines are progress chatter (the ONNX exporter's pass-by-pass log): WARNING unless -v.
-CHATTY_LOGGERS = ("onnxscript", "onnx_ir")
+# Libraries whose INFO lines are progress chatter (the ONNX exporter's pass-by-pass log, highdicom's modules
+# copied, dicomweb-client's requests, pynetdicom's associations): WARNING unless -v.
+CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "highdicom", "dicomweb_client", "pynetdicom")
 
 
 def configure_logging(verbose: bool = False) -> None:

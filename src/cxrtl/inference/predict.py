@@ -108,6 +108,8 @@ class Predictor:
         self.backbone = backbone
         self.segmenter: Any = None  # a cxrtl.segmentation Segmenter: masks for a masked model (use_segmenter)
         self.save_masks: Path | None = None
+        # called as hook(path, mask) with each mask the segmenter predicts (e.g. for --dicom-out)
+        self.mask_hook: Any = None
         for note in self.decisions.stale_notes():
             log.warning("%s: %s", source or "model", note)
 
@@ -224,6 +226,8 @@ class Predictor:
     def _auto_mask(self, gray: np.ndarray, image: ImageLike) -> np.ndarray:
         assert self.segmenter is not None
         mask = self.segmenter.predict(gray)
+        if self.mask_hook is not None and not isinstance(image, np.ndarray):
+            self.mask_hook(str(image), mask)
         if self.save_masks is not None and not isinstance(image, np.ndarray):
             from PIL import Image
 
