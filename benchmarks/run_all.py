@@ -35,6 +35,7 @@ BENCHMARKS = {
     "quantize": ["--quick"],
     "serve": ["--quick"],
     "segment": [],
+    "pacs": ["--samples", "3", "--side", "1024"],
     "eval_precision": [],
 }
 
