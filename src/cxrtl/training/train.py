@@ -195,7 +195,7 @@ def _run(cfg: TrainConfig, run_dir: Path, resume_payload, info: ddp.DistInfo, de
     if info.is_main and resume_payload is None:
         start_run(run_dir, cfg, prepared.split, clear=cfg.overwrite or restart, data_root=prepared.index.root)
     ddp.barrier()
-    n = {name: len(ds) for name, ds in prepared.datasets.items()}
+    n = {name: len(ds) for name, ds in prepared.datasets.items() if len(ds) or name != "calibration"}
     log.info(
         "%s: %s, classes %s, split %s, %s on %s x%d, lr %.3g",
         run_dir,
