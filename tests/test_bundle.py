@@ -297,3 +297,28 @@ def test_a_bundle_is_not_exported_again_as_if_it_were_a_run(evaluated, tmp_path,
     err = capsys.readouterr().err.strip()
     assert "is a bundle, not a run directory" in err and str(run.resolve()) in err and "\n" not in err
     assert not (tmp_path / "b2").exists()
+
+
+def test_a_bundle_is_never_rewritten_in_place(evaluated, tmp_path, covid_root, capsys):
+    _, bundle = evaluated
+    copy = Path(shutil.copytree(bundle, tmp_path / "b"))
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    base = [
+        "evaluate",
+        str(copy),
+        "--data",
+        str(covid_root),
+        "--no-figures",
+        "--bootstrap",
+        "0",
+        "--no-progress",
+    ]
+    assert main([*base, "--out", str(tmp_path / "e"), "--calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert "is a bundle, whose files are checksummed" in err and err.count("\n") == 1
+    assert (
+        main([*base, "--out", str(tmp_path / "e2")]) == 0
+    )  # scoring a bundle is fine, and writes nothing there
+    assert main(["migrate", str(copy)]) == 2
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert main(["predict", str(copy), str(_one_png(tmp_path))]) == 0  # still loads: nothing was added

@@ -25,10 +25,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..bundle_manifest import is_bundle
     from ..checkpoint import read_meta, resolve_checkpoint
     from ..decisions import migrate
+    from ..errors import CxrtlError
 
     weights = resolve_checkpoint(args.run)
+    if is_bundle(weights.parent):
+        raise CxrtlError(
+            f"{weights.parent} is a bundle, whose files are checksummed: it is not rewritten in place; it loads "
+            "as it is (export it again from its run to get one decision record)"
+        )
     path, written = migrate(weights, read_meta(weights))
     if written:
         print(f"wrote {path}; the older sidecars it replaces were removed")

@@ -361,6 +361,8 @@ def evaluate(
     elif conformal_by_class:
         fitting.check_conformal(None, None, by_class=True)  # refused before anything is written
     ckpt, split_csv, history = _resolve_inputs(model_path, split_csv)
+    if (calibrate or positive or conformal is not None) and (ckpt.parent / "bundle.json").is_file():
+        raise CxrtlError(fitting.read_only_bundle(ckpt.parent))  # before any work
     data_root = data_root_of(model_path, data_root)
     from .ood import check_options
 

@@ -235,10 +235,22 @@ def fitted_on(result: dict, record) -> dict[str, str]:
     return parts
 
 
+def read_only_bundle(folder: Path) -> str:
+    return (
+        f"{folder} is a bundle, whose files are checksummed: its decision settings cannot be refitted in place; "
+        "fit them on the run it was made from (`cxrtl evaluate RUN --calibrate ...`) and export the bundle again"
+    )
+
+
 def store(ckpt: Path, before, after, migrate: bool) -> None:
     """Write the decision record when evaluation changed it (or, with ``migrate``, when it has old sidecars)."""
+    from ..bundle_manifest import is_bundle
     from ..decisions import record_files, write_decisions
 
+    if is_bundle(ckpt.parent):  # checksummed files: never rewritten in place (nor migrated)
+        if after != before:
+            raise CxrtlError(read_only_bundle(ckpt.parent))
+        return
     legacy = any(not p.name.endswith(".decisions.json") for p in record_files(ckpt))
     if after != before or (migrate and legacy):
         path = write_decisions(ckpt, after)
