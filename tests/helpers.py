@@ -92,3 +92,21 @@ def set_decisions(weights: Path, **parts) -> Path:
     if weights.is_dir():
         weights = weights / "best.safetensors"
     return write_decisions(weights, read_decisions(weights, read_meta(weights)).replace(**parts))
+
+
+def export_masked_bundle(run, seg_run, bundle):
+    """``cxrtl export RUN --bundle BUNDLE --segmenter SEG_RUN`` (torchscript exporter: fast, deterministic)."""
+    from cxrtl.cli import main
+
+    argv = [
+        "export",
+        str(run),
+        "--bundle",
+        str(bundle),
+        "--segmenter",
+        str(seg_run),
+        "--exporter",
+        "torchscript",
+    ]
+    assert main(argv) == 0
+    return bundle

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cxrtl.cli import main
 from cxrtl.data.preprocess import Preprocess
-from helpers import make_segmenter_run
+from helpers import export_masked_bundle, make_segmenter_run
 from test_predict import CLASSES, make_run, radiograph, save_png
 
 pytest.importorskip("segmentation_models_pytorch")
@@ -38,17 +38,7 @@ def test_a_masked_bundle_carries_its_segmenter(seg_run, tmp_path, capsys):
     run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
     files = [save_png(tmp_path / "img" / f"x{i}.png", radiograph(60 + 8 * i, 72, seed=i)) for i in range(3)]
     bundle = tmp_path / "bundle"
-    argv = [
-        "export",
-        str(run),
-        "--bundle",
-        str(bundle),
-        "--segmenter",
-        str(seg_run),
-        "--exporter",
-        "torchscript",
-    ]
-    assert main(argv) == 0
+    export_masked_bundle(run, seg_run, bundle)
     listed = json.loads((bundle / "bundle.json").read_text())["files"]
     assert {"segmenter.safetensors", "segmenter.json"} <= set(listed)  # checksummed like every file
     assert "Lung masks are predicted for you" in (bundle / "README.md").read_text()
@@ -113,21 +103,7 @@ def test_a_masked_bundle_runs_on_onnx_without_torch(seg_run, tmp_path, capsys):
     run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
     files = [save_png(tmp_path / "img" / f"x{i}.png", radiograph(60 + 8 * i, 72, seed=i)) for i in range(4)]
     bundle = tmp_path / "bundle"
-    assert (
-        main(
-            [
-                "export",
-                str(run),
-                "--bundle",
-                str(bundle),
-                "--segmenter",
-                str(seg_run),
-                "--exporter",
-                "torchscript",
-            ]
-        )
-        == 0
-    )
+    export_masked_bundle(run, seg_run, bundle)
     listed = json.loads((bundle / "bundle.json").read_text())["files"]
     assert "segmenter.onnx" in listed
     record = json.loads((bundle / "best.decisions.json").read_text())

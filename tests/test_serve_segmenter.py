@@ -18,7 +18,7 @@ from cxrtl.data.preprocess import Preprocess
 from cxrtl.errors import CxrtlError
 from cxrtl.inference.predict import Predictor
 from cxrtl.serve.app import create_app
-from helpers import make_segmenter_run
+from helpers import export_masked_bundle, make_segmenter_run
 from test_predict import CLASSES, make_run, radiograph, save_png
 
 LOCAL = "http://localhost"  # the server accepts only its bound host and localhost names in Host
@@ -87,17 +87,7 @@ def test_a_masked_bundle_serves_on_onnx_without_torch(seg_run, tmp_path):
 
     run = make_run(tmp_path / "run", Preprocess(input="masked", channels=1, image_size=32), seed=2)
     bundle = tmp_path / "bundle"
-    argv = [
-        "export",
-        str(run),
-        "--bundle",
-        str(bundle),
-        "--segmenter",
-        str(seg_run),
-        "--exporter",
-        "torchscript",
-    ]
-    assert main(argv) == 0
+    export_masked_bundle(run, seg_run, bundle)
     image = save_png(tmp_path / "img" / "x.png", radiograph(64, 72, seed=1))
     code = (
         "import sys\n"

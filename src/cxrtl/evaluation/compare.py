@@ -80,6 +80,20 @@ def averaged_correct(files: Sequence[str | Path], name: str) -> tuple[list[str],
     return paths, pred == np.asarray(labels)
 
 
+def paired_correct(
+    a_files: Sequence[str | Path], b_files: Sequence[str | Path], a: str, b: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image correctness of the seed-averaged a and b, refused unless both scored the same images."""
+    paths_a, ca = averaged_correct(a_files, a)
+    paths_b, cb = averaged_correct(b_files, b)
+    if paths_a != paths_b:
+        raise CxrtlError(
+            f"{a} and {b} were evaluated on different test images ({len(paths_a)} vs {len(paths_b)}); "
+            "a paired comparison needs the same test set for both"
+        )
+    return ca, cb
+
+
 def compare(
     a_files: Sequence[str | Path],
     b_files: Sequence[str | Path],
@@ -89,13 +103,7 @@ def compare(
     seed: int = 0,
 ) -> dict:
     """``{a, b, metric, difference, ci95, p_value, method, n}``: accuracy of a minus accuracy of b."""
-    paths_a, ca = averaged_correct(a_files, a)
-    paths_b, cb = averaged_correct(b_files, b)
-    if paths_a != paths_b:
-        raise CxrtlError(
-            f"{a} and {b} were evaluated on different test images ({len(paths_a)} vs {len(paths_b)}); "
-            "a paired comparison needs the same test set for both"
-        )
+    ca, cb = paired_correct(a_files, b_files, a, b)
     return {
         "a": a,
         "b": b,

@@ -380,28 +380,20 @@ class Predictor:
                 batch = np.stack(prepared)
                 probs, scores = self.predict_prepared_ood(batch)
                 for j, i in enumerate(ok):
-                    rows[i].ood = self.decisions.ood_flag(None if scores is None else float(scores[j]))
-                    rows[i].probabilities = {c: float(p) for c, p in zip(self.classes, probs[j])}
-                    rows[i].label = self.classes[int(np.argmax(probs[j]))]
-                    rows[i].positive = self.decisions.positive_flag(probs[j])
-                    rows[i].prediction_set = self.decisions.prediction_set(probs[j])
+                    self.fill_row(rows[i], probs[j], None if scores is None else float(scores[j]))
                 if cam_dir is not None:
                     self._write_cams(rows, ok, batch, shapes, masks, Path(cam_dir), cam_class, used_names)
             bar.update(min(batch_size, len(paths) - start))
         bar.close()
         return rows
 
-    def positive_flag(self, probs: np.ndarray) -> dict[str, Any] | None:
-        """``{"class", "threshold", "flag"}``: P(class) >= the stored threshold; None without one."""
-        return self.decisions.positive_flag(probs)
-
-    def prediction_set(self, probs_row: np.ndarray) -> list[str] | None:
-        """The conformal prediction set of one probability row, or None when the model has no threshold.
-
-        More than one class is the model saying "unsure" at the coverage it was fitted for; an empty set
-        says no class is plausible at that coverage.
-        """
-        return self.decisions.prediction_set(probs_row)
+    def fill_row(self, row: Prediction, probs_row: np.ndarray, ood_score: float | None = None) -> None:
+        """A predicted row's fields: probabilities, label (argmax) and the decision record's flags and set."""
+        row.probabilities = {c: float(p) for c, p in zip(self.classes, probs_row)}
+        row.label = self.classes[int(np.argmax(probs_row))]
+        row.ood = self.decisions.ood_flag(ood_score)
+        row.positive = self.decisions.positive_flag(probs_row)
+        row.prediction_set = self.decisions.prediction_set(probs_row)
 
     # ------------------------------------------------------------------------------ Grad-CAM
     def _check_cam(self, cam_class) -> None:

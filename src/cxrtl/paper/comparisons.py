@@ -91,15 +91,9 @@ def compare_configurations(
     """The ensemble test of a minus b (``difference`` of the seed-averaged ensembles' accuracies, ``ci95``,
     ``p_value``, ``discordant``) and, with at least 2 seeds on each side, ``seed_level``: the two-level
     bootstrap of the difference in mean accuracy over seeds."""
-    from ..evaluation.compare import averaged_correct, mcnemar_exact
+    from ..evaluation.compare import mcnemar_exact, paired_correct
 
-    paths_a, ca = averaged_correct(a_files, a)
-    paths_b, cb = averaged_correct(b_files, b)
-    if paths_a != paths_b:
-        raise CxrtlError(
-            f"{a} and {b} were evaluated on different test images ({len(paths_a)} vs {len(paths_b)}); "
-            "a paired comparison needs the same test set for both"
-        )
+    ca, cb = paired_correct(a_files, b_files, a, b)
     both, a_only, b_only, neither = paired_counts(ca, cb)
     out: dict = {
         "a": a,

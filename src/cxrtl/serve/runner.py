@@ -112,12 +112,8 @@ def predict_uploads(
                 continue
             batch = np.stack(inputs)
             probs, scores = predictor.predict_prepared_ood(batch)
-            for j, i in enumerate(ok):  # as Predictor.predict_files fills its rows
-                rows[i].ood = predictor.decisions.ood_flag(None if scores is None else float(scores[j]))
-                rows[i].probabilities = {c: float(p) for c, p in zip(predictor.classes, probs[j])}
-                rows[i].label = predictor.classes[int(np.argmax(probs[j]))]
-                rows[i].positive = predictor.positive_flag(probs[j])
-                rows[i].prediction_set = predictor.prediction_set(probs[j])
+            for j, i in enumerate(ok):  # the same fields as Predictor.predict_files' rows
+                predictor.fill_row(rows[i], probs[j], None if scores is None else float(scores[j]))
             if cam:
                 add_cams(predictor, batch, [extra[i] for i in ok], [thumbs.pop(i) for i in ok])
         out = []
