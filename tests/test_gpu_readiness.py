@@ -98,6 +98,23 @@ def test_normalize_batch_makes_its_mean_and_std_once(monkeypatch):
     assert len(made) == 4  # a new (device, channels) pair gets its own pair, once
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("memory_format", [None, torch.channels_last])
+def test_normalize_batch_in_place_gives_the_same_bits_as_the_plain_expression(channels, memory_format):
+    """Worked in place in two tensors: the values must stay those the checkpoints were trained on."""
+    images = torch.randint(
+        0, 256, (4, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    x = images.float() / 255.0
+    mean = torch.tensor(preprocess.IMAGENET_MEAN[:channels]).view(1, -1, 1, 1)
+    std = torch.tensor(preprocess.IMAGENET_STD[:channels]).view(1, -1, 1, 1)
+    want = (x.expand(-1, channels, -1, -1) - mean) / std
+    got = normalize_batch(images, Preprocess(channels=channels, image_size=32), "cpu", memory_format)
+    assert torch.equal(got, want)
+    assert got.is_contiguous(memory_format=memory_format or torch.contiguous_format)
+    assert torch.equal(normalize_batch(images[:, 0], Preprocess(channels=channels, image_size=32)), want)
+
+
 # ----------------------------------------------------------------------------- 3. resume strides
 def test_resume_gives_optimizer_state_its_parameters_strides(tmp_path):
     cfg = _cfg(channels_last=True)

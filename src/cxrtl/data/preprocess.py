@@ -78,17 +78,31 @@ def normalize_batch(
     device: torch.device | str | None = None,
     memory_format: torch.memory_format | None = None,
 ) -> torch.Tensor:
-    """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised."""
+    """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised.
+
+    The arithmetic runs in place in two float tensors, the grey scaled one and the output: the plain
+    ``(x.float() / 255 - mean) / std`` made three of output size (for 32 pseudo-RGB images at 224 px,
+    6 + 19 + 19 MB) and moved 133 MB through memory, against 83 MB here; on a CPU the fresh pages and the
+    memory traffic cost more than the arithmetic, and varied with the allocator's state. The operations
+    and their order are the same, so the values are bit-identical to that expression.
+    """
     import torch
 
-    memory_format = memory_format or torch.contiguous_format
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    x = images.to(device if device is not None else images.device, non_blocking=True).float().div_(255.0)
-    if pp.channels == 3 and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    mean, std = _mean_std(x.device, pp.channels)
-    return ((x - mean) / std).contiguous(memory_format=memory_format)
+    images = images.to(device if device is not None else images.device, non_blocking=True)
+    b, c, h, w = images.shape
+    grey = torch.empty((b, c, h, w), dtype=torch.float32, device=images.device)
+    grey.copy_(images).div_(255.0)
+    mean, std = _mean_std(grey.device, pp.channels)
+    out = torch.empty(
+        (b, pp.channels if c == 1 else c, h, w),
+        dtype=torch.float32,
+        device=grey.device,
+        memory_format=memory_format or torch.contiguous_format,
+    )
+    torch.sub(grey, mean, out=out)  # broadcasting the grey channel repeats it for pseudo-RGB
+    return out.div_(std)
 
 
 _STATS: dict = {}  # (device, channels) -> (mean, std) as [1, C, 1, 1] float32 tensors on that device
