@@ -100,10 +100,14 @@ def test_normalize_batch_makes_its_mean_and_std_once(monkeypatch):
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("memory_format", [None, torch.channels_last])
-def test_normalize_batch_in_place_gives_the_same_bits_as_the_plain_expression(channels, memory_format):
-    """Worked in place in two tensors: the values must stay those the checkpoints were trained on."""
+@pytest.mark.parametrize("slice_bytes", [1, 3 * 32 * 32 * 4 * 2, 1 << 30])  # 1 image, 2 images, whole batch
+def test_normalize_batch_in_place_gives_the_same_bits_as_the_plain_expression(
+    channels, memory_format, slice_bytes, monkeypatch
+):
+    """Worked in place, a slice at a time: the values must stay those the checkpoints were trained on."""
+    monkeypatch.setattr(preprocess, "_CPU_SLICE_BYTES", slice_bytes)
     images = torch.randint(
-        0, 256, (4, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+        0, 256, (5, 1, 32, 32), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
     )
     x = images.float() / 255.0
     mean = torch.tensor(preprocess.IMAGENET_MEAN[:channels]).view(1, -1, 1, 1)
@@ -113,6 +117,11 @@ def test_normalize_batch_in_place_gives_the_same_bits_as_the_plain_expression(ch
     assert torch.equal(got, want)
     assert got.is_contiguous(memory_format=memory_format or torch.contiguous_format)
     assert torch.equal(normalize_batch(images[:, 0], Preprocess(channels=channels, image_size=32)), want)
+    rgb = images.expand(-1, 3, -1, -1).contiguous()  # a batch that is already 3-channel
+    mean3 = torch.tensor(preprocess.IMAGENET_MEAN).view(1, -1, 1, 1)
+    std3 = torch.tensor(preprocess.IMAGENET_STD).view(1, -1, 1, 1)
+    want3 = (rgb.float() / 255.0 - mean3) / std3
+    assert torch.equal(normalize_batch(rgb, Preprocess(channels=3, image_size=32)), want3)
 
 
 # ----------------------------------------------------------------------------- 3. resume strides

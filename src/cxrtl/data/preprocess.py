@@ -80,11 +80,12 @@ def normalize_batch(
 ) -> torch.Tensor:
     """uint8 ``[B, 1, H, W]`` (or ``[B, H, W]``) -> float ``[B, C, H, W]`` scaled to [0, 1] and normalised.
 
-    The arithmetic runs in place in two float tensors, the grey scaled one and the output: the plain
-    ``(x.float() / 255 - mean) / std`` made three of output size (for 32 pseudo-RGB images at 224 px,
-    6 + 19 + 19 MB) and moved 133 MB through memory, against 83 MB here; on a CPU the fresh pages and the
-    memory traffic cost more than the arithmetic, and varied with the allocator's state. The operations
-    and their order are the same, so the values are bit-identical to that expression.
+    The arithmetic runs in place in the output, and on a CPU one slice of it at a time, each small enough
+    to stay in the CPU's caches (``_CPU_SLICE_BYTES``): the plain ``(x.float() / 255 - mean) / std`` made
+    three tensors of output size (for 32 pseudo-RGB images at 224 px, 6 + 19 + 19 MB) and moved about
+    130 MB through main memory per batch; here the output is written to memory once (19 MB). On a shared
+    machine memory bandwidth is what other jobs take away, so this is both faster and steadier. The
+    operations and their order are the same, so the values are bit-identical to that expression.
     """
     import torch
 
@@ -92,19 +93,28 @@ def normalize_batch(
         images = images.unsqueeze(1)
     images = images.to(device if device is not None else images.device, non_blocking=True)
     b, c, h, w = images.shape
-    grey = torch.empty((b, c, h, w), dtype=torch.float32, device=images.device)
-    grey.copy_(images).div_(255.0)
-    mean, std = _mean_std(grey.device, pp.channels)
+    channels = pp.channels if c == 1 else c
     out = torch.empty(
-        (b, pp.channels if c == 1 else c, h, w),
+        (b, channels, h, w),
         dtype=torch.float32,
-        device=grey.device,
+        device=images.device,
         memory_format=memory_format or torch.contiguous_format,
     )
-    torch.sub(grey, mean, out=out)  # broadcasting the grey channel repeats it for pseudo-RGB
-    return out.div_(std)
+    mean, std = _mean_std(out.device, pp.channels)
+    step = max(1, _CPU_SLICE_BYTES // (4 * channels * h * w)) if out.device.type == "cpu" else b
+    for i in range(0, b, step):
+        o = out[i : i + step]
+        scaled = o[:, :c]  # the image's own channel(s), scaled to [0, 1] in place
+        scaled.copy_(images[i : i + step]).div_(255.0)
+        for k in range(c, channels):  # pseudo-RGB: the grey channel repeated, normalised per channel
+            torch.sub(scaled, mean[:, k : k + 1], out=o[:, k : k + 1]).div_(std[:, k : k + 1])
+        scaled.sub_(mean[:, :c]).div_(std[:, :c])
+    return out
 
 
+# 2 MB slices were the fastest of 512 KB, 2 MB and whole batches on a 2-core AMD EPYC (1 MB L2 per core,
+# 32 MB L3): 18-27 ms per 200 pseudo-RGB 224 px images, against 23-32 ms and 21-37 ms.
+_CPU_SLICE_BYTES = 2 << 20
 _STATS: dict = {}  # (device, channels) -> (mean, std) as [1, C, 1, 1] float32 tensors on that device
 
 
