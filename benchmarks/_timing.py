@@ -57,6 +57,7 @@ class Timing:
     per_op: list[float] = field(default_factory=list)
     ops: list[int] = field(default_factory=list)  # operations in each sample (empty: a sum of other timings)
     sample_s: list[float] = field(default_factory=list)  # wall seconds of each whole sample
+    faults: list[float] = field(default_factory=list)  # minor page faults per op in each sample
 
     @property
     def median(self) -> float:
@@ -82,7 +83,8 @@ class Timing:
         if self.ops:
             lo, hi = min(self.ops), max(self.ops)
             ops = f" x {lo} op{'s' if hi > 1 else ''}" if lo == hi else f" x {lo}-{hi} ops"
-        return f"{text} [{self.n} samples{ops}, >= {min(self.sample_s):.2f} s each]"
+        faults = f", {statistics.median(self.faults):.0f} page faults/op" if self.faults else ""
+        return f"{text} [{self.n} samples{ops}, >= {min(self.sample_s):.2f} s each{faults}]"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,6 +93,7 @@ class Timing:
             "samples": self.n,
             "ops_per_sample": self.ops,
             "per_op_s": self.per_op,
+            "page_faults_per_op": self.faults,
         }
 
 
@@ -106,7 +109,10 @@ def interleaved(
     Every op is first called ``warmup`` times (untimed). The samples then go round-robin: op 1 sample 1,
     op 2 sample 1, ..., op 1 sample 2, and so on. Within a sample the op is repeated until the sample has
     lasted ``min_sample_s`` (and at least ``min_repeats`` times); its time per op is the sample's time over
-    the number of calls.
+    the number of calls. The process's minor page faults per op are recorded beside it: on a virtual
+    machine a fresh page can cost microseconds, and a side that allocates big buffers can turn slow for
+    minutes when the allocator starts handing memory back to the kernel (seen on the data pipeline's
+    cached side); the fault count tells that apart from slower code.
     """
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -118,6 +124,7 @@ def interleaved(
     for _ in range(samples):
         for name, fn in ops.items():
             floor, count = floors.get(name, 1), 0
+            faults = _minor_faults()
             t = time.perf_counter()
             while True:
                 fn()
@@ -129,7 +136,47 @@ def interleaved(
             timing.sample_s.append(seconds)
             timing.ops.append(count)
             timing.per_op.append(seconds / count)
+            timing.faults.append((_minor_faults() - faults) / count)
     return result
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (its own, not its children's: DataLoader workers are apart)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+TRIM_THRESHOLD = 1 << 30
+
+
+def steady_allocator() -> str:
+    """Pin glibc malloc's thresholds for this process and its children, and say so in one phrase.
+
+    By default glibc adapts its mmap threshold and hands freed memory at the top of the heap back to the
+    kernel once more than twice that threshold is free. Which way a process goes depends on the order of
+    its first big allocations, and it decides a memory-heavy benchmark: the data pipeline's cached epoch
+    (400 images) took 41 ms with 181 page faults in one run and 71-79 ms with 13,000-16,000 in the next
+    two, same code, same quiet machine. Fixing the mmap threshold at 32 MB and the trim threshold at 1 GB
+    keeps freed buffers in the heap, the state a long run settles in anyway, for both sides of every
+    comparison. Child processes (servers, memory probes) get the same through glibc's environment
+    variables; DataLoader workers are forked and inherit it. Not glibc (macOS, musl): nothing is changed.
+    """
+    import ctypes
+    import ctypes.util
+
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(TRIM_THRESHOLD))
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "allocator: the platform's own (not glibc)"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    if mallopt(m_mmap_threshold, MMAP_THRESHOLD) != 1 or mallopt(m_trim_threshold, TRIM_THRESHOLD) != 1:
+        return "allocator: glibc defaults (mallopt refused)"
+    return "glibc malloc pinned (mmap threshold 32 MB, no trim)"
 
 
 def ratio(slow: Timing, fast: Timing) -> float:
@@ -186,10 +233,11 @@ class Bench:
                 torch.set_num_threads(threads)
         self.machine = machine.describe(gpu=self.gpu)
         self.machine["threads"] = threads
+        self.machine["allocator"] = steady_allocator()
         used = (
             f"{threads} thread{'s' if threads > 1 else ''} used" if threads else "threads: library defaults"
         )
-        print(f"{machine.summary(self.machine)}; {used}", flush=True)
+        print(f"{machine.summary(self.machine)}; {used}; {self.machine['allocator']}", flush=True)
 
     def figure(self, key: str, value: Any) -> None:
         """A figure for results.json (timings as :meth:`Timing.as_dict`)."""

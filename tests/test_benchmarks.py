@@ -83,6 +83,24 @@ def test_interleaved_samples_are_long_enough_alternate_and_give_the_ratio_of_med
     )
 
 
+def test_each_sample_counts_the_page_faults_of_its_op():
+    """A side that touches fresh memory shows it: the count that told a slow allocator from slow code."""
+    import mmap
+
+    def fresh_pages() -> None:
+        with mmap.mmap(-1, 1024 * 4096) as m:  # 1024 pages the kernel has to supply on first touch
+            for i in range(0, len(m), 4096):
+                m[i] = 1
+
+    t = _timing.interleaved(
+        {"fresh": fresh_pages, "idle": lambda: time.sleep(0.01)}, samples=3, min_sample_s=0.05
+    )
+    assert len(t["fresh"].faults) == 3 and min(t["fresh"].faults) >= 1000
+    assert max(t["idle"].faults) < 50
+    assert "page faults/op" in t["fresh"].describe()
+    assert t["fresh"].as_dict()["page_faults_per_op"] == t["fresh"].faults
+
+
 @pytest.mark.slow
 def test_the_cheapest_benchmark_gives_the_same_headline_twice(tmp_path):
     """``make bench``'s collector on the segment benchmark, twice in a row: each run's output starts with the
@@ -105,7 +123,9 @@ def test_the_cheapest_benchmark_gives_the_same_headline_twice(tmp_path):
         lines = run.stdout.splitlines()
         bench_lines = lines[1 : lines.index("")]  # between "== segment ..." and run_all's summary
         assert re.match(
-            r"machine: .+, \d+ cores \([^)]+\); (no GPU|GPU .+); torch .+; 1 thread used$", bench_lines[0]
+            r"machine: .+, \d+ cores \([^)]+\); (no GPU|GPU .+); torch .+; 1 thread used; "
+            r"(glibc malloc pinned \(mmap threshold 32 MB, no trim\)|allocator: .+)$",
+            bench_lines[0],
         )
         assert re.match(
             r"segment overhead: \d+\.\d\dx \(ratio of medians, .+ interleaved samples", bench_lines[-1]
@@ -114,5 +134,8 @@ def test_the_cheapest_benchmark_gives_the_same_headline_twice(tmp_path):
         entry = results["benchmarks"]["segment"]
         assert results["machine"]["cpu"] == entry["machine"]["cpu"] and entry["machine"]["isa"]
         assert entry["figures"]["classifier"]["samples"] == 5
+        assert (
+            entry["machine"]["allocator"] and len(entry["figures"]["classifier"]["page_faults_per_op"]) == 5
+        )
         headlines.append(entry["headline"]["value"])
     assert max(headlines) / min(headlines) <= 1.25, headlines
