@@ -179,6 +179,17 @@ def steady_allocator() -> str:
     return "glibc malloc pinned (mmap threshold 32 MB, no trim)"
 
 
+def summed(name: str, parts: list[Timing]) -> Timing:
+    """Per-sample sums of interleaved timings (e.g. one side's two datasets): sample k of the sum is sample k
+    of each part, added, so the sum's samples stay interleaved with the other side's."""
+    out = Timing(name)
+    n = min(p.n for p in parts)
+    out.per_op = [sum(p.per_op[k] for p in parts) for k in range(n)]
+    out.sample_s = [sum(p.sample_s[k] for p in parts) for k in range(n)]
+    out.faults = [sum(p.faults[k] for p in parts) for k in range(min(len(p.faults) for p in parts))]
+    return out
+
+
 def ratio(slow: Timing, fast: Timing) -> float:
     """``slow`` median over ``fast`` median: how many times faster ``fast`` is."""
     return slow.median / fast.median

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _timing import Bench, Timing, interleaved, positive, ratio, ratio_note  # noqa: E402
+from _timing import Bench, interleaved, positive, ratio, ratio_note, summed  # noqa: E402
 
 from cxrtl.data.cache import build_cache  # noqa: E402
 from cxrtl.data.dataset import CachedDataset  # noqa: E402
@@ -76,15 +76,6 @@ def cached_epoch(loader: DataLoader, pp: Preprocess) -> int:
     return n
 
 
-def total(name: str, parts: list[Timing]) -> Timing:
-    """Per-sample sums of interleaved timings: sample k of the total is sample k of each part, added."""
-    t = Timing(name)
-    t.per_op = [sum(p.per_op[k] for p in parts) for k in range(min(p.n for p in parts))]
-    t.sample_s = [sum(p.sample_s[k] for p in parts) for k in range(min(p.n for p in parts))]
-    t.faults = [sum(p.faults[k] for p in parts) for k in range(min(p.n for p in parts))]
-    return t
-
-
 def bench_workers(bench: Bench, sets: dict[str, Path], work: Path, args, workers: int) -> float:
     pp = Preprocess(input="raw", channels=3, image_size=args.image_size)
     ops, floors, counts, build_s = {}, {}, {}, {}
@@ -120,8 +111,8 @@ def bench_workers(bench: Bench, sets: dict[str, Path], work: Path, args, workers
             f"({build_s[name] / p.median:.2f}x a plain epoch) | speed-up {ratio(p, c):.1f}x",
             flush=True,
         )
-    plain = total("plain epoch", [t[f"plain {s}"] for s in sets])
-    cached = total("cached epoch", [t[f"cached {s}"] for s in sets])
+    plain = summed("plain epoch", [t[f"plain {s}"] for s in sets])
+    cached = summed("cached epoch", [t[f"cached {s}"] for s in sets])
     speedup = ratio(plain, cached)
     print(
         f"total, workers={workers}: {n} images | plain epoch {plain.describe(per=n)} | "

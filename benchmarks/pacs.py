@@ -170,7 +170,7 @@ def round_trip(run: Path, seg: Path, folder: Path, side: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     bench = Bench("pacs")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=positive, default=5, help="interleaved samples per side (default 5)")
+    ap.add_argument("--samples", type=positive, default=9, help="interleaved samples per side (default 9)")
     ap.add_argument("--side", type=positive, default=2048, help="radiograph side in pixels (default 2048)")
     ap.add_argument("--out", help="work folder (default: a temporary one)")
     Bench.add_arguments(ap)
