@@ -161,13 +161,17 @@ def steady_allocator() -> str:
     two, same code, same quiet machine. Fixing the mmap threshold at 32 MB and the trim threshold at 1 GB
     keeps freed buffers in the heap, the state a long run settles in anyway, for both sides of every
     comparison. Child processes (servers, memory probes) get the same through glibc's environment
-    variables; DataLoader workers are forked and inherit it. Not glibc (macOS, musl): nothing is changed.
+    variables; DataLoader workers are forked and inherit it. Not glibc (macOS, musl): nothing is changed;
+    either variable already set: the caller's choice stands, and the phrase names it.
     """
     import ctypes
     import ctypes.util
 
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(TRIM_THRESHOLD))
+    own = {k: os.environ[k] for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ}
+    if own:  # the caller chose: glibc has applied it at start, and children inherit it
+        return "allocator: " + ", ".join(f"{k}={v}" for k, v in own.items()) + " (from the environment)"
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
