@@ -112,29 +112,28 @@ def collection(tmp_path):
     return cohen_table(images.parent, images, rows), images
 
 
+def manifest(table, images, path_column: str, out, *options: str) -> int:
+    """``cxrtl data manifest`` on ``table`` with label column ``finding``; its exit code."""
+    return main(
+        ["data", "manifest", str(table), "--images", str(images), "--path-column", path_column]
+        + ["--label-column", "finding", *options, "--out", str(out)]
+    )
+
+
 def test_manifest_from_a_cohen_table(collection, tmp_path, capsys):
     table, images = collection
     out = tmp_path / "external.csv"
-    code = main(
-        [
-            "data",
-            "manifest",
-            str(table),
-            "--images",
-            str(images),
-            "--path-column",
-            "filename",
-            "--label-column",
-            "finding",
-            "--patient-column",
-            "patientid",
-            "--where",
-            "view=PA,AP",
-            "--where",
-            "modality=X-ray",
-            "--out",
-            str(out),
-        ]
+    code = manifest(
+        table,
+        images,
+        "filename",
+        out,
+        "--patient-column",
+        "patientid",
+        "--where",
+        "view=PA,AP",
+        "--where",
+        "modality=X-ray",
     )
     printed = capsys.readouterr().out
     assert code == 0
@@ -174,42 +173,12 @@ def test_manifest_from_an_excel_table(collection, tmp_path):
 
 def test_manifest_bad_input_is_one_line(collection, tmp_path, capsys):
     table, images = collection
-    code = main(
-        [
-            "data",
-            "manifest",
-            str(table),
-            "--images",
-            str(images),
-            "--path-column",
-            "imagename",
-            "--label-column",
-            "finding",
-            "--out",
-            str(tmp_path / "m.csv"),
-        ]
-    )
+    code = manifest(table, images, "imagename", tmp_path / "m.csv")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "no column --path-column 'imagename'" in err[0] and "patientid, offset, sex" in err[0]
     assert not (tmp_path / "m.csv").exists()
-    code = main(
-        [
-            "data",
-            "manifest",
-            str(table),
-            "--images",
-            str(images),
-            "--path-column",
-            "filename",
-            "--label-column",
-            "finding",
-            "--where",
-            "view",
-            "--out",
-            str(tmp_path / "m.csv"),
-        ]
-    )
+    code = manifest(table, images, "filename", tmp_path / "m.csv", "--where", "view")
     assert code == 2 and "COLUMN=VALUE" in capsys.readouterr().err
 
 

@@ -212,24 +212,28 @@ def test_onnx_computes_the_same_score_in_its_graph(guarded, tmp_path):
 
 
 # --------------------------------------------------------------------------------- images no one drew
+# scikit-image's photographs used as images that are not chest radiographs
+PHOTOGRAPHS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "clock",
+    "page",
+)
+
+
 def out_of_distribution_images(folder: Path, radiograph: Path) -> dict[str, Path]:
     """scikit-image's photographs, plus generated ones: a screenshot of text, uniform noise, a flipped and a
     rotated radiograph, and a crop of a single lung."""
     skdata = pytest.importorskip("skimage.data")
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name in (
-        "astronaut",
-        "coffee",
-        "chelsea",
-        "rocket",
-        "camera",
-        "coins",
-        "moon",
-        "brick",
-        "clock",
-        "page",
-    ):
+    for name in PHOTOGRAPHS:
         out[name] = folder / f"{name}.png"
         Image.fromarray(getattr(skdata, name)()).save(out[name])
     text = Image.new("L", (320, 200), 255)
@@ -286,18 +290,7 @@ def test_a_trained_run_gets_a_guard_that_evaluate_measures(tmp_path, covid_root,
     capsys.readouterr()
     photo_dir = tmp_path / "photos"
     photo_dir.mkdir()
-    for name in (
-        "astronaut",
-        "coffee",
-        "chelsea",
-        "rocket",
-        "camera",
-        "coins",
-        "moon",
-        "brick",
-        "clock",
-        "page",
-    ):
+    for name in PHOTOGRAPHS:
         photos[name].rename(photo_dir / photos[name].name)
     assert (
         main(
