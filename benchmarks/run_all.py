@@ -25,6 +25,9 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from cxrtl import machine  # noqa: E402
 from cxrtl.fsutil import write_text  # noqa: E402
 
+sys.path.insert(0, str(HERE))
+from _timing import positive  # noqa: E402
+
 # name -> extra arguments under --quick (smaller inner sizes; the same timing rules)
 BENCHMARKS = {
     "data_pipeline": ["--quick"],
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", help="comma-separated benchmark names (default: all)")
     ap.add_argument(
         "--threads",
-        type=int,
+        type=positive,
         help="torch/onnxruntime threads for every benchmark (1 holds steadier on a busy machine)",
     )
     ap.add_argument("--out", default=str(HERE / "results.json"))
