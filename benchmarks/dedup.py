@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jpeg", type=int, default=60, help="~2000x1600 JPEGs to hash")
     ap.add_argument(
         "--workers",
-        type=int,
+        type=positive,
         default=1,
         help="cxrtl's hashing processes (default 1, like the plain script: the ratio compares the code)",
     )
